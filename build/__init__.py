@@ -1,0 +1,1 @@
+"""build room of layerboot."""

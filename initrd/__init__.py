@@ -1,0 +1,1 @@
+"""initrd room of layerboot."""

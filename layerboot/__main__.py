@@ -1,0 +1,5 @@
+import sys
+
+from layerboot.tools.cli import main
+
+sys.exit(main())

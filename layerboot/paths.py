@@ -1,0 +1,96 @@
+"""Every on-disk location in one relocatable object, so nothing hardcodes /var/lib/layerboot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_STATE_DIR = Path("/var/lib/layerboot")
+DEFAULT_CONFIG_FILE = Path("/etc/layerboot/layerboot.toml")
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The store's layout under one root directory.
+
+    root/
+      objects/<sha256>        immutable content (squashfs layers, kernels, initrds), named by their hash
+      meta/<sha256>.json      the record for each object
+      profiles/<name>/<N>.json  immutable profile generations
+      manifests/<name>/<N>.json signed manifests, one per generation
+      keys/                   the Ed25519 signing key pair
+      incoming/               uploads waiting to be baked
+      state/                  counters and locks (manifest serial), the daemon's database
+      tmp/                    scratch space on the same filesystem, for atomic renames
+    """
+
+    root: Path
+
+    @property
+    def objects(self) -> Path:
+        return self.root / "objects"
+
+    @property
+    def meta(self) -> Path:
+        return self.root / "meta"
+
+    @property
+    def profiles(self) -> Path:
+        return self.root / "profiles"
+
+    @property
+    def manifests(self) -> Path:
+        return self.root / "manifests"
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.keys / "signing.key"
+
+    @property
+    def public_key(self) -> Path:
+        return self.keys / "signing.pub"
+
+    @property
+    def incoming(self) -> Path:
+        return self.root / "incoming"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def serial_file(self) -> Path:
+        return self.state / "manifest-serial"
+
+    @property
+    def database(self) -> Path:
+        return self.state / "layerbootd.sqlite"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    def object(self, digest: str) -> Path:
+        return self.objects / digest
+
+    def object_meta(self, digest: str) -> Path:
+        return self.meta / f"{digest}.json"
+
+    def profile_dir(self, name: str) -> Path:
+        return self.profiles / name
+
+    def manifest_dir(self, name: str) -> Path:
+        return self.manifests / name
+
+    def all_dirs(self) -> list[Path]:
+        return [self.root, self.objects, self.meta, self.profiles, self.manifests, self.keys,
+                self.incoming, self.state, self.tmp]
+
+    def create(self) -> None:
+        for directory in self.all_dirs():
+            directory.mkdir(parents=True, exist_ok=True)
+        self.keys.chmod(0o700)

@@ -1,0 +1,187 @@
+"""The one command runner. No other module imports subprocess.
+
+Every external command runs from an argv list (never a shell), with stdin from /dev/null unless input is
+given, a timeout, a minimal fixed environment, and failures raised as :class:`CommandError` naming the
+command, its status and its stderr tail. This module is stdlib-only so stage1 can ship it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from layerboot.errors import CommandError, LayerbootError
+
+log = logging.getLogger("layerboot.run")
+
+BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LC_ALL": "C.UTF-8",
+    "LANG": "C.UTF-8",
+}
+DEFAULT_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: list[str]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def text(self) -> str:
+        return self.stdout.decode("utf-8", "replace")
+
+
+def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = dict(BASE_ENV)
+    if "TMPDIR" in os.environ:
+        env["TMPDIR"] = os.environ["TMPDIR"]
+    if extra:
+        env.update(extra)
+    return env
+
+
+def require_tool(name: str, *, package: str | None = None) -> str:
+    """Return the full path of an external tool, or fail with a hint naming the package to install."""
+    found = shutil.which(name, path=BASE_ENV["PATH"])
+    if not found:
+        raise LayerbootError(f"required tool {name!r} is not installed",
+                             hint=f"install the Debian package {package or name!r}")
+    return found
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    input: bytes | None = None,
+    stdin: IO[bytes] | int | None = None,
+    stdout: IO[bytes] | int | None = None,
+    check: bool = True,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> Result:
+    """Run a command to completion and return its output; raise CommandError on failure when check is set.
+
+    stdout is captured unless a file object is given (for streaming large outputs to disk).
+    """
+    args = [os.fspath(a) for a in argv]
+    log.debug("run: %s", shlex.join(args))
+    if input is not None and stdin is not None:
+        raise ValueError("give input or stdin, not both")
+    try:
+        proc = subprocess.run(
+            args,
+            input=input,
+            stdin=stdin if stdin is not None else (None if input is not None else subprocess.DEVNULL),
+            stdout=stdout if stdout is not None else subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+            env=_env(env),
+            cwd=cwd,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise LayerbootError(f"command {args[0]!r} not found", hint="is the package that provides it installed?")
+    except subprocess.TimeoutExpired as exc:
+        stderr = (exc.stderr or b"").decode("utf-8", "replace")
+        raise CommandError(args, None, stderr, timed_out=True) from None
+    result = Result(args, proc.returncode, proc.stdout or b"", proc.stderr or b"")
+    if check and proc.returncode != 0:
+        raise CommandError(args, proc.returncode, result.stderr.decode("utf-8", "replace"))
+    return result
+
+
+class Process:
+    """A long-running child (a daemon, a QEMU guest, a pipeline stage) that is always reaped."""
+
+    def __init__(self, argv: Sequence[str | os.PathLike[str]], *, stdin: IO[bytes] | int | None = None,
+                 stdout: IO[bytes] | int | None = None, stderr: IO[bytes] | int | None = None,
+                 env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
+                 pass_fds: Sequence[int] = ()) -> None:
+        self.argv = [os.fspath(a) for a in argv]
+        log.debug("spawn: %s", shlex.join(self.argv))
+        try:
+            self._popen = subprocess.Popen(
+                self.argv,
+                stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                stdout=stdout if stdout is not None else subprocess.PIPE,
+                stderr=stderr if stderr is not None else subprocess.PIPE,
+                env=_env(env), cwd=cwd, pass_fds=tuple(pass_fds),
+            )
+        except FileNotFoundError:
+            raise LayerbootError(f"command {self.argv[0]!r} not found",
+                                 hint="is the package that provides it installed?") from None
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def stdin(self) -> IO[bytes] | None:
+        return self._popen.stdin
+
+    @property
+    def stdout(self) -> IO[bytes] | None:
+        return self._popen.stdout
+
+    @property
+    def stderr(self) -> IO[bytes] | None:
+        return self._popen.stderr
+
+    def poll(self) -> int | None:
+        return self._popen.poll()
+
+    def wait(self, timeout: float | None = None, *, check: bool = False) -> int:
+        try:
+            rc = self._popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise CommandError(self.argv, None, "", timed_out=True) from None
+        if check and rc != 0:
+            err = self._popen.stderr.read().decode("utf-8", "replace") if self._popen.stderr else ""
+            raise CommandError(self.argv, rc, err)
+        return rc
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        """Stop the child: SIGTERM, then SIGKILL after ``timeout`` seconds. Returns its exit status."""
+        if self._popen.poll() is None:
+            self._popen.terminate()
+            try:
+                self._popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._popen.kill()
+                self._popen.wait()
+        for pipe in (self._popen.stdin, self._popen.stdout, self._popen.stderr):
+            if pipe:
+                pipe.close()
+        return self._popen.returncode
+
+    def kill(self) -> None:
+        if self._popen.poll() is None:
+            self._popen.kill()
+            self._popen.wait()
+
+    def __enter__(self) -> "Process":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.terminate()
+
+
+def devnull() -> int:
+    return subprocess.DEVNULL
+
+
+def tool_path(name: str, *extra_dirs: Path) -> str | None:
+    """Find a tool on the fixed PATH plus extra directories (None when absent)."""
+    path = os.pathsep.join([BASE_ENV["PATH"], *map(str, extra_dirs)])
+    return shutil.which(name, path=path)

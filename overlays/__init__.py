@@ -1,0 +1,1 @@
+"""overlays room of layerboot."""

@@ -1,0 +1,72 @@
+"""The Layer record: what the store knows about one immutable object (a squashfs layer or a boot file)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from layerboot.errors import LayerbootError
+from layerboot.overlays.names import check_digest
+
+KINDS = ("base", "overlay", "kernel", "initrd")
+SQUASHFS_KINDS = ("base", "overlay")
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One stored object.
+
+    ``base`` is the digest of the base layer an overlay was made on; ``parent`` the top layer of the chain it
+    was captured from (None for a base, a kernel or an initrd).
+    """
+
+    digest: str
+    kind: str
+    size: int
+    created: str = field(default_factory=utc_now)
+    source: str = ""
+    base: str | None = None
+    parent: str | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        check_digest(self.digest)
+        if self.kind not in KINDS:
+            raise LayerbootError(f"unknown layer kind {self.kind!r} (expected one of {', '.join(KINDS)})")
+        for ref in (self.base, self.parent):
+            if ref is not None:
+                check_digest(ref)
+
+    @property
+    def short(self) -> str:
+        return self.digest[:12]
+
+    @property
+    def is_squashfs(self) -> bool:
+        return self.kind in SQUASHFS_KINDS
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Layer":
+        try:
+            return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        except TypeError as err:
+            raise LayerbootError(f"malformed layer record: {err}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "Layer":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise LayerbootError(f"layer record is not valid JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise LayerbootError("layer record is not a JSON object")
+        return cls.from_dict(data)

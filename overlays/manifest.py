@@ -1,0 +1,143 @@
+"""Signed manifests: what one profile generation boots, and the serial + signature stage1 trusts.
+
+On disk and on the wire a manifest is a JSON envelope::
+
+    {"format": "layerboot-signed/1", "key_id": "...", "signature": "<base64>", "payload": "<manifest JSON>"}
+
+The signature covers the exact UTF-8 bytes of ``payload``, so no canonical re-serialisation is needed to verify.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from layerboot.errors import LayerbootError
+from layerboot.overlays.keys import key_id, public_raw, verify_signature
+from layerboot.overlays.names import check_digest, check_profile_name
+
+MANIFEST_FORMAT = "layerboot-manifest/1"
+ENVELOPE_FORMAT = "layerboot-signed/1"
+
+
+class ManifestError(LayerbootError):
+    pass
+
+
+def object_url_path(digest: str) -> str:
+    """Where the server publishes an object, relative to its base URL."""
+    return f"objects/{check_digest(digest)}"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file the node fetches: its sha256, its size and its path on the server."""
+
+    digest: str
+    size: int
+    path: str
+
+    @classmethod
+    def for_object(cls, digest: str, size: int) -> "Artifact":
+        return cls(digest=digest, size=size, path=object_url_path(digest))
+
+    def __post_init__(self) -> None:
+        check_digest(self.digest)
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0:
+            raise ManifestError(f"artifact {self.digest[:12]} has an invalid size {self.size!r}")
+        if self.path.startswith("/") or ".." in self.path.split("/"):
+            raise ManifestError(f"artifact path {self.path!r} must be relative and stay on the server")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    profile: str
+    generation: int
+    serial: int
+    created: str
+    layers: tuple[Artifact, ...]          # base first
+    cmdline: str = ""
+    kernel: Artifact | None = None
+    initrd: Artifact | None = None
+    format: str = field(default=MANIFEST_FORMAT)
+
+    def __post_init__(self) -> None:
+        check_profile_name(self.profile)
+        if not self.layers:
+            raise ManifestError("a manifest needs at least a base layer")
+        for number in (self.generation, self.serial):
+            if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+                raise ManifestError(f"generation and serial must be positive integers, got {number!r}")
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        return json.dumps(data, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+        if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+            raise ManifestError(f"not a {MANIFEST_FORMAT} manifest")
+        try:
+            def artifact(value: Any) -> Artifact | None:
+                return None if value is None else Artifact(**value)
+
+            return cls(
+                profile=data["profile"], generation=data["generation"], serial=data["serial"],
+                created=data["created"], cmdline=data.get("cmdline", ""),
+                layers=tuple(Artifact(**item) for item in data["layers"]),
+                kernel=artifact(data.get("kernel")), initrd=artifact(data.get("initrd")),
+            )
+        except (KeyError, TypeError) as err:
+            raise ManifestError(f"malformed manifest: {err}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as err:
+            raise ManifestError(f"manifest is not valid JSON: {err}") from None
+
+
+def sign_manifest(manifest: Manifest, private_key: Any) -> bytes:
+    """Return the signed envelope bytes for a manifest."""
+    payload = manifest.to_json()
+    signature = private_key.sign(payload.encode("utf-8"))
+    envelope = {
+        "format": ENVELOPE_FORMAT,
+        "key_id": key_id(public_raw(private_key.public_key())),
+        "signature": base64.b64encode(signature).decode("ascii"),
+        "payload": payload,
+    }
+    return (json.dumps(envelope, indent=1, sort_keys=True) + "\n").encode("utf-8")
+
+
+def verify_manifest(data: bytes, public_key: bytes, *, min_serial: int = 0) -> Manifest:
+    """Check the envelope's signature with ``public_key`` and return the manifest it carries.
+
+    Refuses a serial lower than ``min_serial`` (anti-replay: a node never goes back to an older manifest).
+    """
+    try:
+        envelope = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ManifestError("signed manifest is not valid JSON") from None
+    if not isinstance(envelope, dict) or envelope.get("format") != ENVELOPE_FORMAT:
+        raise ManifestError(f"not a {ENVELOPE_FORMAT} envelope")
+    payload, signature_b64 = envelope.get("payload"), envelope.get("signature")
+    if not isinstance(payload, str) or not isinstance(signature_b64, str):
+        raise ManifestError("signed manifest lacks a payload or signature")
+    if envelope.get("key_id") != key_id(public_key):
+        raise ManifestError(f"manifest was signed by key {envelope.get('key_id')!r}, "
+                            f"not the trusted key {key_id(public_key)}")
+    try:
+        signature = base64.b64decode(signature_b64, validate=True)
+    except ValueError:
+        raise ManifestError("manifest signature is not valid base64") from None
+    if not verify_signature(public_key, signature, payload.encode("utf-8")):
+        raise ManifestError("manifest signature does not verify: it was altered or signed by another key")
+    manifest = Manifest.from_json(payload)
+    if manifest.serial < min_serial:
+        raise ManifestError(f"manifest serial {manifest.serial} is lower than the last accepted {min_serial} "
+                            "(replay of an older manifest?)")
+    return manifest

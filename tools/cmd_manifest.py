@@ -1,0 +1,52 @@
+"""``layerboot manifest``: print and verify signed manifests."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from layerboot.errors import LayerbootError
+from layerboot.overlays.keys import load_public_key
+from layerboot.overlays.manifest import verify_manifest
+from layerboot.tools.context import Context
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("manifest", help="print and verify signed manifests")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    show = actions.add_parser("show", help="print a profile generation's signed manifest")
+    show.add_argument("profile")
+    show.add_argument("-g", "--generation", type=int, help="default: the current generation")
+    show.add_argument("--payload", action="store_true", help="print only the manifest inside the envelope")
+    show.set_defaults(func=cmd_show)
+    verify = actions.add_parser("verify", help="check a signed manifest's signature (and serial)",
+                                description="Exit 0 when FILE (or - for stdin) carries a valid signature by "
+                                            "the trusted key and, with --min-serial, a serial at least that high.")
+    verify.add_argument("file", help="signed manifest file, or - for standard input")
+    verify.add_argument("--key", type=Path, help="public key file (default: the store's public key)")
+    verify.add_argument("--min-serial", type=int, default=0, help="refuse a lower serial (anti-replay)")
+    verify.set_defaults(func=cmd_verify)
+
+
+def cmd_show(ctx: Context) -> int:
+    data = ctx.profiles.signed_manifest(ctx.args.profile, ctx.args.generation)
+    if ctx.args.payload:
+        public = load_public_key(ctx.paths.public_key)
+        print(verify_manifest(data, public).to_json())
+    else:
+        sys.stdout.write(data.decode("utf-8"))
+    return 0
+
+
+def cmd_verify(ctx: Context) -> int:
+    a = ctx.args
+    try:
+        data = sys.stdin.buffer.read() if a.file == "-" else Path(a.file).read_bytes()
+    except OSError as err:
+        raise LayerbootError(f"cannot read {a.file}: {err.strerror}") from None
+    public = load_public_key(a.key or ctx.paths.public_key)
+    manifest = verify_manifest(data, public, min_serial=a.min_serial)
+    print(f"OK: {manifest.profile} generation {manifest.generation}, serial {manifest.serial}, "
+          f"{len(manifest.layers)} layer(s)")
+    return 0
