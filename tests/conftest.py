@@ -1,0 +1,72 @@
+"""Shared fixtures: a fresh store with a signing key in tmp_path, layer trees, and the root/tool gates."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from layerboot.overlays.keys import generate_key
+from layerboot.overlays.profile import Profiles
+from layerboot.overlays.store import Store
+from layerboot.paths import Paths
+
+WHITEOUT_MODE = 0o020000 | 0o600
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked root run only as root; everywhere else they are skipped with the reason."""
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root (loop devices, mounts, namespaces)")
+    for item in items:
+        if "root" in item.keywords or "qemu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> Paths:
+    return Paths(tmp_path / "store")
+
+
+@pytest.fixture
+def store(paths: Paths) -> Store:
+    store = Store(paths)
+    store.init()
+    generate_key(paths.signing_key, paths.public_key)
+    return store
+
+
+@pytest.fixture
+def profiles(store: Store) -> Profiles:
+    return Profiles(store)
+
+
+def write_tree(root: Path, files: dict[str, str], whiteouts: tuple[str, ...] = ()) -> Path:
+    """Create a directory tree: text files by relative path, plus overlayfs whiteouts (char 0/0)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    for rel in whiteouts:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.mknod(root / rel, WHITEOUT_MODE, os.makedev(0, 0))
+    return root
+
+
+@pytest.fixture
+def make_layer(store: Store, tmp_path: Path) -> Callable[..., str]:
+    """Build a squashfs layer from a dict of files and import it; returns its digest."""
+    counter = iter(range(10_000))
+
+    def make(files: dict[str, str], *, kind: str = "overlay", base: str | None = None,
+             whiteouts: tuple[str, ...] = (), description: str = "") -> str:
+        tree = write_tree(tmp_path / f"tree{next(counter)}", files, whiteouts)
+        layer = store.import_tree(tree, kind=kind, base=base, description=description, all_root=True)
+        shutil.rmtree(tree)
+        return layer.digest
+
+    return make
