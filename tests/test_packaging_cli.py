@@ -1,5 +1,6 @@
 """The distribution and the command line as a user meets them."""
 
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -13,9 +14,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.root
 def test_wheel_installs_only_the_layerboot_package(tmp_path: Path) -> None:
-    run(["python3", "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path, REPO],
-        timeout=300)
-    wheel = next(tmp_path.glob("layerboot-*.whl"))
+    source = tmp_path / "src"   # build from a copy: setuptools writes build/lib, which is our build/ room
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", "lib"))
+    run(["python3", "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist",
+         source], timeout=300)
+    wheel = next((tmp_path / "dist").glob("layerboot-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names}
     assert tops == {"layerboot", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
