@@ -1,0 +1,179 @@
+"""Bake an uploaded tar.zst into an overlay squashfs layer in the store, atomically.
+
+One pass, no extraction to disk: ``zstd -d`` (its own process, so it can check the frame and its checksum)
+feeds the tar to :func:`layerboot.overlays.tarscan.scan_tar`, which checks every member against the upload
+policy; each accepted member is written again by :class:`TarWriter` (so tar2sqfs only ever parses a tar
+layerboot wrote) into a pipe to ``tar2sqfs``, which packs the image in the store's tmp/. Only when the
+stream, the policy, zstd and tar2sqfs all succeed is the image published into objects/ and meta/.
+
+Why tar2sqfs from the stream rather than extract + mksquashfs: measured on 389 MB / 31k files of /usr (2
+cores, zstd) the raw tools take 18.1 s (tar2sqfs) against 16.8 s (tar -x 2.6 s + mksquashfs 14.2 s), a 7 %
+difference, while the streaming path never writes the upload's unpacked bytes (up to bake.max_bytes) to
+disk and never creates an upload's files on the server's filesystem. See bench/bench_bake.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from layerboot.errors import CommandError, LayerbootError
+from layerboot.overlays.layer import Layer
+from layerboot.overlays.squashfs import threads as default_threads
+from layerboot.overlays.store import Store
+from layerboot.overlays.tarscan import BakeLimits, Member, UploadRejected, scan_tar
+from layerboot.overlays.tarwriter import Reader, TarWriter
+from layerboot.run import Process, devnull, require_tool
+
+__all__ = ["BakeLimits", "UploadRejected", "bake_archive", "build_squashfs", "convert_upload"]
+
+log = logging.getLogger("layerboot.bake")
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+PIPE_BUFFER = 1 << 20
+
+
+@dataclass(frozen=True)
+class BakeStats:
+    members: int
+    stream_bytes: int
+
+
+def build_squashfs(fill: Callable[[TarWriter], None], image: Path, *, compression: str, block_size: int,
+                   threads: int = 0, scratch: Path) -> None:
+    """Run tar2sqfs on a pipe and let ``fill`` write the members; any failure removes the image."""
+    require_tool("tar2sqfs", package="squashfs-tools-ng")
+    argv = ["tar2sqfs", "--quiet", "--no-skip", "--force", "--compressor", compression,
+            "--block-size", str(block_size), "--num-jobs", str(default_threads(threads)), str(image)]
+    errors = scratch / "tar2sqfs.err"
+    read_end, write_end = os.pipe()
+    with open(errors, "wb") as err_handle:
+        try:
+            proc = Process(argv, stdin=read_end, stdout=devnull(), stderr=err_handle)
+        finally:
+            os.close(read_end)
+    out = os.fdopen(write_end, "wb", buffering=PIPE_BUFFER)
+    done = False
+    try:
+        writer = TarWriter(out)
+        fill(writer)
+        writer.close()
+        out.flush()
+        done = True
+    except BrokenPipeError:
+        pass   # tar2sqfs stopped reading: its exit status and stderr say why
+    finally:
+        if not done:
+            proc.kill()
+        try:
+            out.close()
+        except OSError:
+            pass
+        rc = proc.wait()
+        if not done:
+            image.unlink(missing_ok=True)
+    stderr = errors.read_text(encoding="utf-8", errors="replace")
+    if rc != 0 or not done:
+        image.unlink(missing_ok=True)
+        raise CommandError(argv, rc if rc != 0 else None, stderr or "stopped reading its input early")
+
+
+def write_member(writer: TarWriter, member: Member, data: Reader | None) -> None:
+    """Write one checked member again, from its checked fields only."""
+    kind, path, attrs = member.kind, member.path, member.attrs
+    if kind == "dir":
+        writer.directory(path, attrs)
+    elif kind == "file" and data is not None:
+        if member.sparse is not None:
+            writer.sparse(path, attrs, member.size, member.sparse, data)
+        else:
+            writer.regular(path, attrs, member.size, data)
+    elif kind == "symlink":
+        writer.symlink(path, attrs, member.target)
+    elif kind == "hardlink":
+        writer.hardlink(path, attrs, member.target)
+    elif kind == "whiteout":
+        writer.whiteout(path, attrs)
+    elif kind == "fifo":
+        writer.fifo(path, attrs)
+    else:  # pragma: no cover - scan_tar yields only the kinds above
+        raise UploadRejected(f"upload rejected: {path!r}: unexpected member kind {kind}")
+
+
+class _Unzstd:
+    """The stdout of ``zstd -d``; at its end, a failed zstd (truncated or corrupt frame) rejects the upload."""
+
+    def __init__(self, proc: Process, errors: Path) -> None:
+        self.proc = proc
+        self.errors = errors
+        self.total = 0
+
+    def read(self, size: int = -1) -> bytes:
+        assert self.proc.stdout is not None
+        data = self.proc.stdout.read(size)
+        self.total += len(data)
+        if not data:
+            rc = self.proc.wait(timeout=60)
+            if rc != 0:
+                tail = self.errors.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+                reason = tail[-1].strip() if tail else f"zstd exited with status {rc}"
+                raise UploadRejected(f"upload rejected: the zstd data is truncated or corrupt ({reason})")
+        return data
+
+
+def check_zstd_magic(archive: Path) -> None:
+    try:
+        with open(archive, "rb") as handle:
+            head = handle.read(4)
+    except OSError as err:
+        raise LayerbootError(f"cannot read upload {archive}: {err.strerror}") from None
+    if head != ZSTD_MAGIC:
+        raise UploadRejected(f"upload rejected: {archive.name} is not zstd-compressed data (bad magic)")
+
+
+def convert_upload(archive: Path, image: Path, *, limits: BakeLimits, compression: str, block_size: int,
+                   threads: int, scratch: Path) -> BakeStats:
+    """Check ``archive`` (tar.zst) member by member and turn it into the squashfs ``image``."""
+    check_zstd_magic(archive)
+    require_tool("zstd")
+    zstd_errors = scratch / "zstd.err"
+    counts = {"members": 0}
+    with open(zstd_errors, "wb") as err_handle, \
+            Process(["zstd", "-d", "-c", "-q", "--no-progress", str(archive)], stderr=err_handle) as unzstd:
+        stream = _Unzstd(unzstd, zstd_errors)
+
+        def fill(writer: TarWriter) -> None:
+            for member, data in scan_tar(stream, limits):  # type: ignore[arg-type]
+                write_member(writer, member, data)
+                counts["members"] += 1
+
+        build_squashfs(fill, image, compression=compression, block_size=block_size, threads=threads,
+                       scratch=scratch)
+    return BakeStats(members=counts["members"], stream_bytes=stream.total)
+
+
+def bake_archive(store: Store, archive: Path, *, base: str, parent: str | None, description: str,
+                 limits: BakeLimits, threads: int = 0) -> Layer:
+    """Validate and convert a tar.zst upload into an overlay layer made on ``base``; atomic on failure."""
+    store.require_initialized()
+    base_layer = store.get(base)
+    if base_layer.kind != "base":
+        raise LayerbootError(f"{base_layer.short} is a {base_layer.kind} layer, not a base layer")
+    parent_digest = store.get(parent).digest if parent else None
+    store.paths.tmp.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=store.paths.tmp, prefix="bake.") as scratch_name:
+        scratch = Path(scratch_name)
+        image = scratch / "layer.squashfs"
+        stats = convert_upload(archive, image, limits=limits, compression=store.compression,
+                               block_size=store.block_size, threads=threads, scratch=scratch)
+        log.info("baked %s: %d members, %d bytes of tar", archive.name, stats.members, stats.stream_bytes)
+        return store.import_squashfs(image, kind="overlay", source=f"upload:{archive.name}",
+                                     description=description, base=base_layer.digest, parent=parent_digest,
+                                     move=True)
+
+

@@ -1,0 +1,141 @@
+"""Squash several adjacent overlay layers into one whose stacked result is identical.
+
+The layers are loop-mounted read-only and applied bottom-up to an in-memory tree with overlayfs' rules:
+
+* a whiteout (char 0/0) replaces whatever was there, and stays: it may hide something below the range;
+* a non-directory replaces whatever was there (a whole directory included);
+* a directory over a directory merges with it (the higher one's attributes and xattrs win) unless it is
+  opaque; an opaque directory, or a directory over a whiteout or a non-directory, replaces it and is marked
+  opaque in the result, because it hid everything below it in the original stack too.
+
+The tree is then written as a tar (content read from the layer that supplies each entry, hard links kept
+within a layer) straight into tar2sqfs, and the image is stored as one overlay layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import stat
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from layerboot.errors import LayerbootError
+from layerboot.overlays.bake import build_squashfs
+from layerboot.overlays.capture import EntryWriter
+from layerboot.overlays.chain import mount_squashfs
+from layerboot.overlays.layer import Layer
+from layerboot.overlays.profile import Generation, Profiles
+from layerboot.overlays.store import Store
+from layerboot.overlays.tarwriter import TarWriter
+
+log = logging.getLogger("layerboot.squash")
+
+OPAQUE_NAMES = ("trusted.overlay.opaque", "user.overlay.opaque")
+
+
+@dataclass
+class Node:
+    layer: int                      # index of the layer that supplies this entry (attributes and content)
+    kind: str                       # dir | whiteout | other
+    opaque: bool = False
+    children: dict[str, "Node"] = field(default_factory=dict)
+
+
+def is_opaque(path: str) -> bool:
+    for name in OPAQUE_NAMES:
+        try:
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+        except OSError as err:
+            if err.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+    return False
+
+
+def _apply(node: Node, directory: str, index: int) -> None:
+    with os.scandir(directory) as listing:
+        entries = list(listing)
+    for entry in entries:
+        st = entry.stat(follow_symlinks=False)
+        existing = node.children.get(entry.name)
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            node.children[entry.name] = Node(index, "whiteout")
+        elif stat.S_ISDIR(st.st_mode):
+            opaque = is_opaque(entry.path)
+            if existing is not None and existing.kind == "dir" and not opaque:
+                existing.layer = index
+            else:
+                existing = Node(index, "dir", opaque=opaque or existing is not None)
+                node.children[entry.name] = existing
+            _apply(existing, entry.path, index)
+        else:
+            node.children[entry.name] = Node(index, "other")
+
+
+def merge_layers(roots_base_first: Sequence[Path]) -> Node:
+    """The combined tree of mounted layers (lowest first) as one overlay layer would hold it."""
+    top = Node(0, "dir")
+    for index, root in enumerate(roots_base_first):
+        top.layer = index
+        _apply(top, os.fspath(root), index)
+    return top
+
+
+def _write(entries: EntryWriter, node: Node, rel: str, roots: Sequence[Path]) -> None:
+    root = roots[node.layer]
+    source = root / rel if rel else root
+    entries.add(source, rel, opaque=node.opaque if node.kind == "dir" else None, link_scope=root)
+    for name in sorted(node.children):
+        _write(entries, node.children[name], f"{rel}/{name}" if rel else name, roots)
+
+
+def squash_layers(store: Store, digests_base_first: Sequence[str], *, base: str, parent: str | None,
+                  description: str, threads: int = 0) -> Layer:
+    """Merge the given layers (lowest first) into one new overlay layer in the store."""
+    if len(digests_base_first) < 2:
+        raise LayerbootError("squashing needs at least two layers")
+    layers = [store.get(d) for d in digests_base_first]
+    for layer in layers:
+        if not layer.is_squashfs:
+            raise LayerbootError(f"{layer.short} is a {layer.kind}, not a squashfs layer")
+    store.paths.tmp.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=store.paths.tmp, prefix="squash.") as scratch_name:
+        scratch = Path(scratch_name)
+        image = scratch / "layer.squashfs"
+        with contextlib.ExitStack() as stack:
+            roots = [mount_squashfs(stack, store.path(layer), scratch / "layers" / str(i))
+                     for i, layer in enumerate(layers)]
+            tree = merge_layers(roots)
+
+            def fill(writer: TarWriter) -> None:
+                _write(EntryWriter(writer), tree, "", roots)
+
+            build_squashfs(fill, image, compression=store.compression, block_size=store.block_size,
+                           threads=threads, scratch=scratch)
+        log.info("squashed %d layers into one image", len(layers))
+        return store.import_squashfs(image, kind="overlay", source="squash:" + ",".join(l.short for l in layers),
+                                     description=description, base=base, parent=parent, move=True)
+
+
+def squash_profile(profiles: Profiles, name: str, first: int, last: int, *, threads: int = 0) -> Generation:
+    """Replace positions ``first``..``last`` (1 = just above the base) of the current generation by one layer."""
+    gen = profiles.current(name)
+    top = len(gen.layers) - 1
+    if top < 2:
+        raise LayerbootError(f"profile {name} has {top} overlay layer(s); squashing needs at least two")
+    if not 1 <= first < last <= top:
+        raise LayerbootError(f"positions must satisfy 1 <= from < to <= {top} (1 is just above the base)")
+    chosen = gen.layers[first:last + 1]
+    layer = squash_layers(profiles.store, chosen, base=gen.base, parent=gen.layers[first - 1],
+                          description=f"squash of {name} positions {first}-{last} (generation {gen.number})",
+                          threads=threads)
+    if layer.digest in gen.layers:
+        raise LayerbootError(f"the squashed layer {layer.short} is already in {name}")
+    new_layers = gen.layers[:first] + (layer.digest,) + gen.layers[last + 1:]
+    return profiles.replace_layers(name, new_layers, f"squash {first}..{last} into {layer.short}",
+                                   expect_number=gen.number)

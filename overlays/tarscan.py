@@ -1,0 +1,354 @@
+"""Streaming validation of an uploaded layer tar: the policy every member must pass before it is baked.
+
+The tar is read once, front to back, with :mod:`tarfile` in stream mode (never extracted by it). Each member
+comes out as a :class:`Member` built from checked values only; anything hostile or malformed raises
+:class:`UploadRejected` with a one-line reason naming the member:
+
+* names: no absolute paths, no ``..``, no empty or ``.`` components, no member below a symlink or any other
+  non-directory, no duplicates, components of at most 255 bytes;
+* hard links only to regular files that came earlier in the same upload;
+* device nodes only as overlayfs whiteouts (char 0/0); fifos per ``bake.special_files``;
+* xattrs only in the user/trusted/security namespaces, overlayfs' own xattrs per :func:`overlay_xattr`;
+* quotas: unpacked stream bytes and apparent file sizes (``bake.max_bytes``), member count (``bake.max_files``),
+  and a per-member bound on header bytes so a giant pax header cannot fill memory;
+* the archive must end with a proper end-of-archive block followed by nothing but zero padding.
+"""
+
+from __future__ import annotations
+
+import base64
+import tarfile
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from layerboot.errors import LayerbootError
+from layerboot.overlays.tarwriter import MAX_MTIME, Attrs, Reader
+
+HEADER_BUDGET = 4 << 20           # bytes of headers (pax records, long names, sparse maps) one member may use
+STREAM_BUFSIZE = 256 << 10
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4095
+MAX_XATTR_VALUE = 65536
+XATTR_NAMESPACES = ("user.", "trusted.", "security.")
+
+OVERLAY_PREFIXES = ("trusted.overlay.", "user.overlay.")
+OPAQUE_XATTR = "trusted.overlay.opaque"
+# overlayfs bookkeeping for the upper dir's own mount; meaningless in a lower layer, so dropped
+OVERLAY_DROPPED = {"origin", "impure", "nlink", "upper", "uuid", "protattr"}
+OVERLAY_REFUSED = {
+    "redirect": "a directory renamed with redirect_dir=on (trusted.overlay.redirect names lower paths); "
+                "layerboot does not carry redirects: mount the node overlay with redirect_dir=off",
+    "metacopy": "a metadata-only copy-up (metacopy=on) keeps its data in a lower layer; "
+                "mount the node overlay with metacopy=off",
+    "whiteout": "an xattr whiteout (trusted.overlay.whiteout) is not supported; use char 0/0 whiteouts",
+    "whiteouts": "an xattr whiteout directory (trusted.overlay.whiteouts) is not supported",
+}
+
+
+class UploadRejected(LayerbootError):
+    """A hostile or malformed upload: one line saying which member broke which rule."""
+
+
+@dataclass(frozen=True)
+class BakeLimits:
+    max_bytes: int
+    max_files: int
+    special_files: str  # "reject" | "keep"
+
+    @classmethod
+    def from_config(cls, config: Any) -> "BakeLimits":
+        return cls(max_bytes=config.bake_max_bytes, max_files=config.bake_max_files,
+                   special_files=config.bake_special_files)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One checked entry: ``path`` is relative without a leading './' ('' is the layer's root)."""
+
+    path: str
+    kind: str                      # dir | file | symlink | hardlink | whiteout | fifo
+    attrs: Attrs
+    size: int = 0                  # apparent size of a file
+    target: str = ""               # symlink target, or the path a hard link points at
+    sparse: tuple[tuple[int, int], ...] | None = None   # (offset, size) data segments of a sparse file
+
+
+def overlay_xattr(name: str, value: bytes) -> tuple[str, bytes] | None:
+    """Decide what one overlayfs xattr becomes in a layer: kept (name, value), dropped (None), or refused.
+
+    ``user.overlay.*`` (the ``userxattr`` mount option's variant) maps to ``trusted.overlay.*``, the
+    namespace a root-mounted node stack reads. Raises ValueError with the reason for what cannot be carried.
+    """
+    key = name.split(".", 2)[2]
+    if key == "opaque":
+        if value != b"y":
+            raise ValueError(f"{name}={value!r} is not a plain opaque marker ('y')")
+        return OPAQUE_XATTR, b"y"
+    if key in OVERLAY_DROPPED:
+        return None
+    if key in OVERLAY_REFUSED:
+        raise ValueError(OVERLAY_REFUSED[key])
+    raise ValueError(f"unknown overlayfs xattr {name}")
+
+
+def check_xattr(name: str, value: bytes) -> tuple[str, bytes] | None:
+    """The xattr policy shared by capture and bake (None: drop it; ValueError: refuse the entry)."""
+    if name.startswith(OVERLAY_PREFIXES):
+        return overlay_xattr(name, value)
+    if name.startswith("system.posix_acl"):
+        raise ValueError(f"{name}: squashfs cannot store POSIX ACLs")
+    if not name.startswith(XATTR_NAMESPACES) or len(name.encode("utf-8", "surrogateescape")) > 255:
+        raise ValueError(f"xattr {name!r} is outside the user/trusted/security namespaces squashfs keeps")
+    if len(value) > MAX_XATTR_VALUE:
+        raise ValueError(f"xattr {name} is larger than {MAX_XATTR_VALUE} bytes")
+    return name, value
+
+
+def clean_path(name: str, *, what: str = "member") -> str:
+    """Normalise an archive name ('./a/b' -> 'a/b', '.' -> ''); reject anything that could escape or alias."""
+    if "\0" in name:
+        raise ValueError(f"{what} name contains a NUL byte")
+    if name.startswith("/"):
+        raise ValueError(f"{what} {name!r} is an absolute path")
+    parts = name.split("/")
+    while parts and parts[0] == ".":
+        parts.pop(0)
+    if parts == [""]:
+        parts = []
+    for part in parts:
+        if part == "..":
+            raise ValueError(f"{what} {name!r} climbs out with '..'")
+        if part in ("", "."):
+            raise ValueError(f"{what} {name!r} has an empty or '.' component")
+        if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+            raise ValueError(f"{what} {name[:60]!r}… has a component longer than {MAX_NAME_BYTES} bytes")
+    path = "/".join(parts)
+    if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        raise ValueError(f"{what} {name[:60]!r}… is longer than {MAX_PATH_BYTES} bytes")
+    return path
+
+
+class _Budget:
+    """The decompressed tar stream: counts every byte against the quota, and header bytes per member."""
+
+    def __init__(self, raw: BinaryIO, max_bytes: int) -> None:
+        self.raw = raw
+        self.max_bytes = max_bytes
+        self.total = 0
+        self.header_left: int | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size if size >= 0 else STREAM_BUFSIZE)
+        self.total += len(data)
+        if self.total > self.max_bytes:
+            raise UploadRejected(f"upload rejected: it unpacks to more than the {self.max_bytes}-byte quota "
+                                 f"(bake.max_bytes)")
+        if self.header_left is not None:
+            self.header_left -= len(data)
+            if self.header_left < 0:
+                raise UploadRejected(f"upload rejected: a member header is larger than {HEADER_BUDGET} bytes")
+        return data
+
+
+def _reject(member: str, reason: str) -> UploadRejected:
+    return UploadRejected(f"upload rejected: {member!r}: {reason}")
+
+
+def _xattrs(info: tarfile.TarInfo) -> tuple[tuple[str, bytes], ...]:
+    found: dict[str, bytes] = {}
+    for key, value in info.pax_headers.items():
+        if key.startswith("LIBARCHIVE.xattr."):
+            name = urllib.parse.unquote(key[len("LIBARCHIVE.xattr."):], errors="surrogateescape")
+            try:
+                found.setdefault(name, base64.b64decode(value + "=" * (-len(value) % 4)))
+            except ValueError:
+                raise ValueError(f"xattr {name!r} has a malformed base64 value") from None
+        elif key.startswith("SCHILY.xattr."):
+            found[key[len("SCHILY.xattr."):]] = value.encode("utf-8", "surrogateescape")
+        elif key.startswith("SCHILY.acl."):
+            raise ValueError("squashfs cannot store POSIX ACLs")
+    kept = []
+    for name, value in sorted(found.items()):
+        decided = check_xattr(name, value)
+        if decided:
+            kept.append(decided)
+    return tuple(sorted(set(kept)))
+
+
+class _Scanner:
+    def __init__(self, limits: BakeLimits) -> None:
+        self.limits = limits
+        self.kinds: dict[str, str] = {}        # path -> kind; "implied" for parents never listed
+        self.links: dict[str, str] = {}        # hard link path -> the regular file holding the data
+        self.count = 0
+        self.apparent = 0
+
+    def member(self, info: tarfile.TarInfo) -> Member:
+        self.count += 1
+        if self.count > self.limits.max_files:
+            raise UploadRejected(f"upload rejected: more than {self.limits.max_files} members (bake.max_files)")
+        try:
+            path = clean_path(info.name)
+            return self._check(path, info)
+        except ValueError as err:
+            raise _reject(info.name, str(err)) from None
+
+    def _check(self, path: str, info: tarfile.TarInfo) -> Member:
+        kind = self._kind(info)
+        if path == "" and kind != "dir":
+            raise ValueError("the archive root must be a directory")
+        self._place(path, kind)
+        for label, value in (("uid", info.uid), ("gid", info.gid)):
+            if not 0 <= value < 2 ** 32:
+                raise ValueError(f"{label} {value} is out of range")
+        attrs = Attrs(mode=info.mode & 0o7777, uid=info.uid, gid=info.gid,
+                      mtime=min(max(int(info.mtime), 0), MAX_MTIME), xattrs=_xattrs(info))
+        if kind == "file":
+            self.apparent += info.size
+            if self.apparent > self.limits.max_bytes:
+                raise UploadRejected(f"upload rejected: its files add up to more than the {self.limits.max_bytes}"
+                                     f"-byte quota (bake.max_bytes)")
+            sparse = self._sparse(info) if info.sparse is not None else None
+            return Member(path, kind, attrs, size=info.size, sparse=sparse)
+        if kind == "symlink":
+            target = info.linkname
+            if not target or "\0" in target or len(target.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+                raise ValueError(f"symlink target {target[:60]!r} is empty or too long")
+            return Member(path, kind, attrs, target=target)
+        if kind == "hardlink":
+            return Member(path, kind, attrs, target=self._link_target(path, info.linkname))
+        return Member(path, kind, attrs)
+
+    def _kind(self, info: tarfile.TarInfo) -> str:
+        if info.isdir():
+            return "dir"
+        if info.isreg():
+            return "file"
+        if info.issym():
+            return "symlink"
+        if info.islnk():
+            return "hardlink"
+        if info.ischr():
+            if info.devmajor == 0 and info.devminor == 0:
+                return "whiteout"
+            raise ValueError(f"device node {info.devmajor}:{info.devminor} (only 0:0 overlay whiteouts are allowed)")
+        if info.isblk():
+            raise ValueError("block device nodes are not allowed in a layer")
+        if info.isfifo():
+            if self.limits.special_files != "keep":
+                raise ValueError("fifos are not allowed (bake.special_files = \"reject\")")
+            return "fifo"
+        raise ValueError(f"unsupported tar member type {info.type!r}")
+
+    def _place(self, path: str, kind: str) -> None:
+        """Record ``path``; refuse duplicates and members below anything that is not a directory."""
+        previous = self.kinds.get(path)
+        if previous is not None and not (previous == "implied" and kind == "dir"):
+            raise ValueError("appears twice in the archive" if previous != "implied"
+                             else f"is a {kind} but earlier members put files below it")
+        self.kinds[path] = kind
+        parent = path
+        while parent:
+            parent = parent.rpartition("/")[0]
+            seen = self.kinds.get(parent)
+            if seen is None:
+                self.kinds[parent] = "implied"
+                continue
+            if seen not in ("dir", "implied"):
+                raise ValueError(f"lies below {parent or '.'!r}, which is a {seen}, not a directory")
+            break
+
+    def _link_target(self, path: str, linkname: str) -> str:
+        target = clean_path(linkname, what="hard link target")
+        kind = self.kinds.get(target)
+        if kind == "hardlink":
+            return self.links[target]
+        if kind != "file":
+            raise ValueError(f"hard link to {linkname!r}, which is not a regular file earlier in the upload")
+        self.links[path] = target
+        return target
+
+    @staticmethod
+    def _sparse(info: tarfile.TarInfo) -> tuple[tuple[int, int], ...]:
+        end = 0
+        for offset, size in info.sparse or ():
+            if offset < end or size < 0 or offset + size > info.size:
+                raise ValueError("sparse map is unordered, overlapping or beyond the file size")
+            end = offset + size
+        return tuple((o, s) for o, s in info.sparse or () if s > 0)
+
+
+def _info_class(state: dict[str, bool]) -> type[tarfile.TarInfo]:
+    class Info(tarfile.TarInfo):
+        @classmethod
+        def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:  # type: ignore[override]
+            state["zero_block"] = len(buf) == tarfile.BLOCKSIZE and buf.count(0) == tarfile.BLOCKSIZE
+            return super().frombuf(buf, encoding, errors)
+    return Info
+
+
+def scan_tar(stream: BinaryIO, limits: BakeLimits) -> Iterator[tuple[Member, Reader | None]]:
+    """Yield every member of an uncompressed tar stream after checking it, with a reader for file data.
+
+    The consumer must read a file's data (exactly ``size`` bytes, or the sparse segments back to back) before
+    asking for the next member. Raises UploadRejected on the first problem.
+    """
+    budget = _Budget(stream, limits.max_bytes)
+    state = {"zero_block": False}
+    scanner = _Scanner(limits)
+    try:
+        tar = tarfile.open(fileobj=budget, mode="r|", bufsize=STREAM_BUFSIZE,  # type: ignore[call-overload]
+                           tarinfo=_info_class(state), encoding="utf-8", errors="surrogateescape")
+        while True:
+            budget.header_left = HEADER_BUDGET + STREAM_BUFSIZE
+            info = tar.next()
+            budget.header_left = None
+            tar.members.clear()
+            if info is None:
+                break
+            member = scanner.member(info)
+            reader: Reader | None = None
+            if member.kind == "file":
+                stored = member.size if member.sparse is None else sum(size for _, size in member.sparse)
+                reader = _MemberData(tar.fileobj, info.offset_data, stored, member.path)
+            yield member, reader
+        if not state["zero_block"]:
+            raise UploadRejected("upload rejected: the tar stream is truncated or has a corrupt header "
+                                 "(no end-of-archive block)")
+        while chunk := tar.fileobj.read(STREAM_BUFSIZE):  # type: ignore[union-attr]
+            if chunk.count(0) != len(chunk):
+                raise UploadRejected("upload rejected: data follows the end of the tar archive")
+    except UploadRejected:
+        raise
+    except (tarfile.TarError, EOFError, OSError, ValueError, OverflowError, UnicodeError) as err:
+        raise UploadRejected(f"upload rejected: not a readable tar stream ({err})") from None
+
+
+class _MemberData:
+    """A member's stored bytes (for a sparse file: its data segments back to back), read from the stream."""
+
+    def __init__(self, stream: Any, offset: int, length: int, path: str) -> None:
+        self.stream = stream
+        self.offset: int | None = offset
+        self.left = length
+        self.path = path
+
+    def read(self, size: int = -1) -> bytes:
+        want = self.left if size < 0 else min(size, self.left)
+        if want <= 0:
+            return b""
+        try:
+            if self.offset is not None:
+                self.stream.seek(self.offset)
+                self.offset = None
+            data = self.stream.read(want)
+        except UploadRejected:
+            raise
+        except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+            raise _reject(self.path, f"file data is unreadable ({err})") from None
+        if len(data) < want:
+            raise _reject(self.path, "file data is truncated")
+        self.left -= len(data)
+        return data

@@ -1,0 +1,41 @@
+"""``layerboot capture``: pack a node's overlayfs upper dir as a tar.zst layer upload (client side)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from layerboot.overlays.capture import ZSTD_LEVEL, capture, capture_to
+from layerboot.tools.context import Context
+from layerboot.tools.output import human_size
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "capture", help="pack an overlayfs upper dir as a tar.zst (whiteouts, opaque dirs, xattrs, links)",
+        description="Pack the upper dir of a node's overlay (its changes) as a zstd-compressed tar that "
+                    "'layerboot bake' turns into a layer. Keeps whiteouts, opaque dirs, hard links, symlinks, "
+                    "modes, owners, mtimes, xattrs (incl. file capabilities) and sparse files. Refuses "
+                    "redirect_dir renames and metacopy files (mount the overlay with redirect_dir=off, the "
+                    "default, and metacopy=off).")
+    parser.add_argument("--upper", type=Path, required=True, metavar="DIR", help="the overlayfs upper dir")
+    parser.add_argument("-o", "--output", required=True, metavar="FILE",
+                        help="where the tar.zst goes ('-' for standard output)")
+    parser.add_argument("--threads", type=int, help="zstd threads (default: bake.threads; 0 = one per core)")
+    parser.add_argument("--level", type=int, default=ZSTD_LEVEL, help="zstd level (default %(default)s)")
+    parser.add_argument("--skip-sockets", action="store_true", help="leave sockets out instead of refusing")
+    parser.set_defaults(func=cmd_capture)
+
+
+def cmd_capture(ctx: Context) -> int:
+    a = ctx.args
+    threads = ctx.config.bake_threads if a.threads is None else a.threads
+    options = {"threads": threads, "level": a.level, "skip_sockets": a.skip_sockets}
+    if a.output == "-":
+        stats = capture_to(a.upper, sys.stdout.buffer, **options)  # type: ignore[arg-type]
+        sys.stdout.buffer.flush()
+    else:
+        stats = capture(a.upper, Path(a.output), **options)
+    print(f"captured {stats.members} entries, {human_size(stats.data_bytes)} of file data", file=sys.stderr)
+    return 0
