@@ -106,12 +106,15 @@ def check_xattr(name: str, value: bytes) -> tuple[str, bytes] | None:
     return name, value
 
 
-def clean_path(name: str, *, what: str = "member") -> str:
-    """Normalise an archive name ('./a/b' -> 'a/b', '.' -> ''); reject anything that could escape or alias."""
+def clean_path(name: str, *, what: str = "") -> str:
+    """Normalise an archive name ('./a/b' -> 'a/b', '.' -> ''); reject anything that could escape or alias.
+
+    Error messages start with ``what`` (e.g. "hard link target") when given, else with the bare verb."""
+    label = f"{what} {name[:80]!r} " if what else ""
     if "\0" in name:
-        raise ValueError(f"{what} name contains a NUL byte")
+        raise ValueError(f"{label}contains a NUL byte")
     if name.startswith("/"):
-        raise ValueError(f"{what} {name!r} is an absolute path")
+        raise ValueError(f"{label}is an absolute path")
     parts = name.split("/")
     while parts and parts[0] == ".":
         parts.pop(0)
@@ -119,14 +122,14 @@ def clean_path(name: str, *, what: str = "member") -> str:
         parts = []
     for part in parts:
         if part == "..":
-            raise ValueError(f"{what} {name!r} climbs out with '..'")
+            raise ValueError(f"{label}climbs out with '..'")
         if part in ("", "."):
-            raise ValueError(f"{what} {name!r} has an empty or '.' component")
+            raise ValueError(f"{label}has an empty or '.' component")
         if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
-            raise ValueError(f"{what} {name[:60]!r}… has a component longer than {MAX_NAME_BYTES} bytes")
+            raise ValueError(f"{label}has a component longer than {MAX_NAME_BYTES} bytes")
     path = "/".join(parts)
     if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
-        raise ValueError(f"{what} {name[:60]!r}… is longer than {MAX_PATH_BYTES} bytes")
+        raise ValueError(f"{label}is longer than {MAX_PATH_BYTES} bytes")
     return path
 
 
@@ -153,7 +156,8 @@ class _Budget:
 
 
 def _reject(member: str, reason: str) -> UploadRejected:
-    return UploadRejected(f"upload rejected: {member!r}: {reason}")
+    shown = member if len(member) <= 120 else member[:120] + "…"
+    return UploadRejected(f"upload rejected: {shown!r}: {reason}")
 
 
 def _xattrs(info: tarfile.TarInfo) -> tuple[tuple[str, bytes], ...]:
@@ -299,6 +303,7 @@ def scan_tar(stream: BinaryIO, limits: BakeLimits) -> Iterator[tuple[Member, Rea
     state = {"zero_block": False}
     scanner = _Scanner(limits)
     try:
+        budget.header_left = HEADER_BUDGET + STREAM_BUFSIZE    # open() already reads the first header
         tar = tarfile.open(fileobj=budget, mode="r|", bufsize=STREAM_BUFSIZE,  # type: ignore[call-overload]
                            tarinfo=_info_class(state), encoding="utf-8", errors="surrogateescape")
         while True:
