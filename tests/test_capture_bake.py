@@ -250,7 +250,8 @@ def apply_op(m: Path, op: tuple) -> None:
         elif kind == "hardlink":
             os.link(path, m / op[2], follow_symlinks=False)
         elif kind == "chmod":
-            os.chmod(path, op[2], follow_symlinks=False)
+            if not path.is_symlink():                                                # Linux cannot chmod a symlink
+                os.chmod(path, op[2])
         elif kind == "chown":
             os.chown(path, op[2], op[2] // 2, follow_symlinks=False)
         elif kind == "xattr":
