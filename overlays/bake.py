@@ -14,6 +14,7 @@ disk and never creates an upload's files on the server's filesystem. See bench/b
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import tempfile
@@ -52,6 +53,7 @@ def build_squashfs(fill: Callable[[TarWriter], None], image: Path, *, compressio
             "--block-size", str(block_size), "--num-jobs", str(default_threads(threads)), str(image)]
     errors = scratch / "tar2sqfs.err"
     read_end, write_end = os.pipe()
+    widen_pipe(write_end)
     with open(errors, "wb") as err_handle:
         try:
             proc = Process(argv, stdin=read_end, stdout=devnull(), stderr=err_handle)
@@ -105,6 +107,14 @@ def write_member(writer: TarWriter, member: Member, data: Reader | None) -> None
         raise UploadRejected(f"upload rejected: {path!r}: unexpected member kind {kind}")
 
 
+def widen_pipe(fd: int) -> None:
+    """Give a pipe 1 MiB of buffer so producer and consumer do not run in lock step (best effort)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BUFFER)
+    except OSError:
+        pass
+
+
 class _Unzstd:
     """The stdout of ``zstd -d``; at its end, a failed zstd (truncated or corrupt frame) rejects the upload."""
 
@@ -145,6 +155,8 @@ def convert_upload(archive: Path, image: Path, *, limits: BakeLimits, compressio
     counts = {"members": 0}
     with open(zstd_errors, "wb") as err_handle, \
             Process(["zstd", "-d", "-c", "-q", "--no-progress", str(archive)], stderr=err_handle) as unzstd:
+        assert unzstd.stdout is not None
+        widen_pipe(unzstd.stdout.fileno())
         stream = _Unzstd(unzstd, zstd_errors)
 
         def fill(writer: TarWriter) -> None:

@@ -134,16 +134,23 @@ def clean_path(name: str, *, what: str = "") -> str:
 
 
 class _Budget:
-    """The decompressed tar stream: counts every byte against the quota, and header bytes per member."""
+    """The decompressed tar stream as a forward-only seekable file for TarFile's plain 'r' mode.
+
+    Counts every byte against the quota, and the bytes read while a header is parsed against the header
+    budget. (TarFile's own stream mode re-copies its whole read buffer on every 512-byte header read.)
+    """
 
     def __init__(self, raw: BinaryIO, max_bytes: int) -> None:
         self.raw = raw
         self.max_bytes = max_bytes
-        self.total = 0
+        self.total = 0                  # bytes taken from raw
+        self.offset = 0                 # position of the next byte handed out
+        self.buf = b""
+        self.index = 0
         self.header_left: int | None = None
 
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size if size >= 0 else STREAM_BUFSIZE)
+    def _fill(self, want: int) -> bytes:
+        data = self.raw.read(max(want, STREAM_BUFSIZE))
         self.total += len(data)
         if self.total > self.max_bytes:
             raise UploadRejected(f"upload rejected: it unpacks to more than the {self.max_bytes}-byte quota "
@@ -153,6 +160,37 @@ class _Budget:
             if self.header_left < 0:
                 raise UploadRejected(f"upload rejected: a member header is larger than {HEADER_BUDGET} bytes")
         return data
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            size = 1 << 62
+        have = len(self.buf) - self.index
+        if size <= have:
+            data = self.buf[self.index:self.index + size]
+            self.index += size
+        else:
+            parts = [self.buf[self.index:]] if have else []
+            while have < size:
+                chunk = self._fill(size - have)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                have += len(chunk)
+            joined = b"".join(parts)
+            data, self.buf, self.index = joined[:size], joined, min(size, len(joined))
+        self.offset += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self.offset
+
+    def seek(self, position: int, whence: int = 0) -> int:
+        if whence != 0 or position < self.offset:
+            raise OSError("the upload is read front to back; a backward seek is not possible")
+        while self.offset < position:
+            if not self.read(min(position - self.offset, STREAM_BUFSIZE)):
+                break
+        return self.offset
 
 
 def _reject(member: str, reason: str) -> UploadRejected:
@@ -304,8 +342,8 @@ def scan_tar(stream: BinaryIO, limits: BakeLimits) -> Iterator[tuple[Member, Rea
     scanner = _Scanner(limits)
     try:
         budget.header_left = HEADER_BUDGET + STREAM_BUFSIZE    # open() already reads the first header
-        tar = tarfile.open(fileobj=budget, mode="r|", bufsize=STREAM_BUFSIZE,  # type: ignore[call-overload]
-                           tarinfo=_info_class(state), encoding="utf-8", errors="surrogateescape")
+        tar = tarfile.TarFile(fileobj=budget, mode="r", tarinfo=_info_class(state),  # type: ignore[arg-type]
+                              encoding="utf-8", errors="surrogateescape")
         while True:
             budget.header_left = HEADER_BUDGET + STREAM_BUFSIZE
             info = tar.next()
@@ -317,12 +355,12 @@ def scan_tar(stream: BinaryIO, limits: BakeLimits) -> Iterator[tuple[Member, Rea
             reader: Reader | None = None
             if member.kind == "file":
                 stored = member.size if member.sparse is None else sum(size for _, size in member.sparse)
-                reader = _MemberData(tar.fileobj, info.offset_data, stored, member.path)
+                reader = _MemberData(budget, info.offset_data, stored, member.path)
             yield member, reader
         if not state["zero_block"]:
             raise UploadRejected("upload rejected: the tar stream is truncated or has a corrupt header "
                                  "(no end-of-archive block)")
-        while chunk := tar.fileobj.read(STREAM_BUFSIZE):  # type: ignore[union-attr]
+        while chunk := budget.read(STREAM_BUFSIZE):
             if chunk.count(0) != len(chunk):
                 raise UploadRejected("upload rejected: data follows the end of the tar archive")
     except UploadRejected:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from layerboot.errors import LayerbootError
 from layerboot.overlays.capture import ZSTD_LEVEL, capture, capture_to
 from layerboot.tools.context import Context
 from layerboot.tools.output import human_size
@@ -33,6 +34,8 @@ def cmd_capture(ctx: Context) -> int:
     threads = ctx.config.bake_threads if a.threads is None else a.threads
     options = {"threads": threads, "level": a.level, "skip_sockets": a.skip_sockets}
     if a.output == "-":
+        if sys.stdout.isatty():
+            raise LayerbootError("refusing to write a binary tar.zst to a terminal", hint="redirect it or use -o FILE")
         stats = capture_to(a.upper, sys.stdout.buffer, **options)  # type: ignore[arg-type]
         sys.stdout.buffer.flush()
     else:
