@@ -149,8 +149,8 @@ class _Budget:
         self.index = 0
         self.header_left: int | None = None
 
-    def _fill(self, want: int) -> bytes:
-        data = self.raw.read(max(want, STREAM_BUFSIZE))
+    def _fill(self) -> bytes:
+        data = self.raw.read(STREAM_BUFSIZE)      # bounded, whatever size a (hostile) header asks for
         self.total += len(data)
         if self.total > self.max_bytes:
             raise UploadRejected(f"upload rejected: it unpacks to more than the {self.max_bytes}-byte quota "
@@ -162,8 +162,8 @@ class _Budget:
         return data
 
     def read(self, size: int = -1) -> bytes:
-        if size < 0:
-            size = 1 << 62
+        if size < 0:                              # TarFile always asks for a size; never slurp the stream
+            size = STREAM_BUFSIZE
         have = len(self.buf) - self.index
         if size <= have:
             data = self.buf[self.index:self.index + size]
@@ -171,7 +171,7 @@ class _Budget:
         else:
             parts = [self.buf[self.index:]] if have else []
             while have < size:
-                chunk = self._fill(size - have)
+                chunk = self._fill()
                 if not chunk:
                     break
                 parts.append(chunk)

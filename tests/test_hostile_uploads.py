@@ -61,6 +61,14 @@ def sparse_bomb() -> bytes:
     return tar_of((member, block + b"x" * 512))
 
 
+def giant_pax_size() -> bytes:
+    """A pax header that claims 1 GiB, followed by 50 MiB of filler: must not be read into memory."""
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type = tarfile.XHDTYPE
+    header.size = 1 << 30
+    return header.tobuf(tarfile.USTAR_FORMAT) + b"9" * (50 << 20)
+
+
 def cut_before_end() -> bytes:
     data = tar_of(fine("a"), fine("b"))
     return data[:data.index(b"ok\n", 1024) + 512]          # ends after b's data block: no end-of-archive
@@ -108,6 +116,7 @@ CASES: dict[str, tuple[Callable[[], bytes], str]] = {
     "too-many-files": (lambda: zst(tar_of(*(fine(f"f{i}") for i in range(1001)))), r"more than 1000 members"),
     "huge-pax-header": (lambda: zst(tar_of(info("a", pax={"comment": "x" * (6 << 20)}))),
                         r"member header is larger than"),
+    "giant-pax-size": (lambda: zst(giant_pax_size()), r"member header is larger than"),
     "redirect": (lambda: zst(tar_of(info("d", tarfile.DIRTYPE, pax={"SCHILY.xattr.trusted.overlay.redirect": "/x"}))),
                  r"redirect_dir"),
     "metacopy": (lambda: zst(tar_of(info("f", pax={"SCHILY.xattr.trusted.overlay.metacopy": ""}))), r"metacopy"),
