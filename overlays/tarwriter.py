@@ -8,7 +8,6 @@ The stream needs no seeking, so it can go into a pipe or a zstd compressor.
 
 from __future__ import annotations
 
-import io
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,22 +33,6 @@ class Attrs:
 
 class Reader(Protocol):
     def read(self, size: int = -1) -> bytes: ...
-
-
-class _Counting:
-    """Write-only stream with tell(), so TarFile runs in its plain 'w' mode (no 10 KiB re-buffering)."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw = raw
-        self.pos = 0
-
-    def write(self, data: bytes) -> int:
-        self.raw.write(data)
-        self.pos += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self.pos
 
 
 class _Exact:
@@ -96,15 +79,43 @@ def normalize_segments(realsize: int, segments: Sequence[tuple[int, int]]) -> li
     return kept
 
 
+def _octal(value: int, width: int) -> bytes | None:
+    return b"%0*o\0" % (width - 1, value) if 0 <= value < 8 ** (width - 1) else None
+
+
+def ustar_header(info: tarfile.TarInfo) -> bytes | None:
+    """The plain ustar header tarfile would write for a member that needs no pax record, or None.
+
+    Most members (short ASCII names, no xattrs) take this path; it skips TarFile's generic header code, which
+    dominated capture time on trees of small files.
+    """
+    name = info.name + "/" if info.type == tarfile.DIRTYPE and not info.name.endswith("/") else info.name
+    if not (name.isascii() and info.linkname.isascii()) or len(name) > 100 or len(info.linkname) > 100:
+        return None
+    numbers = [_octal(info.mode, 8), _octal(info.uid, 8), _octal(info.gid, 8), _octal(info.size, 12),
+               _octal(int(info.mtime), 12), _octal(info.devmajor, 8), _octal(info.devminor, 8)]
+    if None in numbers or "\0" in name:
+        return None
+    mode, uid, gid, size, mtime, major, minor = numbers
+    if info.type not in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+        major = minor = b"\0" * 8
+    header = b"".join([name.encode("ascii").ljust(100, b"\0"), mode, uid, gid, size, mtime,  # type: ignore[list-item]
+                       b" " * 8, info.type, info.linkname.encode("ascii").ljust(100, b"\0"), b"ustar\x0000",
+                       b"\0" * 64, major, minor, b"\0" * 167])  # type: ignore[list-item]
+    return header[:148] + b"%06o\0 " % sum(header) + header[156:]
+
+
 class TarWriter:
     """Add members one by one; ``close()`` writes the end-of-archive blocks (the output stays open)."""
 
     def __init__(self, output: BinaryIO) -> None:
-        self._out = _Counting(output)
-        self._tar = tarfile.TarFile(fileobj=self._out, mode="w", format=tarfile.PAX_FORMAT,  # type: ignore[arg-type]
-                                    encoding="utf-8", errors="surrogateescape")
-        self._tar.copybufsize = COPY_CHUNK
+        self._out = output
+        self.offset = 0
         self.members = 0
+
+    def _write(self, data: bytes) -> None:
+        self._out.write(data)
+        self.offset += len(data)
 
     def _info(self, name: str, kind: bytes, attrs: Attrs) -> tarfile.TarInfo:
         info = tarfile.TarInfo(name or ".")
@@ -117,8 +128,16 @@ class TarWriter:
         return info
 
     def _add(self, info: tarfile.TarInfo, data: Reader | None = None) -> None:
-        self._tar.addfile(info, data)  # type: ignore[arg-type]
-        self._tar.members.clear()      # TarFile remembers every member; we never look back
+        header = None if info.pax_headers else ustar_header(info)
+        self._write(header or info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        if data is not None and info.size:
+            left = info.size
+            while left:
+                chunk = data.read(min(COPY_CHUNK, left))
+                self._write(chunk)
+                left -= len(chunk)
+            if info.size % tarfile.BLOCKSIZE:
+                self._write(b"\0" * (tarfile.BLOCKSIZE - info.size % tarfile.BLOCKSIZE))
         self.members += 1
 
     def directory(self, name: str, attrs: Attrs) -> None:
@@ -160,8 +179,8 @@ class TarWriter:
         self._add(info, _Exact(data, info.size, f"file {name!r}", prefix=block))
 
     def close(self) -> None:
-        self._tar.close()
+        """End-of-archive (two zero blocks), padded to a whole 10 KiB record like tar does."""
+        self._write(b"\0" * (2 * tarfile.BLOCKSIZE))
+        if self.offset % tarfile.RECORDSIZE:
+            self._write(b"\0" * (tarfile.RECORDSIZE - self.offset % tarfile.RECORDSIZE))
 
-
-def empty_reader() -> Reader:
-    return io.BytesIO(b"")
