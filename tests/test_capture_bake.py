@@ -292,3 +292,34 @@ def test_random_operation_sequences_survive_capture_and_bake(tmp_path_factory: p
             shutil.rmtree(work)
 
     check()
+
+
+# -- the tar itself -------------------------------------------------------------------------------------------
+
+def test_fast_ustar_headers_match_tarfile_byte_for_byte() -> None:
+    import tarfile
+
+    from layerboot.overlays.tarwriter import ustar_header
+    for kind, name, link in ((tarfile.REGTYPE, "etc/passwd", ""), (tarfile.DIRTYPE, "d" * 99, ""),
+                             (tarfile.SYMTYPE, "a/b", "/x/y"), (tarfile.CHRTYPE, "wo", ""),
+                             (tarfile.LNKTYPE, "h", "etc/passwd"), (tarfile.FIFOTYPE, "f" * 100, "")):
+        info = tarfile.TarInfo(name)
+        info.type, info.mode, info.uid, info.gid, info.mtime = kind, 0o4755, 1000, 5, 1_234_567_890
+        info.size, info.linkname, info.uname, info.gname = (77 if kind == tarfile.REGTYPE else 0), link, "", ""
+        assert ustar_header(info) == info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"), (kind, name)
+    info = tarfile.TarInfo("ü" * 3)
+    assert ustar_header(info) is None, "non-ASCII names need a pax record"
+
+
+@pytest.mark.root
+def test_gnu_tar_extracts_a_capture_to_the_same_tree(tmp_path: Path) -> None:
+    from layerboot.run import run
+    source = build_base(tmp_path / "src")
+    os.mknod(source / "etc/whiteout", stat.S_IFCHR | 0o600, os.makedev(0, 0))
+    os.symlink("x" * 150, source / "opt-long-link-target")
+    capture(source, tmp_path / "c.tar.zst")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    run(["tar", "-I", "zstd", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", tmp_path / "c.tar.zst",
+         "-C", dest])
+    assert tree_differences(snapshot(source), snapshot(dest)) == []
