@@ -7,12 +7,12 @@ layerboot wrote) into a pipe to ``tar2sqfs``, which packs the image in the store
 stream, the policy, zstd and tar2sqfs all succeed is the image published into objects/ and meta/.
 
 Why tar2sqfs from the stream rather than extract + mksquashfs (bench/bench_bake.py, 370 MB / 32.7k files
-of /usr, 2 cores, zstd, two runs on a shared VM): the raw tools are level — tar2sqfs from the tar.zst 17.6 s
-and 21.2 s, ``zstd -d | tar -x`` + mksquashfs 17.8 s and 19.2 s — and mksquashfs alone on an already
-extracted tree 15.1-16.5 s. The streaming path never writes the upload's unpacked bytes (up to
-bake.max_bytes) to disk and never creates an upload's files on the server, and ``layerboot bake`` (checks
-included, image hashed into the store) took 19.5 s in the second run: 0.92x raw tar2sqfs, because zstd and
-the tar parsing run beside tar2sqfs instead of in its reader thread.
+of /usr, 2 cores, zstd, three runs on a shared VM): the raw tools are level within the noise — tar2sqfs from
+the tar.zst 17.6 / 21.2 / 17.8 s, ``zstd -d | tar -x`` + mksquashfs 17.8 / 19.2 / 22.7 s — and mksquashfs
+alone on an already extracted tree takes 15.1-16.5 s. The streaming path never writes the upload's unpacked
+bytes (up to bake.max_bytes) to disk and never creates an upload's files on the server. ``layerboot bake``
+(checks included, image hashed into the store) took 19.5 s (0.92x tar2sqfs) and 19.1 s (1.07x) in the runs
+after the reader/writer fixes; zstd and the tar parsing run beside tar2sqfs, not in its reader thread.
 """
 
 from __future__ import annotations
