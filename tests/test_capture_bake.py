@@ -323,3 +323,20 @@ def test_gnu_tar_extracts_a_capture_to_the_same_tree(tmp_path: Path) -> None:
     run(["tar", "-I", "zstd", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", tmp_path / "c.tar.zst",
          "-C", dest])
     assert tree_differences(snapshot(source), snapshot(dest)) == []
+
+
+@pytest.mark.root
+def test_capture_refuses_sockets_and_devices_unless_told(tmp_path: Path) -> None:
+    import socket
+    upper = tmp_path / "upper"
+    (upper / "run").mkdir(parents=True)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(os.fspath(upper / "run/daemon.sock"))
+        with pytest.raises(LayerbootError, match="cannot capture socket 'run/daemon.sock'"):
+            capture(upper, tmp_path / "a.tar.zst")
+        capture(upper, tmp_path / "a.tar.zst", skip_sockets=True)
+    (upper / "run/daemon.sock").unlink()
+    os.mknod(upper / "run/null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    with pytest.raises(LayerbootError, match="device node 'run/null'"):
+        capture(upper, tmp_path / "b.tar.zst")
+    assert not (tmp_path / "b.tar.zst").exists()
