@@ -24,7 +24,6 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from layerboot.errors import CommandError, LayerbootError
 from layerboot.overlays.layer import Layer

@@ -189,3 +189,27 @@ def test_gnu_tar_upload_with_sparse_files_and_xattrs_is_accepted(store: Store, b
         root = mount_squashfs(stack, store.path(layer), tmp_path / "m")
         assert os.getxattr(root / "etc/conf", "user.k") == b"v"
         assert (root / "etc/sparse").read_bytes() == (tree / "etc/sparse").read_bytes()
+
+
+def test_concurrent_bakes_from_worker_threads(store: Store, base: str, tmp_path: Path) -> None:
+    """The daemon bakes from worker threads: a hostile upload next to good ones spoils nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    uploads = {}
+    for index in range(3):
+        uploads[index] = tmp_path / f"good{index}.tar.zst"
+        uploads[index].write_bytes(zst(tar_of(fine(f"etc/file{index}", os.urandom(300_000)))))
+    evil = tmp_path / "evil.tar.zst"
+    evil.write_bytes(zst(tar_of(fine("a", os.urandom(300_000)), fine("../escape"))))
+
+    def bake(path: Path) -> str:
+        try:
+            return bake_archive(store, path, base=base, parent=None, description="", limits=LIMITS).digest
+        except UploadRejected as err:
+            return str(err)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(bake, [evil, *uploads.values()]))
+    assert results[0].startswith("upload rejected: '../escape'")
+    assert len(set(results[1:])) == 3 and all(store.get(digest).kind == "overlay" for digest in results[1:])
+    assert os.listdir(store.paths.tmp) == []
