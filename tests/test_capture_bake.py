@@ -340,3 +340,16 @@ def test_capture_refuses_sockets_and_devices_unless_told(tmp_path: Path) -> None
     with pytest.raises(LayerbootError, match="device node 'run/null'"):
         capture(upper, tmp_path / "b.tar.zst")
     assert not (tmp_path / "b.tar.zst").exists()
+
+
+def test_cli_capture_to_stdout_is_a_bakeable_stream(store: Store, base: str, tmp_path: Path,
+                                                      capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    upper = tmp_path / "upper"
+    (upper / "etc").mkdir(parents=True)
+    (upper / "etc/motd").write_text("piped\n")
+    assert main(["--store", str(store.paths.root), "capture", "--upper", str(upper), "-o", "-"]) == 0
+    captured = capsysbinary.readouterr()
+    assert captured.out[:4] == b"\x28\xb5\x2f\xfd" and b"captured 3 entries" in captured.err
+    (tmp_path / "piped.tar.zst").write_bytes(captured.out)
+    layer = bake_archive(store, tmp_path / "piped.tar.zst", base=base, parent=None, description="", limits=LIMITS)
+    assert store.get(layer.digest).kind == "overlay"
