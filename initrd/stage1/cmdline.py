@@ -1,0 +1,113 @@
+"""Parse the kernel command line into stage1's options (``layerboot.*`` keys plus ``init=`` and ``ip=``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EMERGENCY_ACTIONS = ("shell", "reboot", "poweroff")
+STAGES = ("modules", "net", "manifest", "layers", "mount", "switch_root")
+DEFAULT_INIT = "/sbin/init"
+
+
+class CmdlineError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Options:
+    server: str = ""                  # layerboot.server=http://host:port (required)
+    node: str = ""                    # layerboot.node=<mac>; default: the boot interface's MAC
+    profile: str = ""                 # layerboot.profile=NAME fetches the profile's manifest instead
+    token: str = ""                   # layerboot.token=... sent as "Authorization: Bearer"
+    emergency: str = "shell"          # layerboot.emergency=shell|reboot|poweroff
+    breaks: tuple[str, ...] = ()      # layerboot.break=net,layers (a shell before each named stage)
+    debug: bool = False               # layerboot.debug
+    cache: str = ""                   # layerboot.cache=/dev/vdb (ext4/vfat; remembers the last serial)
+    interface: str = ""               # layerboot.interface=eth0 (default: first ethernet, or the node MAC's)
+    retries: int = 4                  # layerboot.retries=N per download
+    timeout: float = 10.0             # layerboot.timeout=SECONDS per network operation
+    upper_size: str = "50%"           # layerboot.upper_size=SIZE of the tmpfs for the writable layer
+    init: str = DEFAULT_INIT          # init=/path of the real init in the new root
+    ip: str = ""                      # ip=... (kernel syntax; static config or dhcp)
+
+
+def split_cmdline(text: str) -> list[str]:
+    """Split like the kernel does: whitespace separated, double quotes group (and are removed)."""
+    words: list[str] = []
+    current: list[str] = []
+    quoted = False
+    have = False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+            have = True
+        elif ch.isspace() and not quoted:
+            if have:
+                words.append("".join(current))
+            current, have = [], False
+        else:
+            current.append(ch)
+            have = True
+    if have:
+        words.append("".join(current))
+    return words
+
+
+def _positive(key: str, value: str, kind: type) -> int | float:
+    try:
+        number = kind(value)
+    except ValueError:
+        raise CmdlineError(f"{key}={value!r} is not a number") from None
+    if number <= 0:
+        raise CmdlineError(f"{key}={value!r} must be positive")
+    return number
+
+
+def parse_cmdline(text: str) -> Options:
+    """Return the options; unknown ``layerboot.*`` keys and bad values raise CmdlineError (one clear line)."""
+    values: dict[str, object] = {}
+    for word in split_cmdline(text):
+        key, sep, value = word.partition("=")
+        if key == "init" and sep:
+            values["init"] = value
+        elif key == "ip" and sep:
+            values["ip"] = value
+        elif key.startswith("layerboot."):
+            name = key[len("layerboot."):]
+            if name == "debug":
+                values["debug"] = value.lower() not in ("0", "no", "off", "false") if sep else True
+            elif name == "break":
+                wanted = tuple(s for s in value.split(",") if s) if sep else ("switch_root",)
+                for stage in wanted:
+                    if stage not in STAGES:
+                        raise CmdlineError(f"layerboot.break={stage!r}: known stages are {', '.join(STAGES)}")
+                values["breaks"] = tuple(values.get("breaks", ())) + wanted  # type: ignore[arg-type]
+            elif name == "emergency":
+                if value not in EMERGENCY_ACTIONS:
+                    raise CmdlineError(f"layerboot.emergency={value!r}: use one of {', '.join(EMERGENCY_ACTIONS)}")
+                values["emergency"] = value
+            elif name in ("retries",):
+                values[name] = int(_positive(key, value, int))
+            elif name == "timeout":
+                values[name] = float(_positive(key, value, float))
+            elif name in ("server", "node", "profile", "token", "cache", "interface", "upper_size"):
+                values[name] = value
+            else:
+                raise CmdlineError(f"unknown kernel option {key}")
+    server = str(values.get("server", ""))
+    if server:
+        if not server.startswith("http://"):
+            raise CmdlineError(f"layerboot.server={server!r} must be an http:// URL")
+        values["server"] = server.rstrip("/")
+    init = str(values.get("init", DEFAULT_INIT))
+    if not init.startswith("/"):
+        raise CmdlineError(f"init={init!r} must be an absolute path")
+    node = str(values.get("node", "")).lower()
+    if node:
+        values["node"] = node
+    return Options(**values)  # type: ignore[arg-type]
+
+
+def read_options(path: str = "/proc/cmdline") -> Options:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return parse_cmdline(f.read())

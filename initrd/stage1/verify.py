@@ -1,0 +1,151 @@
+"""Check a signed manifest (the envelope of layerboot.overlays.manifest) with the key baked into the initrd.
+
+Stdlib only: the envelope is JSON, the key file one line of base64 (raw 32 bytes), the signature Ed25519
+over the exact UTF-8 bytes of ``payload``. A serial lower than the last accepted one is refused.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import os
+from dataclasses import dataclass
+
+from .ed25519 import verify
+
+try:
+    from _sha256 import sha256
+except ImportError:  # pragma: no cover - other builds
+    from hashlib import sha256
+
+ENVELOPE_FORMAT = "layerboot-signed/1"
+MANIFEST_FORMAT = "layerboot-manifest/1"
+_HEX = frozenset("0123456789abcdef")
+
+
+class VerifyError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Layer:
+    digest: str
+    size: int
+    path: str
+
+
+@dataclass(frozen=True)
+class BootManifest:
+    profile: str
+    generation: int
+    serial: int
+    layers: tuple[Layer, ...]   # base first
+    cmdline: str = ""
+
+
+def key_id(public: bytes) -> str:
+    return sha256(public).hexdigest()[:16]
+
+
+def load_public_key(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            text = f.read().strip()
+    except OSError as err:
+        raise VerifyError(f"cannot read the trusted public key {path}: {err.strerror}") from None
+    try:
+        raw = binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise VerifyError(f"{path} is not a base64 Ed25519 public key")
+    return raw
+
+
+def check_digest(value: object) -> str:
+    if not isinstance(value, str) or len(value) != 64 or not _HEX.issuperset(value):
+        raise VerifyError(f"manifest names an invalid sha256 digest {value!r}")
+    return value
+
+
+def _layer(item: object) -> Layer:
+    if not isinstance(item, dict):
+        raise VerifyError("manifest layer entry is not an object")
+    digest = check_digest(item.get("digest"))
+    size, path = item.get("size"), item.get("path")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise VerifyError(f"layer {digest[:12]} has an invalid size {size!r}")
+    if not isinstance(path, str) or not path or path.startswith("/") or ".." in path.split("/") or "?" in path:
+        raise VerifyError(f"layer {digest[:12]} has an unsafe path {path!r}")
+    return Layer(digest, size, path)
+
+
+def parse_payload(payload: str) -> BootManifest:
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        raise VerifyError("manifest payload is not valid JSON") from None
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise VerifyError(f"manifest payload is not a {MANIFEST_FORMAT} document")
+    generation, serial = data.get("generation"), data.get("serial")
+    for number in (generation, serial):
+        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+            raise VerifyError(f"manifest generation/serial {number!r} is not a positive integer")
+    layers = data.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise VerifyError("manifest lists no layers")
+    profile, cmdline = data.get("profile"), data.get("cmdline", "")
+    if not isinstance(profile, str) or not isinstance(cmdline, str):
+        raise VerifyError("manifest profile/cmdline are not strings")
+    return BootManifest(profile, generation, serial, tuple(_layer(item) for item in layers), cmdline)
+
+
+def verify_envelope(data: bytes, public: bytes, *, min_serial: int = 0) -> BootManifest:
+    """Return the manifest inside a signed envelope, or raise VerifyError naming what is wrong."""
+    try:
+        envelope = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise VerifyError("signed manifest is not valid JSON") from None
+    if not isinstance(envelope, dict) or envelope.get("format") != ENVELOPE_FORMAT:
+        raise VerifyError(f"not a {ENVELOPE_FORMAT} envelope")
+    payload, signature_b64 = envelope.get("payload"), envelope.get("signature")
+    if not isinstance(payload, str) or not isinstance(signature_b64, str):
+        raise VerifyError("signed manifest lacks a payload or signature")
+    if envelope.get("key_id") != key_id(public):
+        raise VerifyError(f"manifest was signed by key {envelope.get('key_id')!r}, "
+                          f"not the trusted key {key_id(public)}")
+    try:
+        signature = binascii.a2b_base64(signature_b64.encode("ascii"), strict_mode=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise VerifyError("manifest signature is not valid base64") from None
+    if not verify(public, payload.encode("utf-8"), signature):
+        raise VerifyError("manifest signature does not verify: it was altered or signed by another key")
+    manifest = parse_payload(payload)
+    if manifest.serial < min_serial:
+        raise VerifyError(f"manifest serial {manifest.serial} is lower than the last accepted {min_serial} "
+                          "(replay of an older manifest?)")
+    return manifest
+
+
+class SerialCache:
+    """The last accepted manifest serial, kept in ``directory/last-serial`` (a persistent cache disk)."""
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, "last-serial")
+
+    def load(self) -> int:
+        try:
+            with open(self.path, encoding="ascii") as f:
+                return int(f.read().strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as err:
+            raise VerifyError(f"serial cache {self.path} is unreadable ({err}); refusing to guess") from None
+
+    def store(self, serial: int) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(f"{serial}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, self.path)

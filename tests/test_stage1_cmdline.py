@@ -1,0 +1,46 @@
+"""Kernel command line → stage1 Options: the options a user writes in a profile's cmdline or iPXE script."""
+
+import pytest
+
+from layerboot.initrd.stage1.cmdline import CmdlineError, Options, parse_cmdline, split_cmdline
+
+
+def test_split_like_the_kernel() -> None:
+    assert split_cmdline('  a=1  b="x y"  "c d"=2\n') == ["a=1", "b=x y", "c d=2"]
+    assert split_cmdline('e=""') == ["e="]
+    assert split_cmdline("") == []
+
+
+def test_typical_ipxe_cmdline() -> None:
+    opts = parse_cmdline("console=ttyS0 quiet ip=dhcp layerboot.server=http://10.0.2.2:8080/ "
+                         "layerboot.node=52:54:00:AB:CD:EF layerboot.token=tok3n layerboot.emergency=poweroff "
+                         "layerboot.debug init=/bin/sh root=ignored")
+    assert opts == Options(server="http://10.0.2.2:8080", node="52:54:00:ab:cd:ef", token="tok3n",
+                           emergency="poweroff", debug=True, init="/bin/sh", ip="dhcp")
+
+
+def test_defaults() -> None:
+    opts = parse_cmdline("console=ttyS0")
+    assert (opts.server, opts.emergency, opts.init, opts.breaks, opts.debug, opts.retries) == (
+        "", "shell", "/sbin/init", (), False, 4)
+
+
+def test_break_lists_accumulate_and_bare_break_means_switch_root() -> None:
+    assert parse_cmdline("layerboot.break=net,layers layerboot.break=mount").breaks == ("net", "layers", "mount")
+    assert parse_cmdline("layerboot.break").breaks == ("switch_root",)
+    assert parse_cmdline("layerboot.debug=0").debug is False
+
+
+@pytest.mark.parametrize("cmdline, message", [
+    ("layerboot.emergency=explode", "use one of shell, reboot, poweroff"),
+    ("layerboot.break=fetch", "known stages are"),
+    ("layerboot.retries=many", "is not a number"),
+    ("layerboot.retries=0", "must be positive"),
+    ("layerboot.timeout=-1", "must be positive"),
+    ("layerboot.servr=http://x", "unknown kernel option layerboot.servr"),
+    ("layerboot.server=https://x", "must be an http:// URL"),
+    ("init=sbin/init", "must be an absolute path"),
+])
+def test_bad_values_are_one_clear_error(cmdline: str, message: str) -> None:
+    with pytest.raises(CmdlineError, match=message):
+        parse_cmdline(cmdline)
