@@ -92,6 +92,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.bake_workers", _int, 1, "uploads baked at the same time"),
     Setting("server.queue_size", _int, 64, "uploads that may wait for a bake before new ones are refused"),
     Setting("server.debug", _bool, False, "log every request"),
+    Setting("server.public_url", _str, "",
+            "base URL nodes are told to use (e.g. http://10.0.0.1:8080); empty: the Host the request came in on"),
+    Setting("server.boot_token_ttl", _int, 30 * 86400,
+            "seconds a boot token (minted by /boot/MAC.ipxe, on the node's kernel command line) stays valid"),
+    Setting("server.upload_policy", _choice("hold", "auto"), "hold",
+            "default for profiles without their own policy: 'auto' appends a baked upload as a new generation, "
+            "'hold' waits for 'layerboot uploads approve'"),
 )
 
 Config = dataclasses.make_dataclass(
