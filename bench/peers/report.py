@@ -1,0 +1,85 @@
+"""Turn boot runs into the figures the benchmark reports: medians, ratios against each peer, bytes served.
+
+Pure functions over plain records, so the arithmetic and the wording are unit-tested without booting.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+
+TARGET = ("live-boot", 0.5)   # issue 5's target: layerboot <= 0.5x live-boot
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One boot as the report needs it (seconds None: the boot failed, with ``failure`` saying why)."""
+
+    seconds: float | None
+    http_bytes: int
+    failure: str | None = None
+
+
+@dataclass
+class SystemResult:
+    """All runs of one system in one benchmark, or why it could not be measured (``unavailable``)."""
+
+    name: str
+    initrd_bytes: int | None = None
+    runs: list[Measured] = field(default_factory=list)
+    unavailable: str | None = None
+
+    @property
+    def times(self) -> list[float]:
+        return [r.seconds for r in self.runs if r.seconds is not None and r.failure is None]
+
+    @property
+    def median(self) -> float | None:
+        """Median over the runs, only when every run reached the marker (a failed run is not a fast run)."""
+        times = self.times
+        return statistics.median(times) if times and len(times) == len(self.runs) else None
+
+    @property
+    def median_bytes(self) -> int | None:
+        return int(statistics.median(r.http_bytes for r in self.runs)) if self.runs else None
+
+    def to_json(self) -> dict[str, object]:
+        return {**asdict(self), "median": self.median, "median_bytes": self.median_bytes}
+
+
+def ratios(results: list[SystemResult], subject: str = "layerboot") -> dict[str, float]:
+    """``subject``'s median time divided by each other system's, for those measured in this run."""
+    by_name = {r.name: r for r in results}
+    mine = by_name.get(subject)
+    if mine is None or mine.median is None:
+        return {}
+    return {r.name: mine.median / r.median for r in results
+            if r.name != subject and r.median is not None and r.median > 0}
+
+
+def mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.1f} MB"
+
+
+def describe(result: SystemResult) -> str:
+    """One line: initrd size, median time and each run, bytes served (or why it is missing)."""
+    head = f"{result.name:22} initrd {mb(result.initrd_bytes):>9}"
+    if result.unavailable:
+        return f"{head}   not measured: {result.unavailable}"
+    each = " ".join("FAIL" if r.seconds is None or r.failure else f"{r.seconds:.2f}" for r in result.runs)
+    median = "no median" if result.median is None else f"median {result.median:6.2f} s"
+    line = f"{head}   {median} ({each})   served {mb(result.median_bytes)}"
+    failures = sorted({r.failure for r in result.runs if r.failure})
+    return line + "".join(f"\n{'':25}failed: {f}" for f in failures)
+
+
+def ratio_lines(results: list[SystemResult], subject: str = "layerboot") -> list[str]:
+    found = ratios(results, subject)
+    if not found:
+        return [f"ratios: {subject} has no median in this run, so no ratios"]
+    lines = [f"ratio {subject} / {name}: {value:.2f}x" for name, value in found.items()]
+    target_name, target = TARGET
+    if target_name in found:
+        verdict = "PASS" if found[target_name] <= target else "MISS"
+        lines.append(f"target {subject} <= {target}x {target_name}: {verdict}")
+    return lines

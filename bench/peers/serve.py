@@ -1,0 +1,108 @@
+"""A static HTTP server on 127.0.0.1 that counts the body bytes it sends, per request and per boot.
+
+QEMU's user network shows the host's loopback to the guest as 10.0.2.2, so the peers fetch their rootfs
+from here. The counts are what the second-boot benchmark reports: a peer that refetches the whole image
+after a one-file change shows the image's full size again.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import BinaryIO
+
+
+@dataclass
+class Request:
+    path: str
+    status: int
+    bytes: int
+
+
+@dataclass
+class Traffic:
+    """Body bytes sent since the last reset, and the requests that sent them."""
+
+    requests: list[Request] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def bytes(self) -> int:
+        with self.lock:
+            return sum(r.bytes for r in self.requests)
+
+    def add(self, request: Request) -> None:
+        with self.lock:
+            self.requests.append(request)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests.clear()
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    traffic: Traffic
+
+    def __init__(self, *args: object, traffic: Traffic, **kwargs: object) -> None:
+        self.traffic = traffic
+        self._sent = 0
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def copyfile(self, source: BinaryIO, outputfile: BinaryIO) -> None:  # type: ignore[override]
+        while chunk := source.read(1 << 20):
+            outputfile.write(chunk)
+            self._sent += len(chunk)
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self._status = code
+        super().send_response(code, message)
+
+    def handle_one_request(self) -> None:
+        self._sent, self._status = 0, 0
+        super().handle_one_request()
+        if self._status:
+            self.traffic.add(Request(self.path, self._status, self._sent))
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+class CountingServer:
+    """Serve ``root`` on 127.0.0.1 (a free port unless one is given) from a thread; a context manager."""
+
+    def __init__(self, root: Path, port: int = 0) -> None:
+        self.root = root
+        self.traffic = Traffic()
+        handler = partial(_Handler, directory=str(root), traffic=self.traffic)
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="bench-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def guest_url(self, name: str) -> str:
+        """The URL a QEMU user-net guest uses for ``name`` under the served root."""
+        return f"http://10.0.2.2:{self.port}/{name}"
+
+    def publish(self, name: str, source: Path) -> str:
+        """Make ``source`` available as ``name`` (a symlink into the cache) and return its guest URL."""
+        link = self.root / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(source.resolve())
+        return self.guest_url(name)
+
+    def __enter__(self) -> "CountingServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+__all__ = ["CountingServer", "Request", "Traffic"]

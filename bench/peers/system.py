@@ -1,0 +1,42 @@
+"""What the benchmark needs to know about one system under test, and what every system is given."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from layerboot.build.kernel import Kernel
+
+from peers.serve import CountingServer, Traffic
+
+# Drivers every initrd must have for this guest: the virtio NIC, and what a squashfs-over-overlayfs root needs.
+MODULES = ("virtio_net", "virtio_pci", "squashfs", "overlay", "loop")
+
+
+class Unavailable(Exception):
+    """This system cannot be measured in this tree yet (reported as such, never as a figure)."""
+
+
+@dataclass(frozen=True)
+class Bench:
+    """The shared inputs: cache dir, kernel, the rootfs image per version, the peers' HTTP server."""
+
+    cache: Path
+    kernel: Kernel
+    images: dict[str, Path]          # "v1" (first boot), "v2" (one-file change) -> squashfs
+    server: CountingServer
+    workdir: Path
+    rebuild: bool = False
+
+
+@dataclass(frozen=True)
+class System:
+    """A bootable system: its initrd, its command line per rootfs version, its failure lines, its traffic."""
+
+    name: str
+    initrd: Path
+    cmdline: Callable[[str], str]
+    fail: re.Pattern[str]
+    traffic: Traffic

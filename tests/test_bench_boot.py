@@ -1,0 +1,149 @@
+"""The boot benchmark's own logic: marker parsing, cache keys, mirror lookup, the counting server, the
+figures and ratios it reports, and its command line. Booting the peers is the benchmark itself (minutes of
+QEMU per system), so it is not part of the suite."""
+
+from __future__ import annotations
+
+import sys
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+
+import pytest
+
+from layerboot.run import run
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+from peers import live_boot  # noqa: E402
+from peers.boot import Guest, qemu_argv  # noqa: E402
+from peers.cache import cached, input_key  # noqa: E402
+from peers.report import Measured, SystemResult, describe, ratio_lines, ratios  # noqa: E402
+from peers.rootfs import MARKER_SCRIPT, filler_bytes, parse_marker  # noqa: E402
+from peers.serve import CountingServer  # noqa: E402
+
+
+def test_marker_line_is_found_with_uptime_and_version() -> None:
+    found = parse_marker("[   12.345] ROOTFS-UP 11.02 version=v2\r")
+    assert found is not None and found.uptime == 11.02 and found.version == "v2"
+    assert parse_marker("echo \"ROOTFS-UP $up version=$(cat /etc/bench-version)\"") is None
+    assert parse_marker("random kernel line") is None
+
+
+def test_marker_script_prints_what_the_parser_expects(tmp_path: Path) -> None:
+    """Run the init's echo line with a fake uptime and version: the parser must accept its output."""
+    echo = next(line for line in MARKER_SCRIPT.splitlines() if line.startswith("echo"))
+    (tmp_path / "v").write_text("v7\n")
+    script = f"up=3.50; {echo.replace('/etc/bench-version', str(tmp_path / 'v'))}"
+    out = run(["sh", "-c", script]).text
+    assert parse_marker(out) == parse_marker("ROOTFS-UP 3.50 version=v7")
+
+
+def test_filler_is_deterministic_and_incompressible() -> None:
+    data = filler_bytes(1 << 20)
+    assert data == filler_bytes(1 << 20) and len(data) == 1 << 20
+    assert len(zlib.compress(data, 9)) > 0.99 * len(data)
+
+
+def test_input_key_changes_with_any_input_and_is_unambiguous() -> None:
+    assert input_key("a", ("b", "c")) == input_key("a", ("b", "c"))
+    assert input_key("a", "bc") != input_key("ab", "c")
+    assert input_key(b"x") != input_key(b"y")
+
+
+def test_cached_builds_once_and_a_failed_build_leaves_nothing(tmp_path: Path) -> None:
+    calls: list[Path] = []
+
+    def build(out: Path) -> None:
+        calls.append(out)
+        out.write_text("artefact")
+
+    first = cached(tmp_path, "thing", "k1", build, suffix=".img")
+    assert first.name == "thing-k1.img" and first.read_text() == "artefact"
+    assert cached(tmp_path, "thing", "k1", build, suffix=".img") == first and len(calls) == 1
+    cached(tmp_path, "thing", "k1", build, suffix=".img", rebuild=True)
+    assert len(calls) == 2
+
+    def broken(out: Path) -> None:
+        out.mkdir()
+        (out / "half").write_text("x")
+        raise RuntimeError("build failed")
+
+    with pytest.raises(RuntimeError):
+        cached(tmp_path, "other", "k2", broken)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thing-k1.img"]
+
+
+def test_mirror_is_read_from_deb822_and_one_line_sources(tmp_path: Path) -> None:
+    deb822 = ("Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\n"
+              "Types: deb-src\nURIs: http://src.example/debian\nSuites: bookworm\n\n"
+              "Types: deb\n# a comment: with a colon\nURIs: http://mirror.example/debian http://b/\n"
+              "Suites: bookworm bookworm-updates\nComponents: main\n")
+    assert live_boot.parse_deb822_mirror(deb822) == "http://mirror.example/debian"
+    one_line = ("# deb http://old/ bookworm main\ndeb [arch=amd64 signed-by=/k.gpg] http://m.example/debian "
+                "bookworm main\n")
+    assert live_boot.parse_one_line_mirror(one_line) == "http://m.example/debian"
+    (tmp_path / "x.sources").write_text("Types: deb\nURIs: http://a/\nSuites: trixie\n")
+    (tmp_path / "sources.list").write_text(one_line)
+    assert live_boot.debian_mirror((tmp_path / "x.sources", tmp_path / "sources.list")) == "http://m.example/debian"
+    with pytest.raises(Exception, match="no bookworm mirror"):
+        live_boot.debian_mirror((tmp_path / "x.sources",))
+
+
+def test_counting_server_counts_body_bytes_per_boot(tmp_path: Path) -> None:
+    image = tmp_path / "image.bin"
+    image.write_bytes(b"x" * 300_000)
+    www = tmp_path / "www"
+    www.mkdir()
+    with CountingServer(www) as server:
+        url = server.publish("rootfs.squashfs", image)
+        assert url == f"http://10.0.2.2:{server.port}/rootfs.squashfs"
+        local = f"http://127.0.0.1:{server.port}/rootfs.squashfs"
+        assert urllib.request.urlopen(local).read() == image.read_bytes()
+        assert server.traffic.bytes == 300_000
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/missing")
+        assert [(r.path, r.status, r.bytes) for r in server.traffic.requests] == \
+            [("/rootfs.squashfs", 200, 300_000), ("/missing", 404, 0)]
+        server.traffic.reset()
+        urllib.request.urlopen(local).read()
+        assert server.traffic.bytes == 300_000
+
+
+def test_median_needs_every_run_and_ratios_use_only_measured_systems() -> None:
+    live = SystemResult("live-boot", 30_000_000, [Measured(16.0, 10), Measured(18.0, 10), Measured(17.0, 10)])
+    dracut = SystemResult("dracut-livenet", 29_000_000, [Measured(40.0, 10), Measured(None, 0, "timeout")])
+    ours = SystemResult("layerboot", 12_000_000, [Measured(8.0, 5), Measured(7.0, 5), Measured(9.0, 5)])
+    assert live.median == 17.0 and dracut.median is None and ours.median == 8.0
+    assert ratios([live, dracut, ours]) == {"live-boot": 8.0 / 17.0}
+    assert ratio_lines([live, dracut, ours]) == ["ratio layerboot / live-boot: 0.47x",
+                                                 "target layerboot <= 0.5x live-boot: PASS"]
+    slow = SystemResult("layerboot", None, [Measured(9.0, 5)])
+    assert ratio_lines([live, slow])[-1] == "target layerboot <= 0.5x live-boot: MISS"
+    assert "failed: timeout" in describe(dracut) and "FAIL" in describe(dracut)
+    assert "median  17.00 s (16.00 18.00 17.00)" in describe(live)
+
+
+def test_an_unavailable_system_is_reported_as_such_never_as_a_figure() -> None:
+    missing = SystemResult("layerboot", unavailable="not yet available: build/initrd.py not in this tree")
+    line = describe(missing)
+    assert "not measured: not yet available" in line and " s " not in line
+    assert ratio_lines([SystemResult("live-boot", None, [Measured(16.0, 1)]), missing]) == \
+        ["ratios: layerboot has no median in this run, so no ratios"]
+
+
+def test_qemu_boots_under_tcg_with_rdrand_and_the_given_command_line() -> None:
+    argv = qemu_argv(Guest(Path("/k"), Path("/i"), "console=ttyS0 boot=live", mem_mb=512))
+    assert argv[argv.index("-accel") + 1] == "tcg" and argv[argv.index("-cpu") + 1] == "qemu64,+rdrand"
+    assert argv[argv.index("-append") + 1] == "console=ttyS0 boot=live"
+    assert argv[argv.index("-m") + 1] == "512" and argv[argv.index("-initrd") + 1] == "/i"
+
+
+def test_help_runs_and_unknown_systems_are_one_line_errors() -> None:
+    script = BENCH / "bench_boot.py"
+    out = run([sys.executable, script, "--help"]).text
+    assert "--runs" in out and "live-boot" in out and "dracut-livenet" in out and "layerboot" in out
+    bad = run([sys.executable, script, "--systems", "live-boot,nosuch"], check=False)
+    assert bad.returncode == 2 and b"unknown system(s) nosuch" in bad.stderr
