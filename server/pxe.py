@@ -1,0 +1,163 @@
+"""What `layerboot pxe` serves: the network plan, the TFTP root with Debian's iPXE binaries, the chain script.
+
+A PXE ROM first gets an iPXE binary over TFTP (BIOS: undionly.kpxe, UEFI: snponly.efi or ipxe.efi). iPXE then
+asks DHCP again, this time sending user class "iPXE" (and option 175), and is pointed at layerbootd's per-MAC
+script ``http://HOST:PORT/boot/${net0/mac}.ipxe`` — the URL itself in full-DHCP mode, or a small TFTP-served
+chain script in proxy mode, where the boot file has to be a file on our TFTP server. iPXE expands
+``${net0/mac}`` itself, so one config serves every node. This module has no daemon in it; server/dnsmasq.py
+turns a :class:`PxePlan` into a dnsmasq config and keeps dnsmasq running.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from layerboot.atomic import write_text
+from layerboot.errors import LayerbootError
+from layerboot.run import require_tool, run
+
+IPXE_DIR = Path("/usr/lib/ipxe")
+BIOS_BINARY = "undionly.kpxe"
+EFI_BINARIES = ("snponly.efi", "ipxe.efi")
+CHAIN_SCRIPT = "layerboot.ipxe"
+MAC_PATH = "/boot/${net0/mac}.ipxe"
+
+
+@dataclass(frozen=True)
+class PxePlan:
+    """Everything dnsmasq needs to know; built and checked once by :func:`plan`."""
+
+    interface: str
+    network: ipaddress.IPv4Network      # the interface's subnet (proxy-DHCP answers for it)
+    address: ipaddress.IPv4Address      # our address on it (the TFTP server nodes are told about)
+    server_url: str                     # layerbootd's base URL, e.g. http://10.0.0.1:8080
+    tftp_root: Path
+    state_dir: Path                     # generated config and the lease file
+    proxy: bool
+    range_start: ipaddress.IPv4Address | None = None
+    range_end: ipaddress.IPv4Address | None = None
+    efi_binary: str = "snponly.efi"
+    lease_time: str = "1h"
+
+    @property
+    def boot_url(self) -> str:
+        """The per-MAC script URL as iPXE sees it (iPXE expands ${net0/mac})."""
+        return self.server_url + MAC_PATH
+
+    @property
+    def config_file(self) -> Path:
+        return self.state_dir / "dnsmasq.conf"
+
+    @property
+    def lease_file(self) -> Path:
+        return self.state_dir / "dnsmasq.leases"
+
+
+def check_server_url(url: str) -> str:
+    """layerbootd's base URL: http(s)://host[:port] with no path, query or fragment."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise LayerbootError(f"--server-url {url!r} is not an http:// URL with a host",
+                             hint="give layerbootd's address as seen by the nodes, e.g. http://10.0.0.1:8080")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise LayerbootError(f"--server-url {url!r} must not have a path, query or fragment",
+                             hint="nodes fetch <server-url>/boot/<mac>.ipxe")
+    if any(c in url for c in ' ,"\n'):
+        raise LayerbootError(f"--server-url {url!r} contains a space, comma or quote")
+    return url.rstrip("/")
+
+
+def interface_address(interface: str) -> ipaddress.IPv4Interface:
+    """The first IPv4 address (with prefix) of a network interface, read with `ip -j addr`."""
+    require_tool("ip", package="iproute2")
+    result = run(["ip", "-j", "-4", "addr", "show", "dev", interface], check=False)
+    if result.returncode != 0:
+        raise LayerbootError(f"no network interface {interface!r}", hint="see 'ip link' for the interface names")
+    for link in json.loads(result.text or "[]"):
+        for info in link.get("addr_info", []):
+            if info.get("family") == "inet":
+                return ipaddress.IPv4Interface(f"{info['local']}/{info['prefixlen']}")
+    raise LayerbootError(f"interface {interface} has no IPv4 address",
+                         hint=f"give it the server's address first, e.g. 'ip addr add 10.0.0.1/24 dev {interface}'")
+
+
+def parse_range(text: str, network: ipaddress.IPv4Network) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+    """``A,B``: the first and last address handed out; both inside the interface's subnet."""
+    try:
+        first, last = (ipaddress.IPv4Address(part.strip()) for part in text.split(","))
+    except ValueError:
+        raise LayerbootError(f"--range {text!r} is not two IPv4 addresses 'FIRST,LAST'") from None
+    if first not in network or last not in network:
+        raise LayerbootError(f"--range {text} is not inside the interface's subnet {network}")
+    if first > last:
+        raise LayerbootError(f"--range {text}: the first address is above the last")
+    return first, last
+
+
+def plan(*, interface: str, server_url: str, tftp_root: Path, state_dir: Path, dhcp_range: str | None,
+         efi_binary: str = "snponly.efi") -> PxePlan:
+    """Check the options against the real interface; proxy-DHCP unless a range is given."""
+    if efi_binary not in EFI_BINARIES:
+        raise LayerbootError(f"--efi-binary must be one of {', '.join(EFI_BINARIES)}")
+    url = check_server_url(server_url)
+    iface = interface_address(interface)
+    first = last = None
+    if dhcp_range:
+        first, last = parse_range(dhcp_range, iface.network)
+        if first <= iface.ip <= last:
+            raise LayerbootError(f"--range {dhcp_range} contains the server's own address {iface.ip}")
+    return PxePlan(interface=interface, network=iface.network, address=iface.ip, server_url=url,
+                   tftp_root=tftp_root, state_dir=state_dir, proxy=dhcp_range is None,
+                   range_start=first, range_end=last, efi_binary=efi_binary)
+
+
+def chain_script(plan: PxePlan) -> str:
+    """The TFTP-served iPXE script that hands over to layerbootd (used where the boot file must be a file)."""
+    return ("#!ipxe\n"
+            "# written by 'layerboot pxe': hand over to layerbootd's script for this node's MAC\n"
+            f"chain --autofree {plan.boot_url} || shell\n")
+
+
+def _readable_by_all(path: Path) -> bool:
+    """dnsmasq drops to user nobody before serving TFTP: every directory up to the root must be searchable."""
+    for part in [path, *path.parents]:
+        try:
+            mode = part.stat().st_mode
+        except OSError:
+            return False
+        if not mode & 0o001:
+            return False
+    return True
+
+
+def prepare_tftp_root(plan: PxePlan, *, ipxe_dir: Path = IPXE_DIR) -> list[Path]:
+    """Copy Debian's iPXE binaries and write the chain script into the TFTP root; returns the files served."""
+    wanted = [BIOS_BINARY, *EFI_BINARIES]
+    missing = [name for name in wanted if not (ipxe_dir / name).is_file()]
+    if missing:
+        raise LayerbootError(f"iPXE binaries missing from {ipxe_dir}: {', '.join(missing)}",
+                             hint="install the Debian package 'ipxe'")
+    root = plan.tftp_root
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)
+    if not _readable_by_all(root):
+        raise LayerbootError(f"the TFTP root {root} is not reachable by other users (dnsmasq serves as 'nobody')",
+                             hint="choose a --tftp-root whose parent directories are world-searchable (o+x)")
+    served = []
+    for name in wanted:
+        target = root / name
+        tmp = root / f".{name}.tmp"
+        shutil.copyfile(ipxe_dir / name, tmp)   # follows Debian's /boot/ipxe.efi symlink
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+        served.append(target)
+    script = root / CHAIN_SCRIPT
+    write_text(script, chain_script(plan))
+    served.append(script)
+    return served

@@ -1,0 +1,65 @@
+"""``layerboot pxe``: DHCP/proxy-DHCP + TFTP for PXE-booting nodes into layerbootd, via a supervised dnsmasq."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from layerboot.server import dnsmasq
+from layerboot.server.pxe import EFI_BINARIES, plan, prepare_tftp_root
+from layerboot.tools.context import Context
+
+DESCRIPTION = """\
+Serve PXE on one interface with dnsmasq (DNS off). Without --range it is a proxy-DHCP server: the existing
+DHCP server keeps handing out addresses, dnsmasq only adds the boot information. With --range FIRST,LAST it
+is the DHCP server for that range. PXE ROMs get Debian's iPXE over TFTP (undionly.kpxe for BIOS, snponly.efi
+or ipxe.efi for UEFI); iPXE is sent on to <server-url>/boot/<mac>.ipxe. dnsmasq runs in the foreground and
+is restarted if it dies; SIGTERM or Ctrl-C stops it.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("pxe", help="run DHCP/proxy-DHCP + TFTP (dnsmasq) that chains nodes to layerbootd",
+                            description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--interface", "-i", required=True, metavar="IF", help="network interface to serve on")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--proxy", action="store_true", help="proxy-DHCP only (the default)")
+    mode.add_argument("--range", dest="dhcp_range", metavar="FIRST,LAST",
+                      help="be the DHCP server and hand out these addresses")
+    parser.add_argument("--server-url", required=True, metavar="URL",
+                        help="layerbootd as the nodes reach it, e.g. http://10.0.0.1:8080")
+    parser.add_argument("--tftp-root", type=Path, metavar="DIR",
+                        help="directory served by TFTP (default: <store>/state/pxe/tftp)")
+    parser.add_argument("--state-dir", type=Path, metavar="DIR",
+                        help="where the generated dnsmasq.conf and leases go (default: <store>/state/pxe)")
+    parser.add_argument("--efi-binary", choices=EFI_BINARIES, default="snponly.efi",
+                        help="iPXE build for UEFI clients (snponly.efi uses the firmware's NIC driver)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the dnsmasq config and exit without starting anything")
+    parser.set_defaults(func=cmd_pxe)
+
+
+def cmd_pxe(ctx: Context) -> int:
+    args = ctx.args
+    state_dir: Path = (args.state_dir or ctx.paths.state / "pxe").absolute()
+    the_plan = plan(interface=args.interface, server_url=args.server_url,
+                    tftp_root=(args.tftp_root or state_dir / "tftp").absolute(), state_dir=state_dir,
+                    dhcp_range=args.dhcp_range, efi_binary=args.efi_binary)
+    if args.print_config:
+        print(dnsmasq.render_config(the_plan), end="")
+        return 0
+    log = logging.getLogger("layerboot.pxe")
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)      # a long-running service says what it does without -v
+    served = prepare_tftp_root(the_plan)
+    dnsmasq.write_config(the_plan)
+    mode = "proxy-DHCP for " + str(the_plan.network) if the_plan.proxy else \
+        f"DHCP {the_plan.range_start}-{the_plan.range_end}"
+    log.info("serving %s on %s (%s); TFTP %s (%s); iPXE chains to %s", mode, the_plan.interface,
+             the_plan.address, the_plan.tftp_root, ", ".join(p.name for p in served), the_plan.boot_url)
+    log.info("config %s", the_plan.config_file)
+    supervisor = dnsmasq.Supervisor(dnsmasq.dnsmasq_argv(the_plan))
+    dnsmasq.stop_on_signals(supervisor)
+    supervisor.run()
+    return 0
