@@ -11,10 +11,9 @@ from layerboot.log import run_main, setup_logging
 from layerboot.tools import cmd_config, cmd_demo, cmd_key, cmd_layer, cmd_manifest, cmd_profile, cmd_store
 from layerboot.tools import cmd_bake, cmd_capture
 from layerboot.tools import cmd_pxe
-from layerboot.tools import cmd_install
 from layerboot.tools.context import Context
 
-COMMAND_GROUPS = (cmd_store, cmd_layer, cmd_profile, cmd_manifest, cmd_key, cmd_config, cmd_demo, cmd_install,
+COMMAND_GROUPS = (cmd_store, cmd_layer, cmd_profile, cmd_manifest, cmd_key, cmd_config, cmd_demo,
                   cmd_capture, cmd_bake, cmd_pxe)
 
 DESCRIPTION = """\
