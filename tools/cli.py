@@ -10,11 +10,12 @@ from layerboot import __version__
 from layerboot.log import run_main, setup_logging
 from layerboot.tools import cmd_config, cmd_demo, cmd_key, cmd_layer, cmd_manifest, cmd_profile, cmd_store
 from layerboot.tools import cmd_bake, cmd_capture
+from layerboot.tools import cmd_nodes, cmd_upload
 from layerboot.tools import cmd_pxe
 from layerboot.tools.context import Context
 
 COMMAND_GROUPS = (cmd_store, cmd_layer, cmd_profile, cmd_manifest, cmd_key, cmd_config, cmd_demo,
-                  cmd_capture, cmd_bake, cmd_pxe)
+                  cmd_capture, cmd_bake, cmd_pxe, cmd_nodes, cmd_upload)
 
 DESCRIPTION = """\
 Boot diskless Linux nodes from a signed base squashfs plus ordered overlay layers.

@@ -1,0 +1,267 @@
+"""The node registry: MAC -> profile, per-node secrets (hashed), SSH keys and boot reports.
+
+Two kinds of bearer token authenticate a node, and the database keeps only their sha256:
+
+* the *registration token*, printed once by ``layerboot nodes register`` (for uploads from anywhere, e.g.
+  ``layerboot upload``);
+* *boot tokens*, minted by ``GET /boot/<mac>.ipxe`` and put on the kernel command line
+  (``layerboot.token=``), so a diskless node that remembers nothing still proves which node it is. They
+  live ``server.boot_token_ttl`` seconds; the newest few per node stay valid.
+
+Anyone who can fetch ``/boot/<mac>.ipxe`` gets a boot token for that MAC: on a PXE network the MAC is the
+identity, exactly as with DHCP. The tokens stop one node reading another's manifest, layers or uploading
+as it; they do not make the boot network trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from layerboot.errors import LayerbootError
+from layerboot.overlays.layer import utc_now
+from layerboot.overlays.names import check_profile_name
+
+MAC_RE = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
+BOOT_TOKENS_KEPT = 8
+EVENTS_KEPT = 200
+STAGE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+
+
+class AuthError(LayerbootError):
+    """A request that is not allowed: ``status`` is 401 (who are you?) or 403 (not yours)."""
+
+    def __init__(self, message: str, *, status: int = 401, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
+def normalize_mac(text: str) -> str:
+    """Return a MAC as iPXE prints ``${net0/mac}``: lowercase hex pairs joined by colons.
+
+    Accepts colons, dashes or no separators, any case; anything else is a clear error.
+    """
+    value = text.strip().lower()
+    if not MAC_RE.match(value):
+        raise LayerbootError(f"{text!r} is not a MAC address", hint="write it like 52:54:00:12:34:56")
+    digits = value.replace(":", "").replace("-", "")
+    return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
+
+
+def mac_dirname(mac: str) -> str:
+    """A MAC as a directory name (no colons, so it is also safe in scp/sftp paths)."""
+    return normalize_mac(mac).replace(":", "-")
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token() -> str:
+    """A 192-bit secret in hex: safe in a URL, an iPXE script and a kernel command line without quoting."""
+    return secrets.token_hex(24)
+
+
+@dataclass(frozen=True)
+class Node:
+    mac: str
+    profile: str
+    auto: bool
+    created: str
+    last_seen: str | None = None
+    last_stage: str | None = None
+    last_ok: bool | None = None
+    last_generation: int | None = None
+    last_serial: int | None = None
+    last_message: str | None = None
+    failures: int = 0
+    boots: int = 0
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Node":
+        return cls(mac=row["mac"], profile=row["profile"], auto=bool(row["auto"]), created=row["created"],
+                   last_seen=row["last_seen"], last_stage=row["last_stage"],
+                   last_ok=None if row["last_ok"] is None else bool(row["last_ok"]),
+                   last_generation=row["last_generation"], last_serial=row["last_serial"],
+                   last_message=row["last_message"], failures=row["failures"], boots=row["boots"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One boot report from a node (POST /nodes/<mac>/events)."""
+
+    stage: str
+    ok: bool
+    generation: int | None = None
+    serial: int | None = None
+    elapsed: float | None = None
+    message: str = ""
+    time: str = ""
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Event":
+        """Check a posted report field by field; a bad one is a one-line error naming the field."""
+        if not isinstance(data, dict):
+            raise LayerbootError("a boot event is a JSON object {stage, ok, generation, serial, elapsed, message}")
+        stage = data.get("stage")
+        if not isinstance(stage, str) or not STAGE_RE.match(stage):
+            raise LayerbootError("event 'stage' must be a short lowercase word (a-z, 0-9, '_', '.', '-')")
+        ok = data.get("ok")
+        if not isinstance(ok, bool):
+            raise LayerbootError("event 'ok' must be true or false")
+        numbers: dict[str, Any] = {}
+        for key in ("generation", "serial"):
+            value = data.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise LayerbootError(f"event {key!r} must be a non-negative integer or null")
+            numbers[key] = value
+        elapsed = data.get("elapsed")
+        if elapsed is not None and (isinstance(elapsed, bool) or not isinstance(elapsed, (int, float))):
+            raise LayerbootError("event 'elapsed' must be a number of seconds or null")
+        message = data.get("message", "")
+        if not isinstance(message, str):
+            raise LayerbootError("event 'message' must be a string")
+        return cls(stage=stage, ok=ok, elapsed=None if elapsed is None else float(elapsed),
+                   message=message[:2000], **numbers)
+
+
+class Registry:
+    """Nodes, their secrets and their reports, in the daemon's sqlite database."""
+
+    def __init__(self, conn: sqlite3.Connection, *, boot_token_ttl: int = 30 * 86400) -> None:
+        self.conn = conn
+        self.boot_token_ttl = boot_token_ttl
+
+    # -- registration ------------------------------------------------------------------------------------
+    def register(self, mac: str, profile: str, *, ssh_keys: tuple[str, ...] = (), auto: bool = False,
+                 replace: bool = False) -> tuple[Node, str | None]:
+        """Register a node; returns it and its registration token (None for an auto-registered node)."""
+        mac = normalize_mac(mac)
+        check_profile_name(profile)
+        token = None if auto else new_token()
+        existing = self.find(mac)
+        if existing and not (replace or existing.auto):
+            raise LayerbootError(f"node {mac} is already registered (profile {existing.profile})",
+                                 hint="use 'layerboot nodes set-profile', or 'nodes register --replace' for a new token")
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute("DELETE FROM nodes WHERE mac = ?", (mac,))
+            self.conn.execute(
+                "INSERT INTO nodes (mac, profile, token_hash, auto, created) VALUES (?, ?, ?, ?, ?)",
+                (mac, profile, token_hash(token) if token else None, int(auto), utc_now()))
+            for key in ssh_keys:
+                self.conn.execute("INSERT OR IGNORE INTO ssh_keys (mac, key) VALUES (?, ?)", (mac, key))
+        return self.get(mac), token
+
+    def find(self, mac: str) -> Node | None:
+        row = self.conn.execute("SELECT * FROM nodes WHERE mac = ?", (normalize_mac(mac),)).fetchone()
+        return Node.from_row(row) if row else None
+
+    def get(self, mac: str) -> Node:
+        node = self.find(mac)
+        if node is None:
+            raise LayerbootError(f"no node {normalize_mac(mac)} is registered", hint="see 'layerboot nodes list'")
+        return node
+
+    def all(self) -> list[Node]:
+        return [Node.from_row(r) for r in self.conn.execute("SELECT * FROM nodes ORDER BY mac")]
+
+    def remove(self, mac: str) -> None:
+        node = self.get(mac)
+        self.conn.execute("DELETE FROM nodes WHERE mac = ?", (node.mac,))
+
+    def set_profile(self, mac: str, profile: str) -> Node:
+        node = self.get(mac)
+        self.conn.execute("UPDATE nodes SET profile = ?, auto = 0 WHERE mac = ?", (check_profile_name(profile),
+                                                                                  node.mac))
+        return self.get(mac)
+
+    def nodes_of(self, profile: str) -> list[Node]:
+        return [Node.from_row(r) for r in self.conn.execute("SELECT * FROM nodes WHERE profile = ?", (profile,))]
+
+    # -- ssh keys ----------------------------------------------------------------------------------------
+    def add_ssh_key(self, mac: str, key: str) -> None:
+        node = self.get(mac)
+        self.conn.execute("INSERT OR IGNORE INTO ssh_keys (mac, key) VALUES (?, ?)", (node.mac, key))
+
+    def ssh_keys(self, mac: str) -> list[str]:
+        return [r["key"] for r in self.conn.execute("SELECT key FROM ssh_keys WHERE mac = ? ORDER BY key",
+                                                    (normalize_mac(mac),))]
+
+    # -- tokens ------------------------------------------------------------------------------------------
+    def issue_boot_token(self, mac: str) -> str:
+        """Mint a boot token for the iPXE script; keeps only the newest few per node."""
+        node = self.get(mac)
+        token = new_token()
+        now = time.time()
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute("INSERT INTO boot_tokens (hash, mac, created) VALUES (?, ?, ?)",
+                              (token_hash(token), node.mac, now))
+            self.conn.execute(
+                "DELETE FROM boot_tokens WHERE mac = ? AND hash NOT IN "
+                "(SELECT hash FROM boot_tokens WHERE mac = ? ORDER BY created DESC LIMIT ?)",
+                (node.mac, node.mac, BOOT_TOKENS_KEPT))
+            self.conn.execute("DELETE FROM boot_tokens WHERE created < ?", (now - self.boot_token_ttl,))
+        return token
+
+    def node_for_token(self, token: str) -> Node | None:
+        """The node a token belongs to (registration or unexpired boot token), or None."""
+        digest = token_hash(token)
+        row = self.conn.execute("SELECT * FROM nodes WHERE token_hash = ?", (digest,)).fetchone()
+        if row is None:
+            row = self.conn.execute(
+                "SELECT nodes.* FROM boot_tokens JOIN nodes USING (mac) WHERE hash = ? AND boot_tokens.created >= ?",
+                (digest, time.time() - self.boot_token_ttl)).fetchone()
+        return Node.from_row(row) if row else None
+
+    def authenticate(self, mac: str, token: str | None) -> Node:
+        """The node ``mac`` if ``token`` is one of its tokens; AuthError 401/403 otherwise."""
+        if not token:
+            raise AuthError("this needs the node's token (Authorization: Bearer TOKEN)",
+                            hint="the token is on the kernel command line as layerboot.token=")
+        node = self.node_for_token(token)
+        if node is None:
+            raise AuthError("unknown or expired token")
+        if node.mac != mac:
+            raise AuthError(f"this token belongs to another node, not {mac}", status=403)
+        return node
+
+    # -- reports -----------------------------------------------------------------------------------------
+    def record_event(self, mac: str, event: Event) -> None:
+        now = utc_now()
+        with self.conn:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute(
+                "INSERT INTO events (mac, time, stage, ok, generation, serial, elapsed, message) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (mac, now, event.stage, int(event.ok), event.generation, event.serial, event.elapsed,
+                 event.message))
+            self.conn.execute(
+                "UPDATE nodes SET last_seen = ?, last_stage = ?, last_ok = ?, last_message = ?, "
+                "last_generation = COALESCE(?, last_generation), last_serial = COALESCE(?, last_serial), "
+                "failures = failures + ? WHERE mac = ?",
+                (now, event.stage, int(event.ok), event.message, event.generation, event.serial,
+                 0 if event.ok else 1, mac))
+            self.conn.execute(
+                "DELETE FROM events WHERE mac = ? AND id NOT IN "
+                "(SELECT id FROM events WHERE mac = ? ORDER BY id DESC LIMIT ?)", (mac, mac, EVENTS_KEPT))
+
+    def saw_boot(self, mac: str) -> None:
+        """Count an iPXE script fetch as the start of a boot."""
+        self.conn.execute("UPDATE nodes SET last_seen = ?, last_stage = 'ipxe', last_ok = 1, boots = boots + 1 "
+                          "WHERE mac = ?", (utc_now(), mac))
+
+    def events(self, mac: str, limit: int = 20) -> list[Event]:
+        rows = self.conn.execute("SELECT * FROM events WHERE mac = ? ORDER BY id DESC LIMIT ?",
+                                 (normalize_mac(mac), limit)).fetchall()
+        return [Event(stage=r["stage"], ok=bool(r["ok"]), generation=r["generation"], serial=r["serial"],
+                      elapsed=r["elapsed"], message=r["message"], time=r["time"]) for r in reversed(rows)]

@@ -1,0 +1,126 @@
+"""Serving immutable store objects: which ones a node may fetch, and a sendfile response with Range.
+
+A node may fetch the digests named by any generation of its profile (so a generation published while it boots
+does not break the boot). Generations are immutable, so the digest set of each generation is read once and
+cached; only new generation numbers are read later.
+
+The response is written with ``loop.sendfile`` (zero copy, like nginx) rather than aiohttp's FileResponse,
+because the ETag must be the digest itself (FileResponse derives it from mtime and size) and every object is
+immutable: ``Cache-Control: public, max-age=31536000, immutable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from layerboot.overlays.profile import Profiles
+
+CACHE_CONTROL = "public, max-age=31536000, immutable"
+RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+@dataclass
+class ProfileIndex:
+    """Digests each profile's generations name (layers, kernel, initrd), read once per generation."""
+
+    profiles: Profiles
+    _seen: dict[str, dict[int, frozenset[str]]] = field(default_factory=dict)
+
+    def digests(self, profile: str) -> set[str]:
+        known = self._seen.setdefault(profile, {})
+        for number in self.profiles.numbers(profile):
+            if number not in known:
+                gen = self.profiles.generation(profile, number)
+                known[number] = frozenset(d for d in (*gen.layers, gen.kernel, gen.initrd) if d)
+        result: set[str] = set()
+        for digests in known.values():
+            result |= digests
+        return result
+
+    def allows(self, profile: str, digest: str) -> bool:
+        return digest in self.digests(profile)
+
+
+class RangeError(Exception):
+    pass
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """(offset, count) for one byte range, None for no Range header; RangeError when unsatisfiable."""
+    if not header:
+        return None
+    match = RANGE_RE.match(header.strip().replace(" ", ""))
+    if not match:
+        raise RangeError("only one byte range per request is served (bytes=START-END)")
+    first, last = match.groups()
+    if not first and not last:
+        raise RangeError("empty byte range")
+    if not first:  # suffix: the last N bytes
+        length = int(last)
+        if length == 0:
+            raise RangeError("zero-length suffix range")
+        start = max(size - length, 0)
+        return start, size - start
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or end < start:
+        raise RangeError(f"range starts beyond the object's {size} bytes")
+    return start, end - start + 1
+
+
+def _etag_matches(header: str, digest: str) -> bool:
+    tags = [t.strip().removeprefix("W/").strip('"') for t in header.split(",")]
+    return "*" in tags or digest in tags
+
+
+async def send_object(request: web.Request, path: Path, digest: str) -> web.StreamResponse:
+    """Send one object (200, 206 for a Range, 304 for a matching If-None-Match, 416 for a bad range)."""
+    headers = {"ETag": f'"{digest}"', "Cache-Control": CACHE_CONTROL, "Accept-Ranges": "bytes",
+               "Content-Type": "application/octet-stream"}
+    if _etag_matches(request.headers.get("If-None-Match", ""), digest):
+        return web.Response(status=304, headers=headers)
+    handle = await asyncio.get_running_loop().run_in_executor(None, open, path, "rb")
+    try:
+        size = os.fstat(handle.fileno()).st_size
+        rng_header = request.headers.get("Range", "")
+        if_range = request.headers.get("If-Range", "")
+        if if_range and if_range.strip('"') != digest:
+            rng_header = ""   # the client holds another version: send the whole object
+        try:
+            rng = parse_range(rng_header, size)
+        except RangeError as err:
+            headers["Content-Range"] = f"bytes */{size}"
+            raise web.HTTPRequestRangeNotSatisfiable(headers=headers, text=f"{err}\n")
+        offset, count = rng if rng else (0, size)
+        response = web.StreamResponse(status=206 if rng else 200, headers=headers)
+        if rng:
+            response.headers["Content-Range"] = f"bytes {offset}-{offset + count - 1}/{size}"
+        response.content_length = count
+        await response.prepare(request)
+        if request.method == "HEAD" or count == 0:
+            await response.write_eof()
+            return response
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("connection lost")
+        try:
+            await asyncio.get_running_loop().sendfile(transport, handle, offset, count)
+        except NotImplementedError:   # e.g. TLS transports: plain copy
+            handle.seek(offset)
+            remaining = count
+            while remaining:
+                chunk = handle.read(min(remaining, 1 << 20))
+                if not chunk:
+                    break
+                await response.write(chunk)
+                remaining -= len(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        handle.close()

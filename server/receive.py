@@ -1,0 +1,98 @@
+"""``PUT /nodes/{mac}/uploads/{name}.tar.zst``: stream an upload to disk, then hand it to the bake queue.
+
+The body goes to ``incoming/.queue/<id>.part`` (never into memory), counted against ``bake.max_bytes``;
+only after the last byte is fsynced is it renamed to ``<id>.tar.zst`` and marked ``received``. The reply is
+202 with the upload id as soon as the file is in place: the client does not wait for the bake, and can poll
+``GET /nodes/{mac}/uploads/{id}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from aiohttp import web
+
+from layerboot.atomic import fsync_dir
+from layerboot.server.http import STATE, bearer, node_or_admin, path_mac
+from layerboot.server.queue import QueueFull
+from layerboot.server.uploads import UploadRecords, check_upload_name
+
+log = logging.getLogger("layerboot.server.receive")
+
+CHUNK = 1 << 20
+
+
+def _finish(handle: object, part: Path, final: Path) -> None:
+    handle.flush()                       # type: ignore[attr-defined]
+    os.fsync(handle.fileno())            # type: ignore[attr-defined]
+    handle.close()                       # type: ignore[attr-defined]
+    os.replace(part, final)
+    fsync_dir(final.parent)
+
+
+async def handle_upload(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    mac = path_mac(request)
+    node = state.registry.authenticate(mac, bearer(request))
+    name = check_upload_name(request.match_info["name"])
+    limit = state.config.bake_max_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length,
+                                            text=f"upload of {request.content_length} bytes is over the "
+                                                 f"{limit}-byte quota (bake.max_bytes)")
+    try:
+        state.uploads.admit()
+    except QueueFull as err:
+        return_error = web.HTTPServiceUnavailable(text=err.message, headers={"Retry-After": "30"})
+        raise return_error from None
+    records: UploadRecords = state.uploads.records
+    upload = records.begin(node.mac, node.profile, name, via="http")
+    part, final = records.part_path(upload), Path(upload.path)
+    loop = asyncio.get_running_loop()
+    size = 0
+    handle = open(part, "wb")
+    try:
+        async for chunk in request.content.iter_chunked(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size,
+                                                    text=f"upload is over the {limit}-byte quota (bake.max_bytes)")
+            handle.write(chunk)
+        if request.content_length is not None and size != request.content_length:
+            raise web.HTTPBadRequest(text=f"upload ended after {size} of {request.content_length} bytes")
+        if size == 0:
+            raise web.HTTPBadRequest(text="empty upload")
+        await loop.run_in_executor(None, _finish, handle, part, final)
+    except BaseException as exc:
+        handle.close()
+        part.unlink(missing_ok=True)
+        reason = getattr(exc, "text", None) or f"{type(exc).__name__}: connection lost mid-upload"
+        records.failed(upload.id, f"not received: {reason}")
+        log.warning("upload %s from %s not received: %s", upload.id, node.mac, reason)
+        raise
+    upload = records.complete(upload, size)
+    state.uploads.wake.set()
+    log.info("upload %s from %s via http: %s (%d bytes) queued", upload.id, node.mac, name, size)
+    return web.json_response({"id": upload.id, "state": upload.state, "size": size,
+                              "status_url": f"/nodes/{node.mac}/uploads/{upload.id}"}, status=202)
+
+
+async def handle_upload_status(request: web.Request) -> web.StreamResponse:
+    from layerboot.server import negotiate
+    state = request.app[STATE]
+    mac = path_mac(request)
+    node_or_admin(request, mac)
+    upload = state.uploads.records.get(request.match_info["id"])
+    if upload.mac != mac:
+        raise web.HTTPNotFound(text=f"node {mac} has no upload {upload.id}")
+    data = upload.to_dict()
+    data.pop("path", None)
+    return negotiate.respond(request, f"upload {upload.id}: {upload.state}", data, headers={"Cache-Control": "no-store"})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_put("/nodes/{mac}/uploads/{name}", handle_upload)
+    app.router.add_get("/nodes/{mac}/uploads/{id}", handle_upload_status)
