@@ -1,0 +1,216 @@
+"""``layerboot install``, ``layerboot ab`` and ``layerboot mark-good``: A/B disks with boot counting.
+
+``install`` lays out a disk as a declared action list (``install plan`` prints it first), writes a profile's
+signed chain into a slot and makes it boot on trial. ``ab update`` writes a new generation into the inactive
+slot; ``mark-good`` (run on the node once it is healthy) confirms the booted slot; ``ab status`` shows both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from pathlib import Path
+
+from layerboot.build import ab
+from layerboot.build.bootloader import MAX_TRIES, SLOTS
+from layerboot.build.disk_actions import DiskContext, execute
+from layerboot.errors import LayerbootError
+from layerboot.overlays.keys import load_public_key
+from layerboot.run import run
+from layerboot.tools.context import Context
+from layerboot.tools.output import table
+
+_SIZE = re.compile(r"^(\d+)\s*([MG]i?B?)?$", re.IGNORECASE)
+
+
+def size_mib(text: str) -> int:
+    """'512M', '2G', '300' (MiB) -> MiB."""
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 512M or 2G")
+    value = int(match.group(1))
+    return value * 1024 if (match.group(2) or "M").upper().startswith("G") else value
+
+
+def tries(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_TRIES:
+        raise argparse.ArgumentTypeError(f"tries must be 1..{MAX_TRIES}")
+    return value
+
+
+def _install_options(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    # 'install plan --disk ...' must parse: the parent's copies are checked by hand in cmd_install
+    p.add_argument("--disk", required=required, help="block device to install on (all of it), e.g. /dev/vda")
+    p.add_argument("--profile", required=required, help="profile whose signed chain is written into the slot")
+    p.add_argument("-g", "--generation", type=int, help="default: the profile's current generation")
+    p.add_argument("--slot-size", type=size_mib, metavar="SIZE", help="size of each slot (default: 40%% of the "
+                   "disk each; kept from an existing layout)")
+    p.add_argument("--tries", type=tries, default=ab.DEFAULT_TRIES,
+                   help=f"boot attempts a new slot gets before falling back (default {ab.DEFAULT_TRIES})")
+    p.add_argument("--wipe", action="store_true", help="allow erasing a disk that holds anything else")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("install", help="install a profile on a disk as A/B slots with boot counting",
+                            description="Lay out DISK (BIOS boot, ESP, slot A, slot B, data), install GRUB, "
+                                        "write the profile's chain into a slot and boot it on trial. Each "
+                                        "action is reported; running it again skips what is already done.")
+    _install_options(parser, required=False)
+    parser.set_defaults(func=cmd_install)
+    plans = parser.add_subparsers(dest="action", metavar="ACTION")
+    plan = plans.add_parser("plan", help="print the action list without touching the disk")
+    _install_options(plan)
+    plan.add_argument("--json", action="store_true", help="one JSON object per action")
+    plan.set_defaults(func=cmd_plan)
+
+    abp = sub.add_parser("ab", help="A/B slots: status and updates")
+    actions = abp.add_subparsers(dest="action", metavar="ACTION", required=True)
+    status = actions.add_parser("status", help="the slots' state, tries left and contents")
+    status.add_argument("--disk", help="default: the disk this system booted from")
+    status.add_argument("--verify", action="store_true", help="re-hash each slot against its signed manifest")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+    update = actions.add_parser("update", help="write a generation into the inactive slot and boot it on trial")
+    update.add_argument("--disk", help="default: the disk this system booted from")
+    update.add_argument("--profile", required=True)
+    update.add_argument("-g", "--generation", type=int)
+    update.add_argument("--tries", type=tries, default=ab.DEFAULT_TRIES)
+    update.set_defaults(func=cmd_update)
+
+    good = sub.add_parser("mark-good", help="confirm the slot this system booted from (stops the countdown)",
+                          description="Run on the node once the new system is healthy. Without it, the slot "
+                                      "is abandoned after its boot attempts are used up.")
+    good.add_argument("--disk", help="default: the disk holding the slot named by layerboot.slot= on the "
+                                     "kernel command line")
+    good.add_argument("--slot", choices=SLOTS, help="default: the booted slot (from /proc/cmdline)")
+    good.set_defaults(func=cmd_mark_good)
+
+
+def _source(ctx: Context) -> tuple[ab.SlotSource, bytes]:
+    public = load_public_key(ctx.paths.public_key)
+    return ab.source_from_store(ctx.profiles, ctx.args.profile, ctx.args.generation, public), public
+
+
+def _check_disk(disk: str) -> None:
+    if not os.path.exists(disk):
+        raise LayerbootError(f"{disk} does not exist")
+    mounted = [line.split()[0] for line in Path("/proc/mounts").read_text().splitlines()]
+    busy = [m for m in mounted if m == disk or (m.startswith(disk) and m[len(disk):].lstrip("p").isdigit())]
+    if busy:
+        raise LayerbootError(f"{disk} is in use: {', '.join(busy)} mounted", hint="unmount it first")
+
+
+def cmd_plan(ctx: Context) -> int:
+    a = ctx.args
+    source, public = _source(ctx)
+    actions = ab.plan_install(a.disk, source, public, slot_mib=a.slot_size, tries=a.tries, wipe=a.wipe)
+    for action in actions:
+        if a.json:
+            print(json.dumps(action.as_dict(), default=str, sort_keys=True))
+        else:
+            print(f"{action.id:<12} {action.type:<11} {action.describe()}")
+    return 0
+
+
+def cmd_install(ctx: Context) -> int:
+    a = ctx.args
+    if not a.disk or not a.profile:
+        raise LayerbootError("install needs --disk DEV and --profile NAME",
+                             hint="'layerboot install plan --disk DEV --profile NAME' shows what it would do")
+    _check_disk(a.disk)
+    source, public = _source(ctx)
+    actions = ab.plan_install(a.disk, source, public, slot_mib=a.slot_size, tries=a.tries, wipe=a.wipe)
+    context = DiskContext(a.disk, wipe=a.wipe, workdir=_scratch(ctx))
+    execute(actions, context)
+    slot = context.values.get("slot")
+    what = f"{source.manifest.profile} generation {source.manifest.generation}"
+    if context.values.get("already"):
+        print(f"{what} was already installed in slot {slot}; nothing to do")
+    else:
+        print(f"installed {what} in slot {slot} ({a.tries} boot attempts; confirm with 'layerboot mark-good' "
+              "on the node)")
+    return 0
+
+
+def _scratch(ctx: Context) -> Path:
+    """Scratch space for mount points: the store's tmp/ when there is a store, else the system's."""
+    try:
+        tmp = ctx.paths.tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        return tmp
+    except (OSError, LayerbootError):
+        return Path("/tmp")
+
+
+def booted_disk() -> str:
+    """The disk holding the slot named by ``layerboot.slot=UUID=...`` on this system's kernel command line."""
+    words = Path("/proc/cmdline").read_text().split()
+    spec = next((w.partition("=")[2] for w in words if w.startswith("layerboot.slot=")), "")
+    if not spec.startswith("UUID="):
+        raise LayerbootError("this system did not boot from an A/B slot (no layerboot.slot= on the kernel "
+                             "command line)", hint="pass --disk DEV")
+    device = run(["blkid", "-U", spec[5:]], check=False).text.strip()
+    if not device:
+        raise LayerbootError(f"no block device has the slot's filesystem {spec}", hint="pass --disk DEV")
+    parent = Path("/sys/class/block", os.path.basename(device)).resolve().parent.name
+    return f"/dev/{parent}"
+
+
+def _disk(ctx: Context) -> ab.AbDisk:
+    return ab.AbDisk(ctx.args.disk or booted_disk(), workdir=_scratch(ctx))
+
+
+def cmd_status(ctx: Context) -> int:
+    disk = _disk(ctx)
+    state = disk.state()
+    public = load_public_key(ctx.paths.public_key) if ctx.args.verify else None
+    booted = disk.booted_slot()
+    rows, records = [], {}
+    for slot in state.order:
+        entry = state.slots[slot]
+        if public is not None and entry.state != "empty":
+            try:
+                record = disk.verify_slot(slot, public)
+                check = "verified"
+            except LayerbootError as err:
+                record, check = None, f"BAD: {err.message}"
+        else:
+            record = disk.read_record(slot)
+            check = "-"
+        records[slot] = record
+        content = f"{record.profile} gen {record.generation} serial {record.serial}" if record else "(no record)"
+        rows.append([slot, entry.state, entry.tries if entry.state == "trial" else "-",
+                     "yes" if slot == booted else "", content, check])
+    if ctx.args.json:
+        print(json.dumps({"order": state.order, "booted": booted, "grub_booted": state.booted,
+                          "slots": {s: {"state": state.slots[s].state, "tries": state.slots[s].tries,
+                                        "content": vars(records[s]) if records[s] else None} for s in SLOTS}},
+                         indent=1, sort_keys=True))
+        return 0
+    next_slot, _ = ab.pick_slot(state)
+    print(table(["slot", "state", "tries left", "running", "content", "check"], rows))
+    print(f"next boot: {next_slot or 'nothing bootable'}")
+    return 0
+
+
+def cmd_update(ctx: Context) -> int:
+    disk = _disk(ctx)
+    source, public = _source(ctx)
+    slot = disk.update(source, public, tries=ctx.args.tries, booted=disk.booted_slot(), progress=print)
+    print(f"slot {slot} holds {source.manifest.profile} generation {source.manifest.generation}; it boots next "
+          f"({ctx.args.tries} attempts)")
+    return 0
+
+
+def cmd_mark_good(ctx: Context) -> int:
+    disk = _disk(ctx)
+    slot = ctx.args.slot or disk.booted_slot()
+    if slot is None:
+        raise LayerbootError("cannot tell which slot this system booted from", hint="pass --slot A or --slot B")
+    before = disk.state().slots[slot].state
+    disk.mark_good(slot)
+    print(f"slot {slot} is good" + (" (it already was)" if before == "good" else ""))
+    return 0
