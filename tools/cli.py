@@ -16,7 +16,7 @@ from layerboot.tools import cmd_install
 from layerboot.tools.context import Context
 
 COMMAND_GROUPS = (cmd_store, cmd_layer, cmd_profile, cmd_manifest, cmd_key, cmd_config, cmd_demo, cmd_install,
-                  cmd_capture, cmd_bake, cmd_nodes, cmd_upload, cmd_pxe)
+                  cmd_capture, cmd_bake, cmd_pxe, cmd_nodes, cmd_upload)
 
 DESCRIPTION = """\
 Boot diskless Linux nodes from a signed base squashfs plus ordered overlay layers.
