@@ -5,6 +5,7 @@ QEMU per system), so it is not part of the suite."""
 from __future__ import annotations
 
 import sys
+import time
 import urllib.error
 import urllib.request
 import zlib
@@ -22,7 +23,7 @@ from peers.boot import Guest, qemu_argv  # noqa: E402
 from peers.cache import cached, input_key  # noqa: E402
 from peers.report import Measured, SystemResult, describe, ratio_lines, ratios  # noqa: E402
 from peers.rootfs import MARKER_SCRIPT, filler_bytes, parse_marker  # noqa: E402
-from peers.serve import CountingServer  # noqa: E402
+from peers.serve import CountingRelay, CountingServer  # noqa: E402
 
 
 def test_marker_line_is_found_with_uptime_and_version() -> None:
@@ -110,6 +111,19 @@ def test_counting_server_counts_body_bytes_per_boot(tmp_path: Path) -> None:
         server.traffic.reset()
         urllib.request.urlopen(local).read()
         assert server.traffic.bytes == 300_000
+
+
+def test_relay_forwards_and_counts_what_the_server_sends(tmp_path: Path) -> None:
+    (tmp_path / "layer").write_bytes(b"y" * 100_000)
+    with CountingServer(tmp_path) as server, CountingRelay(server.port) as relay:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{relay.port}/layer").read()
+        assert body == b"y" * 100_000
+        # headers are counted too (bytes on the wire), so a little more than the body
+        for _ in range(50):
+            if relay.traffic.requests:
+                break
+            time.sleep(0.05)
+        assert 100_000 < relay.traffic.bytes < 101_000
 
 
 def test_median_needs_every_run_and_ratios_use_only_measured_systems() -> None:

@@ -8,6 +8,7 @@ after a one-file change shows the image's full size again.
 from __future__ import annotations
 
 import http.server
+import socket
 import threading
 from dataclasses import dataclass, field
 from functools import partial
@@ -105,4 +106,65 @@ class CountingServer:
         self._server.server_close()
 
 
-__all__ = ["CountingServer", "Request", "Traffic"]
+class CountingRelay:
+    """Forward 127.0.0.1:<port> to a local server and count the bytes it sends back, per connection.
+
+    For a server the benchmark does not own (layerbootd): bytes on the wire, headers included, so they
+    slightly over-count compared with the body bytes CountingServer reports.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.traffic = Traffic()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._thread = threading.Thread(target=self._accept, name="bench-relay", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self._listener.getsockname()[1]
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        except OSError:
+            client.close()
+            return
+        back = threading.Thread(target=_pump, args=(client, upstream), daemon=True)
+        back.start()
+        sent = _pump(upstream, client)
+        back.join(timeout=5)
+        client.close()
+        upstream.close()
+        self.traffic.add(Request(f"tcp:{self.target_port}", 0, sent))
+
+    def __enter__(self) -> "CountingRelay":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._listener.close()
+
+
+def _pump(source: socket.socket, dest: socket.socket) -> int:
+    """Copy until EOF or error, then half-close ``dest``; returns the bytes copied."""
+    total = 0
+    try:
+        while data := source.recv(1 << 16):
+            dest.sendall(data)
+            total += len(data)
+    except OSError:
+        pass
+    finally:
+        try:
+            dest.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+    return total
