@@ -41,6 +41,7 @@ class Uploads:
         self.config = state.config
         self.records = UploadRecords(state.registry.conn, state.paths, default_policy=state.config.server_upload_policy)
         self.wake = asyncio.Event()
+        self.append_lock = asyncio.Lock()
         self.workers: list[asyncio.Task[None]] = []
         self.pool = ThreadPoolExecutor(max_workers=max(1, self.config.server_bake_workers),
                                        thread_name_prefix="bake")
@@ -96,7 +97,8 @@ class Uploads:
 
     def notice(self, path: Path) -> None:
         """A file appeared or was renamed in incoming/ (called on the loop by the watcher)."""
-        if path.parent.parent == self.paths.incoming and is_complete_name(path.name):
+        area = path.parent
+        if area.parent == self.paths.incoming and not area.name.startswith(".") and is_complete_name(path.name):
             self.take_sftp_file(path)
 
     def sweep(self) -> None:
@@ -162,8 +164,9 @@ class Uploads:
                 digest = await loop.run_in_executor(self.pool, self._bake, upload)
                 generation = None
                 if self.records.policy(upload.profile) == "auto":
-                    generation = await loop.run_in_executor(self.pool, append_layer, self.state.profiles,
-                                                            upload.profile, digest)
+                    async with self.append_lock:   # one new generation at a time
+                        generation = await loop.run_in_executor(self.pool, append_layer, self.state.profiles,
+                                                                upload.profile, digest)
             except LayerbootError as err:
                 log.warning("upload %s failed: %s", upload.id, err.message)
                 self.records.failed(upload.id, err.message)

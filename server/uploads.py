@@ -224,10 +224,17 @@ class UploadRecords:
 
 def append_layer(profiles: Any, profile: str, digest: str) -> int:
     """Add a baked layer on top of the profile; idempotent (a re-bake after a crash finds it already there)."""
-    current = profiles.current(profile)
-    if digest in current.layers:
-        return current.number
-    return profiles.add(profile, digest).number
+    for attempt in range(5):
+        current = profiles.current(profile)
+        if digest in current.layers:
+            return current.number
+        try:
+            return profiles.add(profile, digest).number
+        except LayerbootError as err:   # an admin changed the profile at the same moment: look again
+            if "changed meanwhile" not in err.message or attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def move_into_queue(source: Path, target: Path) -> None:
