@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -39,33 +40,36 @@ class Traffic:
         with self.lock:
             self.requests.append(request)
 
+    def count(self, request: Request, n: int) -> None:
+        with self.lock:
+            request.bytes += n
+
     def reset(self) -> None:
         with self.lock:
             self.requests.clear()
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Static files; each response is recorded when its status is sent and its body bytes as they go out
+    (counted just before each write, so a client that has read a body always finds it counted)."""
+
     traffic: Traffic
 
     def __init__(self, *args: object, traffic: Traffic, **kwargs: object) -> None:
         self.traffic = traffic
-        self._sent = 0
+        self._request: Request | None = None
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self._request = Request(self.path, code, 0)
+        self.traffic.add(self._request)
+        super().send_response(code, message)
 
     def copyfile(self, source: BinaryIO, outputfile: BinaryIO) -> None:  # type: ignore[override]
         while chunk := source.read(1 << 20):
+            if self._request is not None:
+                self.traffic.count(self._request, len(chunk))
             outputfile.write(chunk)
-            self._sent += len(chunk)
-
-    def send_response(self, code: int, message: str | None = None) -> None:
-        self._status = code
-        super().send_response(code, message)
-
-    def handle_one_request(self) -> None:
-        self._sent, self._status = 0, 0
-        super().handle_one_request()
-        if self._status:
-            self.traffic.add(Request(self.path, self._status, self._sent))
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
         pass
@@ -137,13 +141,14 @@ class CountingRelay:
         except OSError:
             client.close()
             return
+        record = Request(f"tcp:{self.target_port}", 0, 0)
+        self.traffic.add(record)
         back = threading.Thread(target=_pump, args=(client, upstream), daemon=True)
         back.start()
-        sent = _pump(upstream, client)
+        _pump(upstream, client, lambda n: self.traffic.count(record, n))
         back.join(timeout=5)
         client.close()
         upstream.close()
-        self.traffic.add(Request(f"tcp:{self.target_port}", 0, sent))
 
     def __enter__(self) -> "CountingRelay":
         self._thread.start()
@@ -153,13 +158,13 @@ class CountingRelay:
         self._listener.close()
 
 
-def _pump(source: socket.socket, dest: socket.socket) -> int:
-    """Copy until EOF or error, then half-close ``dest``; returns the bytes copied."""
-    total = 0
+def _pump(source: socket.socket, dest: socket.socket, counted: Callable[[int], None] | None = None) -> None:
+    """Copy until EOF or error (counting each chunk before it is sent), then half-close ``dest``."""
     try:
         while data := source.recv(1 << 16):
+            if counted is not None:
+                counted(len(data))
             dest.sendall(data)
-            total += len(data)
     except OSError:
         pass
     finally:
@@ -167,4 +172,3 @@ def _pump(source: socket.socket, dest: socket.socket) -> int:
             dest.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-    return total
