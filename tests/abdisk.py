@@ -67,7 +67,7 @@ def grub_boot(disk: str) -> tuple[str, dict[str, str]]:
                   'echo "LBPICK=[$lb_pick] A=[$lb_A_state/$lb_A_tries] B=[$lb_B_state/$lb_B_tries]"\nhalt\n')
         result = run([grub_emu() or "grub-emu", "-d", scratch, "-m", device_map, "-r", "host"],
                      input=script.encode(), timeout=60)
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", result.stdout.decode("utf-8", "replace"))
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", result.stdout.decode("utf-8", "replace"))
     match = re.search(r"^LBPICK=\[(\w*)\] A=\[(\w+)/(\d+)\] B=\[(\w+)/(\d+)\]", text, re.MULTILINE)
     assert match, f"grub-emu did not run the select script: {text[-800:]}"
     pick, a_state, a_tries, b_state, b_tries = match.groups()

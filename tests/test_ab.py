@@ -1,0 +1,217 @@
+"""A/B slots with boot counting: the state model, the real GRUB script (run by grub-emu on the loop disk),
+updates into the inactive slot, fallback after failed boots, mark-good, and interrupted slot writes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from abdisk import bootable_profile, grub_boot, loop_disk
+from layerboot.build import ab, bootloader
+from layerboot.build.ab import AbState, SlotState, choose_target, pick_slot
+from layerboot.build.disk_actions import DiskContext, execute, partition_path
+from layerboot.errors import LayerbootError
+from layerboot.overlays.keys import load_public_key
+from layerboot.run import Process, run
+
+
+# -- the state model (no disk) ---------------------------------------------------------------------------
+def test_state_survives_the_grub_environment_block() -> None:
+    state = AbState(order=("B", "A"), slots={"A": SlotState("good", 0), "B": SlotState("trial", 2)}, booted="B")
+    block = bootloader.format_env(state.to_env())
+    assert len(block) == 1024 and block.startswith(b"# GRUB Environment Block\n")
+    assert AbState.from_env(bootloader.parse_env(block)) == state
+    with pytest.raises(LayerbootError, match="not a 1024-byte GRUB environment block"):
+        bootloader.parse_env(block[:1000])
+    with pytest.raises(LayerbootError, match="characters GRUB would escape"):
+        bootloader.format_env({"lb_x": "a\nb"})
+
+
+def test_a_trial_slot_gets_n_boots_then_the_other_slot_boots() -> None:
+    state = AbState(order=("B", "A"), slots={"A": SlotState("good"), "B": SlotState("trial", 3)})
+    picks = []
+    for _ in range(5):
+        slot, state = pick_slot(state)
+        picks.append(slot)
+    assert picks == ["B", "B", "B", "A", "A"]
+    assert state.slots["B"] == SlotState("bad", 0) and state.booted == "A"
+
+
+def test_a_good_slot_boots_forever_and_nothing_bootable_is_said() -> None:
+    state = AbState(order=("A", "B"), slots={"A": SlotState("good"), "B": SlotState("empty")})
+    assert pick_slot(pick_slot(state)[1])[0] == "A"
+    dead = AbState(slots={"A": SlotState("trial", 1), "B": SlotState("bad")})
+    first, dead = pick_slot(dead)
+    assert first == "A"
+    assert pick_slot(dead)[0] is None
+
+
+def test_updates_never_go_to_the_running_or_the_only_good_slot() -> None:
+    a_good = AbState(slots={"A": SlotState("good"), "B": SlotState("trial", 2)})
+    assert choose_target(a_good, None) == "B"           # replace the unconfirmed trial, keep the good one
+    assert choose_target(a_good, "A") == "B"
+    with pytest.raises(LayerbootError, match="only confirmed slot"):
+        choose_target(a_good, "B")                      # running B unconfirmed: overwriting A would leave nothing
+    both = AbState(order=("B", "A"), slots={"A": SlotState("good"), "B": SlotState("good")})
+    assert choose_target(both, None) == "A" and choose_target(both, "A") == "B"
+    assert choose_target(AbState(), None) == "A"
+
+
+# -- on a loop disk --------------------------------------------------------------------------------------
+@pytest.fixture
+def public(profiles) -> bytes:
+    return load_public_key(profiles.paths.public_key)
+
+
+def _install(disk: str, profiles, public: bytes, tmp_path: Path, slot_mib: int = 64) -> ab.AbDisk:
+    source = ab.source_from_store(profiles, "node", None, public)
+    execute(ab.plan_install(disk, source, public, slot_mib=slot_mib), DiskContext(disk, workdir=tmp_path),
+            report=lambda line: None)
+    return ab.AbDisk(disk, workdir=tmp_path)
+
+
+def _grub_boot_checked(disk: ab.AbDisk) -> str:
+    """Boot once with the real GRUB and check it did exactly what the Python model predicts."""
+    expected_slot, expected = pick_slot(disk.state())
+    slot, seen = grub_boot(disk.disk)
+    assert (slot or None) == expected_slot
+    assert seen == {s: f"{expected.slots[s].state}/{expected.slots[s].tries}" for s in bootloader.SLOTS}
+    assert disk.state() == expected               # GRUB's save_env wrote the block back to the ESP
+    return slot
+
+
+@pytest.mark.root
+def test_install_update_fallback_and_mark_good(profiles, make_layer, public, tmp_path: Path) -> None:
+    base = bootable_profile(profiles, make_layer, tmp_path)
+    with loop_disk(tmp_path) as device:
+        disk = _install(device, profiles, public, tmp_path)
+        uuids = disk.layout().slot_uuids
+        assert _grub_boot_checked(disk) == "A"
+        assert disk.booted_slot(f"console=ttyS0 layerboot.slot=UUID={uuids['A']}") == "A"
+        disk.mark_good("A")
+
+        # generation 2 goes into the inactive slot B, which boots next on trial
+        profiles.add("node", make_layer({"etc/motd": "v2\n"}, base=base))
+        source2 = ab.source_from_store(profiles, "node", None, public)
+        assert disk.update(source2, public, tries=3) == "B"
+        record = disk.verify_slot("B", public)
+        assert (record.generation, disk.verify_slot("A", public).generation) == (2, 1)
+        entry = run(["debugfs", "-R", "cat /boot/grub-entry.cfg", disk.slot_device("B")]).text
+        assert f"layerboot.slot=UUID={uuids['B']} console=ttyS0" in entry
+
+        # the new system never confirms: three attempts, then GRUB itself falls back to A and marks B bad
+        assert [_grub_boot_checked(disk) for _ in range(4)] == ["B", "B", "B", "A"]
+        assert disk.state().slots["B"].state == "bad"
+        with pytest.raises(LayerbootError, match="slot B is bad, not on trial"):
+            disk.mark_good("B")
+
+        # a fixed generation 3 goes into B again (A is the only good slot); this time it is confirmed
+        profiles.add("node", make_layer({"etc/motd": "v3\n"}, base=base))
+        assert disk.update(ab.source_from_store(profiles, "node", None, public), public) == "B"
+        assert _grub_boot_checked(disk) == "B"
+        with pytest.raises(LayerbootError, match="only confirmed slot"):
+            choose_target(disk.state(), "B")            # no update while B runs unconfirmed
+        disk.mark_good("B")
+        assert [_grub_boot_checked(disk) for _ in range(2)] == ["B", "B"]
+        assert disk.state().slots == {"A": SlotState("good"), "B": SlotState("good")}
+        assert choose_target(disk.state(), "B") == "A"  # the next update replaces the older slot
+
+
+@pytest.mark.root
+def test_mark_good_and_status_cli(profiles, make_layer, public, tmp_path: Path, capsys) -> None:
+    from layerboot.tools.cli import main
+    bootable_profile(profiles, make_layer, tmp_path)
+    store = str(profiles.paths.root)
+    with loop_disk(tmp_path) as device:
+        assert main(["--store", store, "install", "--disk", device, "--profile", "node", "--slot-size", "64M",
+                     "--tries", "2"]) == 0
+        assert "installed node generation 1 in slot A (2 boot attempts" in capsys.readouterr().out
+        assert main(["--store", store, "ab", "status", "--disk", device, "--verify"]) == 0
+        out = capsys.readouterr().out
+        assert "A     trial  2" in out and "node gen 1 serial 1  verified" in out and "next boot: A" in out
+        assert main(["--store", store, "mark-good", "--disk", device]) == 1   # not booted from it: says so
+        assert "cannot tell which slot" in capsys.readouterr().err
+        assert main(["--store", store, "mark-good", "--disk", device, "--slot", "A"]) == 0
+        assert "slot A is good" in capsys.readouterr().out
+        assert ab.AbDisk(device).state().slots["A"] == SlotState("good")
+
+
+def _big_generation(profiles, base: str, tmp_path: Path, mib: int) -> None:
+    tree = tmp_path / "big"
+    (tree / "opt").mkdir(parents=True)
+    with open(tree / "opt" / "blob", "wb") as handle:
+        for _ in range(mib):
+            handle.write(os.urandom(1 << 20))       # incompressible: the slot write copies every byte
+    layer = profiles.store.import_tree(tree, kind="overlay", base=base, all_root=True)
+    shutil.rmtree(tree)
+    profiles.add("node", layer.digest)
+
+
+@pytest.mark.root
+def test_writer_killed_mid_copy_leaves_the_old_slot_booting(profiles, make_layer, public, tmp_path: Path) -> None:
+    base = bootable_profile(profiles, make_layer, tmp_path)
+    with loop_disk(tmp_path, size_mib=480) as device:
+        disk = _install(device, profiles, public, tmp_path, slot_mib=192)
+        disk.boot_attempt()
+        disk.mark_good("A")
+        _big_generation(profiles, base, tmp_path, 120)
+        slot_b = partition_path(device, ab.PART_B)
+        writer = Process([sys.executable, "-m", "layerboot", "--store", str(profiles.paths.root), "ab", "update",
+                          "--disk", device, "--profile", "node"], cwd=tmp_path)
+        deadline = time.monotonic() + 60
+        while slot_b not in Path("/proc/mounts").read_text() and writer.poll() is None:
+            assert time.monotonic() < deadline, "the writer never mounted slot B"
+            time.sleep(0.005)
+        time.sleep(0.1)
+        writer.kill()                              # the power cut: no cleanup, no state change
+        assert writer.wait() == -9, writer.stderr.read().decode() if writer.stderr else ""
+        run(["umount", "-l", slot_b], check=False)  # what a reboot would do to the writer's mount
+
+        with disk.mounted("B", writable=False) as root:
+            written = sum(p.stat().st_size for p in (root / "layers").iterdir())
+        assert 0 < written < 120 << 20               # the copy had begun and had not finished
+        state = disk.state()
+        assert state.slots["A"] == SlotState("good") and state.slots["B"].state == "empty"
+        with pytest.raises(LayerbootError, match="slot B is incomplete"):
+            disk.verify_slot("B", public)
+        assert _grub_boot_checked(disk) == "A"
+
+        # the next attempt completes and switches
+        assert disk.update(ab.source_from_store(profiles, "node", None, public), public) == "B"
+        assert disk.verify_slot("B", public).generation == 2
+
+
+@pytest.mark.root
+def test_a_truncated_slot_is_refused_and_never_activated(profiles, make_layer, public, tmp_path: Path) -> None:
+    base = bootable_profile(profiles, make_layer, tmp_path)
+    with loop_disk(tmp_path) as device:
+        disk = _install(device, profiles, public, tmp_path)
+        disk.mark_good("A")
+        profiles.add("node", make_layer({"etc/motd": "v2\n", "usr/share/doc/x": "x" * 50000}, base=base))
+        source = ab.source_from_store(profiles, "node", None, public)
+        disk.write_slot("B", source)
+        layer = source.manifest.layers[-1].digest
+        with disk.mounted("B", writable=True) as root:
+            path = root / "layers" / layer
+            os.truncate(path, path.stat().st_size // 2)
+        with pytest.raises(LayerbootError, match=f"slot B: layers/{layer} is missing or does not match"):
+            disk.verify_slot("B", public)
+        assert disk.state().slots["B"].state == "empty" and pick_slot(disk.state())[0] == "A"
+
+
+@pytest.mark.root
+def test_a_slot_larger_than_the_partition_is_refused_before_writing(profiles, make_layer, public,
+                                                                     tmp_path: Path) -> None:
+    base = bootable_profile(profiles, make_layer, tmp_path)
+    with loop_disk(tmp_path) as device:
+        disk = _install(device, profiles, public, tmp_path, slot_mib=40)
+        disk.mark_good("A")
+        _big_generation(profiles, base, tmp_path, 48)
+        with pytest.raises(LayerbootError, match=r"needs \d+ MiB, slot B holds 40 MiB"):
+            disk.update(ab.source_from_store(profiles, "node", None, public), public)
+        assert disk.state().slots == {"A": SlotState("good"), "B": SlotState("empty")}
