@@ -87,7 +87,8 @@ def measure(bench: Bench, systems: dict[str, System], version: str, runs: int, *
     found: dict[str, list[Measured]] = {name: [] for name in systems}
     for run in range(1, runs + 1):
         for name, system in systems.items():
-            guest = Guest(bench.kernel.image, system.initrd, system.cmdline(version), mem_mb=mem)
+            guest = Guest(bench.kernel.image, system.initrd, system.cmdline(version), mem_mb=mem,
+                          mac=system.mac.get(version))
             system.traffic.reset()
             result = boot(guest, logs / f"{name}-{version}-run{run}.log", timeout=timeout, fail=system.fail)
             failure = result.failure
@@ -119,7 +120,7 @@ def bench_main(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         www = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-www-")))
         server = stack.enter_context(CountingServer(www))
-        bench = Bench(args.cache, kernel, images, server, www, rebuild=args.rebuild)
+        bench = Bench(args.cache, kernel, images, server, www, logs, rebuild=args.rebuild)
         systems: dict[str, System] = {}
         for name in args.systems:
             print(f"preparing {name} ...", flush=True)
@@ -128,6 +129,11 @@ def bench_main(args: argparse.Namespace) -> int:
             except Unavailable as why:
                 results[name].unavailable = str(why)
                 print(f"  {name}: {why}", flush=True)
+                continue
+            except LayerbootError as err:   # the other systems are still measured; this one says why not
+                results[name].unavailable = f"could not be prepared: {err}"
+                print(f"  {name}: could not be prepared: {err}" + (f" ({err.hint})" if err.hint else ""),
+                      flush=True)
                 continue
             results[name].initrd_bytes = systems[name].initrd.stat().st_size
         first = measure(bench, systems, "v1", args.runs, timeout=args.timeout, mem=args.mem, logs=logs)

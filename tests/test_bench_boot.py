@@ -129,6 +129,7 @@ def test_median_needs_every_run_and_ratios_use_only_measured_systems() -> None:
     assert ratios([live, dracut, ours]) == {"live-boot": 8.0 / 17.0}
     assert ratio_lines([live, dracut, ours]) == ["ratio layerboot / live-boot: 0.47x",
                                                  "target layerboot <= 0.5x live-boot: PASS"]
+    assert ratio_lines([ours, dracut]) == ["ratios: no peer has a median in this run, so no ratios"]
     slow = SystemResult("layerboot", None, [Measured(9.0, 5)])
     assert ratio_lines([live, slow])[-1] == "target layerboot <= 0.5x live-boot: MISS"
     assert "failed: timeout" in describe(dracut) and "FAIL" in describe(dracut)

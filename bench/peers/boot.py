@@ -30,13 +30,15 @@ class Guest:
     append: str
     mem_mb: int = 1024
     cpus: int = 1
+    mac: str | None = None
 
 
 def qemu_argv(guest: Guest) -> list[str]:
+    nic = "virtio-net-pci,netdev=n0,romfile=" + (f",mac={guest.mac}" if guest.mac else "")
     return [require_tool("qemu-system-x86_64", package="qemu-system-x86"),
             "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", str(guest.mem_mb), "-smp", str(guest.cpus),
             "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot",
-            "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=",
+            "-netdev", "user,id=n0", "-device", nic,
             "-kernel", str(guest.kernel), "-initrd", str(guest.initrd), "-append", guest.append]
 
 

@@ -1,22 +1,40 @@
-"""layerboot itself: its own initrd (build/initrd.py) booting the benchmark rootfs from layerbootd.
+"""layerboot itself: its initrd (build/initrd.py) booting the benchmark rootfs from layerbootd.
 
-The rootfs image is imported as the base layer of a store; the second-boot benchmark's one-file change is an
-overlay layer stacked on it (a new generation), so layerboot's second boot fetches the base again plus one
-small layer without a cache.
+A fresh store per benchmark holds the rootfs image as the base layer, the kernel and layerboot's initrd, and two
+profiles: ``bench-v1`` (the base alone) and ``bench-v2`` (the base plus an overlay layer holding the one-file
+change). Each profile has its own registered node (MAC), so "rootfs version" picks the node. The store's signing
+key is kept in the cache, so the initrd (which trusts that key) is built once and then reused from
+build/initrd.py's own cache. layerbootd listens on a free loopback port behind a byte-counting relay.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import re
+import shutil
+import socket
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+from layerboot.errors import LayerbootError
+from layerboot.run import Process, run, tool_path
+
+from peers.rootfs import VERSION_FILE
+from peers.serve import CountingRelay
 from peers.system import Bench, System, Unavailable
 
 NEEDS = {
     "layerboot.build.initrd": "build/initrd.py (layerboot's initrd builder, issue 5)",
     "layerboot.server.main": "server/main.py (layerbootd)",
+    "layerboot.initrd.stage1.main": "initrd/stage1/main.py (stage1)",
 }
+MACS = {"v1": "52:54:00:be:00:01", "v2": "52:54:00:be:00:02"}
+FAIL = re.compile(r"Kernel panic|Attempted to kill init|layerboot: (error|FAILED|emergency)|Traceback")
+_TOKEN = re.compile(r"token[^:]*:\s*(\S+)\s*$", re.M)
 
 
 def missing_parts() -> list[str]:
@@ -24,10 +42,111 @@ def missing_parts() -> list[str]:
     return [what for module, what in NEEDS.items() if importlib.util.find_spec(module) is None]
 
 
+def cmdline(server: str, mac: str, token: str) -> str:
+    return (f"console=ttyS0 layerboot.server={server} layerboot.node={mac} layerboot.token={token} "
+            "layerboot.emergency=poweroff panic=-1")
+
+
+def _signing_key(cache: Path, private: Path, public: Path) -> None:
+    """Copy the benchmark's persistent key pair into the store (creating it on first use)."""
+    from layerboot.overlays.keys import generate_key
+    kept = cache / "layerboot-key"
+    if not (kept / "signing.key").is_file():
+        tmp = cache / ".tmp-layerboot-key"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        generate_key(tmp / "signing.key", tmp / "signing.pub")
+        shutil.rmtree(kept, ignore_errors=True)
+        tmp.rename(kept)
+    private.parent.mkdir(parents=True, exist_ok=True)
+    public.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(kept / "signing.key", private)
+    shutil.copy2(kept / "signing.pub", public)
+
+
+def _script(name: str) -> str:
+    """A layerboot console script: next to this interpreter (pip's place for them), else on PATH."""
+    found = tool_path(name, Path(sys.executable).parent)
+    if found is None:
+        raise LayerbootError(f"{name} is not installed", hint="pip install -e .[server] (see .ci/install)")
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_ready(port: int, daemon: Process, log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
+            raise LayerbootError(f"layerbootd exited at start: {tail}", hint=f"its log: {log}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise LayerbootError(f"layerbootd did not answer on port {port} within {timeout:.0f} s")
+
+
+def prepare_store(bench: Bench, root: Path) -> tuple[Path, dict[str, str]]:
+    """Store, key, layers, profiles and nodes for the benchmark; returns the initrd path and the node tokens."""
+    from layerboot.build.initrd import DEFAULT_CACHE as INITRD_CACHE
+    from layerboot.build.initrd import build_initrd
+    from layerboot.overlays.profile import Profiles
+    from layerboot.overlays.store import Store
+    from layerboot.paths import Paths
+
+    paths = Paths(root)
+    store = Store(paths)
+    store.init()
+    _signing_key(bench.cache, paths.signing_key, paths.public_key)
+    initrd = build_initrd(bench.kernel, paths.public_key, bench.workdir / "layerboot-initrd.img",
+                          cache=INITRD_CACHE).path
+    base = store.import_squashfs(bench.images["v1"], kind="base", description="bench rootfs v1").digest
+    change = bench.workdir / "one-file-change"
+    (change / VERSION_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (change / VERSION_FILE).write_text("v2\n")
+    overlay = store.import_tree(change, kind="overlay", base=base, description="bench: v1 -> v2").digest
+    kernel = store.import_boot_file(bench.kernel.image, kind="kernel").digest
+    initrd_digest = store.import_boot_file(initrd, kind="initrd").digest
+    profiles = Profiles(store)
+    for version in MACS:
+        profiles.create(f"bench-{version}", base, kernel=kernel, initrd=initrd_digest, cmdline="console=ttyS0")
+    profiles.add("bench-v2", overlay)
+    layerboot = _script("layerboot")
+    tokens = {}
+    for version, mac in MACS.items():
+        out = run([layerboot, "--store", root, "nodes", "register", mac, "--profile", f"bench-{version}"]).text
+        found = _TOKEN.search(out)
+        if not found:
+            raise LayerbootError(f"'layerboot nodes register' printed no token: {out.strip()!r}")
+        tokens[version] = found.group(1)
+    return initrd, tokens
+
+
 @contextmanager
 def system(bench: Bench) -> Iterator[System]:
     missing = missing_parts()
     if missing:
         raise Unavailable("not yet available: " + ", ".join(missing) + " not in this tree")
-    raise Unavailable("not yet available: the benchmark is not wired to layerboot's initrd yet")
-    yield  # pragma: no cover - a generator for contextmanager
+    root = bench.workdir / "layerboot-store"
+    initrd, tokens = prepare_store(bench, root)
+    port = _free_port()
+    log_path = bench.logs / "layerbootd.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("wb")
+    daemon = Process([_script("layerbootd"), "--store", root, "--listen", "127.0.0.1", "--port", str(port),
+                      "--ssh-port", "0"], stdout=log, stderr=log)
+    try:
+        _wait_ready(port, daemon, log_path)
+        with CountingRelay(port) as relay:
+            server = f"http://10.0.2.2:{relay.port}"
+            yield System("layerboot", initrd, lambda v: cmdline(server, MACS[v], tokens[v]), FAIL, relay.traffic,
+                         mac=MACS)
+    finally:
+        daemon.terminate()
+        log.close()

@@ -76,7 +76,9 @@ def describe(result: SystemResult) -> str:
 def ratio_lines(results: list[SystemResult], subject: str = "layerboot") -> list[str]:
     found = ratios(results, subject)
     if not found:
-        return [f"ratios: {subject} has no median in this run, so no ratios"]
+        mine = next((r for r in results if r.name == subject), None)
+        why = f"{subject} has no median" if mine is None or mine.median is None else "no peer has a median"
+        return [f"ratios: {why} in this run, so no ratios"]
     lines = [f"ratio {subject} / {name}: {value:.2f}x" for name, value in found.items()]
     target_name, target = TARGET
     if target_name in found:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from layerboot.build.kernel import Kernel
@@ -27,7 +27,8 @@ class Bench:
     kernel: Kernel
     images: dict[str, Path]          # "v1" (first boot), "v2" (one-file change) -> squashfs
     server: CountingServer
-    workdir: Path
+    workdir: Path                    # scratch space, removed after the run
+    logs: Path                       # serial logs and daemon logs, kept
     rebuild: bool = False
 
 
@@ -40,3 +41,4 @@ class System:
     cmdline: Callable[[str], str]
     fail: re.Pattern[str]
     traffic: Traffic
+    mac: dict[str, str] = field(default_factory=dict)   # per rootfs version, when the system needs a fixed one
