@@ -1,0 +1,390 @@
+"""The node's local layer cache (``layerboot.cache=``), used by stage1 inside the initramfs.
+
+Stdlib only, nothing done at import, no imports outside ``os``/``stat`` until a function needs them.
+
+A cache is an ext4 filesystem (a partition, a whole disk, or the ``layerboot-data`` partition of an A/B
+install) named on the kernel command line as a device path, ``LABEL=name`` or ``UUID=uuid``. Inside the
+initramfs there is usually no udev and so no /dev/disk/by-*: names are resolved by reading the ext4 superblock
+of every block device listed in /sys/class/block (devtmpfs provides the /dev nodes). The cache is never
+formatted here: a device without ext4 is reported in one line and the boot goes on without a cache
+(``mkfs.ext4 -L layerboot-cache DEV`` makes one).
+
+Layout (root of the cache filesystem)::
+
+    layers/<sha256>        a verified layer, read-only
+    layers/<sha256>.ok     its hash record: "<sha256> <size> <mtime_ns>"; a file whose size or mtime no longer
+                           match its record (or has none) is re-hashed before use, and removed if it is wrong
+    manifest.json          the last accepted signed manifest envelope, byte for byte
+    previous-manifest.json the one accepted before it (garbage collection keeps both generations' layers)
+    last-serial            the last accepted serial: the same file and format as verify.SerialCache
+    *.tmp                  an interrupted write (power cut): never used, removed when the cache is opened
+
+Every write is temp file, fsync, rename, fsync of the directory: a power cut leaves the old state or the new.
+"""
+
+from __future__ import annotations
+
+import os
+
+CACHE_MOUNTPOINT = "/run/layerboot/cache"
+SERIAL_FILE = "last-serial"
+MANIFEST_FILE = "manifest.json"
+PREVIOUS_FILE = "previous-manifest.json"
+LAYERS = "layers"
+RECORD_SUFFIX = ".ok"
+TMP_SUFFIX = ".tmp"
+EXT_MAGIC = 0xEF53
+CHUNK = 1 << 20
+BUSYBOX = "/bin/busybox"
+_HEX = frozenset("0123456789abcdef")
+
+
+class CacheError(Exception):
+    """A cache problem the caller reports in one line (the boot can go on without the cache)."""
+
+
+def _say(text: str) -> None:
+    os.write(2, f"layerboot: cache: {text}\n".encode("utf-8", "replace"))
+
+
+def _check_digest(digest: str) -> str:
+    if not isinstance(digest, str) or len(digest) != 64 or not _HEX.issuperset(digest):
+        raise CacheError(f"invalid sha256 digest {digest!r}")
+    return digest
+
+
+def _sha256():  # noqa: ANN202 - the C implementation when present (smaller import inside the initramfs)
+    try:
+        from _sha256 import sha256
+    except ImportError:  # pragma: no cover - other builds
+        from hashlib import sha256
+    return sha256()
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = path + TMP_SUFFIX
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    _fsync_dir(os.path.dirname(path))
+
+
+# -- finding the device ------------------------------------------------------------------------------------
+def ext4_identity(device: str) -> tuple[str, str] | None:
+    """(uuid, label) from an ext2/3/4 superblock, or None when the device holds no such filesystem."""
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        block = os.pread(fd, 1024, 1024)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(block) < 0x88 or int.from_bytes(block[0x38:0x3A], "little") != EXT_MAGIC:
+        return None
+    raw = block[0x68:0x78].hex()
+    uuid = f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
+    label = block[0x78:0x88].split(b"\0", 1)[0].decode("utf-8", "replace")
+    return uuid, label
+
+
+def resolve_device(spec: str, *, dev: str = "/dev", sys_block: str = "/sys/class/block") -> str | None:
+    """A device path for ``/dev/X``, ``LABEL=x`` or ``UUID=x``; None when nothing matches (yet)."""
+    if spec.startswith("/"):
+        return spec if os.path.exists(spec) else None
+    kind, _, wanted = spec.partition("=")
+    if kind not in ("LABEL", "UUID") or not wanted:
+        raise CacheError(f"layerboot.cache={spec!r}: use a device path, LABEL=name or UUID=uuid")
+    link = os.path.join(dev, "disk", "by-" + kind.lower(), wanted)
+    if os.path.exists(link):                        # udev made it: trust it
+        return os.path.realpath(link)
+    try:
+        names = sorted(os.listdir(sys_block))
+    except OSError:
+        return None
+    for name in names:
+        node = os.path.join(dev, name)
+        identity = ext4_identity(node) if os.path.exists(node) else None
+        if identity and (identity[0] == wanted.lower() if kind == "UUID" else identity[1] == wanted):
+            return node
+    return None
+
+
+def _spawn(argv: list[str]) -> tuple[int, str]:
+    """Run mount/umount (busybox inside the initramfs); returns (status, output)."""
+    read_end, write_end = os.pipe()
+    try:
+        actions = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                   (os.POSIX_SPAWN_DUP2, write_end, 1), (os.POSIX_SPAWN_DUP2, write_end, 2)]
+        pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions)
+    except OSError as err:
+        os.close(read_end)
+        return 127, f"{argv[0]}: {err.strerror}"
+    finally:
+        os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        output = pipe.read().decode("utf-8", "replace").strip()
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), output
+
+
+def _mount_argv(*args: str) -> list[str]:
+    if os.path.exists(BUSYBOX):
+        return [BUSYBOX, *args]
+    for directory in ("/usr/bin", "/bin", "/usr/sbin", "/sbin"):
+        if os.path.exists(os.path.join(directory, args[0])):
+            return [os.path.join(directory, args[0]), *args[1:]]
+    return list(args)
+
+
+def open_cache(spec: str, mountpoint: str = CACHE_MOUNTPOINT, *, wait: float = 5.0,
+               say=_say) -> "LayerCache | None":  # noqa: ANN001 - say(str) -> None
+    """Mount the cache named by ``layerboot.cache=`` and return it; None (after one line) when it cannot be used.
+
+    Waits up to ``wait`` seconds for the device to appear (disk drivers probe asynchronously). Never formats.
+    """
+    import time
+
+    try:
+        deadline = time.monotonic() + wait
+        device = resolve_device(spec)
+        while device is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            device = resolve_device(spec)
+    except CacheError as err:
+        say(f"{err}; booting without a cache")
+        return None
+    if device is None:
+        say(f"no device matches layerboot.cache={spec} after {wait:.0f} s; booting without a cache")
+        return None
+    if ext4_identity(device) is None:
+        say(f"{device} has no ext4 filesystem (not formatted?); booting without a cache "
+            f"(to make one: mkfs.ext4 -L layerboot-cache {device})")
+        return None
+    os.makedirs(mountpoint, exist_ok=True)
+    code, output = _spawn(_mount_argv("mount", "-t", "ext4", "-o", "rw,noatime", device, mountpoint))
+    if code:
+        say(f"mounting {device} failed ({output or code}); booting without a cache")
+        return None
+    try:
+        return LayerCache(mountpoint, device=device)
+    except (OSError, CacheError) as err:
+        _spawn(_mount_argv("umount", mountpoint))
+        say(f"{device} cannot be used as a cache ({err}); booting without a cache")
+        return None
+
+
+# -- the cache ---------------------------------------------------------------------------------------------
+class LayerCache:
+    """Verified layers and the last accepted manifest under ``root`` (the mounted cache filesystem)."""
+
+    def __init__(self, root: str, *, device: str | None = None) -> None:
+        self.root = root
+        self.device = device              # set when open_cache mounted it: close() unmounts
+        self.layers = os.path.join(root, LAYERS)
+        os.makedirs(self.layers, exist_ok=True)
+        self.cleaned = self._clean_leftovers()
+
+    def _clean_leftovers(self) -> int:
+        """Remove what an interrupted write left behind; returns how many files."""
+        removed = 0
+        for directory in (self.root, self.layers):
+            for name in os.listdir(directory):
+                if name.endswith(TMP_SUFFIX):
+                    os.unlink(os.path.join(directory, name))
+                    removed += 1
+        return removed
+
+    def path(self, digest: str) -> str:
+        return os.path.join(self.layers, _check_digest(digest))
+
+    def tmp_path(self, digest: str) -> str:
+        """Where a caller may download a layer on the cache filesystem, so ``admit`` only renames it."""
+        return os.path.join(self.layers, f".{_check_digest(digest)}{TMP_SUFFIX}")
+
+    # -- layers ---------------------------------------------------------------------------------------------
+    def _record_ok(self, digest: str, st: os.stat_result) -> bool:
+        try:
+            with open(self.path(digest) + RECORD_SUFFIX, encoding="ascii") as f:
+                fields = f.read().split()
+        except (OSError, UnicodeDecodeError):
+            return False
+        return fields == [digest, str(st.st_size), str(st.st_mtime_ns)]
+
+    def _write_record(self, digest: str) -> None:
+        st = os.stat(self.path(digest))
+        _write_atomic(self.path(digest) + RECORD_SUFFIX, f"{digest} {st.st_size} {st.st_mtime_ns}\n".encode())
+
+    def _forget(self, digest: str) -> None:
+        for path in (self.path(digest), self.path(digest) + RECORD_SUFFIX):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def lookup(self, digest: str) -> str | None:
+        """The cached layer's path if it is there and verified, else None (a bad copy is removed)."""
+        path = self.path(digest)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        if self._record_ok(digest, st):
+            return path
+        if _hash_file(path) == digest:               # no or stale record: re-hash once, then trust again
+            self._write_record(digest)
+            return path
+        self._forget(digest)
+        return None
+
+    def admit(self, digest: str, src_path: str) -> str:
+        """Put a layer the caller verified into the cache and return its cache path.
+
+        A source on the cache filesystem (see :meth:`tmp_path`) is renamed in; anything else is copied. The
+        bytes are hashed again on the way in, so a wrong digest never enters the cache.
+        """
+        final = self.path(digest)
+        same_fs = os.stat(src_path).st_dev == os.stat(self.layers).st_dev
+        if same_fs:
+            if _hash_file(src_path) != digest:
+                raise CacheError(f"{src_path} does not hash to {digest[:12]}")
+            fd = os.open(src_path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(src_path, final)
+        else:
+            tmp = self.tmp_path(digest)
+            if _copy_hashed(src_path, tmp) != digest:
+                os.unlink(tmp)
+                raise CacheError(f"{src_path} does not hash to {digest[:12]}")
+            os.rename(tmp, final)
+        os.chmod(final, 0o444)
+        _fsync_dir(self.layers)
+        self._write_record(digest)
+        return final
+
+    def digests(self) -> set[str]:
+        return {n for n in os.listdir(self.layers) if len(n) == 64 and _HEX.issuperset(n)}
+
+    def gc(self, keep: set[str]) -> int:
+        """Remove every cached layer not in ``keep``; returns the bytes freed."""
+        freed = 0
+        present = self.digests()
+        for digest in present - set(keep):
+            try:
+                freed += os.stat(self.path(digest)).st_size
+            except FileNotFoundError:
+                continue
+            self._forget(digest)
+        present = self.digests()
+        for name in os.listdir(self.layers):        # records whose layer is gone
+            if name.endswith(RECORD_SUFFIX) and name[:-len(RECORD_SUFFIX)] not in present:
+                os.unlink(os.path.join(self.layers, name))
+        _fsync_dir(self.layers)
+        return freed
+
+    # -- manifests ------------------------------------------------------------------------------------------
+    def last_serial(self) -> int:
+        """The last accepted serial (0 when none); an unreadable file is an error, never a guess."""
+        try:
+            with open(os.path.join(self.root, SERIAL_FILE), encoding="ascii") as f:
+                return int(f.read().strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError, UnicodeDecodeError) as err:
+            raise CacheError(f"{SERIAL_FILE} in the cache is unreadable ({err}); refusing to guess") from None
+
+    def accept(self, serial: int, envelope: bytes) -> None:
+        """Remember a manifest the caller verified; a lower serial than the last one is refused.
+
+        The manifest is written before the serial: after a power cut in between, the stored manifest has a
+        serial at least as high as ``last-serial``, so it still verifies offline.
+        """
+        last = self.last_serial()
+        if serial < last:
+            raise CacheError(f"refusing manifest serial {serial}: lower than the last accepted {last}")
+        current = self.last_manifest()
+        if current is not None and current != envelope and serial > last:
+            _write_atomic(os.path.join(self.root, PREVIOUS_FILE), current)
+        _write_atomic(os.path.join(self.root, MANIFEST_FILE), envelope)
+        if serial != last:
+            _write_atomic(os.path.join(self.root, SERIAL_FILE), f"{serial}\n".encode("ascii"))
+
+    def last_manifest(self) -> bytes | None:
+        """The last accepted envelope, for an offline boot (the caller verifies it again with its key)."""
+        return _read(os.path.join(self.root, MANIFEST_FILE))
+
+    def previous_manifest(self) -> bytes | None:
+        return _read(os.path.join(self.root, PREVIOUS_FILE))
+
+    def generation_digests(self) -> set[str]:
+        """Layer digests named by the current and the previous stored manifests: what ``gc`` should keep."""
+        import json
+
+        keep: set[str] = set()
+        for envelope in (self.last_manifest(), self.previous_manifest()):
+            try:
+                payload = json.loads(json.loads(envelope)["payload"]) if envelope else {}
+                keep.update(item["digest"] for item in payload.get("layers", []))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return {d for d in keep if isinstance(d, str) and len(d) == 64 and _HEX.issuperset(d)}
+
+    def close(self) -> None:
+        """Flush, and unmount when open_cache mounted it. Safe to call twice."""
+        os.sync()
+        if self.device is not None:
+            code, output = _spawn(_mount_argv("umount", self.root))
+            if code:
+                raise CacheError(f"unmounting the cache at {self.root} failed: {output or code}")
+            self.device = None
+
+    def __enter__(self) -> "LayerCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def _hash_file(path: str) -> str:
+    digest = _sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _copy_hashed(src: str, dst: str) -> str:
+    digest = _sha256()
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while chunk := fin.read(CHUNK):
+            digest.update(chunk)
+            fout.write(chunk)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return digest.hexdigest()

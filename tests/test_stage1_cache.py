@@ -1,0 +1,204 @@
+"""stage1's local layer cache on a real loop-mounted ext4 image: finding it without udev, verified lookups,
+corruption detected and refetched, interrupted writes ignored, anti-replay serials, garbage collection."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from layerboot.initrd.stage1 import cache as cachemod
+from layerboot.initrd.stage1.cache import CacheError, LayerCache, open_cache
+from layerboot.initrd.stage1.verify import SerialCache
+from layerboot.run import run
+
+LABEL = "lbcache-test"
+
+
+def _layer(tmp_path: Path, text: str) -> tuple[str, Path]:
+    path = tmp_path / f"src-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    path.write_bytes(text.encode() * 1000)
+    return hashlib.sha256(path.read_bytes()).hexdigest(), path
+
+
+def _envelope(serial: int, digests: list[str]) -> bytes:
+    payload = json.dumps({"format": "layerboot-manifest/1", "serial": serial, "generation": serial,
+                          "layers": [{"digest": d, "size": 1, "path": f"objects/{d}"} for d in digests]})
+    return json.dumps({"format": "layerboot-signed/1", "payload": payload, "signature": "x"}).encode()
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> Iterator[str]:
+    image = tmp_path / "cache.img"
+    with open(image, "wb") as handle:
+        handle.truncate(64 << 20)
+    run(["mkfs.ext4", "-q", "-L", LABEL, image])
+    loop = run(["losetup", "--find", "--show", image]).text.strip()
+    yield loop
+    run(["umount", "-l", loop], check=False)
+    run(["losetup", "--detach", loop], check=False)
+
+
+@pytest.fixture
+def cache(device: str, tmp_path: Path) -> Iterator[LayerCache]:
+    opened = open_cache(device, str(tmp_path / "mnt"))
+    assert opened is not None
+    yield opened
+    opened.close()
+
+
+def _mounted(path: Path) -> bool:
+    return f" {path} " in Path("/proc/mounts").read_text()
+
+
+@pytest.mark.root
+def test_the_cache_is_found_by_label_and_uuid_without_udev(device: str, tmp_path: Path) -> None:
+    uuid = run(["blkid", "-p", "-s", "UUID", "-o", "value", device]).text.strip()
+    assert cachemod.ext4_identity(device) == (uuid, LABEL)
+    assert cachemod.resolve_device(f"LABEL={LABEL}") == device
+    assert cachemod.resolve_device(f"UUID={uuid.upper()}") == device
+    assert cachemod.resolve_device("LABEL=no-such-cache") is None
+    for spec in (f"LABEL={LABEL}", f"UUID={uuid}", device):
+        mnt = tmp_path / "mnt"
+        opened = open_cache(spec, str(mnt))
+        assert opened is not None and _mounted(mnt)
+        opened.close()
+        assert not _mounted(mnt)
+
+
+@pytest.mark.root
+def test_an_unformatted_or_missing_cache_is_reported_and_the_boot_goes_on(tmp_path: Path) -> None:
+    blank = tmp_path / "blank.img"
+    with open(blank, "wb") as handle:
+        handle.truncate(16 << 20)
+    loop = run(["losetup", "--find", "--show", blank]).text.strip()
+    lines: list[str] = []
+    try:
+        assert open_cache(loop, str(tmp_path / "mnt"), say=lines.append) is None
+        assert lines == [f"{loop} has no ext4 filesystem (not formatted?); booting without a cache "
+                         f"(to make one: mkfs.ext4 -L layerboot-cache {loop})"]
+        assert not _mounted(tmp_path / "mnt")
+        assert run(["blkid", "-p", loop], check=False).returncode != 0      # still blank: nothing formatted
+    finally:
+        run(["losetup", "--detach", loop], check=False)
+    assert open_cache("LABEL=nowhere", str(tmp_path / "m2"), wait=0.2, say=lines.append) is None
+    assert lines[-1] == "no device matches layerboot.cache=LABEL=nowhere after 0 s; booting without a cache"
+    assert open_cache("PARTUUID=1", str(tmp_path / "m3"), say=lines.append) is None
+    assert "use a device path, LABEL=name or UUID=uuid" in lines[-1]
+
+
+@pytest.mark.root
+def test_admitted_layers_survive_a_remount_and_are_trusted_by_their_record(cache: LayerCache, device: str,
+                                                                          tmp_path: Path) -> None:
+    digest, src = _layer(tmp_path, "base")
+    assert cache.lookup(digest) is None
+    path = cache.admit(digest, str(src))
+    assert src.exists() and Path(path).read_bytes() == src.read_bytes()     # copied from another filesystem
+    assert cache.lookup(digest) == path
+    cache.close()
+    again = open_cache(device, str(tmp_path / "mnt"))
+    assert again is not None
+    try:
+        record = Path(again.path(digest) + ".ok").read_text().split()
+        assert record[:2] == [digest, str(src.stat().st_size)]
+        os.unlink(again.path(digest) + ".ok")                # no record: re-hashed once, record rewritten
+        assert again.lookup(digest) == again.path(digest)
+        assert Path(again.path(digest) + ".ok").read_text().split() == record
+    finally:
+        again.close()
+
+
+@pytest.mark.root
+def test_a_download_on_the_cache_filesystem_is_renamed_in(cache: LayerCache, tmp_path: Path) -> None:
+    digest, src = _layer(tmp_path, "renamed")
+    tmp = cache.tmp_path(digest)
+    Path(tmp).write_bytes(src.read_bytes())
+    inode = os.stat(tmp).st_ino
+    path = cache.admit(digest, tmp)
+    assert os.stat(path).st_ino == inode and not os.path.exists(tmp)
+    wrong = cache.tmp_path("0" * 64)
+    Path(wrong).write_bytes(b"not that")
+    with pytest.raises(CacheError, match="does not hash to 000000000000"):
+        cache.admit("0" * 64, wrong)
+    assert cache.lookup("0" * 64) is None
+
+
+@pytest.mark.root
+def test_a_corrupted_cached_layer_is_detected_removed_and_refetched(cache: LayerCache, tmp_path: Path) -> None:
+    digest, src = _layer(tmp_path, "overlay")
+    path = cache.admit(digest, str(src))
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as handle:                        # one flipped byte in the middle
+        handle.seek(500)
+        byte = handle.read(1)
+        handle.seek(500)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    assert cache.lookup(digest) is None
+    assert not os.path.exists(path) and not os.path.exists(path + ".ok")
+    assert cache.admit(digest, str(src)) == path              # the caller fetched it again
+    assert cache.lookup(digest) == path
+
+
+@pytest.mark.root
+def test_leftovers_of_a_power_cut_are_ignored_and_cleaned(cache: LayerCache, device: str,
+                                                          tmp_path: Path) -> None:
+    digest, src = _layer(tmp_path, "half")
+    cache.accept(3, _envelope(3, [digest]))
+    half = src.read_bytes()[: src.stat().st_size // 2]
+    Path(cache.tmp_path(digest)).write_bytes(half)            # the copy was cut off before its rename
+    Path(cache.root, "manifest.json.tmp").write_bytes(b'{"trunc')   # and so was the next accept
+    cache.close()
+    again = open_cache(device, str(tmp_path / "mnt"))
+    assert again is not None
+    try:
+        assert again.cleaned == 2
+        assert not os.path.exists(again.tmp_path(digest))
+        assert again.lookup(digest) is None
+        assert again.last_manifest() == _envelope(3, [digest]) and again.last_serial() == 3
+    finally:
+        again.close()
+
+
+@pytest.mark.root
+def test_manifests_only_move_forward_and_share_the_serial_file_with_verify(cache: LayerCache) -> None:
+    assert cache.last_serial() == 0 and cache.last_manifest() is None
+    cache.accept(5, _envelope(5, ["a" * 64]))
+    with pytest.raises(CacheError, match="refusing manifest serial 4: lower than the last accepted 5"):
+        cache.accept(4, _envelope(4, ["b" * 64]))
+    assert cache.last_manifest() == _envelope(5, ["a" * 64])
+    cache.accept(5, _envelope(5, ["a" * 64]))                 # the same manifest again (a reboot) is fine
+    assert SerialCache(cache.root).load() == 5                # stage1's serial check reads the same file
+    SerialCache(cache.root).store(9)
+    assert cache.last_serial() == 9
+    Path(cache.root, "last-serial").write_text("garbage")
+    with pytest.raises(CacheError, match="unreadable"):
+        cache.last_serial()
+
+
+@pytest.mark.root
+def test_gc_keeps_the_current_and_previous_generation(cache: LayerCache, tmp_path: Path) -> None:
+    layers = [_layer(tmp_path, name) for name in ("base", "g1", "g2", "g3")]
+    for digest, src in layers:
+        cache.admit(digest, str(src))
+    base, g1, g2, g3 = (d for d, _ in layers)
+    cache.accept(1, _envelope(1, [base, g1]))
+    cache.accept(2, _envelope(2, [base, g2]))
+    cache.accept(3, _envelope(3, [base, g3]))
+    keep = cache.generation_digests()
+    assert keep == {base, g2, g3}
+    freed = cache.gc(keep)
+    assert freed == layers[1][1].stat().st_size
+    assert cache.digests() == {base, g2, g3} and cache.lookup(g1) is None
+    assert not any(name.startswith(g1) for name in os.listdir(cache.layers))
+
+
+def test_importing_the_cache_module_loads_nothing_heavy() -> None:
+    code = ("import sys; before = set(sys.modules); import layerboot.initrd.stage1.cache; "
+            "print(' '.join(sorted(set(sys.modules) - before)))")
+    loaded = set(run([sys.executable, "-c", code], cwd="/").text.split())
+    assert loaded <= {"layerboot", "layerboot.initrd", "layerboot.initrd.stage1", "layerboot.initrd.stage1.cache"}
