@@ -1,0 +1,165 @@
+"""A reusable QEMU node for tests, benchmarks and the demo: TCG guest, serial console captured with timestamps.
+
+KVM is not used (it hangs on these machines): ``-accel tcg -cpu qemu64,+rdrand`` (rdrand so the guest's first
+getrandom() does not stall). The serial console is read by a thread; every line is written to a log file with
+its time since QEMU started and kept in memory so tests can wait for a line, with patterns that fail early.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from layerboot.errors import LayerbootError
+from layerboot.run import Process, devnull, require_tool
+
+DEFAULT_MAC = "52:54:00:12:34:56"
+# Lines that mean the boot went wrong, whatever the test waits for.
+KERNEL_FAILURES = (r"Kernel panic", r"Traceback \(most recent call last\)", r"Attempted to kill init")
+
+
+class QemuError(LayerbootError):
+    pass
+
+
+@dataclass(frozen=True)
+class Line:
+    seconds: float   # since QEMU was started
+    text: str
+
+
+@dataclass
+class NodeConfig:
+    """How to boot: direct kernel (kernel + initrd + append) or PXE through the NIC's iPXE ROM (tftp_dir)."""
+
+    kernel: Path | None = None
+    initrd: Path | None = None
+    append: str = ""
+    tftp_dir: Path | None = None
+    bootfile: str = ""
+    mac: str = DEFAULT_MAC
+    memory_mb: int = 1024
+    cpus: int = 1
+    no_reboot: bool = True
+    disks: list[Path] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+
+    def argv(self) -> list[str]:
+        argv = [require_tool("qemu-system-x86_64", package="qemu-system-x86"),
+                "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", str(self.memory_mb), "-smp", str(self.cpus),
+                "-nodefaults", "-display", "none", "-monitor", "none", "-serial", "stdio",
+                "-device", "virtio-rng-pci"]
+        netdev = "user,id=n0"
+        if self.tftp_dir is not None:
+            netdev += f",tftp={self.tftp_dir},bootfile={self.bootfile}"
+        argv += ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=n0,mac={self.mac}"]
+        if self.kernel is not None:
+            argv += ["-kernel", str(self.kernel)]
+            if self.initrd is not None:
+                argv += ["-initrd", str(self.initrd)]
+            argv += ["-append", self.append]
+        else:
+            argv += ["-boot", "n"]
+        for index, disk in enumerate(self.disks):
+            argv += ["-drive", f"file={disk},if=virtio,format=raw,index={index}"]
+        if self.no_reboot:
+            argv.append("-no-reboot")
+        return argv + self.extra
+
+
+class QemuNode:
+    """One running guest. Use as a context manager; the guest is always killed on exit."""
+
+    def __init__(self, config: NodeConfig, log: Path) -> None:
+        self.config = config
+        self.log_path = log
+        self.lines: list[Line] = []
+        self._cond = threading.Condition()
+        self._process: Process | None = None
+        self._reader: threading.Thread | None = None
+        self.started = 0.0
+
+    def start(self) -> "QemuNode":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.started = time.monotonic()
+        self._process = Process(self.config.argv(), stderr=devnull())
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        with open(self.log_path, "w", encoding="utf-8") as log:
+            for raw in self._process.stdout:
+                text = raw.decode("utf-8", "replace").rstrip("\r\n").replace("\r", "")
+                line = Line(round(time.monotonic() - self.started, 3), text)
+                log.write(f"[{line.seconds:8.3f}] {text}\n")
+                log.flush()
+                with self._cond:
+                    self.lines.append(line)
+                    self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def _describe(self) -> str:
+        tail = "\n".join(f"  {line.text}" for line in self.lines[-25:])
+        return f"(serial log {self.log_path}, last lines:\n{tail})"
+
+    def wait_for(self, pattern: str, *, timeout: float = 120.0, fail: tuple[str, ...] = KERNEL_FAILURES,
+                 start: int = 0) -> Line:
+        """The first line from index ``start`` matching ``pattern``; QemuError on a fail pattern, exit or timeout."""
+        wanted = re.compile(pattern)
+        failing = [re.compile(p) for p in fail]
+        deadline = time.monotonic() + timeout
+        index = start
+        with self._cond:
+            while True:
+                while index < len(self.lines):
+                    line = self.lines[index]
+                    index += 1
+                    if wanted.search(line.text):
+                        return line
+                    for bad in failing:
+                        if bad.search(line.text):
+                            raise QemuError(f"guest printed {line.text!r} while waiting for {pattern!r} "
+                                            f"{self._describe()}")
+                reader_done = self._reader is not None and not self._reader.is_alive()
+                if reader_done:
+                    raise QemuError(f"QEMU exited while waiting for {pattern!r} {self._describe()}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise QemuError(f"no line matching {pattern!r} within {timeout:.0f}s {self._describe()}")
+                self._cond.wait(min(left, 1.0))
+
+    def wait_exit(self, timeout: float = 120.0) -> int:
+        """Wait for the guest to power off (or reset, with -no-reboot); returns QEMU's exit status."""
+        assert self._process is not None
+        rc = self._process.wait(timeout=timeout)
+        if self._reader is not None:
+            self._reader.join(timeout=10)
+        return rc
+
+    def text(self) -> str:
+        with self._cond:
+            return "\n".join(line.text for line in self.lines)
+
+    def kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+        if self._reader is not None:
+            self._reader.join(timeout=10)   # reads to EOF before the pipes are closed
+        if self._process is not None:
+            self._process.terminate()
+
+    def __enter__(self) -> "QemuNode":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()

@@ -1,0 +1,194 @@
+"""stage1's PID 1: mount, modules, network, signed manifest, verified layers, overlayfs, switch_root.
+
+The stages run in order (see cmdline.STAGES); ``layerboot.break=<stage>`` opens a shell before one. Any failure
+prints one line (console + /dev/kmsg), writes /run/layerboot/status, reports to the server when it can, and then
+runs ``layerboot.emergency=``. PID 1 never returns or raises out of :func:`main`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from . import console
+from .console import StageError, debug, say
+
+PUBLIC_KEY = "/etc/layerboot/signing.pub"
+
+
+class Boot:
+    """The state one boot accumulates; reported to the server as boot events."""
+
+    def __init__(self) -> None:
+        self.options = None
+        self.stage = "start"
+        self.timings: dict[str, float] = {}
+        self.node = ""
+        self.network_up = False
+        self.manifest = None
+        self.started = time.monotonic()
+        self.uptime_at_start = time.clock_gettime(time.CLOCK_BOOTTIME)
+
+    def event(self, ok: bool, message: str = "") -> dict:
+        """The server's event record (stage, ok, generation, serial, elapsed, message) plus stage timings."""
+        document = {"stage": self.stage, "ok": ok, "message": message,
+                    "elapsed": round(time.clock_gettime(time.CLOCK_BOOTTIME), 3),
+                    "timings": self.timings, "stage1_started": round(self.uptime_at_start, 3)}
+        if self.manifest is not None:
+            document.update(profile=self.manifest.profile, generation=self.manifest.generation,
+                            serial=self.manifest.serial)
+        return document
+
+    def report(self, ok: bool, message: str = "") -> None:
+        """POST a boot event; best effort (a server that cannot take it must not stop the boot)."""
+        options = self.options
+        if options is None or not self.network_up or not options.server or not self.node:
+            return
+        from .http import post_json
+
+        try:
+            post_json(f"{options.server}/nodes/{self.node}/events", self.event(ok, message), token=options.token)
+        except Exception as err:  # noqa: BLE001 - best effort, never fatal
+            debug(f"boot event not delivered: {err}")
+
+
+def _emergency_from_raw_cmdline() -> str:
+    """The emergency action even when the rest of the command line does not parse (or /proc was not mounted)."""
+    if not os.path.exists("/proc/cmdline"):
+        console.spawn([console.BUSYBOX, "mount", "-t", "proc", "proc", "/proc"], quiet=True)
+    try:
+        with open("/proc/cmdline", encoding="utf-8", errors="replace") as f:
+            words = f.read().split()
+    except OSError:
+        return "shell"
+    for word in words:
+        if word.startswith("layerboot.emergency=") and word.split("=", 1)[1] in ("shell", "reboot", "poweroff"):
+            return word.split("=", 1)[1]
+    return "shell"
+
+
+def run_stages(boot: Boot) -> None:
+    from .cmdline import CmdlineError, read_options
+    from .system import LAYER_DIR, check_init, load_modules, mount_api_filesystems, stack, switch_root
+
+    boot.stage = "mounts"
+    mount_api_filesystems()
+    try:
+        options = read_options()
+    except CmdlineError as err:
+        raise StageError(f"kernel command line: {err}") from None
+    boot.options = options
+    console.set_debug(options.debug)
+    debug(f"stage1 started {boot.uptime_at_start:.2f}s after the kernel")
+    if not options.server:
+        raise StageError("no layerboot.server= on the kernel command line (the iPXE script sets it)")
+
+    def stage(name: str) -> None:
+        now = time.monotonic()
+        if boot.stage != "mounts":
+            boot.timings[boot.stage] = round(now - boot.mark, 3)
+        boot.stage, boot.mark = name, now
+        if name in options.breaks:
+            console.shell(f"layerboot.break={name}")
+
+    boot.mark = time.monotonic()
+    stage("modules")
+    load_modules()
+
+    stage("net")
+    from .net import bring_up, mac_of
+
+    interface, _ = bring_up(options.interface, options.node, options.ip, options.timeout)
+    boot.node = options.node or mac_of(interface)
+    boot.network_up = True
+
+    stage("manifest")
+    from .verify import VerifyError, load_public_key, verify_envelope
+
+    cache = None
+    if options.cache:
+        from .cache import open_cache
+
+        cache = open_cache(options.cache)
+    envelope = fetch_manifest(options, boot.node, cache)
+    min_serial = cache.last_serial() if cache is not None else 0
+    try:
+        public = load_public_key(PUBLIC_KEY)
+        boot.manifest = manifest = verify_envelope(envelope, public, min_serial=min_serial)
+    except VerifyError as err:
+        raise StageError(str(err)) from None
+    if cache is not None:
+        cache.accept(manifest.serial, envelope)
+    say(f"manifest: profile {manifest.profile} generation {manifest.generation} serial {manifest.serial}, "
+        f"{len(manifest.layers)} layers")
+
+    stage("layers")
+    from .fetch import fetch_layers
+
+    files = fetch_layers(options.server, options.token, manifest.layers, LAYER_DIR, retries=options.retries,
+                         timeout=options.timeout, cache=cache)
+    if cache is not None:
+        cache.gc(tuple(layer.digest for layer in manifest.layers))
+
+    stage("mount")
+    stack(files, options.upper_size)
+    check_init(options.init)
+
+    stage("switch_root")
+    boot.report(True)
+    console.write_status(_status(boot, True))
+    say(f"switching to the new root ({time.clock_gettime(time.CLOCK_BOOTTIME):.2f}s since boot), "
+        f"exec {options.init}")
+    switch_root(options.init)
+    raise StageError(f"switch_root to {options.init} failed")
+
+
+def fetch_manifest(options, node: str, cache) -> bytes:  # noqa: ANN001
+    """The signed envelope from the server; the cache's last verified one if the server cannot be reached."""
+    from .http import HttpError, get_bytes
+
+    url = f"{options.server}/nodes/{node}/manifest"
+    if options.profile:
+        url += f"?profile={options.profile}"
+    try:
+        return get_bytes(url, token=options.token, timeout=options.timeout, limit=1 << 20)
+    except HttpError as err:
+        if err.status or cache is None:
+            raise
+        last = cache.last_manifest()
+        if last is None:
+            raise
+        say(f"server unreachable ({err}); booting the cached manifest")
+        return last
+
+
+def _status(boot: Boot, ok: bool, message: str = "") -> str:
+    import json
+
+    return json.dumps(boot.event(ok, message), sort_keys=True) + "\n"
+
+
+def main() -> None:
+    """Entry point of /init. Never returns: it execs the real init or ends in the emergency action."""
+    boot = Boot()
+    try:
+        run_stages(boot)
+        message = "stage1 returned without switching root"
+    except StageError as err:
+        message = f"{boot.stage}: {err}"
+    except KeyboardInterrupt:
+        message = f"{boot.stage}: interrupted"
+    except BaseException as err:  # noqa: BLE001 - PID 1 must survive anything
+        message = f"{boot.stage}: internal error {type(err).__name__}: {err}"
+        if boot.options is not None and boot.options.debug:
+            import traceback
+
+            traceback.print_exc()
+    try:
+        console.error(message)
+        console.write_status(_status(boot, False, message))
+        boot.report(False, message)
+        action = boot.options.emergency if boot.options is not None else _emergency_from_raw_cmdline()
+    except BaseException:  # noqa: BLE001
+        action = _emergency_from_raw_cmdline()
+    console.emergency(action)

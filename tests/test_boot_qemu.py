@@ -1,0 +1,219 @@
+"""End to end: a QEMU node netboots through iPXE from the real layerbootd, stage1 stacks the signed layers,
+the node captures a change and uploads it, the server bakes it, the node reboots and sees it. Plus the
+failure cases a user will meet: a tampered layer, a manifest with a wrong signature, the server gone.
+
+Kernel (Debian's cloud kernel), initrd and the client layer are built once per session and cached by their
+inputs under /var/cache/layerboot, so a warm run spends its time booting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from layerboot.build.busybox_tree import build_busybox_tree
+from layerboot.build.client_layer import client_layer_image
+from layerboot.build.initrd import build_initrd
+from layerboot.build.kernel import fetch_kernel
+from layerboot.build.qemu import NodeConfig, QemuNode
+from layerboot.overlays.keys import generate_key
+from layerboot.overlays.profile import Profiles
+from layerboot.overlays.store import Store
+from layerboot.paths import Paths
+from server_daemon import MAC, Daemon, write_config
+
+pytestmark = [pytest.mark.qemu, pytest.mark.root]
+
+CACHE = Path(os.environ.get("LAYERBOOT_TEST_CACHE", "/var/cache/layerboot/test"))
+CMDLINE = "console=ttyS0 quiet layerboot.emergency=poweroff layerboot.debug"
+WHITEOUT = 0o020000 | 0o600
+# The node's /sbin/init: prove every layer and the whiteout, then capture + upload a change once.
+NODE_INIT = r"""#!/bin/sh
+export PATH=/usr/bin:/usr/sbin:/bin:/sbin HOME=/root
+ok=yes
+for f in /etc/base-file /etc/layer1 /etc/layer2 /usr/bin/python3; do
+  [ -e "$f" ] || { echo "NODE: missing $f"; ok=no; }
+done
+[ -e /etc/doomed ] && { echo "NODE: /etc/doomed survived its whiteout"; ok=no; }
+[ "$ok" = yes ] && echo "ROOTFS-PASS base=$(cat /etc/base-file) l1=$(cat /etc/layer1) l2=$(cat /etc/layer2) whiteout=ok"
+if [ -e /etc/captured ]; then
+  echo "NODE-SEES-CAPTURE $(cat /etc/captured)"
+  poweroff -f
+fi
+echo "changed on the node" > /etc/captured
+python3 -m layerboot capture --upper /run/layerboot/rw/upper -o /run/change.tar.zst 2>&1 && \
+  python3 -m layerboot upload /run/change.tar.zst --wait 240 2>&1 && echo "NODE-UPLOADED"
+reboot -f
+"""
+TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
+
+
+def test_keys() -> tuple[Path, Path]:
+    """One signing key for all test sessions, so the initrd (which embeds its public half) stays cached."""
+    keys = CACHE / "keys"
+    if not (keys / "signing.pub").is_file():
+        keys.mkdir(parents=True, exist_ok=True)
+        generate_key(keys / "signing.key", keys / "signing.pub")
+    return keys / "signing.key", keys / "signing.pub"
+
+
+test_keys.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+@pytest.fixture(scope="session")
+def kernel():  # noqa: ANN201
+    return fetch_kernel()
+
+
+@pytest.fixture(scope="session")
+def node_store(tmp_path_factory: pytest.TempPathFactory, kernel) -> dict:  # noqa: ANN001
+    """A store with a busybox base, two overlays (one whites out a base file), the client layer, kernel, initrd."""
+    work = tmp_path_factory.mktemp("qemu-store")
+    paths = Paths(work / "store")
+    store = Store(paths)
+    store.init()
+    private, public = test_keys()
+    shutil.copyfile(private, paths.signing_key)
+    paths.signing_key.chmod(0o600)
+    shutil.copyfile(public, paths.public_key)
+    base_tree = build_busybox_tree(work / "base", init_script=NODE_INIT)
+    (base_tree / "etc/base-file").write_text("b\n")
+    (base_tree / "etc/doomed").write_text("this file is deleted by layer 2\n")
+    base = store.import_tree(base_tree, kind="base", all_root=True, description="busybox base").digest
+    one = work / "one"
+    (one / "etc").mkdir(parents=True)
+    (one / "etc/layer1").write_text("1\n")
+    layer1 = store.import_tree(one, kind="overlay", base=base, all_root=True).digest
+    two = work / "two"
+    (two / "etc").mkdir(parents=True)
+    (two / "etc/layer2").write_text("2\n")
+    os.mknod(two / "etc/doomed", WHITEOUT, os.makedev(0, 0))
+    layer2 = store.import_tree(two, kind="overlay", base=base, all_root=True).digest
+    client_image = client_layer_image(work / "client.squashfs", cache=CACHE)
+    client = store.import_squashfs(client_image, kind="overlay", base=base, description="layerboot client").digest
+    initrd = build_initrd(kernel, paths.public_key, work / "initrd.img", cache=CACHE / "initrd")
+    kernel_digest = store.import_boot_file(kernel.image, kind="kernel").digest
+    initrd_digest = store.import_boot_file(initrd.path, kind="initrd").digest
+    profiles = Profiles(store)
+    profiles.create("node", base, cmdline=CMDLINE, kernel=kernel_digest, initrd=initrd_digest)
+    for layer in (layer1, layer2, client):
+        profiles.add("node", layer)
+    return {"paths": paths, "profiles": profiles, "work": work, "initrd": initrd, "layers": (base, layer1, layer2),
+            "client": client}
+
+
+@pytest.fixture(scope="session")
+def daemon(node_store: dict) -> Iterator[Daemon]:
+    paths: Paths = node_store["paths"]
+    config = write_config(node_store["work"] / "layerboot.toml", paths, upload_policy="auto")
+    daemon = Daemon(paths, config, node_store["work"] / "layerbootd.log")
+    _, token = daemon.registry().register(MAC, "node", replace=True)
+    daemon.node_token = token  # type: ignore[attr-defined]
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def pxe_dir(tmp_path: Path, port: int) -> Path:
+    """What QEMU's TFTP serves: a script for the NIC's iPXE ROM that chains to layerbootd's per-MAC script."""
+    tftp = tmp_path / "tftp"
+    tftp.mkdir()
+    (tftp / "boot.ipxe").write_text(f"#!ipxe\nchain http://10.0.2.2:{port}/boot/${{net0/mac}}.ipxe\n")
+    return tftp
+
+
+def assert_clean(node: QemuNode) -> None:
+    text = node.text()
+    assert not TRACEBACK.search(text), f"traceback on the serial console ({node.log_path})"
+
+
+def test_pxe_boot_layers_capture_upload_bake_reboot(daemon: Daemon, node_store: dict, kernel,  # noqa: ANN001
+                                                    tmp_path: Path) -> None:
+    profiles: Profiles = node_store["profiles"]
+    generation = profiles.current("node").number
+    config = NodeConfig(tftp_dir=pxe_dir(tmp_path, daemon.port), bootfile="boot.ipxe", mac=MAC, no_reboot=False)
+    with QemuNode(config, tmp_path / "serial.log") as node:
+        first = node.wait_for(r"ROOTFS-PASS", timeout=180, fail=(r"layerboot: FAILED", r"NODE: ", r"Kernel panic",
+                                                                   r"Traceback"))
+        assert first.text == "ROOTFS-PASS base=b l1=1 l2=2 whiteout=ok"
+        manifest_line = node.wait_for(r"layerboot: manifest:")
+        assert f"generation {generation} " in manifest_line.text
+        uploaded = node.wait_for(r"NODE-UPLOADED", timeout=300, start=node.lines.index(first))
+        second = node.wait_for(r"ROOTFS-PASS", timeout=180, start=node.lines.index(uploaded),
+                               fail=(r"layerboot: FAILED", r"Kernel panic", r"Traceback"))
+        seen = node.wait_for(r"NODE-SEES-CAPTURE", timeout=60, start=node.lines.index(second))
+        assert seen.text == "NODE-SEES-CAPTURE changed on the node"
+        node.wait_exit(60)
+    assert_clean(node)
+    text = node.text()
+    assert f"generation {generation + 1} " in text.split("NODE-UPLOADED", 1)[1]
+    current = profiles.current("node")
+    assert current.number == generation + 1 and len(current.layers) == 5
+    # The boot reports reached the server.
+    events = daemon.get(f"/nodes/{MAC}", token=daemon.node_token, headers={"Accept": "application/json"}).json()
+    assert any(e["ok"] and e["generation"] == generation + 1 for e in events["events"])
+    print(f"first boot: rootfs marker at {first.seconds:.1f}s after QEMU start")
+
+
+def direct(node_store: dict, kernel, tmp_path: Path, server: str, token: str, extra: str = "") -> QemuNode:  # noqa: ANN001
+    append = f"{CMDLINE} layerboot.server={server} layerboot.node={MAC} layerboot.token={token} {extra}"
+    config = NodeConfig(kernel=kernel.image, initrd=node_store["initrd"].path, append=append, mac=MAC)
+    return QemuNode(config, tmp_path / "serial.log")
+
+
+def expect_failure(node: QemuNode, message: str) -> str:
+    with node:
+        line = node.wait_for(r"layerboot: FAILED: ", timeout=120, fail=(r"ROOTFS-PASS", r"Kernel panic"))
+        node.wait_for(r"emergency action: poweroff", timeout=30)
+        assert node.wait_exit(60) == 0
+    assert_clean(node)
+    assert re.search(message, line.text), line.text
+    assert "ROOTFS-PASS" not in node.text()
+    return line.text
+
+
+def test_tampered_layer_is_refused(daemon: Daemon, node_store: dict, kernel, tmp_path: Path) -> None:  # noqa: ANN001
+    digest = node_store["layers"][1]
+    obj = node_store["paths"].object(digest)
+    original = obj.read_bytes()
+    obj.chmod(0o644)
+    try:
+        obj.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        expect_failure(direct(node_store, kernel, tmp_path, f"http://10.0.2.2:{daemon.port}", daemon.node_token),
+                       rf"layers: layer {digest[:12]} failed verification: got {len(original)} bytes with sha256 ")
+    finally:
+        obj.write_bytes(original)
+        obj.chmod(0o444)
+
+
+def test_manifest_with_a_wrong_signature_is_refused(daemon: Daemon, node_store: dict, kernel,  # noqa: ANN001
+                                                    tmp_path: Path) -> None:
+    profiles: Profiles = node_store["profiles"]
+    gen = profiles.current("node")
+    path = profiles.manifest_path("node", gen.number)
+    original = path.read_bytes()
+    envelope = json.loads(original)
+    envelope["payload"] = envelope["payload"].replace(f'"serial": {gen.serial}', f'"serial": {gen.serial + 100}')
+    path.chmod(0o644)
+    try:
+        path.write_text(json.dumps(envelope))
+        expect_failure(direct(node_store, kernel, tmp_path, f"http://10.0.2.2:{daemon.port}", daemon.node_token),
+                       r"manifest: manifest signature does not verify")
+    finally:
+        path.write_bytes(original)
+
+
+def test_server_down_is_a_clear_error(node_store: dict, kernel, tmp_path: Path) -> None:  # noqa: ANN001
+    from server_daemon import free_port
+
+    port = free_port()   # nothing listens there
+    expect_failure(direct(node_store, kernel, tmp_path, f"http://10.0.2.2:{port}", "x"),
+                   rf"manifest: GET http://10.0.2.2:{port}/nodes/{MAC}/manifest: Connection refused")

@@ -1,0 +1,49 @@
+"""What stage1 costs at boot: the Python modules it loads, run by the interpreter the initrd ships."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from layerboot.build.initrd import PYTHON, collect_payload
+
+# Big or risky packages PID 1 must not drag into the initramfs (each costs time under TCG and image size).
+FORBIDDEN = ("asyncio", "email", "http", "urllib", "ssl", "_ssl", "_hashlib", "hashlib", "subprocess", "socket",
+             "selectors", "threading", "logging", "pyroute2", "ctypes", "argparse", "typing", "layerboot",
+             "cryptography", "zipfile", "tarfile")
+
+needs_python = pytest.mark.skipif(not os.path.exists(PYTHON), reason=f"{PYTHON} (python3-minimal) missing")
+
+
+@needs_python
+def test_stage1_import_set_is_small_and_lean(tmp_path: Path) -> None:
+    (tmp_path / "k.pub").write_text("x\n")
+    info = collect_payload(tmp_path / "payload", tmp_path / "k.pub")
+    modules = set(info["modules"])
+    assert {"stage1.main", "stage1.fetch", "stage1.http", "stage1.dhcp", "stage1.verify"} <= modules
+    for name in FORBIDDEN:
+        assert not any(m == name or m.startswith(name + ".") for m in modules), f"stage1 imports {name}"
+    stdlib = [m for m in modules if not m.startswith("stage1")]
+    assert len(stdlib) < 100, sorted(stdlib)
+    # Only shared objects from the stdlib's lib-dynload (nothing pulling in OpenSSL or libffi).
+    assert all("/lib-dynload/" in so and "ssl" not in so and "ctypes" not in so for so in info["libraries"])
+    # Every module is shipped as a sourceless .pyc; the interpreter finds its prefix through os.pyc.
+    lib = tmp_path / "payload" / "usr" / "lib"
+    assert (lib / "python3.11" / "os.pyc").is_file()
+    assert (lib / "layerboot" / "stage1" / "main.pyc").is_file()
+    assert not list((tmp_path / "payload").rglob("*.py"))
+    init = (tmp_path / "payload" / "init").read_text()
+    assert init.startswith(f"#!{PYTHON} -SIB\n") and "from stage1.main import main" in init
+
+
+@needs_python
+def test_importing_stage1_does_nothing(tmp_path: Path) -> None:
+    """Imports have no side effects: no files, no mounts, no network (PID 1 decides when things happen)."""
+    from layerboot.run import run
+
+    src = Path(__file__).resolve().parent.parent / "initrd"
+    code = ("import os, sys; sys.path.insert(0, sys.argv[1]); before = set(os.listdir('.'));"
+            "import stage1.main, stage1.fetch, stage1.net, stage1.dhcp, stage1.system, stage1.http;"
+            "assert set(os.listdir('.')) == before; print('ok')")
+    result = run([PYTHON, "-S", "-I", "-B", "-c", code, src], cwd=tmp_path)
+    assert result.text.strip() == "ok"
