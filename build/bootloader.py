@@ -50,7 +50,7 @@ SLOTS = ("A", "B")
 # Everything GRUB needs is linked into the core image: the ESP carries no module directory to keep in step.
 COMMON_MODULES = ("part_gpt", "fat", "ext2", "search", "search_fs_uuid", "normal", "configfile", "loadenv",
                   "test", "echo", "linux", "halt", "reboot", "sleep", "serial", "terminal", "true")
-TARGET_MODULES = {"i386-pc": ("biosdisk",), "x86_64-efi": ()}
+TARGET_MODULES = {"i386-pc": ("biosdisk",), "x86_64-efi": ("efi_gop", "efi_uga")}
 MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}
 _ENV_VALUE = re.compile(r"^[A-Za-z0-9 ._:=/-]*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
