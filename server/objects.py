@@ -12,8 +12,11 @@ immutable: ``Cache-Control: public, max-age=31536000, immutable``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
+import select
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +25,9 @@ from aiohttp import web
 from layerboot.overlays.profile import Profiles
 
 CACHE_CONTROL = "public, max-age=31536000, immutable"
+SEND_THREADS = 64
+STALL_SECONDS = 120
+_send_pool: ThreadPoolExecutor | None = None
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -109,18 +115,52 @@ async def send_object(request: web.Request, path: Path, digest: str) -> web.Stre
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("connection lost")
-        try:
+        sock = transport.get_extra_info("socket")
+        if sock is not None and transport.get_write_buffer_size() == 0:
+            # the thread owns duplicates of both descriptors, so a connection closed meanwhile by the
+            # event loop can never make it write into a reused descriptor number
+            fds = (os.dup(sock.fileno()), os.dup(handle.fileno()))
+            await asyncio.get_running_loop().run_in_executor(_pool(), _sendfile_thread, *fds, offset, count)
+        else:
             await asyncio.get_running_loop().sendfile(transport, handle, offset, count)
-        except NotImplementedError:   # e.g. TLS transports: plain copy
-            handle.seek(offset)
-            remaining = count
-            while remaining:
-                chunk = handle.read(min(remaining, 1 << 20))
-                if not chunk:
-                    break
-                await response.write(chunk)
-                remaining -= len(chunk)
         await response.write_eof()
         return response
     finally:
         handle.close()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _send_pool
+    if _send_pool is None:
+        _send_pool = ThreadPoolExecutor(max_workers=SEND_THREADS, thread_name_prefix="sendfile")
+    return _send_pool
+
+
+def _sendfile_thread(sock_fd: int, file_fd: int, offset: int, count: int) -> None:
+    """Push ``count`` bytes with os.sendfile from a worker thread (the GIL is released in the syscall).
+
+    asyncio's loop.sendfile issues every sendfile from the event-loop thread, so one core does all the kernel
+    copying; from threads, 20 clients are served by every core (bench/bench_serve.py). The socket stays
+    non-blocking: on EAGAIN the thread waits in poll() for room.
+    """
+    poller = select.poll()
+    poller.register(sock_fd, select.POLLOUT)
+    try:
+        while count > 0:
+            try:
+                sent = os.sendfile(sock_fd, file_fd, offset, count)
+            except BlockingIOError:
+                if not poller.poll(STALL_SECONDS * 1000):
+                    raise TimeoutError(f"client took no data for {STALL_SECONDS} s") from None
+                continue
+            except OSError as err:
+                if err.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                    raise ConnectionResetError("client went away") from None
+                raise
+            if sent == 0:
+                raise ConnectionResetError("object file shrank or client went away")
+            offset += sent
+            count -= sent
+    finally:
+        os.close(sock_fd)
+        os.close(file_fd)
