@@ -80,25 +80,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def measure(bench: Bench, systems: dict[str, System], version: str, runs: int, *, timeout: float,
-            mem: int, logs: Path) -> dict[str, list[Measured]]:
-    """Boot every system ``runs`` times with rootfs ``version``, interleaved; failures are recorded, not raised."""
+def boot_once(bench: Bench, system: System, version: str, label: str, *, timeout: float, mem: int,
+              disks: tuple[Path, ...] = ()) -> Measured:
+    """One boot of ``system`` with rootfs ``version``: time to the marker and bytes served, or why it failed."""
     from peers.boot import Guest, boot   # imported late: --help works without QEMU installed
+    guest = Guest(bench.kernel.image, system.initrd, system.cmdline(version), mem_mb=mem,
+                  mac=system.mac.get(version), disks=disks)
+    system.traffic.reset()
+    result = boot(guest, bench.logs / f"{label}.log", timeout=timeout, fail=system.fail)
+    failure = result.failure
+    if failure is None and result.marker is not None and result.marker.version != version:
+        failure = f"booted rootfs {result.marker.version}, expected {version}"
+    measured = Measured(result.seconds if failure is None else None, system.traffic.bytes, failure)
+    shown = f"{result.seconds:.2f} s" if measured.seconds is not None else f"FAILED ({failure})"
+    print(f"  {label:26} {shown}, {measured.http_bytes / 1e6:.2f} MB served", flush=True)
+    return measured
+
+
+def measure(bench: Bench, systems: dict[str, System], version: str, runs: int, *, timeout: float,
+            mem: int) -> dict[str, list[Measured]]:
+    """Boot every system ``runs`` times with rootfs ``version``, interleaved; failures are recorded, not raised."""
     found: dict[str, list[Measured]] = {name: [] for name in systems}
     for run in range(1, runs + 1):
         for name, system in systems.items():
-            guest = Guest(bench.kernel.image, system.initrd, system.cmdline(version), mem_mb=mem,
-                          mac=system.mac.get(version))
-            system.traffic.reset()
-            result = boot(guest, logs / f"{name}-{version}-run{run}.log", timeout=timeout, fail=system.fail)
-            failure = result.failure
-            if failure is None and result.marker is not None and result.marker.version != version:
-                failure = f"booted rootfs {result.marker.version}, expected {version}"
-            measured = Measured(result.seconds if failure is None else None, system.traffic.bytes, failure)
-            found[name].append(measured)
-            shown = f"{result.seconds:.2f} s" if measured.seconds is not None else f"FAILED ({failure})"
-            print(f"  {name:16} {version} run {run}: {shown}, {measured.http_bytes / 1e6:.1f} MB served "
-                  f"[{result.log}]", flush=True)
+            found[name].append(boot_once(bench, system, version, f"{name}-{version}-run{run}", timeout=timeout,
+                                         mem=mem))
+    return found
+
+
+def measure_cached(bench: Bench, system: System, runs: int, *, timeout: float, mem: int) -> list[Measured]:
+    """Per run: a fresh cache disk, a v1 boot that fills it, then the v2 boot (one-file change) that is measured."""
+    from peers.layerboot import make_cache_disk
+    found = []
+    for run in range(1, runs + 1):
+        disk = make_cache_disk(bench.workdir / "cache-disk.img")
+        boot_once(bench, system, "v1", f"{system.name}-v1-fill-run{run}", timeout=timeout, mem=mem, disks=(disk,))
+        found.append(boot_once(bench, system, "v2", f"{system.name}-v2-run{run}", timeout=timeout, mem=mem,
+                               disks=(disk,)))
     return found
 
 
@@ -136,9 +154,12 @@ def bench_main(args: argparse.Namespace) -> int:
                       flush=True)
                 continue
             results[name].initrd_bytes = systems[name].initrd.stat().st_size
-        first = measure(bench, systems, "v1", args.runs, timeout=args.timeout, mem=args.mem, logs=logs)
-        second = measure(bench, systems, "v2", args.runs, timeout=args.timeout, mem=args.mem, logs=logs) \
+        first = measure(bench, systems, "v1", args.runs, timeout=args.timeout, mem=args.mem)
+        second = measure(bench, systems, "v2", args.runs, timeout=args.timeout, mem=args.mem) \
             if args.second_boot else {}
+        cached = systems["layerboot"].cache_variant if "layerboot" in systems else None
+        if args.second_boot and cached is not None:
+            second[cached.name] = measure_cached(bench, cached, args.runs, timeout=args.timeout, mem=args.mem)
     for name, runs in first.items():
         results[name].runs = runs
     print("\nboot to the rootfs marker (QEMU TCG, median of %d):" % args.runs)
@@ -146,13 +167,16 @@ def bench_main(args: argparse.Namespace) -> int:
         print("  " + describe(result))
     for line in ratio_lines(list(results.values())):
         print("  " + line)
-    second_results = [SystemResult(name, results[name].initrd_bytes, runs) for name, runs in second.items()]
+    second_results = [SystemResult(name, results[name.removesuffix("-cache")].initrd_bytes, runs)
+                      for name, runs in second.items()]
     if args.second_boot:
-        print("\nsecond boot after a one-file change (/etc/bench-version v1 -> v2), no cache:")
+        print("\nsecond boot after a one-file change (/etc/bench-version v1 -> v2); -cache: after a v1 boot that "
+              "filled the node's cache disk:")
         for result in second_results:
             print("  " + describe(result))
-        print("  layerboot with a local cache (layerboot.cache=): not measured, the node cache (issue 6) is not "
-              "in this tree yet")
+        if "layerboot" in systems and cached is None:
+            print("  layerboot-cache: not measured, the node cache (initrd/stage1/cache.py, issue 6) is not in "
+                  "this tree yet")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({

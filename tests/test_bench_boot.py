@@ -4,6 +4,7 @@ QEMU per system), so it is not part of the suite."""
 
 from __future__ import annotations
 
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -18,7 +19,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
 from peers import live_boot  # noqa: E402
-from peers.boot import Guest, qemu_argv  # noqa: E402
+from peers.boot import MARKER_PATTERN, Guest, node_config  # noqa: E402
 from peers.cache import cached, input_key  # noqa: E402
 from peers.report import Measured, SystemResult, describe, ratio_lines, ratios  # noqa: E402
 from peers.rootfs import MARKER_SCRIPT, filler_bytes, parse_marker  # noqa: E402
@@ -30,6 +31,7 @@ def test_marker_line_is_found_with_uptime_and_version() -> None:
     assert found is not None and found.uptime == 11.02 and found.version == "v2"
     assert parse_marker("echo \"ROOTFS-UP $up version=$(cat /etc/bench-version)\"") is None
     assert parse_marker("random kernel line") is None
+    assert re.search(MARKER_PATTERN, "ROOTFS-UP 11.02 version=v2") and not re.search(MARKER_PATTERN, "ROOTFS-UP")
 
 
 def test_marker_script_prints_what_the_parser_expects(tmp_path: Path) -> None:
@@ -145,10 +147,13 @@ def test_an_unavailable_system_is_reported_as_such_never_as_a_figure() -> None:
 
 
 def test_qemu_boots_under_tcg_with_rdrand_and_the_given_command_line() -> None:
-    argv = qemu_argv(Guest(Path("/k"), Path("/i"), "console=ttyS0 boot=live", mem_mb=512))
+    guest = Guest(Path("/k"), Path("/i"), "console=ttyS0 boot=live", mem_mb=512, mac="52:54:00:be:00:02",
+                  disks=(Path("/c.img"),))
+    argv = node_config(guest).argv()
     assert argv[argv.index("-accel") + 1] == "tcg" and argv[argv.index("-cpu") + 1] == "qemu64,+rdrand"
     assert argv[argv.index("-append") + 1] == "console=ttyS0 boot=live"
     assert argv[argv.index("-m") + 1] == "512" and argv[argv.index("-initrd") + 1] == "/i"
+    assert any("mac=52:54:00:be:00:02" in a for a in argv) and any(a.startswith("file=/c.img") for a in argv)
 
 
 def test_help_runs_and_unknown_systems_are_one_line_errors() -> None:

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from layerboot.errors import LayerbootError
-from layerboot.run import Process, run, tool_path
+from layerboot.run import Process, require_tool, run, tool_path
 
 from peers.rootfs import VERSION_FILE
 from peers.serve import CountingRelay
@@ -33,13 +33,24 @@ NEEDS = {
     "layerboot.initrd.stage1.main": "initrd/stage1/main.py (stage1)",
 }
 MACS = {"v1": "52:54:00:be:00:01", "v2": "52:54:00:be:00:02"}
-FAIL = re.compile(r"Kernel panic|Attempted to kill init|layerboot: (error|FAILED|emergency)|Traceback")
+CACHE_LABEL = "layerboot-cache"
+CACHE_MB = 128
+FAIL = re.compile(r"layerboot: FAILED:|layerboot: emergency action")
 _TOKEN = re.compile(r"token[^:]*:\s*(\S+)\s*$", re.M)
 
 
 def missing_parts() -> list[str]:
     """The parts of layerboot this variant needs that are not in this tree yet."""
     return [what for module, what in NEEDS.items() if importlib.util.find_spec(module) is None]
+
+
+def make_cache_disk(path: Path) -> Path:
+    """A fresh, empty ext4 image labelled for ``layerboot.cache=LABEL=...`` (stage1 never formats one)."""
+    path.unlink(missing_ok=True)
+    with path.open("wb") as image:
+        image.truncate(CACHE_MB << 20)
+    run([require_tool("mkfs.ext4", package="e2fsprogs"), "-q", "-F", "-L", CACHE_LABEL, path])
+    return path
 
 
 def cmdline(server: str, mac: str, token: str) -> str:
@@ -145,8 +156,13 @@ def system(bench: Bench) -> Iterator[System]:
         _wait_ready(port, daemon, log_path)
         with CountingRelay(port) as relay:
             server = f"http://10.0.2.2:{relay.port}"
+            cached = None
+            if importlib.util.find_spec("layerboot.initrd.stage1.cache") is not None:
+                with_cache = f" layerboot.cache=LABEL={CACHE_LABEL}"
+                cached = System("layerboot-cache", initrd, lambda v: cmdline(server, MACS[v], tokens[v]) + with_cache,
+                                FAIL, relay.traffic, mac=MACS)
             yield System("layerboot", initrd, lambda v: cmdline(server, MACS[v], tokens[v]), FAIL, relay.traffic,
-                         mac=MACS)
+                         mac=MACS, cache_variant=cached)
     finally:
         daemon.terminate()
         log.close()

@@ -42,3 +42,4 @@ class System:
     fail: re.Pattern[str]
     traffic: Traffic
     mac: dict[str, str] = field(default_factory=dict)   # per rootfs version, when the system needs a fixed one
+    cache_variant: System | None = None   # the same system booting with a local cache disk (layerboot.cache=)
