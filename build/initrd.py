@@ -95,14 +95,18 @@ def collect_payload(payload: Path, public_key: Path, *, python: str = PYTHON) ->
     info = json.loads(result.text)
     (payload / "init").write_text(INIT_SCRIPT.format(python=python))
     (payload / "init").chmod(0o755)
-    dev = payload / "dev"
-    dev.mkdir(exist_ok=True)
-    for name, major, minor in DEV_NODES:   # before devtmpfs is mounted: spawn's /dev/null, printk, entropy
-        os.mknod(dev / name, 0o020000 | (0o600 if name in ("console", "kmsg") else 0o666), os.makedev(major, minor))
     key_dir = payload / "etc" / "layerboot"
     key_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(public_key, key_dir / "signing.pub")
     return info
+
+
+def add_device_nodes(payload: Path) -> None:
+    """/dev nodes stage1 needs before it mounts devtmpfs (spawn's /dev/null, printk, entropy). Needs root."""
+    dev = payload / "dev"
+    dev.mkdir(exist_ok=True)
+    for name, major, minor in DEV_NODES:
+        os.mknod(dev / name, 0o020000 | (0o600 if name in ("console", "kmsg") else 0o666), os.makedev(major, minor))
 
 
 def _private_dracut(into: Path) -> Path:
@@ -151,6 +155,7 @@ def build_initrd(kernel: Kernel, public_key: Path, output: Path, *, python: str 
         payload = work / "payload"
         payload.mkdir()
         info = collect_payload(payload, public_key, python=python)
+        add_device_nodes(payload)
         (work / "conf.d").mkdir()
         (work / "dracut.conf").write_text("")
         partial = work / "initrd.img"

@@ -54,16 +54,13 @@ reboot -f
 TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
 
 
-def test_keys() -> tuple[Path, Path]:
+def cached_signing_key() -> tuple[Path, Path]:
     """One signing key for all test sessions, so the initrd (which embeds its public half) stays cached."""
     keys = CACHE / "keys"
     if not (keys / "signing.pub").is_file():
         keys.mkdir(parents=True, exist_ok=True)
         generate_key(keys / "signing.key", keys / "signing.pub")
     return keys / "signing.key", keys / "signing.pub"
-
-
-test_keys.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +75,7 @@ def node_store(tmp_path_factory: pytest.TempPathFactory, kernel) -> dict:  # noq
     paths = Paths(work / "store")
     store = Store(paths)
     store.init()
-    private, public = test_keys()
+    private, public = cached_signing_key()
     shutil.copyfile(private, paths.signing_key)
     paths.signing_key.chmod(0o600)
     shutil.copyfile(public, paths.public_key)

@@ -47,3 +47,17 @@ def test_importing_stage1_does_nothing(tmp_path: Path) -> None:
             "assert set(os.listdir('.')) == before; print('ok')")
     result = run([PYTHON, "-S", "-I", "-B", "-c", code, src], cwd=tmp_path)
     assert result.text.strip() == "ok"
+
+
+@needs_python
+def test_payload_command_writes_what_other_builders_install(store, tmp_path: Path,  # noqa: ANN001
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from layerboot.tools.cli import main
+
+    target = tmp_path / "payload"
+    assert main(["--store", str(store.paths.root), "initrd", "payload", str(target)]) == 0
+    assert "compiled modules" in capsys.readouterr().out
+    assert (target / "etc/layerboot/signing.pub").read_text() == store.paths.public_key.read_text()
+    assert (target / "usr/lib/layerboot/stage1/fetch.pyc").is_file() and (target / "init").is_file()
+    assert main(["--store", str(store.paths.root), "initrd", "payload", str(target)]) == 1
+    assert "is not empty" in capsys.readouterr().err

@@ -23,6 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("-o", "--output", type=Path, metavar="FILE", help="where to write the initramfs")
     build.add_argument("--profile", metavar="NAME", help="import kernel + initrd and set them on this profile")
     build.set_defaults(func=cmd_build)
+    payload = actions.add_parser(
+        "payload", help="write stage1's files (/init, .pyc, public key) to a directory, for other builders",
+        description="Write what the dracut module installs (stage1 and its stdlib subset as .pyc, /init, the "
+                    "store's public key) into DIR, e.g. as LAYERBOOT_PAYLOAD for the mkinitcpio hook in "
+                    "initrd/mkinitcpio/. Device nodes are not included.")
+    payload.add_argument("directory", type=Path, metavar="DIR")
+    payload.set_defaults(func=cmd_payload)
 
 
 def _kernel(version: str | None):  # noqa: ANN202 - Kernel
@@ -65,4 +72,18 @@ def cmd_build(ctx: Context) -> int:
                 if not str(err).startswith("nothing to change"):
                     raise
                 print(f"profile {args.profile} already boots kernel {kernel_layer.short} initrd {initrd_layer.short}")
+    return 0
+
+
+def cmd_payload(ctx: Context) -> int:
+    from layerboot.build.initrd import collect_payload
+    from layerboot.errors import LayerbootError
+
+    target: Path = ctx.args.directory
+    if target.exists() and any(target.iterdir()):
+        raise LayerbootError(f"{target} is not empty", hint="give a new or empty directory")
+    target.mkdir(parents=True, exist_ok=True)
+    info = collect_payload(target, ctx.paths.public_key)
+    print(f"stage1 payload in {target}: {len(info['compiled'])} compiled modules, "
+          f"extension modules to install: {' '.join(info['libraries']) or 'none'}")
     return 0

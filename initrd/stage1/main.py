@@ -147,9 +147,10 @@ def fetch_manifest(options, node: str, cache) -> bytes:  # noqa: ANN001
     """The signed envelope from the server; the cache's last verified one if the server cannot be reached."""
     from .http import HttpError, get_bytes
 
-    url = f"{options.server}/nodes/{node}/manifest"
-    if options.profile:
-        url += f"?profile={options.profile}"
+    if options.profile:   # the server allows it for nodes registered with that profile
+        url = f"{options.server}/profiles/{options.profile}/manifest"
+    else:
+        url = f"{options.server}/nodes/{node}/manifest"
     try:
         return get_bytes(url, token=options.token, timeout=options.timeout, limit=1 << 20)
     except HttpError as err:
