@@ -128,6 +128,8 @@ def test_mark_good_and_status_cli(profiles, make_layer, public, tmp_path: Path, 
     bootable_profile(profiles, make_layer, tmp_path)
     store = str(profiles.paths.root)
     with loop_disk(tmp_path) as device:
+        assert main(["--store", store, "ab", "status", "--disk", device]) == 1
+        assert f"error: {device} has no layerboot A/B layout" in capsys.readouterr().err
         assert main(["--store", store, "install", "--disk", device, "--profile", "node", "--slot-size", "64M",
                      "--tries", "2"]) == 0
         assert "installed node generation 1 in slot A (2 boot attempts" in capsys.readouterr().out

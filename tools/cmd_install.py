@@ -98,9 +98,9 @@ def _check_disk(disk: str) -> None:
     if not os.path.exists(disk):
         raise LayerbootError(f"{disk} does not exist")
     mounted = [line.split()[0] for line in Path("/proc/mounts").read_text().splitlines()]
-    busy = [m for m in mounted if m == disk or (m.startswith(disk) and m[len(disk):].lstrip("p").isdigit())]
+    busy = {m for m in mounted if m == disk or (m.startswith(disk) and m[len(disk):].lstrip("p").isdigit())}
     if busy:
-        raise LayerbootError(f"{disk} is in use: {', '.join(busy)} mounted", hint="unmount it first")
+        raise LayerbootError(f"{disk} is in use: {', '.join(sorted(busy))} mounted", hint="unmount it first")
 
 
 def cmd_plan(ctx: Context) -> int:
@@ -160,7 +160,9 @@ def booted_disk() -> str:
 
 
 def _disk(ctx: Context) -> ab.AbDisk:
-    return ab.AbDisk(ctx.args.disk or booted_disk(), workdir=_scratch(ctx))
+    disk = ab.AbDisk(ctx.args.disk or booted_disk(), workdir=_scratch(ctx))
+    disk.layout()                     # "no A/B layout on DEV" before anything more specific
+    return disk
 
 
 def cmd_status(ctx: Context) -> int:
