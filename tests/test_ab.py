@@ -166,10 +166,18 @@ def test_writer_killed_mid_copy_leaves_the_old_slot_booting(profiles, make_layer
         writer = Process([sys.executable, "-m", "layerboot", "--store", str(profiles.paths.root), "ab", "update",
                           "--disk", device, "--profile", "node"], cwd=tmp_path)
         deadline = time.monotonic() + 60
-        while slot_b not in Path("/proc/mounts").read_text() and writer.poll() is None:
-            assert time.monotonic() < deadline, "the writer never mounted slot B"
-            time.sleep(0.005)
-        time.sleep(0.1)
+
+        def copied() -> int:
+            """Bytes the writer has put into slot B's layers/ so far (0 until it has mounted and begun)."""
+            for line in Path("/proc/mounts").read_text().splitlines():
+                source, target = line.split()[:2]
+                layers = Path(target) / "layers"
+                if source == slot_b and layers.is_dir():
+                    return sum(p.stat().st_size for p in layers.iterdir())
+            return 0
+        while copied() == 0:
+            assert writer.poll() is None and time.monotonic() < deadline, "the writer never began copying"
+            time.sleep(0.002)
         writer.kill()                              # the power cut: no cleanup, no state change
         assert writer.wait() == -9, writer.stderr.read().decode() if writer.stderr else ""
         run(["umount", "-l", slot_b], check=False)  # what a reboot would do to the writer's mount
