@@ -12,12 +12,13 @@ from layerboot.tools import cmd_config, cmd_demo, cmd_key, cmd_layer, cmd_manife
 from layerboot.tools import cmd_bake, cmd_capture
 from layerboot.tools import cmd_nodes, cmd_upload
 from layerboot.tools import cmd_pxe
+from layerboot.tools import cmd_base
 from layerboot.tools import cmd_install
 from layerboot.tools import cmd_initrd
 from layerboot.tools.context import Context
 
 COMMAND_GROUPS = (cmd_store, cmd_layer, cmd_profile, cmd_manifest, cmd_key, cmd_config, cmd_demo, cmd_install,
-                  cmd_capture, cmd_bake, cmd_pxe, cmd_nodes, cmd_upload, cmd_initrd)
+                  cmd_capture, cmd_bake, cmd_pxe, cmd_base, cmd_nodes, cmd_upload, cmd_initrd)
 
 DESCRIPTION = """\
 Boot diskless Linux nodes from a signed base squashfs plus ordered overlay layers.

@@ -1,0 +1,68 @@
+"""``layerboot base``: make a base layer from debootstrap or from a distribution's live ISO.
+
+A base from a directory tree is ``layerboot layer import DIR`` (kind base is the default there).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from layerboot.tools.context import Context
+from layerboot.tools.output import human_size
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("base", help="build a base layer with debootstrap or take one from a live ISO",
+                            description="Make base layers. For a directory tree use 'layerboot layer import DIR'.")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    deb = actions.add_parser(
+        "debootstrap", help="Debian minbase + init + the node-side layerboot client, as a base layer",
+        description="Run debootstrap (variant minbase) from the host's apt mirror, add systemd-sysv, python3 and "
+                    "the layerboot node client, and import the tree as a base layer. Downloads are cached "
+                    "(--cache-dir), so a rebuild does not touch the network. Prints the new layer's digest.")
+    deb.add_argument("--suite", default="bookworm", help="Debian suite (default: bookworm)")
+    deb.add_argument("--mirror", metavar="URL", help="Debian mirror (default: the host's, from /etc/apt)")
+    deb.add_argument("--include", action="append", default=[], metavar="PKG[,PKG...]",
+                     help="extra Debian packages to install (repeatable)")
+    deb.add_argument("--cache-dir", type=Path, metavar="DIR",
+                     help="where downloads are kept (default: /var/cache/layerboot/debootstrap)")
+    deb.add_argument("-d", "--description", default="", help="free text shown by 'layer list'")
+    deb.set_defaults(func=cmd_debootstrap)
+
+    iso = actions.add_parser(
+        "import-iso", help="import a live ISO's root filesystem, kernel and initrd",
+        description="Decompose a live ISO (Debian live, Ubuntu, Fedora LiveOS, Arch): its squashfs becomes a "
+                    "base layer, its kernel and initrd boot files. Prints the three digests.")
+    iso.add_argument("iso", type=Path, metavar="FILE.iso")
+    iso.add_argument("--squashfs", metavar="PATH", help="path of the root filesystem inside the ISO")
+    iso.add_argument("--kernel", metavar="PATH", help="path of the kernel inside the ISO")
+    iso.add_argument("--initrd", metavar="PATH", help="path of the initrd inside the ISO")
+    iso.add_argument("-d", "--description", default="", help="free text for the base layer")
+    iso.set_defaults(func=cmd_import_iso)
+
+
+def cmd_debootstrap(ctx: Context) -> int:
+    from layerboot.build.debootstrap import DEFAULT_CACHE, NODE_PACKAGES, DebootstrapSpec, debootstrap_base, \
+        host_mirror
+    a = ctx.args
+    extra = tuple(p.strip() for item in a.include for p in item.split(",") if p.strip())
+    spec = DebootstrapSpec(suite=a.suite, mirror=(a.mirror or host_mirror()).rstrip("/"),
+                           include=NODE_PACKAGES + extra)
+    layer = debootstrap_base(ctx.ready_store(), spec, cache=a.cache_dir or DEFAULT_CACHE,
+                             description=a.description)
+    print(layer.digest)
+    return 0
+
+
+def cmd_import_iso(ctx: Context) -> int:
+    from layerboot.build.iso import import_iso
+    a = ctx.args
+    result = import_iso(ctx.ready_store(), a.iso, description=a.description, squashfs=a.squashfs,
+                        kernel=a.kernel, initrd=a.initrd)
+    rows = (("base", result.base, result.layout.squashfs + (" (ext4 image repacked)" if result.repacked else "")),
+            ("kernel", result.kernel, result.layout.kernel), ("initrd", result.initrd, result.layout.initrd))
+    for kind, layer, where in rows:
+        print(f"{kind:<7} {layer.digest}  {human_size(layer.size):>10}  {where}")
+    return 0
