@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--user-class")
     parser.add_argument("--wait", type=float, default=5.0,
                         help="seconds to collect offers (a server pings an address ~3 s before offering it)")
+    parser.add_argument("--count", type=int, default=0, help="stop as soon as this many answers came in")
     parser.add_argument("--boot-server", help="ask this PXE boot server (port 4011) instead of broadcasting")
     parser.add_argument("--boot-item", type=int, default=0, help="boot item type to request from it")
     args = parser.parse_args()
@@ -123,6 +124,8 @@ def main() -> None:
         offer = parse(frame[header + 8:])
         if offer and offer["xid"] == xid and offer["type"] in (2, 5) and offer not in offers:
             offers.append(offer)
+            if args.count and len(offers) >= args.count:
+                break
     print(json.dumps(offers))
 
 

@@ -78,8 +78,9 @@ def udhcpc(lan: Lan, ns: str, script: Path, *options: str) -> dict[str, str]:
     return values
 
 
-def probe(lan: Lan, ns: str, *args: str) -> list[dict]:
-    result = lan.run(ns, [sys.executable, PROBE, "--interface", "eth0", *args], timeout=30)
+def probe(lan: Lan, ns: str, *args: str, count: int = 0) -> list[dict]:
+    """Offers seen by the probe; with ``count`` it stops once that many came (it still waits when fewer do)."""
+    result = lan.run(ns, [sys.executable, PROBE, "--interface", "eth0", "--count", str(count), *args], timeout=30)
     return json.loads(result.text)
 
 
@@ -173,7 +174,7 @@ def test_proxy_dhcp_keeps_the_site_server_in_charge(tmp_path: Path, tftp_cleanup
         assert [o["server_id"] for o in plain] == ["10.92.0.2"]
 
         # a BIOS PXE ROM: an address from the site, a boot menu (no address) from us
-        offers = probe(lan, cli, "--arch", "0", "--vendor", BIOS_VENDOR)
+        offers = probe(lan, cli, "--arch", "0", "--vendor", BIOS_VENDOR, count=2)
         by_server = {o["server_id"]: o for o in offers}
         assert set(by_server) == {"10.92.0.1", "10.92.0.2"}, offers
         assert ipaddress.IPv4Address(by_server["10.92.0.2"]["yiaddr"]) in ipaddress.IPv4Network("10.92.0.48/28")
@@ -186,23 +187,24 @@ def test_proxy_dhcp_keeps_the_site_server_in_charge(tmp_path: Path, tftp_cleanup
         address = by_server["10.92.0.2"]["yiaddr"]
         lan.ip(cli, "addr", "add", f"{address}/24", "dev", "eth0")
         ack = probe(lan, cli, "--arch", "0", "--vendor", BIOS_VENDOR, "--boot-server", "10.92.0.1",
-                    "--boot-item", str(menu[0]))
+                    "--boot-item", str(menu[0]), count=1)
         assert [a["file"] for a in ack] == ["undionly.kpxe"]
 
         # iPXE (user class) is given the TFTP chain script instead
-        ipxe = [o for o in probe(lan, cli, "--arch", "0", "--vendor", BIOS_VENDOR, "--user-class", "iPXE")
+        ipxe = [o for o in probe(lan, cli, "--arch", "0", "--vendor", BIOS_VENDOR, "--user-class", "iPXE", count=2)
                 if o["server_id"] == "10.92.0.1"]
         item = pxe_menu(ipxe[0]["pxe_options"])
         ack = probe(lan, cli, "--arch", "0", "--vendor", BIOS_VENDOR, "--user-class", "iPXE",
-                    "--boot-server", "10.92.0.1", "--boot-item", str(item[0]))
+                    "--boot-server", "10.92.0.1", "--boot-item", str(item[0]), count=1)
         assert [a["file"] for a in ack] == ["layerboot.ipxe"]
 
         # UEFI: our offer names us as next server; the boot-server answer is the EFI build
-        efi = [o for o in probe(lan, cli, "--arch", "7", "--vendor", EFI_VENDOR) if o["server_id"] == "10.92.0.1"]
+        efi = [o for o in probe(lan, cli, "--arch", "7", "--vendor", EFI_VENDOR, count=2)
+               if o["server_id"] == "10.92.0.1"]
         assert efi and efi[0]["siaddr"] == "10.92.0.1"
         # UEFI ROMs get no menu; dnsmasq numbers its pxe-service lines 0x8000 + index (ours: line 2)
         ack = probe(lan, cli, "--arch", "7", "--vendor", EFI_VENDOR, "--boot-server", "10.92.0.1",
-                    "--boot-item", str(0x8001))
+                    "--boot-item", str(0x8001), count=1)
         assert [a["file"] for a in ack] == ["snponly.efi"]
         assert "proxy" in log.read_text()
 
