@@ -98,10 +98,12 @@ class Esp:
         return [require_tool(tool, package="mtools"), "-i", self.device, *args]
 
     def read(self, path: str) -> bytes | None:
-        result = run(self._argv("mcopy", "-n", f"::/{path}", "-"), env=MTOOLS_ENV, check=False)
-        if result.returncode != 0:
-            return None
-        return result.stdout
+        """The file's bytes; ``path.new`` when only that exists (a replacement cut off before its rename)."""
+        for name in (path, f"{path}.new"):
+            result = run(self._argv("mcopy", "-n", f"::/{name}", "-"), env=MTOOLS_ENV, check=False)
+            if result.returncode == 0:
+                return result.stdout
+        return None
 
     def makedirs(self, path: str) -> None:
         parts = path.strip("/").split("/")
@@ -109,21 +111,23 @@ class Esp:
             run(self._argv("mmd", "-D", "s", "::/" + "/".join(parts[:i])), env=MTOOLS_ENV, check=False)
 
     def write(self, path: str, data: bytes) -> None:
-        """Replace ``path``: copy to ``path.new``, then rename over the old name.
+        """Replace ``path``: write and flush ``path.new``, delete ``path``, rename ``path.new`` to ``path``.
 
-        FAT has no atomic rename, but the rename is one directory-entry update within a sector; the old file stays
-        whole until then, so a power cut leaves the old block or the new one, not a torn one.
+        FAT has no atomic rename-over, so there is a moment with only ``path.new``; it is complete and on disk by
+        then, and both readers (:meth:`read` and GRUB's select script) fall back to it. A cut before the delete
+        leaves the old file in place and a stale ``path.new`` that the next write overwrites.
         """
         self.makedirs(os.path.dirname(path))
+        new = f"::/{path}.new"
         with tempfile.NamedTemporaryFile(prefix="layerboot-esp.") as tmp:
             tmp.write(data)
             tmp.flush()
-            os.fsync(tmp.fileno())
-            new = f"::/{path}.new"
             run(self._argv("mcopy", "-o", "-D", "o", tmp.name, new), env=MTOOLS_ENV)
+        os.sync()                              # mtools writes through the page cache of the device
         run(self._argv("mdel", f"::/{path}"), env=MTOOLS_ENV, check=False)
+        os.sync()
         run(self._argv("mren", new, f"::/{path}"), env=MTOOLS_ENV)
-        run(["sync"])
+        os.sync()
 
     def exists(self, path: str) -> bool:
         return run(self._argv("mdir", "-b", f"::/{path}"), env=MTOOLS_ENV, check=False).returncode == 0
@@ -142,6 +146,9 @@ def select_script() -> str:
     for slot in SLOTS:
         out += [f"set lb_{slot}_state=empty", f"set lb_{slot}_tries=0"]
     out += ['set lb_booted=""',
+            # Linux replaces the block by writing layerboot.env.new, deleting the old one and renaming: in between
+            # only the .new file exists, and it is complete
+            'if [ -f "$lb_env" ]; then true; else set lb_env="$lb_env.new"; fi',
             "load_env -f $lb_env",
             'set lb_pick=""',
             "for lb_s in $lb_order; do",

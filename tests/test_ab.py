@@ -123,6 +123,23 @@ def test_install_update_fallback_and_mark_good(profiles, make_layer, public, tmp
 
 
 @pytest.mark.root
+def test_a_state_replacement_cut_before_its_rename_still_boots(profiles, make_layer, public,
+                                                               tmp_path: Path) -> None:
+    bootable_profile(profiles, make_layer, tmp_path)
+    with loop_disk(tmp_path) as device:
+        disk = _install(device, profiles, public, tmp_path)
+        env = f"::/{bootloader.ENV_PATH}"
+        # the moment inside Esp.write after the old block was deleted and before the new one was renamed
+        run(["mren", "-i", disk.esp.device, env, env + ".new"], env=bootloader.MTOOLS_ENV)
+        assert not disk.esp.exists(bootloader.ENV_PATH)
+        assert disk.state().slots["A"] == SlotState("trial", ab.DEFAULT_TRIES)
+        assert _grub_boot_checked(disk) == "A"           # GRUB reads and counts in the .new block
+        disk.mark_good("A")                              # the next write completes the replacement
+        assert disk.esp.exists(bootloader.ENV_PATH) and not disk.esp.exists(bootloader.ENV_PATH + ".new")
+        assert _grub_boot_checked(disk) == "A" and disk.state().slots["A"] == SlotState("good")
+
+
+@pytest.mark.root
 def test_mark_good_and_status_cli(profiles, make_layer, public, tmp_path: Path, capsys) -> None:
     from layerboot.tools.cli import main
     bootable_profile(profiles, make_layer, tmp_path)
