@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS events (
     generation INTEGER,
     serial INTEGER,
     elapsed REAL,
-    message TEXT NOT NULL DEFAULT ''
+    message TEXT NOT NULL DEFAULT '',
+    timings TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS events_mac ON events(mac, id);
 CREATE TABLE IF NOT EXISTS uploads (
@@ -83,6 +84,9 @@ def connect(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.executescript(SCHEMA)
+        columns = {row["name"] for row in conn.execute("PRAGMA table_info(events)")}
+        if "timings" not in columns:   # databases made before boot reports carried timings
+            conn.execute("ALTER TABLE events ADD COLUMN timings TEXT NOT NULL DEFAULT '{}'")
     except sqlite3.Error as err:
         raise LayerbootError(f"cannot open the node database {path}: {err}",
                              hint="is the store directory writable (run as root)?") from None

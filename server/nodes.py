@@ -16,11 +16,12 @@ as it; they do not make the boot network trusted.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import secrets
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from layerboot.errors import LayerbootError
@@ -31,6 +32,7 @@ MAC_RE = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 BOOT_TOKENS_KEPT = 8
 EVENTS_KEPT = 200
 STAGE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+MAX_TIMINGS = 32
 
 
 class AuthError(LayerbootError):
@@ -105,6 +107,7 @@ class Event:
     elapsed: float | None = None
     message: str = ""
     time: str = ""
+    timings: dict[str, float] = field(default_factory=dict)   # seconds per boot step, as stage1 measured them
 
     @classmethod
     def from_json(cls, data: Any) -> "Event":
@@ -112,6 +115,8 @@ class Event:
         if not isinstance(data, dict):
             raise LayerbootError("a boot event is a JSON object {stage, ok, generation, serial, elapsed, message}")
         stage = data.get("stage")
+        if isinstance(stage, str):
+            stage = stage.lower()
         if not isinstance(stage, str) or not STAGE_RE.match(stage):
             raise LayerbootError("event 'stage' must be a short lowercase word (a-z, 0-9, '_', '.', '-')")
         ok = data.get("ok")
@@ -129,8 +134,13 @@ class Event:
         message = data.get("message", "")
         if not isinstance(message, str):
             raise LayerbootError("event 'message' must be a string")
+        timings = data.get("timings") or {}
+        if not isinstance(timings, dict) or len(timings) > MAX_TIMINGS or not all(
+                isinstance(k, str) and len(k) <= 64 and isinstance(v, (int, float)) and not isinstance(v, bool)
+                for k, v in timings.items()):
+            raise LayerbootError(f"event 'timings' must be an object of at most {MAX_TIMINGS} step names -> seconds")
         return cls(stage=stage, ok=ok, elapsed=None if elapsed is None else float(elapsed),
-                   message=message[:2000], **numbers)
+                   message=message[:2000], timings={k: float(v) for k, v in timings.items()}, **numbers)
 
 
 class Registry:
@@ -241,10 +251,10 @@ class Registry:
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
             self.conn.execute(
-                "INSERT INTO events (mac, time, stage, ok, generation, serial, elapsed, message) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO events (mac, time, stage, ok, generation, serial, elapsed, message, timings) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (mac, now, event.stage, int(event.ok), event.generation, event.serial, event.elapsed,
-                 event.message))
+                 event.message, json.dumps(event.timings, sort_keys=True)))
             self.conn.execute(
                 "UPDATE nodes SET last_seen = ?, last_stage = ?, last_ok = ?, last_message = ?, "
                 "last_generation = COALESCE(?, last_generation), last_serial = COALESCE(?, last_serial), "
@@ -264,4 +274,5 @@ class Registry:
         rows = self.conn.execute("SELECT * FROM events WHERE mac = ? ORDER BY id DESC LIMIT ?",
                                  (normalize_mac(mac), limit)).fetchall()
         return [Event(stage=r["stage"], ok=bool(r["ok"]), generation=r["generation"], serial=r["serial"],
-                      elapsed=r["elapsed"], message=r["message"], time=r["time"]) for r in reversed(rows)]
+                      elapsed=r["elapsed"], message=r["message"], time=r["time"], timings=json.loads(r["timings"]))
+                for r in reversed(rows)]

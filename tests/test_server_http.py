@@ -208,12 +208,15 @@ def test_boot_events_are_recorded_and_shown(daemon: Daemon) -> None:
     reply = daemon.request("POST", f"/nodes/{MAC}/events", token=token, body=json.dumps(event).encode(),
                            headers={"Content-Type": "application/json"})
     assert reply.status == 201
-    failure = {"stage": "layers", "ok": False, "generation": 2, "serial": 2, "elapsed": 3.5,
-               "message": "sha256 mismatch on layer 1"}
+    failure = {"stage": "Layers", "ok": False, "generation": 2, "serial": 2, "elapsed": 3.5,
+               "message": "sha256 mismatch on layer 1", "timings": {"network": 0.8, "manifest": 0.1},
+               "profile": "p1", "stage1_started": 1.5}
     daemon.request("POST", f"/nodes/{MAC}/events", token=token, body=json.dumps(failure).encode())
     status = daemon.get(f"/nodes/{MAC}", token=token, headers={"Accept": "application/json"}).json()
     assert status["last_generation"] == 2 and status["failures"] == 1 and status["last_stage"] == "layers"
     assert [e["stage"] for e in status["events"]] == ["manifest", "layers"]
+    assert status["events"][1]["timings"] == {"network": 0.8, "manifest": 0.1}
+    assert status["events"][1]["message"] == "sha256 mismatch on layer 1"
     bad = daemon.request("POST", f"/nodes/{MAC}/events", token=token, body=b'{"stage": "x", "ok": "yes"}')
     assert bad.status == 400 and "'ok' must be true or false" in bad.text
     assert daemon.request("POST", f"/nodes/{MAC}/events", token=token, body=b"not json").status == 400

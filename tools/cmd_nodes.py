@@ -126,8 +126,9 @@ def cmd_show(ctx: Context) -> int:
     print(f"ssh keys: {len(registry.ssh_keys(node.mac))}")
     if events:
         rows = [[_when(e.time), e.stage, "ok" if e.ok else "FAILED", e.generation if e.generation is not None else "-",
-                 f"{e.elapsed:.2f}s" if e.elapsed is not None else "-", e.message] for e in events]
-        print(table(["TIME", "STAGE", "RESULT", "GEN", "ELAPSED", "MESSAGE"], rows))
+                 f"{e.elapsed:.2f}s" if e.elapsed is not None else "-", e.message,
+                 " ".join(f"{k}={v:.2f}" for k, v in e.timings.items()) or "-"] for e in events]
+        print(table(["TIME", "STAGE", "RESULT", "GEN", "ELAPSED", "MESSAGE", "TIMINGS"], rows))
     else:
         print("no boot reports yet")
     return 0
