@@ -114,7 +114,11 @@ def measure_cached(bench: Bench, system: System, runs: int, *, timeout: float, m
     found = []
     for run in range(1, runs + 1):
         disk = make_cache_disk(bench.workdir / "cache-disk.img")
-        boot_once(bench, system, "v1", f"{system.name}-v1-fill-run{run}", timeout=timeout, mem=mem, disks=(disk,))
+        fill = boot_once(bench, system, "v1", f"{system.name}-v1-fill-run{run}", timeout=timeout, mem=mem,
+                         disks=(disk,))
+        if fill.failure is not None:
+            found.append(Measured(None, 0, f"the boot that fills the cache failed: {fill.failure}"))
+            continue
         found.append(boot_once(bench, system, "v2", f"{system.name}-v2-run{run}", timeout=timeout, mem=mem,
                                disks=(disk,)))
     return found
@@ -132,8 +136,9 @@ def bench_main(args: argparse.Namespace) -> int:
     versions = ["v1", "v2"] if args.second_boot else ["v1"]
     images = {v: rootfs_image(args.cache, version=v, filler_mb=args.filler_mb, rebuild=args.rebuild)
               for v in versions}
-    print(f"kernel {kernel.version}; rootfs {images['v1'].stat().st_size / 1e6:.1f} MB squashfs; logs in {logs}",
-          flush=True)
+    load_before = os.getloadavg()[0]
+    print(f"kernel {kernel.version}; rootfs {images['v1'].stat().st_size / 1e6:.1f} MB squashfs; {os.cpu_count()} "
+          f"cores, load {load_before:.1f}; logs in {logs}", flush=True)
     results = {name: SystemResult(name) for name in args.systems}
     with ExitStack() as stack:
         www = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-www-")))
@@ -162,7 +167,9 @@ def bench_main(args: argparse.Namespace) -> int:
             second[cached.name] = measure_cached(bench, cached, args.runs, timeout=args.timeout, mem=args.mem)
     for name, runs in first.items():
         results[name].runs = runs
-    print("\nboot to the rootfs marker (QEMU TCG, median of %d):" % args.runs)
+    load_after = os.getloadavg()[0]
+    print(f"\nboot to the rootfs marker (QEMU TCG, median of {args.runs}; host load {load_before:.1f} at the start, "
+          f"{load_after:.1f} at the end):")
     for result in results.values():
         print("  " + describe(result))
     for line in ratio_lines(list(results.values())):
@@ -181,6 +188,7 @@ def bench_main(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "kernel": kernel.version, "rootfs_bytes": images["v1"].stat().st_size, "runs": args.runs,
+            "cores": os.cpu_count(), "load": [load_before, load_after],
             "first_boot": [r.to_json() for r in results.values()],
             "ratios": ratios(list(results.values())),
             "second_boot": [r.to_json() for r in second_results],

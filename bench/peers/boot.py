@@ -55,7 +55,7 @@ def boot(guest: Guest, log: Path, *, timeout: float, fail: re.Pattern[str] | Non
         try:
             line = node.wait_for(MARKER_PATTERN, timeout=timeout, fail=failing)
         except QemuError as err:
-            return BootRun(None, None, str(err).split(" (serial log")[0], log)
+            return BootRun(None, None, str(err).split(" (serial log")[0].split(" while waiting for ")[0], log)
         try:
             node.wait_exit(timeout=EXIT_WAIT)
         except CommandError:
