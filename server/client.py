@@ -43,8 +43,11 @@ def _request(server: str, method: str, path: str, token: str, *, body: Any = Non
              headers: dict[str, str] | None = None, what: str) -> dict[str, Any]:
     conn, prefix = _connection(server)
     try:
-        conn.request(method, prefix + path, body=body, headers={
-            "Authorization": f"Bearer {token}", "Accept": "application/json", **(headers or {})})
+        try:
+            conn.request(method, prefix + path, body=body, headers={
+                "Authorization": f"Bearer {token}", "Accept": "application/json", **(headers or {})})
+        except (BrokenPipeError, ConnectionResetError):
+            pass   # the server refused early (quota, token) and closed: its answer may already be here
         return _reply(conn.getresponse(), what)
     except (OSError, http.client.HTTPException) as err:
         raise LayerbootError(f"{what}: cannot talk to {server}: {err}") from None

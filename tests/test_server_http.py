@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,6 +165,15 @@ def test_object_headers_range_and_conditional_requests(daemon: Daemon, setup: di
     assert beyond.status == 416 and beyond.headers["content-range"] == f"bytes */{len(data)}"
     assert daemon.get(f"/objects/{digest}", token=token, headers={"Range": "bytes=0-1,5-9"}).status == 416
     assert daemon.get(f"/objects/{digest}", token=token, headers={"If-None-Match": f'"{digest}"'}).status == 304
+    # one keep-alive connection: whole object, then a range, then the manifest (stage1 reuses connections)
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+    auth = {"Authorization": f"Bearer {token}"}
+    for headers, expected in (({}, data), ({"Range": "bytes=5-9"}, data[5:10]), ({}, data)):
+        conn.request("GET", f"/objects/{digest}", headers={**auth, **headers})
+        assert conn.getresponse().read() == expected
+    conn.request("GET", f"/nodes/{MAC}/manifest", headers=auth)
+    assert conn.getresponse().status == 200
+    conn.close()
     head = daemon.request("HEAD", f"/objects/{digest}", token=token)
     assert head.status == 200 and head.body == b"" and int(head.headers["content-length"]) == len(data)
 

@@ -174,6 +174,11 @@ def test_oversized_uploads_are_refused(profiles: Profiles, make_layer, tmp_path:
         response = conn.getresponse()
         assert response.status == 413
         conn.close()
+        # the stdlib client reports the server's answer even when it stops reading a large body early
+        huge = tmp_path / "huge.tar.zst"
+        huge.write_bytes(os.urandom(8_000_000))
+        with pytest.raises(LayerbootError, match="413 .*quota"):
+            upload(huge, server=s.daemon.url, mac=MAC, token=s.token)
         assert not [p for p in (profiles.paths.incoming / ".queue").iterdir()]
         assert {u.state for u in s.records().list()} == {"failed"}
     finally:
