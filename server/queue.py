@@ -75,7 +75,12 @@ class Uploads:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def _clean_stale_scratch(self) -> None:
-        """Remove bake scratch dirs left by a killed daemon (old enough not to be a running CLI bake)."""
+        """Remove what a killed daemon left: SFTP parts in the nodes' areas (those transfers were cut off)
+        and bake scratch dirs (old enough not to belong to a 'layerboot bake' running beside us)."""
+        for part in self.paths.incoming.glob("*/.*.part"):
+            if part.parent.name != ".queue":
+                part.unlink(missing_ok=True)
+                log.info("removed %s, left by a transfer that was cut off", part)
         cutoff = time.time() - STALE_SCRATCH_SECONDS
         for scratch in self.paths.tmp.glob("bake.*"):
             try:

@@ -151,3 +151,26 @@ def test_openssh_sftp_client_put(daemon: Daemon, keys: dict, tmp_path: Path, pro
          "-o", "BatchMode=yes", f"{USER}@127.0.0.1"], input=f"put {upload}\n".encode(), timeout=60)
     [done] = wait_baked(daemon, 1)
     assert done.state == "baked" and done.name == "openssh.tar.zst"
+
+
+def test_kill_9_during_sftp_upload_leaves_nothing_to_bake(daemon: Daemon, keys: dict) -> None:
+    data = layer_upload({"etc/big": os.urandom(500_000)})
+    area = daemon.paths.incoming / USER
+
+    async def start_upload() -> asyncssh.SSHClientConnection:
+        conn = await _session(daemon, keys["node"])
+        sftp = await conn.start_sftp_client()
+        handle = await sftp.open("killed.tar.zst", "wb")
+        await handle.write(data[:100_000])
+        return conn
+
+    async def go() -> None:
+        conn = await start_upload()
+        assert [p.name for p in area.iterdir()] == [".killed.tar.zst.part"]
+        daemon.kill9()
+        conn.abort()
+
+    asyncio.run(go())
+    daemon.start()
+    assert list(area.iterdir()) == []
+    assert records(daemon).list() == []
