@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from layerboot.errors import LayerbootError
 from layerboot.run import run
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -22,7 +23,7 @@ from peers import live_boot  # noqa: E402
 from peers.boot import MARKER_PATTERN, Guest, node_config  # noqa: E402
 from peers.cache import cached, input_key  # noqa: E402
 from peers.report import Measured, SystemResult, describe, ratio_lines, ratios  # noqa: E402
-from peers.rootfs import MARKER_SCRIPT, filler_bytes, parse_marker  # noqa: E402
+from peers.rootfs import MARKER_SCRIPT, filler_bytes, parse_marker, rootfs_image  # noqa: E402
 from peers.serve import CountingRelay, CountingServer  # noqa: E402
 
 
@@ -76,6 +77,36 @@ def test_cached_builds_once_and_a_failed_build_leaves_nothing(tmp_path: Path) ->
     with pytest.raises(RuntimeError):
         cached(tmp_path, "other", "k2", broken)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thing-k1.img"]
+
+
+@pytest.mark.root
+def test_a_failed_build_with_a_mount_left_inside_is_not_deleted(tmp_path: Path) -> None:
+    """A builder chroot has /dev bind-mounted: deleting it with a mount still inside would delete /dev."""
+    def leaves_a_mount(out: Path) -> None:
+        (out / "dev").mkdir(parents=True)
+        (out / "dev" / "keep").mkdir()
+        run(["mount", "-t", "tmpfs", "tmpfs", out / "dev" / "keep"])
+        (out / "dev" / "keep" / "precious").write_text("x")
+        raise RuntimeError("apt failed")
+
+    tmp = tmp_path / ".tmp-chroot-k"
+    try:
+        with pytest.raises(LayerbootError, match="still has mounts"):
+            cached(tmp_path, "chroot", "k", leaves_a_mount)
+        assert (tmp / "dev" / "keep" / "precious").read_text() == "x"
+    finally:
+        run(["umount", tmp / "dev" / "keep"], check=False)
+
+
+def test_rootfs_image_has_the_marker_init_and_the_version_file(tmp_path: Path) -> None:
+    image = rootfs_image(tmp_path, version="v2", filler_mb=1)
+    assert image.name.startswith("rootfs-v2-") and image.suffix == ".squashfs"
+    assert run(["unsquashfs", "-cat", image, "etc/bench-version"]).text == "v2\n"
+    for init in ("sbin/init", "marker"):
+        assert run(["unsquashfs", "-cat", image, init]).text == MARKER_SCRIPT
+    listing = run(["unsquashfs", "-lls", image]).text
+    assert "usr/share/bench/filler.bin" in listing and "bin/busybox" in listing
+    assert rootfs_image(tmp_path, version="v2", filler_mb=1) == image   # cached: same inputs, same file
 
 
 def test_mirror_is_read_from_deb822_and_one_line_sources(tmp_path: Path) -> None:
