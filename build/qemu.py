@@ -7,6 +7,7 @@ its time since QEMU started and kept in memory so tests can wait for a line, wit
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -80,12 +81,17 @@ class QemuNode:
         self._cond = threading.Condition()
         self._process: Process | None = None
         self._reader: threading.Thread | None = None
+        self._console_in: int | None = None
         self.started = 0.0
 
     def start(self) -> "QemuNode":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.started = time.monotonic()
-        self._process = Process(self.config.argv(), stderr=devnull())
+        read_end, self._console_in = os.pipe()
+        try:
+            self._process = Process(self.config.argv(), stdin=read_end, stderr=devnull())
+        finally:
+            os.close(read_end)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         return self
@@ -146,6 +152,11 @@ class QemuNode:
             self._reader.join(timeout=10)
         return rc
 
+    def send(self, text: str) -> None:
+        """Type ``text`` on the serial console (e.g. commands for an emergency or break shell)."""
+        assert self._console_in is not None
+        os.write(self._console_in, text.encode())
+
     def text(self) -> str:
         with self._cond:
             return "\n".join(line.text for line in self.lines)
@@ -157,6 +168,9 @@ class QemuNode:
             self._reader.join(timeout=10)   # reads to EOF before the pipes are closed
         if self._process is not None:
             self._process.terminate()
+        if self._console_in is not None:
+            os.close(self._console_in)
+            self._console_in = None
 
     def __enter__(self) -> "QemuNode":
         return self.start()

@@ -31,7 +31,9 @@ from server_daemon import MAC, Daemon, write_config
 pytestmark = [pytest.mark.qemu, pytest.mark.root]
 
 CACHE = Path(os.environ.get("LAYERBOOT_TEST_CACHE", "/var/cache/layerboot/test"))
-CMDLINE = "console=ttyS0 quiet layerboot.emergency=poweroff layerboot.debug"
+# no_timer_check: under a loaded host, TCG can fail the kernel's IO-APIC timer check and panic at boot.
+CMDLINE = "console=ttyS0 quiet no_timer_check layerboot.emergency=poweroff layerboot.debug"
+# Later options win: tests append their own layerboot.emergency= etc.
 WHITEOUT = 0o020000 | 0o600
 # The node's /sbin/init: prove every layer and the whiteout, then capture + upload a change once.
 NODE_INIT = r"""#!/bin/sh
@@ -42,6 +44,11 @@ for f in /etc/base-file /etc/layer1 /etc/layer2 /usr/bin/python3; do
 done
 [ -e /etc/doomed ] && { echo "NODE: /etc/doomed survived its whiteout"; ok=no; }
 [ "$ok" = yes ] && echo "ROOTFS-PASS base=$(cat /etc/base-file) l1=$(cat /etc/layer1) l2=$(cat /etc/layer2) whiteout=ok"
+if grep -q lbtest=check /proc/cmdline; then
+  echo "NODE-STATUS $(cat /run/layerboot/status)"
+  echo NODE-PID $$ $(ls /run/layerboot/rw)
+  poweroff -f
+fi
 if [ -e /etc/captured ]; then
   echo "NODE-SEES-CAPTURE $(cat /etc/captured)"
   poweroff -f
@@ -214,3 +221,45 @@ def test_server_down_is_a_clear_error(node_store: dict, kernel, tmp_path: Path) 
     port = free_port()   # nothing listens there
     expect_failure(direct(node_store, kernel, tmp_path, f"http://10.0.2.2:{port}", "x"),
                    rf"manifest: GET http://10.0.2.2:{port}/nodes/{MAC}/manifest: Connection refused")
+
+
+def test_static_ip_break_shell_and_status_file(daemon: Daemon, node_store: dict, kernel,  # noqa: ANN001
+                                               tmp_path: Path) -> None:
+    """ip= skips DHCP; layerboot.break=mount opens a shell with the verified layers; the node sees its status."""
+    node = direct(node_store, kernel, tmp_path, f"http://10.0.2.2:{daemon.port}", daemon.node_token,
+                  "ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off layerboot.break=mount lbtest=check")
+    with node:
+        configured = node.wait_for(r"layerboot: eth0 ", timeout=120, fail=(r"layerboot: FAILED", r"Kernel panic"))
+        assert configured.text.endswith("10.0.2.15/255.255.255.0 via 10.0.2.2 (ip=)")
+        node.wait_for(r"layerboot.break=mount: starting a shell", timeout=60)
+        node.send("echo LAYERS $(ls /run/layerboot/layers | wc -l) MOUNTED $(grep -c squashfs /proc/mounts)\n")
+        layers = len(node_store["profiles"].current("node").layers)
+        assert node.wait_for(r"^LAYERS ", timeout=30).text == f"LAYERS {layers} MOUNTED 0"
+        node.send("exit\n")
+        node.wait_for(r"ROOTFS-PASS", timeout=60, fail=(r"layerboot: FAILED", r"Kernel panic"))
+        status = json.loads(node.wait_for(r"^NODE-STATUS ", timeout=30).text.split(" ", 1)[1])
+        assert status["ok"] is True and status["stage"] == "switch_root" and status["generation"] >= 1
+        assert set(status["timings"]) == {"modules", "net", "manifest", "layers", "mount"}
+        # PID 1 is the rootfs init; the rw dir is where docs/stage1.md says.
+        assert node.wait_for(r"^NODE-PID ", timeout=30).text == "NODE-PID 1 upper work"
+        node.wait_exit(60)
+    assert_clean(node)
+    assert "DHCP" not in node.text()
+
+
+def test_emergency_shell_shows_the_status_then_reboots(node_store: dict, kernel, tmp_path: Path) -> None:  # noqa: ANN001
+    from server_daemon import free_port
+
+    node = direct(node_store, kernel, tmp_path, f"http://10.0.2.2:{free_port()}", "x",
+                  "layerboot.emergency=shell")
+    with node:
+        failed = node.wait_for(r"layerboot: FAILED: ", timeout=120, fail=(r"ROOTFS-PASS", r"Kernel panic"))
+        assert "Connection refused" in failed.text
+        node.wait_for(r"emergency: starting a shell", timeout=30)
+        node.send("echo STATUS $(cat /run/layerboot/status)\n")
+        status = json.loads(node.wait_for(r"^STATUS ", timeout=30).text.split(" ", 1)[1])
+        assert status["ok"] is False and status["stage"] == "manifest" and "Connection refused" in status["message"]
+        node.send("exit\n")
+        node.wait_for(r"emergency shell exited: rebooting", timeout=30)
+        assert node.wait_exit(60) == 0   # -no-reboot: the guest's reboot ends QEMU
+    assert_clean(node)

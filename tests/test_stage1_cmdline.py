@@ -44,3 +44,14 @@ def test_break_lists_accumulate_and_bare_break_means_switch_root() -> None:
 def test_bad_values_are_one_clear_error(cmdline: str, message: str) -> None:
     with pytest.raises(CmdlineError, match=message):
         parse_cmdline(cmdline)
+
+
+def test_options_are_frozen_records() -> None:
+    opts = parse_cmdline("layerboot.server=http://a")
+    with pytest.raises(AttributeError, match="frozen"):
+        opts.server = "http://b"  # type: ignore[misc]
+    assert opts == Options(server="http://a") and hash(opts) == hash(Options(server="http://a"))
+    assert opts != Options(server="http://b")
+    assert repr(opts).startswith("Options(server='http://a', node=''")
+    with pytest.raises(TypeError, match="unexpected or repeated field 'colour'"):
+        Options(colour="red")  # type: ignore[call-arg]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .record import Record
+
 
 EMERGENCY_ACTIONS = ("shell", "reboot", "poweroff")
 STAGES = ("modules", "net", "manifest", "layers", "mount", "switch_root")
@@ -13,8 +14,7 @@ class CmdlineError(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class Options:
+class Options(Record):
     server: str = ""                  # layerboot.server=http://host:port (required)
     node: str = ""                    # layerboot.node=<mac>; default: the boot interface's MAC
     profile: str = ""                 # layerboot.profile=NAME fetches the profile's manifest instead

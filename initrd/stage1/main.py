@@ -106,19 +106,21 @@ def run_stages(boot: Boot) -> None:
     from .verify import VerifyError, load_public_key, verify_envelope
 
     cache = None
-    if options.cache:
-        from .cache import open_cache
+    cache_errors: tuple[type[BaseException], ...] = ()
+    if options.cache:   # initrd/stage1/cache.py: only imported when asked for
+        from .cache import CacheError, open_cache
 
-        cache = open_cache(options.cache)
+        cache_errors = (CacheError,)
+        cache = open_cache(options.cache, say=say)
     envelope = fetch_manifest(options, boot.node, cache)
-    min_serial = cache.last_serial() if cache is not None else 0
     try:
+        min_serial = cache.last_serial() if cache is not None else 0
         public = load_public_key(PUBLIC_KEY)
         boot.manifest = manifest = verify_envelope(envelope, public, min_serial=min_serial)
-    except VerifyError as err:
+        if cache is not None:
+            cache.accept(manifest.serial, envelope)
+    except (VerifyError, *cache_errors) as err:
         raise StageError(str(err)) from None
-    if cache is not None:
-        cache.accept(manifest.serial, envelope)
     say(f"manifest: profile {manifest.profile} generation {manifest.generation} serial {manifest.serial}, "
         f"{len(manifest.layers)} layers")
 
@@ -127,8 +129,11 @@ def run_stages(boot: Boot) -> None:
 
     files = fetch_layers(options.server, options.token, manifest.layers, LAYER_DIR, retries=options.retries,
                          timeout=options.timeout, cache=cache)
-    if cache is not None:
-        cache.gc(tuple(layer.digest for layer in manifest.layers))
+    if cache is not None:   # keep the current and the previous generation's layers
+        try:
+            cache.gc(cache.generation_digests() | {layer.digest for layer in manifest.layers})
+        except (OSError, *cache_errors) as err:
+            say(f"cache garbage collection failed ({err}); continuing")
 
     stage("mount")
     stack(files, options.upper_size)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import binascii
 import json
 import os
-from dataclasses import dataclass
 
 from .ed25519 import verify
+from .record import Record
 
 try:
     from _sha256 import sha256
@@ -27,15 +27,13 @@ class VerifyError(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class Layer:
+class Layer(Record):
     digest: str
     size: int
     path: str
 
 
-@dataclass(frozen=True)
-class BootManifest:
+class BootManifest(Record):
     profile: str
     generation: int
     serial: int
