@@ -94,7 +94,9 @@ class Supervisor:
 
     Restarts back off (``first_delay`` doubling up to ``max_delay``); a run that lasted ``stable_after``
     seconds resets the back-off, so a daemon that dies once a day restarts at once but a crash loop does not
-    spin. ``stop()`` is safe from a signal handler.
+    spin. A first start that dies within ``startup_grace`` seconds is a configuration problem (port 67 taken,
+    interface gone), not a crash: that raises a one-line error with the daemon's last words instead of
+    retrying forever. ``stop()`` is safe from a signal handler.
     """
 
     argv: list[str]
@@ -102,10 +104,12 @@ class Supervisor:
     first_delay: float = 0.5
     max_delay: float = 30.0
     stable_after: float = 30.0
+    startup_grace: float = 2.0
     on_line: Callable[[str], None] | None = None
     starts: int = 0
     _stopping: threading.Event = field(default_factory=threading.Event)
     _proc: Process | None = None
+    _last_line: str = ""
 
     def stop(self) -> None:
         self._stopping.set()
@@ -130,6 +134,10 @@ class Supervisor:
                 return 0
             status = proc.wait()
             reader.join(timeout=2.0)
+            if self.starts == 1 and time.monotonic() - started < self.startup_grace:
+                raise LayerbootError(f"{self.name} did not start (status {status}): "
+                                     f"{self._last_line or 'no output'}",
+                                     hint="is another DHCP/TFTP server running on this interface?")
             if time.monotonic() - started >= self.stable_after:
                 delay = self.first_delay
             log.warning("%s exited with status %s; restarting in %.1f s", self.name, status, delay)
@@ -154,6 +162,8 @@ class Supervisor:
         with output:
             for raw in output:
                 line = raw.decode("utf-8", "replace").rstrip()
+                if line:
+                    self._last_line = line
                 if self.on_line:
                     self.on_line(line)
                 else:
