@@ -94,8 +94,8 @@ class Supervisor:
 
     Restarts back off (``first_delay`` doubling up to ``max_delay``); a run that lasted ``stable_after``
     seconds resets the back-off, so a daemon that dies once a day restarts at once but a crash loop does not
-    spin. A first start that dies within ``startup_grace`` seconds is a configuration problem (port 67 taken,
-    interface gone), not a crash: that raises a one-line error with the daemon's last words instead of
+    spin. A first start that exits by itself (status > 0, not a signal) within ``startup_grace`` seconds is a
+    configuration problem (dnsmasq's exit codes 1-5: config, network, filesystem...), not a crash: that raises a one-line error with the daemon's last words instead of
     retrying forever. ``stop()`` is safe from a signal handler.
     """
 
@@ -134,7 +134,7 @@ class Supervisor:
                 return 0
             status = proc.wait()
             reader.join(timeout=2.0)
-            if self.starts == 1 and time.monotonic() - started < self.startup_grace:
+            if self.starts == 1 and status > 0 and time.monotonic() - started < self.startup_grace:
                 raise LayerbootError(f"{self.name} did not start (status {status}): "
                                      f"{self._last_line or 'no output'}",
                                      hint="is another DHCP/TFTP server running on this interface?")
