@@ -92,10 +92,17 @@ def build_client_tree(tree: Path) -> Path:
     _copy_layerboot(dist)
     files = json.loads(run([PYTHON, "-S", "-I", "-B", "-c", _FIND, dist, site, ",".join(ENTRY_MODULES)]).text)
     third_party = {Path(f).relative_to(site).parts[0] for f in files if f.startswith(str(site) + os.sep)}
+    loaded = {Path(f) for f in files}
+
+    def unused(directory: str, names: list[str]) -> list[str]:
+        """Caches, tests, and extension modules nobody imported (zstandard's cffi backend alone is 12 MB)."""
+        return [n for n in names if n in ("__pycache__", "tests")
+                or (n.endswith(".so") and Path(directory, n) not in loaded)]
+
     for name in sorted(third_party):
         source = site / name
         if source.is_dir():
-            shutil.copytree(source, dist / name, ignore=shutil.ignore_patterns("__pycache__", "tests"))
+            shutil.copytree(source, dist / name, ignore=unused)
         else:
             shutil.copy2(source, dist / name)
     shutil.copytree(STDLIB, tree / str(STDLIB).lstrip("/"), symlinks=True,
@@ -104,8 +111,9 @@ def build_client_tree(tree: Path) -> Path:
     (tree / "usr/bin/python3").symlink_to("python3.11")
     (tree / "usr/bin/layerboot").write_text(LAUNCHER)
     (tree / "usr/bin/layerboot").chmod(0o755)
+    # Shared libraries for the interpreter and the extension modules layerboot imports; other lib-dynload
+    # modules are shipped but may lack their libraries (an ImportError if something ever wants them).
     extensions = [Path(f) for f in files if f.endswith(".so")]
-    extensions += sorted((tree / str(STDLIB).lstrip("/") / "lib-dynload").glob("*.so"))
     for library in _libraries([PYTHON, *extensions]):
         _put(tree, library)
     run([PYTHON, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",

@@ -263,3 +263,13 @@ def test_emergency_shell_shows_the_status_then_reboots(node_store: dict, kernel,
         node.wait_for(r"emergency shell exited: rebooting", timeout=30)
         assert node.wait_exit(60) == 0   # -no-reboot: the guest's reboot ends QEMU
     assert_clean(node)
+
+
+def test_missing_init_and_bad_options_stop_before_switching(daemon: Daemon, node_store: dict, kernel,  # noqa: ANN001
+                                                            tmp_path: Path) -> None:
+    server = f"http://10.0.2.2:{daemon.port}"
+    expect_failure(direct(node_store, kernel, tmp_path / "init", server, daemon.node_token, "init=/sbin/nope"),
+                   r"FAILED: mount: init=/sbin/nope is not an executable file in the new root")
+    # An unknown option: the emergency action still comes from the raw command line.
+    expect_failure(direct(node_store, kernel, tmp_path / "opt", server, daemon.node_token, "layerboot.colour=red"),
+                   r"FAILED: cmdline: kernel command line: unknown kernel option layerboot.colour$")

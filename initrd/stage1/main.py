@@ -73,6 +73,7 @@ def run_stages(boot: Boot) -> None:
 
     boot.stage = "mounts"
     mount_api_filesystems()
+    boot.stage = "cmdline"
     try:
         options = read_options()
     except CmdlineError as err:
@@ -85,7 +86,7 @@ def run_stages(boot: Boot) -> None:
 
     def stage(name: str) -> None:
         now = time.monotonic()
-        if boot.stage != "mounts":
+        if boot.stage != "cmdline":
             boot.timings[boot.stage] = round(now - boot.mark, 3)
         boot.stage, boot.mark = name, now
         if name in options.breaks:
