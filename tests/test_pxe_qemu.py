@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from layerboot.run import tool_path
+from layerboot.run import Process, run, tool_path
 
 from pxenet import Lan, wait_for
+from server_daemon import boot_profile, write_config
 from test_pxe_dnsmasq import start_pxe, tmp_tftp
 
 MAC = "52:54:00:4c:42:01"
@@ -47,6 +48,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Handler).serve_forever()
 '''
+
+def start_guest(lan: Lan, tmp_path: Path) -> Process:
+    """A diskless guest on a tap device on the test bridge, network boot only; its NIC ROM is iPXE."""
+    tap = lan.tap("tap0")
+    return lan.spawn(lan.bridge_ns, [
+        "qemu-system-x86_64", "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "256", "-nodefaults",
+        "-display", "none", "-monitor", "none", "-vga", "std", "-boot", "n", "-no-reboot",
+        "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+        "-device", f"virtio-net-pci,netdev=n0,mac={MAC}"], log=open(tmp_path / "qemu.log", "wb"))
+
 
 needs_qemu = pytest.mark.skipif(
     not (tool_path("qemu-system-x86_64") and tool_path("dnsmasq") and Path("/usr/share/qemu").is_dir()),
@@ -78,15 +89,8 @@ def test_qemu_ipxe_rom_chains_to_the_per_mac_url(tmp_path: Path, mode: str) -> N
                                  f"--dhcp-range={net}.50,{net}.59,1h", f"--dhcp-leasefile={tmp_path}/site.leases"],
                           log=open(tmp_path / "site.log", "wb"))
                 _, pxe_log = start_pxe(lan, srv, tmp_path, "--server-url", url)
-            tap = lan.tap("tap0")
-            serial = tmp_path / "serial.log"
             started = time.monotonic()
-            qemu = lan.spawn(lan.bridge_ns, [
-                "qemu-system-x86_64", "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "256", "-nodefaults",
-                "-display", "none", "-monitor", "none", "-serial", f"file:{serial}", "-vga", "std",
-                "-boot", "n", "-no-reboot",
-                "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-                "-device", f"virtio-net-pci,netdev=n0,mac={MAC}"], log=open(tmp_path / "qemu.log", "wb"))
+            qemu = start_guest(lan, tmp_path)
 
             def requests() -> list[str]:
                 # iPXE percent-encodes the MAC's colons in the URL; a server sees the decoded path
@@ -106,6 +110,45 @@ def test_qemu_ipxe_rom_chains_to_the_per_mac_url(tmp_path: Path, mode: str) -> N
                 pxe_log.read_text()[-3000:]
             if mode == "proxy":
                 assert f"DHCPACK(eth0) {net}.5" in (tmp_path / "site.log").read_text()   # address: the site's
+    finally:
+        import shutil
+        shutil.rmtree(tmp_tftp(tmp_path), ignore_errors=True)
+
+
+@pytest.mark.qemu
+@pytest.mark.root
+@needs_qemu
+def test_qemu_pxe_into_the_real_layerbootd(tmp_path: Path, profiles, make_layer) -> None:  # noqa: ANN001
+    """`layerboot pxe` + the real layerbootd on one namespace network: the guest's iPXE takes the per-MAC
+    script from the daemon and fetches the kernel and initrd it names (fake ones: the boot itself is tested
+    by test_boot_qemu; this is about getting there)."""
+    net, port = "10.96.0", 8098
+    url = f"http://{net}.1:{port}"
+    store = profiles.store
+    digests = boot_profile(profiles, make_layer, tmp_path)
+    base_cmd = [sys.executable, "-m", "layerboot", "-s", str(store.paths.root)]
+    run([*base_cmd, "nodes", "register", MAC, "--profile", "p1"])
+    config = write_config(tmp_path / "layerbootd.toml", store.paths, debug=True)
+    try:
+        with Lan() as lan:
+            srv = lan.host("srv", f"{net}.1/24")
+            daemon_log = tmp_path / "layerbootd.log"
+            lan.spawn(srv, [sys.executable, "-m", "layerboot.server.main", "--config", str(config),
+                            "--port", str(port), "--listen", "0.0.0.0"], log=open(daemon_log, "wb"))
+            assert wait_for(lambda: lan.run(srv, ["curl", "-s", "-o", "/dev/null", url + "/"],
+                                            check=False).returncode == 0, 20), daemon_log.read_text()
+            start_pxe(lan, srv, tmp_path, "--range", f"{net}.100,{net}.120", "--server-url", url)
+            started = time.monotonic()
+            qemu = start_guest(lan, tmp_path)
+
+            def served(fragment: str) -> bool:
+                return re.search(r"GET \S*" + re.escape(fragment) + r"\S* 200", daemon_log.read_text()) is not None
+            reached = wait_for(lambda: served(digests["initrd"]) or qemu.poll() is not None, 240, 0.5)
+            print(f"iPXE fetched kernel and initrd from layerbootd {time.monotonic() - started:.1f} s after start")
+            log = daemon_log.read_text()
+            assert reached and qemu.poll() is None, log[-3000:]
+            assert served(f"/boot/{MAC}.ipxe"), log[-3000:]
+            assert served(f"/objects/{digests['kernel']}"), log[-3000:]
     finally:
         import shutil
         shutil.rmtree(tmp_tftp(tmp_path), ignore_errors=True)
