@@ -33,10 +33,15 @@ class Lan:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for proc in reversed(self.processes):
-            proc.terminate(timeout=5)
-        for ns in reversed(self.namespaces):
-            run(["ip", "netns", "del", ns], check=False)
+        try:
+            for proc in reversed(self.processes):
+                try:
+                    proc.terminate(timeout=5)
+                except Exception:  # noqa: BLE001 - keep tearing down; the namespaces must go
+                    proc.kill()
+        finally:
+            for ns in reversed(self.namespaces):
+                run(["ip", "netns", "del", ns], check=False)
 
     def _add_ns(self, name: str) -> None:
         run(["ip", "netns", "add", name])
