@@ -95,7 +95,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.public_url", _str, "",
             "base URL nodes are told to use (e.g. http://10.0.0.1:8080); empty: the Host the request came in on"),
     Setting("server.boot_token_ttl", _int, 30 * 86400,
-            "seconds a boot token (minted by /boot/MAC.ipxe, on the node's kernel command line) stays valid"),
+            "seconds a boot token (minted by /boot/MAC.ipxe, on the node's kernel command line) stays valid "
+            "after its last use"),
     Setting("server.upload_policy", _choice("hold", "auto"), "hold",
             "default for profiles without their own policy: 'auto' appends a baked upload as a new generation, "
             "'hold' waits for 'layerboot uploads approve'"),

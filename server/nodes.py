@@ -6,7 +6,7 @@ Two kinds of bearer token authenticate a node, and the database keeps only their
   ``layerboot upload``);
 * *boot tokens*, minted by ``GET /boot/<mac>.ipxe`` and put on the kernel command line
   (``layerboot.token=``), so a diskless node that remembers nothing still proves which node it is. They
-  live ``server.boot_token_ttl`` seconds; the newest few per node stay valid.
+  expire ``server.boot_token_ttl`` seconds after their last use; the newest few per node stay valid.
 
 Anyone who can fetch ``/boot/<mac>.ipxe`` gets a boot token for that MAC: on a PXE network the MAC is the
 identity, exactly as with DHCP. The tokens stop one node reading another's manifest, layers or uploading
@@ -30,6 +30,7 @@ from layerboot.overlays.names import check_profile_name
 
 MAC_RE = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 BOOT_TOKENS_KEPT = 8
+TOKEN_REFRESH = 3600          # seconds between refreshes of a boot token's last-use time
 EVENTS_KEPT = 200
 STAGE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 MAX_TIMINGS = 32
@@ -228,9 +229,13 @@ class Registry:
         digest = token_hash(token)
         row = self.conn.execute("SELECT * FROM nodes WHERE token_hash = ?", (digest,)).fetchone()
         if row is None:
+            now = time.time()
             row = self.conn.execute(
-                "SELECT nodes.* FROM boot_tokens JOIN nodes USING (mac) WHERE hash = ? AND boot_tokens.created >= ?",
-                (digest, time.time() - self.boot_token_ttl)).fetchone()
+                "SELECT nodes.*, boot_tokens.created AS used FROM boot_tokens JOIN nodes USING (mac) "
+                "WHERE hash = ? AND boot_tokens.created >= ?", (digest, now - self.boot_token_ttl)).fetchone()
+            if row is not None and row["used"] < now - min(TOKEN_REFRESH, self.boot_token_ttl / 10):
+                # sliding expiry: a node that keeps using its boot token (uptime of months) keeps it
+                self.conn.execute("UPDATE boot_tokens SET created = ? WHERE hash = ?", (now, digest))
         return Node.from_row(row) if row else None
 
     def authenticate(self, mac: str, token: str | None) -> Node:

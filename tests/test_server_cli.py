@@ -154,3 +154,21 @@ def test_journald_lines_carry_syslog_priorities() -> None:
     record = logging.LogRecord("layerboot.server", logging.WARNING, __file__, 1, "disk %s", ("full",), None)
     assert JournalFormatter(journal=True).format(record) == "<4>layerboot.server: disk full"
     assert JournalFormatter(journal=False).format(record).endswith(" WARNING layerboot.server: disk full")
+
+
+def test_boot_tokens_expire_unless_used_and_only_the_newest_stay(store, tmp_path: Path) -> None:
+    from layerboot.server import nodes
+    registry = Registry(connect(store.paths.database), boot_token_ttl=1000)
+    registry.register(MAC, "p1")
+    first = registry.issue_boot_token(MAC)
+    hashed = nodes.token_hash(first)
+    now = time.time()
+    registry.conn.execute("UPDATE boot_tokens SET created = ? WHERE hash = ?", (now - 900, hashed))
+    assert registry.node_for_token(first).mac == MAC          # still valid, and its use refreshes it
+    used = registry.conn.execute("SELECT created FROM boot_tokens WHERE hash = ?", (hashed,)).fetchone()[0]
+    assert used > now - 5
+    registry.conn.execute("UPDATE boot_tokens SET created = ? WHERE hash = ?", (now - 1001, hashed))
+    assert registry.node_for_token(first) is None              # unused for longer than the TTL
+    tokens = [registry.issue_boot_token(MAC) for _ in range(nodes.BOOT_TOKENS_KEPT + 1)]
+    assert registry.node_for_token(tokens[0]) is None
+    assert all(registry.node_for_token(t).mac == MAC for t in tokens[1:])
