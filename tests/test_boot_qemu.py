@@ -167,9 +167,11 @@ def test_pxe_boot_layers_capture_upload_bake_reboot(daemon: Daemon, node_store: 
     print(f"first boot: rootfs marker at {first.seconds:.1f}s after QEMU start")
 
 
-def direct(node_store: dict, kernel, tmp_path: Path, server: str, token: str, extra: str = "") -> QemuNode:  # noqa: ANN001
+def direct(node_store: dict, kernel, tmp_path: Path, server: str, token: str, extra: str = "",  # noqa: ANN001
+           disks: tuple[Path, ...] = ()) -> QemuNode:
     append = f"{CMDLINE} layerboot.server={server} layerboot.node={MAC} layerboot.token={token} {extra}"
-    config = NodeConfig(kernel=kernel.image, initrd=node_store["initrd"].path, append=append, mac=MAC)
+    config = NodeConfig(kernel=kernel.image, initrd=node_store["initrd"].path, append=append, mac=MAC,
+                        disks=list(disks))
     return QemuNode(config, tmp_path / "serial.log")
 
 
@@ -273,3 +275,29 @@ def test_missing_init_and_bad_options_stop_before_switching(daemon: Daemon, node
     # An unknown option: the emergency action still comes from the raw command line.
     expect_failure(direct(node_store, kernel, tmp_path / "opt", server, daemon.node_token, "layerboot.colour=red"),
                    r"FAILED: cmdline: kernel command line: unknown kernel option layerboot.colour$")
+
+
+def test_cache_disk_boots_offline_after_a_server_boot(daemon: Daemon, node_store: dict, kernel,  # noqa: ANN001
+                                                      tmp_path: Path) -> None:
+    """The layerboot.cache= seam: a first boot fills the cache disk, a second boots from it with no server."""
+    from layerboot.run import run
+    from server_daemon import free_port
+
+    disk = tmp_path / "cache.img"
+    with open(disk, "wb") as f:
+        f.truncate(128 << 20)
+    run(["mkfs.ext4", "-q", "-L", "layerboot-cache", disk])
+    options = "layerboot.cache=LABEL=layerboot-cache lbtest=check"
+    with direct(node_store, kernel, tmp_path / "online", f"http://10.0.2.2:{daemon.port}", daemon.node_token,
+                options, disks=(disk,)) as node:
+        node.wait_for(r"ROOTFS-PASS", timeout=120, fail=(r"layerboot: FAILED", r"Kernel panic", r"Traceback"))
+        node.wait_exit(60)
+    assert "without a cache" not in node.text()
+    with direct(node_store, kernel, tmp_path / "offline", f"http://10.0.2.2:{free_port()}", daemon.node_token,
+                options, disks=(disk,)) as node:
+        node.wait_for(r"booting the cached manifest", timeout=120, fail=(r"layerboot: FAILED", r"Kernel panic"))
+        node.wait_for(r"ROOTFS-PASS", timeout=60, fail=(r"layerboot: FAILED", r"Kernel panic", r"Traceback"))
+        node.wait_exit(60)
+    assert_clean(node)
+    layers = node_store["profiles"].current("node").layers
+    assert node.text().count(": from the cache") == len(layers)

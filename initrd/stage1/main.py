@@ -69,7 +69,8 @@ def _emergency_from_raw_cmdline() -> str:
 
 def run_stages(boot: Boot) -> None:
     from .cmdline import CmdlineError, read_options
-    from .system import LAYER_DIR, check_init, load_modules, mount_api_filesystems, stack, switch_root
+    from .system import (CACHE_MODULES, LAYER_DIR, check_init, load_modules, mount_api_filesystems, stack,
+                         switch_root)
 
     boot.stage = "mounts"
     mount_api_filesystems()
@@ -94,7 +95,7 @@ def run_stages(boot: Boot) -> None:
 
     boot.mark = time.monotonic()
     stage("modules")
-    load_modules()
+    load_modules(optional=CACHE_MODULES if options.cache else ())
 
     stage("net")
     from .net import bring_up, mac_of

@@ -14,6 +14,7 @@ import time
 from .console import BUSYBOX, StageError, busybox, debug, spawn
 
 MODULES = ("virtio_pci", "virtio_net", "loop", "squashfs", "overlay")
+CACHE_MODULES = ("virtio_blk", "nvme", "ahci", "sd_mod")   # disk drivers for layerboot.cache= (best effort)
 RUN_DIR = "/run/layerboot"
 RW_DIR = RUN_DIR + "/rw"          # tmpfs with upper/ and work/; the node sees it at the same path
 LAYER_DIR = RUN_DIR + "/layers"    # verified layer files, on the /run tmpfs
@@ -57,12 +58,18 @@ def mount_api_filesystems() -> None:
             mount(fstype, target, fstype, options)
 
 
-def load_modules(names: tuple[str, ...] = MODULES) -> None:
-    """Load what stage1 needs; built-in drivers are fine (modprobe succeeds for them)."""
-    code, output = spawn(["/usr/sbin/modprobe", "-a", *names] if os.path.exists("/usr/sbin/modprobe")
-                         else ["/sbin/modprobe", "-a", *names])
+def _modprobe() -> str:
+    return "/usr/sbin/modprobe" if os.path.exists("/usr/sbin/modprobe") else "/sbin/modprobe"
+
+
+def load_modules(names: tuple[str, ...] = MODULES, *, optional: tuple[str, ...] = ()) -> None:
+    """Load what stage1 needs (built-in drivers are fine: modprobe succeeds for them); ``optional`` may fail."""
+    code, output = spawn([_modprobe(), "-a", *names])
     if code:
         raise StageError(f"loading kernel modules {', '.join(names)} failed: {output or code}")
+    for name in optional:
+        if spawn([_modprobe(), "-q", name], quiet=True)[0]:
+            debug(f"optional module {name} not available")
 
 
 def attach_loop(path: str) -> tuple[str, int]:

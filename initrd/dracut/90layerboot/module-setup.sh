@@ -20,8 +20,9 @@ depends() {
 
 installkernel() {
     # virtio NIC + failover (virtio_net needs it), loop + squashfs + overlay for the layer stack,
-    # virtio_blk/ext4/vfat for an optional layerboot.cache= disk.
-    hostonly='' instmods virtio_pci virtio_net net_failover failover loop squashfs overlay virtio_blk ext4 vfat
+    # disk drivers and ext4 for an optional layerboot.cache= disk.
+    hostonly='' instmods virtio_pci virtio_net net_failover failover loop squashfs overlay \
+        virtio_blk nvme ahci sd_mod ext4 vfat
 }
 
 install() {
