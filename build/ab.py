@@ -306,8 +306,16 @@ class AbDisk:
         mkfs_ext4(self.slot_device(slot), label=f"layerboot-{slot.lower()}", uuid=layout.slot_uuids[slot])
         hashes: dict[str, str] = {}
         with self.mounted(slot, writable=True) as root:
+            fs = os.statvfs(root)
+            if source.size + 64 * 1024 > fs.f_bavail * fs.f_frsize:
+                raise LayerbootError(f"generation {source.manifest.generation} needs {source.size // MiB + 1} MiB, "
+                                     f"slot {slot} has {fs.f_bavail * fs.f_frsize // MiB} MiB free after "
+                                     "formatting", hint="reinstall with a larger --slot-size")
             for rel, path in source.files.items():
-                hashes[rel] = _copy_synced(path, root / rel)
+                try:
+                    hashes[rel] = _copy_synced(path, root / rel)
+                except OSError as err:
+                    raise LayerbootError(f"writing {rel} into slot {slot} failed: {err.strerror}") from None
             (root / "manifest.json").write_bytes(source.envelope)
             entry = bootloader.slot_entry(layout.slot_uuids[slot], source.manifest.cmdline)
             (root / "boot" / "grub-entry.cfg").write_text(entry)

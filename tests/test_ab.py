@@ -232,13 +232,16 @@ def test_a_truncated_slot_is_refused_and_never_activated(profiles, make_layer, p
 
 
 @pytest.mark.root
-def test_a_slot_larger_than_the_partition_is_refused_before_writing(profiles, make_layer, public,
-                                                                     tmp_path: Path) -> None:
+@pytest.mark.parametrize(("mib", "message"), [(48, r"needs \d+ MiB, slot B holds 40 MiB"),
+                                              (37, r"needs \d+ MiB, slot B has \d+ MiB free after formatting")])
+def test_a_slot_larger_than_the_partition_is_refused_before_copying(profiles, make_layer, public, tmp_path: Path,
+                                                                    mib: int, message: str) -> None:
     base = bootable_profile(profiles, make_layer, tmp_path)
     with loop_disk(tmp_path) as device:
         disk = _install(device, profiles, public, tmp_path, slot_mib=40)
         disk.mark_good("A")
-        _big_generation(profiles, base, tmp_path, 48)
-        with pytest.raises(LayerbootError, match=r"needs \d+ MiB, slot B holds 40 MiB"):
+        _big_generation(profiles, base, tmp_path, mib)
+        with pytest.raises(LayerbootError, match=message):
             disk.update(ab.source_from_store(profiles, "node", None, public), public)
         assert disk.state().slots == {"A": SlotState("good"), "B": SlotState("empty")}
+        assert disk.verify_slot("A", public).generation == 1
