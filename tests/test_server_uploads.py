@@ -230,6 +230,10 @@ def test_kill_9_during_bake_then_restart_finishes_the_bake(setup: Setup) -> None
     data = layer_upload({"etc/a": os.urandom(48_000_000), "etc/b": b"small\n"})
     reply = setup.put("slow.tar.zst", data).json()
     setup.wait_state(reply["id"], ("baking",))
+    started = time.monotonic()   # the bake runs in a worker thread: HTTP still answers at once
+    assert daemon.get("/status", headers={"Accept": "application/json"}).json()["uploads"]["baking"] == 1
+    assert daemon.get(f"/nodes/{MAC}/manifest", token=setup.token).status == 200
+    assert time.monotonic() - started < 0.5
     daemon.kill9()
     assert set(setup.profiles.store.digests()) == layers_before   # no half layer
     assert setup.records().get(reply["id"]).state == "baking"
