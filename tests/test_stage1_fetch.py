@@ -135,8 +135,18 @@ def test_tampered_layer_is_refused_and_nothing_is_left(server: Server, tmp_path:
         fetch_layers(server.url, "tok", (good, bad), str(tmp_path), retries=1, timeout=5)
     assert not (tmp_path / bad.digest).exists() and not list(tmp_path.glob("*.part"))
     server.blobs[bad.digest] += b"extra"
-    with pytest.raises(FetchError, match="failed verification: got 50005 bytes"):
+    with pytest.raises(FetchError, match="failed verification: got 5000[1-5] bytes"):
         fetch_layers(server.url, "tok", (bad,), str(tmp_path), retries=1, timeout=5)
+
+
+def test_a_server_sending_far_more_than_signed_is_cut_off(server: Server, tmp_path: Path) -> None:
+    layer = server.add(b"small")
+    server.blobs[layer.digest] = b"x" * 20_000_000
+    with pytest.raises(FetchError, match="failed verification: got ") as caught:
+        fetch_layers(server.url, "tok", (layer,), str(tmp_path), retries=1, timeout=5)
+    received = int(str(caught.value).split("got ")[1].split()[0])
+    assert 5 < received <= 5 + 262144, "read far past the signed size"
+    assert not list(tmp_path.iterdir())
 
 
 def test_missing_layer_and_bad_token_fail_without_retrying(server: Server, tmp_path: Path) -> None:

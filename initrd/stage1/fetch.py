@@ -28,10 +28,11 @@ class FetchError(StageError):
     pass
 
 
-def _attempt(url: str, token: str, part: str, hashers: list, timeout: float) -> None:
+def _attempt(url: str, token: str, part: str, hashers: list, timeout: float, limit: int) -> None:
     """One request: resume at the .part file's size (``hashers[0]`` already covers those bytes).
 
-    When the server ignores Range and sends everything again, the file and ``hashers[0]`` start over.
+    When the server ignores Range and sends everything again, the file and ``hashers[0]`` start over. Reading
+    stops once the file is longer than ``limit`` (the signed size): a server cannot fill the tmpfs.
     """
     have = os.path.getsize(part)
     headers = {"Range": f"bytes={have}-"} if have else {}
@@ -50,12 +51,13 @@ def _attempt(url: str, token: str, part: str, hashers: list, timeout: float) -> 
             raise HttpError(f"GET {url.split('?')[0]}: {response.status} {response.reason}", response.status)
         hasher = hashers[0]
         with open(part, "ab") as out:
-            while True:
+            while have <= limit:
                 piece = response.read_chunk()
                 if not piece:
                     break
                 hasher.update(piece)
                 out.write(piece)
+                have += len(piece)
     except OSError as err:
         raise HttpError(f"GET {url.split('?')[0]}: {err.strerror or err}") from None
     finally:
@@ -74,7 +76,7 @@ def fetch_layer(server: str, token: str, layer: Layer, directory: str, *, retrie
     delay = 0.5
     for attempt in range(retries + 1):
         try:
-            _attempt(url, token, part, hashers, timeout)
+            _attempt(url, token, part, hashers, timeout, layer.size)
             break
         except HttpError as err:
             if err.status in (401, 403, 404, 410) or attempt == retries:
