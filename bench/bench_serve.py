@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -172,12 +173,15 @@ def main() -> int:
         daemon.terminate()
         server.terminate()
     best = {name: max(rates) for name, rates in results.items()}
+    median = {name: statistics.median(rates) for name, rates in results.items()}
     ratio = best["layerbootd"] / best["nginx"]
     print(f"\nbest of {args.repeat}: layerbootd {best['layerbootd'] / 1e6:.0f} MB/s, nginx {best['nginx'] / 1e6:.0f} MB/s")
+    print(f"median: layerbootd {median['layerbootd'] / 1e6:.0f} MB/s, nginx {median['nginx'] / 1e6:.0f} MB/s "
+          f"({median['layerbootd'] / median['nginx']:.2f}x)")
     print(f"ratio layerbootd / nginx: {ratio:.2f}x (target >= {TARGET_RATIO}x): "
           f"{'met' if ratio >= TARGET_RATIO else 'NOT met'}")
     if args.json:
-        args.json.write_text(json.dumps({"clients": args.clients, "size": size, "runs": results, "best": best,
+        args.json.write_text(json.dumps({"clients": args.clients, "size": size, "runs": results, "best": best, "median": median,
                                          "ratio": ratio}, indent=2) + "\n")
     shutil.rmtree(args.workdir, ignore_errors=True)
     return 0
