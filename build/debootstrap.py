@@ -13,7 +13,12 @@ What goes in beyond minbase, and why:
 * the layerboot package itself, copied into ``/usr/lib/python3/dist-packages/layerboot`` and byte-compiled,
   with a ``/usr/sbin/layerboot`` wrapper. Only pure-Python code is copied; its two dependencies come from
   Debian's packages above, so nothing is installed with pip inside the image.
-* hooks: an empty ``/etc/machine-id`` (each node generates its own at first boot), ``/etc/hostname``, no apt
+* ``mtools``: ``layerboot mark-good`` edits the A/B state on the ESP with it (the ESP is never mounted).
+* hooks: ``layerboot-mark-good.service``, enabled, runs ``layerboot mark-good`` once the system has reached
+  multi-user.target, only on nodes booted from an A/B slot (``layerboot.slot=`` on the kernel command line):
+  reaching that target is what "this update is healthy" means by default, so a slot that cannot get there
+  falls back by itself. Sites with a stronger health check disable the unit and call mark-good themselves.
+  Also an empty ``/etc/machine-id`` (each node generates its own at first boot), ``/etc/hostname``, no apt
   lists or downloaded .debs (they would only bloat every node's download).
 """
 
@@ -42,7 +47,7 @@ FALLBACK_MIRROR = "http://deb.debian.org/debian"
 # debootstrap does not resolve virtual packages: python3-cffi-backend provides what python3-cryptography and
 # python3-zstandard depend on (python3-cffi-backend-api-*), so it is named here
 NODE_PACKAGES = ("systemd-sysv", "python3", "python3-cryptography", "python3-zstandard", "python3-cffi-backend",
-                 "zstd")
+                 "zstd", "mtools")
 # the rooms of the layerboot distribution, as installed (see pyproject.toml)
 PACKAGES = ("layerboot", "layerboot.overlays", "layerboot.server", "layerboot.tools", "layerboot.build",
             "layerboot.initrd", "layerboot.initrd.stage1")
@@ -52,6 +57,19 @@ import sys
 from layerboot.tools.cli import main
 sys.exit(main())
 """
+MARK_GOOD_UNIT = """[Unit]
+Description=layerboot: confirm the A/B slot this system booted from
+ConditionKernelCommandLine=layerboot.slot
+After=multi-user.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/sbin/layerboot mark-good
+
+[Install]
+WantedBy=multi-user.target
+"""
+MARK_GOOD_NAME = "layerboot-mark-good.service"
 PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 SUITE_RE = re.compile(r"^[a-z][a-z0-9-]*$")
 
@@ -147,7 +165,15 @@ def install_node_client(root: Path) -> Path:
 
 
 def finish_image(root: Path, *, hostname: str = "layerboot-node") -> None:
-    """Per-node identity is made at boot, not baked in; apt caches are dropped."""
+    """The mark-good hook; per-node identity is made at boot, not baked in; apt caches are dropped."""
+    unit = root / "etc/systemd/system" / MARK_GOOD_NAME
+    unit.parent.mkdir(parents=True, exist_ok=True)
+    unit.write_text(MARK_GOOD_UNIT)
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / MARK_GOOD_NAME
+    link.unlink(missing_ok=True)
+    link.symlink_to(f"/etc/systemd/system/{MARK_GOOD_NAME}")
     (root / "etc/machine-id").write_text("")
     (root / "etc/hostname").write_text(hostname + "\n")
     for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):

@@ -214,7 +214,8 @@ def test_debootstrap_base_runs_the_node_client(store: Store, tmp_path: Path) -> 
     listing = squashfs_listing(store.path(layer))
     for path in ("/usr/sbin/layerboot", "/usr/bin/python3", "/usr/sbin/init", "/usr/bin/zstd", "/etc/debian_version",
                  "/usr/lib/python3/dist-packages/layerboot/overlays/capture.py",
-                 "/usr/lib/python3/dist-packages/zstandard", "/usr/lib/python3/dist-packages/cryptography"):
+                 "/usr/lib/python3/dist-packages/zstandard", "/usr/lib/python3/dist-packages/cryptography",
+                 "/usr/bin/mcopy", "/etc/systemd/system/multi-user.target.wants/layerboot-mark-good.service"):
         assert path in listing, path
     assert not any(p.startswith("/var/cache/apt/archives/") and p.endswith(".deb") for p in listing)
 
@@ -236,6 +237,11 @@ def test_debootstrap_base_runs_the_node_client(store: Store, tmp_path: Path) -> 
             (view / "srv").mkdir(exist_ok=True)
             version = run(["chroot", view, "/usr/sbin/layerboot", "--version"]).text
             assert version.startswith("layerboot ")
+            # the A/B hook is a unit systemd accepts, enabled, and calls a command the client has
+            verify = run(["chroot", view, "systemd-analyze", "verify", "--man=no",
+                          "/etc/systemd/system/layerboot-mark-good.service"], check=False)
+            assert verify.returncode == 0, verify.stderr.decode()
+            assert "mark-good" in run(["chroot", view, "/usr/sbin/layerboot", "mark-good", "--help"]).text
             run(["mount", "--bind", merged / "upper", view / "srv"])
             try:
                 run(["chroot", view, "/usr/sbin/layerboot", "capture", "--upper", "/srv", "-o", "/tmp/change.tar.zst"])
