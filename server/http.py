@@ -149,6 +149,10 @@ async def handle_boot(request: web.Request) -> web.StreamResponse:
         return negotiate.error(request, 409, f"profile {gen.profile} generation {gen.number} has no "
                                f"{'kernel' if not gen.kernel else 'initrd'}",
                                hint=f"layerboot profile set {gen.profile} --kernel REF --initrd REF")
+    if "$" in gen.cmdline or not gen.cmdline.isprintable():
+        return negotiate.error(request, 409, f"the command line of profile {gen.profile} has '$' or control "
+                               "characters, which iPXE would expand or cut", hint=f"layerboot profile set "
+                               f"{gen.profile} --cmdline ...")
     base = public_url(request)
     token = state.registry.issue_boot_token(mac)
     state.registry.saw_boot(mac)

@@ -125,7 +125,7 @@ async def serve(config: Any) -> None:
     await state.uploads.start()
 
     app = build_app(state, client_max_size=1 << 20)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, config.server_listen, config.server_port, reuse_address=True, backlog=1024)
     try:

@@ -99,6 +99,10 @@ def test_profile_without_kernel_gets_a_clear_ipxe_error(profiles: Profiles, make
         reply = daemon.get(f"/boot/{MAC}.ipxe", headers={"User-Agent": "iPXE/1.21.1"})
         assert "echo layerboot: profile bare generation 1 has no kernel" in reply.text
         assert "\nkernel " not in reply.text
+        profiles.set_boot("p1", cmdline="console=ttyS0 root=${root}")
+        daemon.registry().set_profile(MAC, "p1")
+        reply = daemon.get(f"/boot/{MAC}.ipxe", headers={"User-Agent": "iPXE/1.21.1"})
+        assert "command line of profile p1 has" in reply.text and "\nkernel " not in reply.text
 
 
 def test_manifest_is_the_signed_envelope_for_the_node_only(daemon: Daemon, profiles: Profiles) -> None:
