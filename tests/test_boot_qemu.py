@@ -299,5 +299,17 @@ def test_cache_disk_boots_offline_after_a_server_boot(daemon: Daemon, node_store
         node.wait_for(r"ROOTFS-PASS", timeout=60, fail=(r"layerboot: FAILED", r"Kernel panic", r"Traceback"))
         node.wait_exit(60)
     assert_clean(node)
-    layers = node_store["profiles"].current("node").layers
-    assert node.text().count(": from the cache") == len(layers)
+    profiles: Profiles = node_store["profiles"]
+    current = profiles.current("node")
+    assert node.text().count(": from the cache") == len(current.layers)
+    # Replay: the server hands out an older, validly signed manifest; the cache remembers the newer serial.
+    path = profiles.manifest_path("node", current.number)
+    original = path.read_bytes()
+    path.chmod(0o644)
+    try:
+        path.write_bytes(profiles.signed_manifest("node", 1))
+        expect_failure(direct(node_store, kernel, tmp_path / "replay", f"http://10.0.2.2:{daemon.port}",
+                              daemon.node_token, "layerboot.cache=LABEL=layerboot-cache", disks=(disk,)),
+                       rf"manifest: manifest serial 1 is lower than the last accepted {current.serial} ")
+    finally:
+        path.write_bytes(original)
