@@ -145,10 +145,12 @@ def _match(files: dict[str, int], patterns: tuple[str, ...], *, basename: bool) 
 
 
 def _pick(candidates: list[str], near: str, what: str) -> str:
-    """Prefer a boot file next to the squashfs, then pxeboot/ (Fedora), then the shortest path."""
-    def rank(path: str) -> tuple[int, int, str]:
+    """Prefer a boot file next to the squashfs (or kernel), then pxeboot/ (Fedora), then the shallowest path,
+    then the shortest name (Arch's initramfs-linux.img over initramfs-linux-fallback.img)."""
+    def rank(path: str) -> tuple[int, int, int, str]:
         directory = posixpath.dirname(path)
-        return (0 if directory == near else 1 if "pxeboot" in directory else 2, path.count("/"), path)
+        return (0 if directory == near else 1 if "pxeboot" in directory else 2, path.count("/"),
+                len(posixpath.basename(path)), path)
     chosen = sorted(candidates, key=rank)[0]
     if len(candidates) > 1:
         log.info("%d %s candidates, using %s (others: %s)", len(candidates), what, chosen,

@@ -128,6 +128,28 @@ def test_fedora_liveos_plain_squashfs(store: Store, tmp_path: Path) -> None:
 
 
 @needs_iso_tools
+@pytest.mark.parametrize("layout", [
+    {"casper/filesystem.squashfs": "root", "casper/vmlinuz": "kernel", "casper/initrd": "initrd",
+     "casper/filesystem.manifest": "", "boot/grub/x86_64-efi/grub.cfg": ""},                       # Ubuntu
+    {"arch/x86_64/airootfs.sfs": "root", "arch/boot/x86_64/vmlinuz-linux": "kernel",
+     "arch/boot/x86_64/initramfs-linux-fallback.img": "", "arch/boot/x86_64/initramfs-linux.img": "initrd",
+     "arch/boot/intel-ucode.img": ""},                                                               # Arch
+], ids=["ubuntu-casper", "arch"])
+def test_other_live_layouts(store: Store, tmp_path: Path, layout: dict[str, str]) -> None:
+    squashfs = squashfs_of(tmp_path, "other", ROOTFS)
+    content = {"root": squashfs, "kernel": KERNEL, "initrd": INITRD}
+    iso = make_iso(tmp_path, "other", {path: content.get(role, b"decoy " + path.encode())
+                                       for path, role in layout.items()})
+    out = cli(store, "base", "import-iso", str(iso)).text
+    chosen = {line.split()[0]: line.split()[-1].lstrip("/") for line in out.splitlines()}
+    expected = {("base" if role == "root" else role): path for path, role in layout.items() if role}
+    assert chosen == expected
+    for line in out.splitlines():
+        kind, digest = line.split()[:2]
+        assert store.path(store.get(digest)).read_bytes() == content["root" if kind == "base" else kind]
+
+
+@needs_iso_tools
 @pytest.mark.parametrize("case", ["garbage", "truncated", "no-squashfs", "fake-squashfs", "no-kernel"])
 def test_malformed_iso_is_one_line_and_writes_nothing(store: Store, tmp_path: Path, case: str) -> None:
     good = {"live/filesystem.squashfs": squashfs_of(tmp_path, "ok", ROOTFS), "live/vmlinuz": KERNEL,

@@ -256,4 +256,7 @@ def test_bad_options_fail_in_one_line_before_starting(tmp_path: Path, tftp_clean
             assert result.returncode == 1, err
             assert message in err and "Traceback" not in err
             assert err.startswith("layerboot: error:")
+        bare = lan.host("bare")          # an interface without an IPv4 address
+        result = lan.run(bare, [*base, "-i", "eth0"], check=False, timeout=30)
+        assert result.returncode == 1 and "interface eth0 has no IPv4 address" in result.stderr.decode()
         assert not (tmp_path / "store" / "state" / "pxe" / "dnsmasq.conf").exists()
