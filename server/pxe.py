@@ -124,6 +124,21 @@ def chain_script(plan: PxePlan) -> str:
             f"chain --autofree {plan.boot_url} || shell\n")
 
 
+def server_problem(url: str, *, timeout: float = 2.0) -> str | None:
+    """Why layerbootd does not answer at ``url`` (None when it does). Nodes would hang at the chain step, so
+    `layerboot pxe` warns at start; it still starts, since layerbootd may simply come up later."""
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url + "/", timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None                      # it answered: any HTTP status will do
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        return str(reason)
+
+
 def _readable_by_all(path: Path) -> bool:
     """dnsmasq drops to user nobody before serving TFTP: every directory up to the root must be searchable."""
     for part in [path, *path.parents]:

@@ -106,8 +106,10 @@ def test_full_dhcp_boot_file_per_client_and_tftp_bytes(tmp_path: Path, script: P
     with Lan() as lan:
         srv = lan.host("srv", "10.91.0.1/24")
         cli = lan.host("cli")
-        start_pxe(lan, srv, tmp_path, "--range", "10.91.0.100,10.91.0.120",
-                  "--server-url", "http://10.91.0.1:8080")
+        _, log = start_pxe(lan, srv, tmp_path, "--range", "10.91.0.100,10.91.0.120",
+                           "--server-url", "http://10.91.0.1:8080")
+        # no layerbootd on this network: said at start, and dnsmasq is started all the same
+        assert "WARNING layerboot.pxe: layerbootd does not answer at http://10.91.0.1:8080" in log.read_text()
 
         bios = udhcpc(lan, cli, script, "-V", BIOS_VENDOR, "-x", "0x5d:0000")
         assert ipaddress.IPv4Address(bios["ip"]) in ipaddress.IPv4Network("10.91.0.96/27")

@@ -137,7 +137,8 @@ def test_qemu_pxe_into_the_real_layerbootd(tmp_path: Path, profiles, make_layer)
                             "--port", str(port), "--listen", "0.0.0.0"], log=open(daemon_log, "wb"))
             assert wait_for(lambda: lan.run(srv, ["curl", "-s", "-o", "/dev/null", url + "/"],
                                             check=False).returncode == 0, 20), daemon_log.read_text()
-            start_pxe(lan, srv, tmp_path, "--range", f"{net}.100,{net}.120", "--server-url", url)
+            _, pxe_log = start_pxe(lan, srv, tmp_path, "--range", f"{net}.100,{net}.120", "--server-url", url)
+            assert "layerbootd does not answer" not in pxe_log.read_text()
             started = time.monotonic()
             qemu = start_guest(lan, tmp_path)
 

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from layerboot.server import dnsmasq
-from layerboot.server.pxe import EFI_BINARIES, plan, prepare_tftp_root
+from layerboot.server.pxe import EFI_BINARIES, plan, prepare_tftp_root, server_problem
 from layerboot.tools.context import Context
 
 DESCRIPTION = """\
@@ -59,6 +59,10 @@ def cmd_pxe(ctx: Context) -> int:
     log.info("serving %s on %s (%s); TFTP %s (%s); iPXE chains to %s", mode, the_plan.interface,
              the_plan.address, the_plan.tftp_root, ", ".join(p.name for p in served), the_plan.boot_url)
     log.info("config %s", the_plan.config_file)
+    problem = server_problem(the_plan.server_url)
+    if problem:
+        log.warning("layerbootd does not answer at %s (%s): nodes will stop after DHCP until it does",
+                    the_plan.server_url, problem)
     supervisor = dnsmasq.Supervisor(dnsmasq.dnsmasq_argv(the_plan))
     dnsmasq.stop_on_signals(supervisor)
     supervisor.run()
