@@ -164,7 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load(args)
         setup_daemon_logging(debug=config.server_debug)
         asyncio.run(serve(config))
-        return 0
+        # Everything is closed; do not wait at interpreter exit for worker threads still inside a bake or a
+        # transfer to a stalled client: the bake is redone on the next start (it never publishes half a layer).
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(0)
 
     return run_main(body, debug=args.debug, prog="layerbootd")
 

@@ -245,3 +245,16 @@ def test_kill_9_during_bake_then_restart_finishes_the_bake(setup: Setup) -> None
     assert setup.profiles.current("p1").number == generation_before + 1
     assert top_layer_file(setup.profiles, "etc/b") == b"small\n"
     assert setup.profiles.store.fsck() == []
+
+
+def test_sigterm_during_bake_stops_promptly_and_the_bake_is_redone(setup: Setup) -> None:
+    daemon = setup.start(upload_policy="auto")
+    reply = setup.put("term.tar.zst", layer_upload({"etc/a": os.urandom(48_000_000)})).json()
+    setup.wait_state(reply["id"], ("baking",))
+    assert daemon.proc is not None
+    started = time.monotonic()
+    assert daemon.proc.terminate(timeout=20) == 0
+    assert time.monotonic() - started < 8
+    daemon.proc = None
+    setup.start(upload_policy="auto")
+    assert setup.wait_state(reply["id"], ("baked", "failed"), timeout=60)["state"] == "baked"
