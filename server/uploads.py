@@ -221,6 +221,15 @@ class UploadRecords:
         self._set(upload.id, "baked", generation=gen, message="approved")
         return self.get(upload_id)
 
+    def reject(self, upload_id: str) -> Upload:
+        """Drop a held upload: it is never appended (its layer stays in the store, in no profile)."""
+        upload = self.get(upload_id)
+        if not upload.held:
+            raise LayerbootError(f"upload {upload_id} is {upload.state}; only baked uploads waiting for approval "
+                                 "can be rejected")
+        self.failed(upload.id, "rejected by the admin")
+        return self.get(upload_id)
+
 
 def append_layer(profiles: Any, profile: str, digest: str) -> int:
     """Add a baked layer on top of the profile; idempotent (a re-bake after a crash finds it already there)."""

@@ -121,6 +121,11 @@ def test_hold_policy_waits_for_approval(setup: Setup) -> None:
     assert setup.profiles.current("p1").layers[-1] == status["layer"]
     with pytest.raises(LayerbootError, match="only baked uploads waiting for approval"):
         setup.records().approve(reply["id"], setup.profiles)
+    other = setup.put("nope.tar.zst", layer_upload({"etc/nope": b"2"})).json()
+    assert setup.wait_state(other["id"], ("baked", "failed"))["message"] == "held for approval"
+    assert main(["--store", str(daemon.paths.root), "uploads", "reject", other["id"]]) == 0
+    assert setup.records().get(other["id"]).state == "failed"
+    assert setup.profiles.current("p1").layers[-1] == status["layer"]
 
 
 def test_concurrent_uploads_all_bake(setup: Setup) -> None:

@@ -59,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = uactions.add_parser("approve", help="append a held upload's layer to its profile (new generation)")
     p.add_argument("id")
     p.set_defaults(func=cmd_uploads_approve)
+    p = uactions.add_parser("reject", help="drop a held upload (its layer is not appended)")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_uploads_reject)
     p = uactions.add_parser("policy", help="show or set a profile's upload policy (auto: append, hold: wait)")
     p.add_argument("profile")
     p.add_argument("policy", nargs="?", choices=("auto", "hold"))
@@ -173,6 +176,12 @@ def cmd_uploads_approve(ctx: Context) -> int:
     upload = _records(ctx).approve(ctx.args.id, ctx.profiles)
     print(f"upload {upload.id}: layer {upload.layer[:12] if upload.layer else '-'} is generation "
           f"{upload.generation} of {upload.profile}")
+    return 0
+
+
+def cmd_uploads_reject(ctx: Context) -> int:
+    upload = _records(ctx).reject(ctx.args.id)
+    print(f"upload {upload.id}: rejected (layer {upload.layer[:12] if upload.layer else '-'} stays unused)")
     return 0
 
 
