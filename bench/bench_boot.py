@@ -38,7 +38,7 @@ from layerboot.log import run_main  # noqa: E402
 
 from peers import dracut_livenet, layerboot, live_boot  # noqa: E402
 from peers.cache import DEFAULT_CACHE  # noqa: E402
-from peers.report import Measured, SystemResult, describe, ratio_lines, ratios  # noqa: E402
+from peers.report import Measured, SystemResult, describe, mb, ratio_lines, ratios  # noqa: E402
 from peers.system import Bench, System, Unavailable  # noqa: E402
 
 SYSTEMS: dict[str, Callable[[Bench], AbstractContextManager[System]]] = {
@@ -93,7 +93,7 @@ def boot_once(bench: Bench, system: System, version: str, label: str, *, timeout
         failure = f"booted rootfs {result.marker.version}, expected {version}"
     measured = Measured(result.seconds if failure is None else None, system.traffic.bytes, failure)
     shown = f"{result.seconds:.2f} s" if measured.seconds is not None else f"FAILED ({failure})"
-    print(f"  {label:26} {shown}, {measured.http_bytes / 1e6:.2f} MB served", flush=True)
+    print(f"  {label:30} {shown}, {mb(measured.http_bytes)} served", flush=True)
     return measured
 
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(BENCH))
 from peers import live_boot  # noqa: E402
 from peers.boot import MARKER_PATTERN, Guest, node_config  # noqa: E402
 from peers.cache import cached, input_key  # noqa: E402
-from peers.report import Measured, SystemResult, describe, ratio_lines, ratios  # noqa: E402
+from peers.report import Measured, SystemResult, describe, mb, ratio_lines, ratios  # noqa: E402
 from peers.rootfs import MARKER_SCRIPT, filler_bytes, parse_marker, rootfs_image  # noqa: E402
 from peers.serve import CountingRelay, CountingServer  # noqa: E402
 
@@ -167,6 +167,7 @@ def test_median_needs_every_run_and_ratios_use_only_measured_systems() -> None:
     assert ratio_lines([live, slow])[-1] == "target layerboot <= 0.5x live-boot: MISS"
     assert "failed: timeout" in describe(dracut) and "FAIL" in describe(dracut)
     assert "median  17.00 s (16.00 18.00 17.00)" in describe(live)
+    assert mb(15_663_104) == "15.7 MB" and mb(9_312) == "9.3 kB" and mb(None) == "-"
 
 
 def test_an_unavailable_system_is_reported_as_such_never_as_a_figure() -> None:

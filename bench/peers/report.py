@@ -58,7 +58,10 @@ def ratios(results: list[SystemResult], subject: str = "layerboot") -> dict[str,
 
 
 def mb(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1e6:.1f} MB"
+    """Bytes for people: MB from 1 MB up, kB below (a cached boot's few kB must not print as 0.0 MB)."""
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.1f} MB" if n >= 1_000_000 else f"{n / 1e3:.1f} kB"
 
 
 def describe(result: SystemResult) -> str:
