@@ -100,6 +100,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.upload_policy", _choice("hold", "auto"), "hold",
             "default for profiles without their own policy: 'auto' appends a baked upload as a new generation, "
             "'hold' waits for 'layerboot uploads approve'"),
+    Setting("pxe.interface", _str, "", "interface 'layerboot pxe' serves DHCP/TFTP on (--interface overrides)"),
+    Setting("pxe.server_url", _str, "",
+            "layerbootd as PXE nodes reach it; empty: server.public_url (--server-url overrides)"),
+    Setting("pxe.range", _str, "",
+            "FIRST,LAST: 'layerboot pxe' is the DHCP server for this range; empty: proxy-DHCP (--range/--proxy)"),
+    Setting("pxe.efi_binary", _choice("snponly.efi", "ipxe.efi"), "snponly.efi",
+            "iPXE build sent to UEFI PXE ROMs (snponly.efi drives the NIC through the firmware)"),
 )
 
 Config = dataclasses.make_dataclass(

@@ -262,3 +262,24 @@ def test_bad_options_fail_in_one_line_before_starting(tmp_path: Path, tftp_clean
         result = lan.run(bare, [*base, "-i", "eth0"], check=False, timeout=30)
         assert result.returncode == 1 and "interface eth0 has no IPv4 address" in result.stderr.decode()
         assert not (tmp_path / "store" / "state" / "pxe" / "dnsmasq.conf").exists()
+
+
+@pytest.mark.root
+@needs_net
+def test_config_file_drives_pxe_and_flags_override(tmp_path: Path, tftp_cleanup: None) -> None:
+    config = tmp_path / "layerboot.toml"
+    config.write_text(f'[store]\nroot = "{tmp_path / "store"}"\n[server]\npublic_url = "http://10.95.0.1:8080"\n'
+                      '[pxe]\ninterface = "eth0"\nrange = "10.95.0.100,10.95.0.110"\nefi_binary = "ipxe.efi"\n')
+    with Lan() as lan:
+        srv = lan.host("srv", "10.95.0.1/24")
+        base = [sys.executable, "-m", "layerboot", "-c", str(config), "pxe", "--print-config"]
+        full = lan.run(srv, base, timeout=30).text
+        assert "interface=eth0" in full and "dhcp-range=10.95.0.100,10.95.0.110,255.255.255.0,1h" in full
+        assert "dhcp-boot=tag:ipxe,http://10.95.0.1:8080/boot/${net0/mac}.ipxe" in full   # server.public_url
+        assert "dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi" in full
+        proxy = lan.run(srv, [*base, "--proxy", "--server-url", "http://10.95.0.1:9000"], timeout=30).text
+        assert "dhcp-range=10.95.0.0,proxy,255.255.255.0" in proxy and "dhcp-boot" not in proxy
+        assert "10.95.0.100" not in proxy
+        config.write_text(f'[store]\nroot = "{tmp_path / "store"}"\n')
+        bare = lan.run(srv, base, check=False, timeout=30)
+        assert bare.returncode == 1 and "needs an interface and layerbootd's URL" in bare.stderr.decode()

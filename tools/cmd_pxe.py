@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from layerboot.errors import LayerbootError
 from layerboot.server import dnsmasq
 from layerboot.server.pxe import EFI_BINARIES, plan, prepare_tftp_root, server_problem
 from layerboot.tools.context import Context
@@ -22,30 +23,38 @@ is restarted if it dies; SIGTERM or Ctrl-C stops it.
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("pxe", help="run DHCP/proxy-DHCP + TFTP (dnsmasq) that chains nodes to layerbootd",
                             description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--interface", "-i", required=True, metavar="IF", help="network interface to serve on")
+    parser.add_argument("--interface", "-i", metavar="IF", help="network interface to serve on (pxe.interface)")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--proxy", action="store_true", help="proxy-DHCP only (the default)")
+    mode.add_argument("--proxy", action="store_true", help="proxy-DHCP only (the default unless pxe.range is set)")
     mode.add_argument("--range", dest="dhcp_range", metavar="FIRST,LAST",
-                      help="be the DHCP server and hand out these addresses")
-    parser.add_argument("--server-url", required=True, metavar="URL",
-                        help="layerbootd as the nodes reach it, e.g. http://10.0.0.1:8080")
+                      help="be the DHCP server and hand out these addresses (pxe.range)")
+    parser.add_argument("--server-url", metavar="URL",
+                        help="layerbootd as the nodes reach it, e.g. http://10.0.0.1:8080 "
+                             "(pxe.server_url, else server.public_url)")
     parser.add_argument("--tftp-root", type=Path, metavar="DIR",
                         help="directory served by TFTP (default: <store>/state/pxe/tftp)")
     parser.add_argument("--state-dir", type=Path, metavar="DIR",
                         help="where the generated dnsmasq.conf and leases go (default: <store>/state/pxe)")
-    parser.add_argument("--efi-binary", choices=EFI_BINARIES, default="snponly.efi",
-                        help="iPXE build for UEFI clients (snponly.efi uses the firmware's NIC driver)")
+    parser.add_argument("--efi-binary", choices=EFI_BINARIES,
+                        help="iPXE build for UEFI clients (pxe.efi_binary; snponly.efi uses the firmware's NIC driver)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the dnsmasq config and exit without starting anything")
     parser.set_defaults(func=cmd_pxe)
 
 
 def cmd_pxe(ctx: Context) -> int:
-    args = ctx.args
+    args, config = ctx.args, ctx.config
+    interface = args.interface or config.pxe_interface
+    server_url = args.server_url or config.pxe_server_url or config.server_public_url
+    if not interface or not server_url:
+        raise LayerbootError("layerboot pxe needs an interface and layerbootd's URL",
+                             hint="pass --interface IF --server-url http://HOST:PORT (or set pxe.interface and "
+                                  "pxe.server_url in the config)")
+    dhcp_range = None if args.proxy else (args.dhcp_range or config.pxe_range or None)
     state_dir: Path = (args.state_dir or ctx.paths.state / "pxe").absolute()
-    the_plan = plan(interface=args.interface, server_url=args.server_url,
+    the_plan = plan(interface=interface, server_url=server_url,
                     tftp_root=(args.tftp_root or state_dir / "tftp").absolute(), state_dir=state_dir,
-                    dhcp_range=args.dhcp_range, efi_binary=args.efi_binary)
+                    dhcp_range=dhcp_range, efi_binary=args.efi_binary or config.pxe_efi_binary)
     if args.print_config:
         print(dnsmasq.render_config(the_plan), end="")
         return 0
