@@ -58,7 +58,7 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.root
 def test_demo_runs_the_main_job(tmp_path: Path, capsys) -> None:
-    assert main(["demo", "--workdir", str(tmp_path / "demo")]) == 0
+    assert main(["demo", "--store-only", "--workdir", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "signature verified: serial 3, 3 layers" in out
     assert "'hello from layer 2' (layer 2 shadows layer 1)" in out
