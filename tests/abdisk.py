@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from layerboot.build.ab import PART_ESP
+from layerboot.build.ab import PART_B, PART_ESP
 from layerboot.build.disk_actions import partition_path
 from layerboot.overlays.profile import Profiles
-from layerboot.run import run, tool_path
+from layerboot.run import Process, run, tool_path
 
 MiB = 1024 * 1024
 
@@ -72,3 +75,45 @@ def grub_boot(disk: str) -> tuple[str, dict[str, str]]:
     assert match, f"grub-emu did not run the select script: {text[-800:]}"
     pick, a_state, a_tries, b_state, b_tries = match.groups()
     return pick, {"A": f"{a_state}/{a_tries}", "B": f"{b_state}/{b_tries}"}
+
+
+def big_generation(profiles: Profiles, base: str, tmp_path: Path, mib: int) -> None:
+    """A new generation of "node" with an incompressible layer of ``mib`` MiB (a slot write copies every byte)."""
+    tree = tmp_path / "big"
+    (tree / "opt").mkdir(parents=True)
+    with open(tree / "opt" / "blob", "wb") as handle:
+        for _ in range(mib):
+            handle.write(os.urandom(1 << 20))
+    layer = profiles.store.import_tree(tree, kind="overlay", base=base, all_root=True)
+    shutil.rmtree(tree)
+    profiles.add("node", layer.digest)
+
+
+def kill_writer_mid_copy(profiles: Profiles, device: str, tmp_path: Path) -> None:
+    """Run 'layerboot ab update' in a child and SIGKILL it once it has copied its first bytes into slot B.
+
+    That is a power cut as far as the disk is concerned: no cleanup, no state change. The writer's mount is
+    detached afterwards, as a reboot would.
+    """
+    slot_b = partition_path(device, PART_B)
+    writer = Process([sys.executable, "-m", "layerboot", "--store", str(profiles.paths.root), "ab", "update",
+                      "--disk", device, "--profile", "node"], cwd=tmp_path)
+    deadline = time.monotonic() + 60
+
+    def copied() -> int:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            source, target = line.split()[:2]
+            layers = Path(target) / "layers"
+            if source == slot_b and layers.is_dir():
+                return sum(p.stat().st_size for p in layers.iterdir())
+        return 0
+
+    while copied() == 0:
+        if writer.poll() is not None or time.monotonic() > deadline:
+            writer.kill()
+            raise AssertionError("the writer never began copying: " +
+                                 (writer.stderr.read().decode() if writer.stderr else ""))
+        time.sleep(0.002)
+    writer.kill()
+    assert writer.wait() == -9, writer.stderr.read().decode() if writer.stderr else ""
+    run(["umount", "-l", slot_b], check=False)

@@ -4,20 +4,17 @@ updates into the inactive slot, fallback after failed boots, mark-good, and inte
 from __future__ import annotations
 
 import os
-import shutil
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from abdisk import bootable_profile, grub_boot, loop_disk
+from abdisk import big_generation, bootable_profile, grub_boot, kill_writer_mid_copy, loop_disk
 from layerboot.build import ab, bootloader
 from layerboot.build.ab import AbState, SlotState, choose_target, pick_slot
-from layerboot.build.disk_actions import DiskContext, execute, partition_path
+from layerboot.build.disk_actions import DiskContext, execute
 from layerboot.errors import LayerbootError
 from layerboot.overlays.keys import load_public_key
-from layerboot.run import Process, run
+from layerboot.run import run
 
 
 # -- the state model (no disk) ---------------------------------------------------------------------------
@@ -160,17 +157,6 @@ def test_mark_good_and_status_cli(profiles, make_layer, public, tmp_path: Path, 
         assert ab.AbDisk(device).state().slots["A"] == SlotState("good")
 
 
-def _big_generation(profiles, base: str, tmp_path: Path, mib: int) -> None:
-    tree = tmp_path / "big"
-    (tree / "opt").mkdir(parents=True)
-    with open(tree / "opt" / "blob", "wb") as handle:
-        for _ in range(mib):
-            handle.write(os.urandom(1 << 20))       # incompressible: the slot write copies every byte
-    layer = profiles.store.import_tree(tree, kind="overlay", base=base, all_root=True)
-    shutil.rmtree(tree)
-    profiles.add("node", layer.digest)
-
-
 @pytest.mark.root
 def test_writer_killed_mid_copy_leaves_the_old_slot_booting(profiles, make_layer, public, tmp_path: Path) -> None:
     base = bootable_profile(profiles, make_layer, tmp_path)
@@ -178,27 +164,8 @@ def test_writer_killed_mid_copy_leaves_the_old_slot_booting(profiles, make_layer
         disk = _install(device, profiles, public, tmp_path, slot_mib=192)
         disk.boot_attempt()
         disk.mark_good("A")
-        _big_generation(profiles, base, tmp_path, 120)
-        slot_b = partition_path(device, ab.PART_B)
-        writer = Process([sys.executable, "-m", "layerboot", "--store", str(profiles.paths.root), "ab", "update",
-                          "--disk", device, "--profile", "node"], cwd=tmp_path)
-        deadline = time.monotonic() + 60
-
-        def copied() -> int:
-            """Bytes the writer has put into slot B's layers/ so far (0 until it has mounted and begun)."""
-            for line in Path("/proc/mounts").read_text().splitlines():
-                source, target = line.split()[:2]
-                layers = Path(target) / "layers"
-                if source == slot_b and layers.is_dir():
-                    return sum(p.stat().st_size for p in layers.iterdir())
-            return 0
-        while copied() == 0:
-            assert writer.poll() is None and time.monotonic() < deadline, "the writer never began copying"
-            time.sleep(0.002)
-        writer.kill()                              # the power cut: no cleanup, no state change
-        assert writer.wait() == -9, writer.stderr.read().decode() if writer.stderr else ""
-        run(["umount", "-l", slot_b], check=False)  # what a reboot would do to the writer's mount
-
+        big_generation(profiles, base, tmp_path, 120)
+        kill_writer_mid_copy(profiles, device, tmp_path)
         with disk.mounted("B", writable=False) as root:
             written = sum(p.stat().st_size for p in (root / "layers").iterdir())
         assert 0 < written < 120 << 20               # the copy had begun and had not finished
@@ -240,7 +207,7 @@ def test_a_slot_larger_than_the_partition_is_refused_before_copying(profiles, ma
     with loop_disk(tmp_path) as device:
         disk = _install(device, profiles, public, tmp_path, slot_mib=40)
         disk.mark_good("A")
-        _big_generation(profiles, base, tmp_path, mib)
+        big_generation(profiles, base, tmp_path, mib)
         with pytest.raises(LayerbootError, match=message):
             disk.update(ab.source_from_store(profiles, "node", None, public), public)
         assert disk.state().slots == {"A": SlotState("good"), "B": SlotState("empty")}

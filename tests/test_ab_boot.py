@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from abdisk import loop_disk
+from abdisk import big_generation, kill_writer_mid_copy, loop_disk
 from layerboot.build import ab
 from layerboot.build.disk_actions import DiskContext, execute
 from layerboot.build.kernel import fetch_kernel
@@ -78,11 +78,11 @@ def _qemu(image: Path, log: Path, *, uefi: bool = False, tmp_path: Path) -> str:
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", log.read_text(errors="replace"))
 
 
-def _install(device: str, profiles, tmp_path: Path, tries: int) -> ab.AbDisk:
+def _install(device: str, profiles, tmp_path: Path, tries: int, slot_mib: int = 64) -> ab.AbDisk:
     public = load_public_key(profiles.paths.public_key)
     source = ab.source_from_store(profiles, "node", None, public)
-    execute(ab.plan_install(device, source, public, slot_mib=64, tries=tries), DiskContext(device, workdir=tmp_path),
-            report=lambda line: None)
+    execute(ab.plan_install(device, source, public, slot_mib=slot_mib, tries=tries),
+            DiskContext(device, workdir=tmp_path), report=lambda line: None)
     return ab.AbDisk(device, workdir=tmp_path)
 
 
@@ -108,6 +108,22 @@ def test_bios_boot_of_a_broken_update_rolls_back_by_itself(profiles, node, tmp_p
         run(["partx", "-u", device])
         state = disk.state()
         assert state.slots == {"A": ab.SlotState("good"), "B": ab.SlotState("bad")} and state.booted == "A"
+
+
+@pytest.mark.qemu
+@pytest.mark.root
+def test_power_cut_while_writing_a_slot_still_boots_the_old_slot(profiles, node, tmp_path: Path) -> None:
+    with loop_disk(tmp_path, size_mib=420) as device:
+        disk = _install(device, profiles, tmp_path, tries=3, slot_mib=160)
+        uuid_a = disk.layout().slot_uuids["A"]
+        disk.mark_good("A")
+        big_generation(profiles, profiles.current("node").base, tmp_path, 100)
+        kill_writer_mid_copy(profiles, device, tmp_path)
+        run(["partx", "-d", device], check=False)
+        image = Path(run(["losetup", "--noheadings", "-O", "BACK-FILE", device]).text.strip())
+        serial = _qemu(image, tmp_path / "cut.log", tmp_path=tmp_path)
+        assert re.findall(r"Booting `layerboot slot (\w)'", serial) == ["A"], serial[-3000:]
+        assert f"LBTEST-SLOT: BOOT_IMAGE=/boot/vmlinuz layerboot.slot=UUID={uuid_a}" in serial
 
 
 @pytest.mark.qemu
