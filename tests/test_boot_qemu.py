@@ -313,3 +313,10 @@ def test_cache_disk_boots_offline_after_a_server_boot(daemon: Daemon, node_store
                        rf"manifest: manifest serial 1 is lower than the last accepted {current.serial} ")
     finally:
         path.write_bytes(original)
+    # No network at all (an interface that never appears): the cached chain boots after a bounded wait.
+    with direct(node_store, kernel, tmp_path / "nonet", f"http://10.0.2.2:{daemon.port}", daemon.node_token,
+                options + " layerboot.interface=eth9 layerboot.timeout=2", disks=(disk,)) as node:
+        node.wait_for(r"no network; booting the cached manifest", timeout=120, fail=(r"layerboot: FAILED",))
+        node.wait_for(r"ROOTFS-PASS", timeout=60, fail=(r"layerboot: FAILED", r"Kernel panic", r"Traceback"))
+        node.wait_exit(60)
+    assert "no network interface eth9 appeared within 2s" in node.text()

@@ -27,6 +27,7 @@ class Boot:
         self.network_up = False
         self.manifest = None
         self.started = time.monotonic()
+        self.mark = self.started
         self.uptime_at_start = time.clock_gettime(time.CLOCK_BOOTTIME)
 
     def event(self, ok: bool, message: str = "") -> dict:
@@ -100,9 +101,15 @@ def run_stages(boot: Boot) -> None:
     stage("net")
     from .net import bring_up, mac_of
 
-    interface, _ = bring_up(options.interface, options.node, options.ip, options.timeout)
-    boot.node = options.node or mac_of(interface)
-    boot.network_up = True
+    try:
+        interface, _ = bring_up(options.interface, options.node, options.ip, options.timeout)
+        boot.node = options.node or mac_of(interface)
+        boot.network_up = True
+    except StageError as err:
+        if not options.cache:
+            raise
+        say(f"network: {err}; trying the cache")
+        boot.node = options.node
 
     stage("manifest")
     from .verify import VerifyError, load_public_key, verify_envelope
@@ -114,7 +121,7 @@ def run_stages(boot: Boot) -> None:
 
         cache_errors = (CacheError,)
         cache = open_cache(options.cache, say=say)
-    envelope = fetch_manifest(options, boot.node, cache)
+    envelope = fetch_manifest(options, boot.node, cache, online=boot.network_up)
     try:
         min_serial = cache.last_serial() if cache is not None else 0
         public = load_public_key(PUBLIC_KEY)
@@ -150,9 +157,16 @@ def run_stages(boot: Boot) -> None:
     raise StageError(f"switch_root to {options.init} failed")
 
 
-def fetch_manifest(options, node: str, cache) -> bytes:  # noqa: ANN001
+def fetch_manifest(options, node: str, cache, *, online: bool = True) -> bytes:  # noqa: ANN001
     """The signed envelope from the server; the cache's last verified one if the server cannot be reached."""
     from .http import HttpError, get_bytes
+
+    if not online:
+        last = cache.last_manifest() if cache is not None else None
+        if last is None:
+            raise StageError("no network and no manifest in the cache")
+        say("no network; booting the cached manifest")
+        return last
 
     if options.profile:   # the server allows it for nodes registered with that profile
         url = f"{options.server}/profiles/{options.profile}/manifest"
