@@ -48,6 +48,7 @@ from layerboot.build.disk_actions import (TYPE_BIOS_BOOT, TYPE_ESP, TYPE_LINUX, 
 from layerboot.errors import LayerbootError
 from layerboot.overlays.chain import mount
 from layerboot.overlays.manifest import Manifest, verify_manifest
+from layerboot.overlays.objects import sha256_file
 from layerboot.overlays.profile import Profiles
 from layerboot.run import run
 
@@ -210,7 +211,7 @@ class SlotRecord:
     written: str
 
 
-def _expected_files(manifest: Manifest) -> dict[str, str]:
+def expected_files(manifest: Manifest) -> dict[str, str]:
     expected = {f"layers/{a.digest}": a.digest for a in manifest.layers}
     if manifest.kernel:
         expected["boot/vmlinuz"] = manifest.kernel.digest
@@ -229,14 +230,6 @@ def _copy_synced(source: Path, target: Path) -> str:
             dst.write(chunk)
         dst.flush()
         os.fsync(dst.fileno())
-    return digest.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -319,7 +312,7 @@ class AbDisk:
             (root / "manifest.json").write_bytes(source.envelope)
             entry = bootloader.slot_entry(layout.slot_uuids[slot], source.manifest.cmdline)
             (root / "boot" / "grub-entry.cfg").write_text(entry)
-            expected = _expected_files(source.manifest)
+            expected = expected_files(source.manifest)
             for rel, digest in hashes.items():
                 if expected.get(rel) != digest:
                     raise LayerbootError(f"store object for {rel} does not match its digest (damaged store?)",
@@ -350,9 +343,9 @@ class AbDisk:
                     record.get("manifest_sha256") != hashlib.sha256(envelope).hexdigest():
                 raise LayerbootError(f"slot {slot}: its record does not describe its manifest")
             manifest = verify_manifest(envelope, public_key)
-            for rel, digest in _expected_files(manifest).items():
+            for rel, digest in expected_files(manifest).items():
                 path = root / rel
-                if not path.is_file() or _sha256(path) != digest:
+                if not path.is_file() or sha256_file(path)[0] != digest:
                     raise LayerbootError(f"slot {slot}: {rel} is missing or does not match the signed manifest")
             if not (root / "boot" / "grub-entry.cfg").is_file():
                 raise LayerbootError(f"slot {slot}: boot/grub-entry.cfg is missing")
@@ -379,9 +372,10 @@ class AbDisk:
         return state
 
     def update(self, source: SlotSource, public_key: bytes, *, tries: int = DEFAULT_TRIES,
-               booted: str | None = None, progress: Callable[[str], None] = log.info) -> str:
+               booted: str | None = None, slot: str | None = None,
+               progress: Callable[[str], None] = log.info) -> str:
         """Write, verify, then switch: the whole update, into the inactive slot. Returns the slot written."""
-        slot = choose_target(self.state(), booted)
+        slot = slot or choose_target(self.state(), booted)
         progress(f"updating slot {slot} with {source.manifest.profile} generation {source.manifest.generation}")
         self.write_slot(slot, source, progress=progress)
         self.verify_slot(slot, public_key)

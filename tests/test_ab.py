@@ -212,3 +212,52 @@ def test_a_slot_larger_than_the_partition_is_refused_before_copying(profiles, ma
             disk.update(ab.source_from_store(profiles, "node", None, public), public)
         assert disk.state().slots == {"A": SlotState("good"), "B": SlotState("empty")}
         assert disk.verify_slot("A", public).generation == 1
+
+
+@pytest.mark.root
+def test_a_node_updates_its_own_disk_from_the_server_fetching_only_the_new_layer(
+        profiles, make_layer, public, tmp_path: Path, capsys) -> None:
+    from server_daemon import MAC, Daemon, write_config
+
+    from layerboot.overlays.keys import generate_key
+    from layerboot.tools.cli import main
+    base = bootable_profile(profiles, make_layer, tmp_path)
+    daemon = Daemon(profiles.paths, write_config(tmp_path / "layerboot.toml", profiles.paths),
+                    tmp_path / "layerbootd.log")
+    _, token = daemon.registry().register(MAC, "node")
+    (tmp_path / "token").write_text(token + "\n")
+    generate_key(tmp_path / "other.key", tmp_path / "other.pub")
+    store = str(profiles.paths.root)
+    with loop_disk(tmp_path) as device:
+        disk = _install(device, profiles, public, tmp_path)
+        disk.mark_good("A")
+        new_layer = make_layer({"etc/motd": "from the server\n" * 500}, base=base)
+        profiles.add("node", new_layer)
+        update = ["--store", store, "ab", "update", "--disk", device, "--server", daemon.url, "--node", MAC,
+                  "--token-file", str(tmp_path / "token")]
+        daemon.start()
+        try:
+            assert main([*update, "--key", str(tmp_path / "other.pub")]) == 1      # not the key it trusts
+            assert "not the trusted key" in capsys.readouterr().err
+            assert disk.state().slots["B"].state == "empty"
+            assert main(update) == 0
+        finally:
+            daemon.stop()
+        out = capsys.readouterr().out
+        size = profiles.store.get(new_layer).size
+        assert f"fetched 1 object(s), {size} bytes; reused 3 from the disk" in out
+        assert "slot B holds node generation 2; it boots next" in out
+        assert disk.verify_slot("B", public).generation == 2
+        assert disk.state().order == ("B", "A")
+
+        # a replayed older manifest (the server's store rolled back by hand) is refused; nothing is written
+        disk.mark_good("B")
+        manifests = profiles.paths.manifest_dir("node")
+        (manifests / "2.json").write_bytes((manifests / "1.json").read_bytes())
+        daemon.start()
+        try:
+            assert main(update) == 1
+        finally:
+            daemon.stop()
+        assert "manifest serial 1 is lower than the last accepted 2" in capsys.readouterr().err
+        assert disk.state().slots == {"A": SlotState("good"), "B": SlotState("good")}

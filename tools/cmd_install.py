@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 
 from layerboot.build import ab
@@ -73,10 +74,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     status.add_argument("--verify", action="store_true", help="re-hash each slot against its signed manifest")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
-    update = actions.add_parser("update", help="write a generation into the inactive slot and boot it on trial")
+    update = actions.add_parser("update", help="write a generation into the inactive slot and boot it on trial",
+                                description="From the local store (--profile), or on the node itself from "
+                                            "layerbootd (--server): then the node's manifest is verified with "
+                                            "--key and only objects not already on the disk are downloaded.")
     update.add_argument("--disk", help="default: the disk this system booted from")
-    update.add_argument("--profile", required=True)
-    update.add_argument("-g", "--generation", type=int)
+    source = update.add_mutually_exclusive_group(required=True)
+    source.add_argument("--profile", help="take the profile's signed chain from the local store")
+    source.add_argument("--server", metavar="URL", help="fetch this node's manifest and objects from layerbootd")
+    update.add_argument("-g", "--generation", type=int, help="with --profile: default the current generation")
+    update.add_argument("--node", metavar="MAC", help="with --server: this node's MAC (as registered)")
+    update.add_argument("--token-file", type=Path, help="with --server: file holding the node's token")
+    update.add_argument("--key", type=Path, help="with --server: the trusted public key (default: the store's)")
     update.add_argument("--tries", type=tries, default=ab.DEFAULT_TRIES)
     update.set_defaults(func=cmd_update)
 
@@ -199,11 +208,30 @@ def cmd_status(ctx: Context) -> int:
 
 
 def cmd_update(ctx: Context) -> int:
+    a = ctx.args
     disk = _disk(ctx)
-    source, public = _source(ctx)
-    slot = disk.update(source, public, tries=ctx.args.tries, booted=disk.booted_slot(), progress=print)
+    booted = disk.booted_slot()
+    if a.server:
+        from layerboot.build.ab_fetch import source_from_server
+
+        if not a.node or not a.token_file:
+            raise LayerbootError("--server needs --node MAC and --token-file FILE")
+        try:
+            token = a.token_file.read_text().strip()
+        except OSError as err:
+            raise LayerbootError(f"cannot read {a.token_file}: {err.strerror}") from None
+        public = load_public_key(a.key or ctx.paths.public_key)
+        slot = ab.choose_target(disk.state(), booted)
+        with tempfile.TemporaryDirectory(dir=_scratch(ctx), prefix="fetch.") as scratch:
+            source, stats = source_from_server(disk, a.server, a.node, token, public, Path(scratch), target=slot)
+            print(f"fetched {stats.downloaded} object(s), {stats.downloaded_bytes} bytes; reused {stats.reused} "
+                  f"from the disk, {stats.reused_bytes} bytes")
+            disk.update(source, public, tries=a.tries, slot=slot, progress=print)
+    else:
+        source, public = _source(ctx)
+        slot = disk.update(source, public, tries=a.tries, booted=booted, progress=print)
     print(f"slot {slot} holds {source.manifest.profile} generation {source.manifest.generation}; it boots next "
-          f"({ctx.args.tries} attempts)")
+          f"({a.tries} attempts)")
     return 0
 
 
