@@ -10,7 +10,6 @@ streams. Nothing unverified ever reaches the slot writer.
 from __future__ import annotations
 
 import http.client
-import logging
 import os
 import shutil
 import urllib.parse
@@ -23,7 +22,6 @@ from layerboot.errors import LayerbootError
 from layerboot.overlays.manifest import verify_manifest
 from layerboot.overlays.objects import sha256_file
 
-log = logging.getLogger("layerboot.ab")
 CHUNK = 1 << 20
 TIMEOUT = 60.0
 
