@@ -127,20 +127,10 @@ def resolve_device(spec: str, *, dev: str = "/dev", sys_block: str = "/sys/class
 
 
 def _spawn(argv: list[str]) -> tuple[int, str]:
-    """Run mount/umount (busybox inside the initramfs); returns (status, output)."""
-    read_end, write_end = os.pipe()
-    try:
-        actions = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
-                   (os.POSIX_SPAWN_DUP2, write_end, 1), (os.POSIX_SPAWN_DUP2, write_end, 2)]
-        pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions)
-    except OSError as err:
-        os.close(read_end)
-        return 127, f"{argv[0]}: {err.strerror}"
-    finally:
-        os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        output = pipe.read().decode("utf-8", "replace").strip()
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), output
+    """Run mount/umount with stage1's child runner (imported only when a cache is used)."""
+    from .console import spawn
+
+    return spawn(argv, quiet=True)
 
 
 def _mount_argv(*args: str) -> list[str]:
