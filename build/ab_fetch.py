@@ -60,8 +60,11 @@ def _get(server: str, path: str, token: str, sink=None) -> bytes:  # noqa: ANN00
 def source_from_server(disk: AbDisk, server: str, mac: str, token: str, public_key: bytes, workdir: Path,
                        *, target: str) -> tuple[SlotSource, FetchStats]:
     """Everything slot ``target`` needs, verified, in ``workdir``; objects found in the other slot are reused."""
-    state = disk.state()
-    live = [s for s in SLOTS if s != target and state.slots[s].state in ("good", "trial")]
+    try:
+        state = disk.state()
+        live = [s for s in SLOTS if s != target and state.slots[s].state in ("good", "trial")]
+    except LayerbootError:               # a disk not installed yet: everything is downloaded
+        live = []
     records = [r for r in (disk.read_record(s) for s in live) if r]
     newest = max((r.serial for r in records), default=0)
     envelope = _get(server, f"nodes/{urllib.parse.quote(mac)}/manifest", token)

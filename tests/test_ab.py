@@ -241,9 +241,16 @@ def test_a_node_updates_its_own_disk_from_the_server_fetching_only_the_new_layer
             assert "not the trusted key" in capsys.readouterr().err
             assert disk.state().slots["B"].state == "empty"
             assert main(update) == 0
+            out = capsys.readouterr().out
+            with loop_disk(tmp_path, name="fresh.img") as fresh:      # a netbooted node installing itself
+                assert main(["--store", store, "install", "--disk", fresh, "--server", daemon.url, "--node", MAC,
+                             "--token-file", str(tmp_path / "token"), "--slot-size", "64M"]) == 0
+                installed = capsys.readouterr().out
+                assert "fetched 4 object(s)" in installed and "reused 0 from the disk" in installed
+                assert "installed node generation 2 in slot A" in installed
+                assert ab.AbDisk(fresh, workdir=tmp_path).verify_slot("A", public).generation == 2
         finally:
             daemon.stop()
-        out = capsys.readouterr().out
         size = profiles.store.get(new_layer).size
         assert f"fetched 1 object(s), {size} bytes; reused 3 from the disk" in out
         assert "slot B holds node generation 2; it boots next" in out

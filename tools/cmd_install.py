@@ -45,13 +45,22 @@ def tries(text: str) -> int:
 def _install_options(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     # 'install plan --disk ...' must parse: the parent's copies are checked by hand in cmd_install
     p.add_argument("--disk", required=required, help="block device to install on (all of it), e.g. /dev/vda")
-    p.add_argument("--profile", required=required, help="profile whose signed chain is written into the slot")
+    p.add_argument("--profile", help="profile whose signed chain (from the local store) goes into the slot")
     p.add_argument("-g", "--generation", type=int, help="default: the profile's current generation")
+    _server_options(p)
     p.add_argument("--slot-size", type=size_mib, metavar="SIZE", help="size of each slot (default: 40%% of the "
                    "disk each; kept from an existing layout)")
     p.add_argument("--tries", type=tries, default=ab.DEFAULT_TRIES,
                    help=f"boot attempts a new slot gets before falling back (default {ab.DEFAULT_TRIES})")
     p.add_argument("--wipe", action="store_true", help="allow erasing a disk that holds anything else")
+
+
+def _server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", metavar="URL", help="instead of --profile: fetch this node's manifest and objects "
+                                                  "from layerbootd")
+    p.add_argument("--node", metavar="MAC", help="with --server: this node's MAC (as registered)")
+    p.add_argument("--token-file", type=Path, help="with --server: file holding the node's token")
+    p.add_argument("--key", type=Path, help="with --server: the trusted public key (default: the store's)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -79,13 +88,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                             "layerbootd (--server): then the node's manifest is verified with "
                                             "--key and only objects not already on the disk are downloaded.")
     update.add_argument("--disk", help="default: the disk this system booted from")
-    source = update.add_mutually_exclusive_group(required=True)
-    source.add_argument("--profile", help="take the profile's signed chain from the local store")
-    source.add_argument("--server", metavar="URL", help="fetch this node's manifest and objects from layerbootd")
+    update.add_argument("--profile", help="take the profile's signed chain from the local store")
     update.add_argument("-g", "--generation", type=int, help="with --profile: default the current generation")
-    update.add_argument("--node", metavar="MAC", help="with --server: this node's MAC (as registered)")
-    update.add_argument("--token-file", type=Path, help="with --server: file holding the node's token")
-    update.add_argument("--key", type=Path, help="with --server: the trusted public key (default: the store's)")
+    _server_options(update)
     update.add_argument("--tries", type=tries, default=ab.DEFAULT_TRIES)
     update.set_defaults(func=cmd_update)
 
@@ -98,9 +103,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     good.set_defaults(func=cmd_mark_good)
 
 
-def _source(ctx: Context) -> tuple[ab.SlotSource, bytes]:
-    public = load_public_key(ctx.paths.public_key)
-    return ab.source_from_store(ctx.profiles, ctx.args.profile, ctx.args.generation, public), public
+def _source(ctx: Context, disk: ab.AbDisk, target: str, scratch: Path) -> tuple[ab.SlotSource, bytes]:
+    """The slot's content: from the local store (--profile) or from layerbootd (--server) into ``scratch``."""
+    a = ctx.args
+    if bool(a.profile) == bool(a.server):
+        raise LayerbootError("give --profile NAME (local store) or --server URL (fetch from layerbootd)")
+    if a.profile:
+        public = load_public_key(ctx.paths.public_key)
+        return ab.source_from_store(ctx.profiles, a.profile, a.generation, public), public
+    from layerboot.build.ab_fetch import source_from_server
+
+    if not a.node or not a.token_file:
+        raise LayerbootError("--server needs --node MAC and --token-file FILE")
+    try:
+        token = a.token_file.read_text().strip()
+    except OSError as err:
+        raise LayerbootError(f"cannot read {a.token_file}: {err.strerror}") from None
+    public = load_public_key(a.key or ctx.paths.public_key)
+    source, stats = source_from_server(disk, a.server, a.node, token, public, scratch, target=target)
+    print(f"fetched {stats.downloaded} object(s), {stats.downloaded_bytes} bytes; reused {stats.reused} "
+          f"from the disk, {stats.reused_bytes} bytes")
+    return source, public
 
 
 def _check_disk(disk: str) -> None:
@@ -112,10 +135,20 @@ def _check_disk(disk: str) -> None:
         raise LayerbootError(f"{disk} is in use: {', '.join(sorted(busy))} mounted", hint="unmount it first")
 
 
+def _install_target(disk: ab.AbDisk) -> str:
+    """The slot an install writes: the inactive one on a disk that already has A/B state, else A."""
+    try:
+        return ab.choose_target(disk.state(), disk.booted_slot())
+    except LayerbootError:
+        return "A"
+
+
 def cmd_plan(ctx: Context) -> int:
     a = ctx.args
-    source, public = _source(ctx)
-    actions = ab.plan_install(a.disk, source, public, slot_mib=a.slot_size, tries=a.tries, wipe=a.wipe)
+    disk = ab.AbDisk(a.disk, workdir=_scratch(ctx))
+    with tempfile.TemporaryDirectory(dir=_scratch(ctx), prefix="fetch.") as scratch:
+        source, public = _source(ctx, disk, _install_target(disk), Path(scratch))
+        actions = ab.plan_install(a.disk, source, public, slot_mib=a.slot_size, tries=a.tries, wipe=a.wipe)
     for action in actions:
         if a.json:
             print(json.dumps(action.as_dict(), default=str, sort_keys=True))
@@ -126,14 +159,16 @@ def cmd_plan(ctx: Context) -> int:
 
 def cmd_install(ctx: Context) -> int:
     a = ctx.args
-    if not a.disk or not a.profile:
-        raise LayerbootError("install needs --disk DEV and --profile NAME",
+    if not a.disk or not (a.profile or a.server):
+        raise LayerbootError("install needs --disk DEV and --profile NAME (or --server URL)",
                              hint="'layerboot install plan --disk DEV --profile NAME' shows what it would do")
     _check_disk(a.disk)
-    source, public = _source(ctx)
-    actions = ab.plan_install(a.disk, source, public, slot_mib=a.slot_size, tries=a.tries, wipe=a.wipe)
-    context = DiskContext(a.disk, wipe=a.wipe, workdir=_scratch(ctx))
-    execute(actions, context)
+    disk = ab.AbDisk(a.disk, workdir=_scratch(ctx))
+    with tempfile.TemporaryDirectory(dir=_scratch(ctx), prefix="fetch.") as scratch:
+        source, public = _source(ctx, disk, _install_target(disk), Path(scratch))
+        actions = ab.plan_install(a.disk, source, public, slot_mib=a.slot_size, tries=a.tries, wipe=a.wipe)
+        context = DiskContext(a.disk, wipe=a.wipe, workdir=_scratch(ctx))
+        execute(actions, context)
     slot = context.values.get("slot")
     what = f"{source.manifest.profile} generation {source.manifest.generation}"
     if context.values.get("already"):
@@ -211,25 +246,10 @@ def cmd_update(ctx: Context) -> int:
     a = ctx.args
     disk = _disk(ctx)
     booted = disk.booted_slot()
-    if a.server:
-        from layerboot.build.ab_fetch import source_from_server
-
-        if not a.node or not a.token_file:
-            raise LayerbootError("--server needs --node MAC and --token-file FILE")
-        try:
-            token = a.token_file.read_text().strip()
-        except OSError as err:
-            raise LayerbootError(f"cannot read {a.token_file}: {err.strerror}") from None
-        public = load_public_key(a.key or ctx.paths.public_key)
-        slot = ab.choose_target(disk.state(), booted)
-        with tempfile.TemporaryDirectory(dir=_scratch(ctx), prefix="fetch.") as scratch:
-            source, stats = source_from_server(disk, a.server, a.node, token, public, Path(scratch), target=slot)
-            print(f"fetched {stats.downloaded} object(s), {stats.downloaded_bytes} bytes; reused {stats.reused} "
-                  f"from the disk, {stats.reused_bytes} bytes")
-            disk.update(source, public, tries=a.tries, slot=slot, progress=print)
-    else:
-        source, public = _source(ctx)
-        slot = disk.update(source, public, tries=a.tries, booted=booted, progress=print)
+    slot = ab.choose_target(disk.state(), booted)
+    with tempfile.TemporaryDirectory(dir=_scratch(ctx), prefix="fetch.") as scratch:
+        source, public = _source(ctx, disk, slot, Path(scratch))
+        disk.update(source, public, tries=a.tries, slot=slot, progress=print)
     print(f"slot {slot} holds {source.manifest.profile} generation {source.manifest.generation}; it boots next "
           f"({a.tries} attempts)")
     return 0
