@@ -29,7 +29,7 @@ PYTHON = "/usr/bin/python3.11"
 BUSYBOX = "/bin/busybox"
 DEFAULT_CACHE = Path(os.environ.get("LAYERBOOT_INITRD_CACHE", "/var/cache/layerboot/initrd"))
 # Imported lazily by stage1 on some paths only (so absent from a plain import): still ship them.
-EXTRA_MODULES = ("traceback", "encodings.latin_1", "encodings.ascii")
+EXTRA_MODULES = ("_json", "traceback", "encodings.latin_1", "encodings.ascii", "json")
 DEV_NODES = (("null", 1, 3), ("console", 5, 1), ("kmsg", 1, 11), ("random", 1, 8), ("urandom", 1, 9))
 INIT_SCRIPT = """#!{python} -SIB
 # layerboot stage1: PID 1 of the initramfs (see docs/stage1.md)
@@ -46,6 +46,7 @@ sys.path.insert(0, src)
 for name in sorted(os.listdir(os.path.join(src, "stage1"))):
     if name.endswith(".py") and name != "__init__.py":
         __import__("stage1." + name[:-3])
+boot = sorted(sys.modules)
 for name in extra:
     __import__(name)
 loaded = {name: getattr(module, "__file__", None) for name, module in list(sys.modules.items())}
@@ -68,7 +69,7 @@ for name, path in sorted(loaded.items()):
                        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
     files.append(name)
 os.makedirs(os.path.join(out, stdlib.lstrip("/"), "lib-dynload"), exist_ok=True)
-print(json.dumps({"modules": sorted(loaded), "compiled": files, "libraries": libraries}))
+print(json.dumps({"modules": sorted(loaded), "boot_modules": boot, "compiled": files, "libraries": libraries}))
 """
 
 

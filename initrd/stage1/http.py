@@ -6,9 +6,8 @@ One request per connection (``Connection: close``); bodies by Content-Length, ch
 
 from __future__ import annotations
 
-import json
-
 from .console import StageError
+from .jsonlite import dumps
 
 
 class HttpError(StageError):
@@ -172,7 +171,7 @@ def get_bytes(url: str, *, token: str = "", timeout: float = 10.0, limit: int = 
 
 
 def post_json(url: str, document: object, *, token: str = "", timeout: float = 3.0) -> int:
-    body = json.dumps(document).encode("utf-8")
+    body = dumps(document).encode("utf-8")
     response = request("POST", url, token=token, body=body, timeout=timeout,
                        headers={"Content-Type": "application/json"})
     try:

@@ -185,9 +185,9 @@ def fetch_manifest(options, node: str, cache, *, online: bool = True) -> bytes: 
 
 
 def _status(boot: Boot, ok: bool, message: str = "") -> str:
-    import json
+    from .jsonlite import dumps
 
-    return json.dumps(boot.event(ok, message), sort_keys=True) + "\n"
+    return dumps(boot.event(ok, message), sort_keys=True) + "\n"
 
 
 def main() -> None:

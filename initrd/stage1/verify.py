@@ -7,10 +7,10 @@ over the exact UTF-8 bytes of ``payload``. A serial lower than the last accepted
 from __future__ import annotations
 
 import binascii
-import json
 import os
 
 from .ed25519 import verify
+from .jsonlite import loads
 from .record import Record
 
 try:
@@ -80,7 +80,7 @@ def _layer(item: object) -> Layer:
 
 def parse_payload(payload: str) -> BootManifest:
     try:
-        data = json.loads(payload)
+        data = loads(payload)
     except ValueError:
         raise VerifyError("manifest payload is not valid JSON") from None
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
@@ -101,7 +101,7 @@ def parse_payload(payload: str) -> BootManifest:
 def verify_envelope(data: bytes, public: bytes, *, min_serial: int = 0) -> BootManifest:
     """Return the manifest inside a signed envelope, or raise VerifyError naming what is wrong."""
     try:
-        envelope = json.loads(data.decode("utf-8"))
+        envelope = loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise VerifyError("signed manifest is not valid JSON") from None
     if not isinstance(envelope, dict) or envelope.get("format") != ENVELOPE_FORMAT:
