@@ -15,6 +15,8 @@ from layerboot.build.debootstrap import DebootstrapSpec, host_mirror
 from layerboot.overlays.store import Store
 from layerboot.run import run, tool_path
 
+from debian_base import debian_base
+
 needs_iso_tools = pytest.mark.skipif(not (tool_path("xorriso") and tool_path("mksquashfs")),
                                      reason="needs xorriso and squashfs-tools")
 
@@ -227,12 +229,13 @@ def test_debootstrap_refuses_bad_names_before_downloading(store: Store, tmp_path
 
 @pytest.mark.root
 @pytest.mark.skipif(not tool_path("debootstrap"), reason="needs debootstrap")
-def test_debootstrap_base_runs_the_node_client(store: Store, tmp_path: Path) -> None:
+def test_debootstrap_base_runs_the_node_client(tmp_path: Path) -> None:
     """A real bookworm minbase (downloads cached under /var/cache/layerboot/debootstrap); then, inside the image
     stacked as a node stacks it, the node-side client captures an upper dir."""
-    out = cli(store, "-v", "base", "debootstrap")
-    layer = store.get(out.text.strip())
+    built = debian_base()
+    store, layer = built.store, built.layer
     assert layer.kind == "base" and "bookworm" in layer.description
+    assert store.fsck() == [] and not any(store.paths.tmp.iterdir())
     listing = squashfs_listing(store.path(layer))
     for path in ("/usr/sbin/layerboot", "/usr/bin/python3", "/usr/sbin/init", "/usr/bin/zstd", "/etc/debian_version",
                  "/usr/lib/python3/dist-packages/layerboot/overlays/capture.py",

@@ -1,0 +1,47 @@
+"""One `layerboot base debootstrap` per test session, shared by the tests that need a real Debian base.
+
+Built through the CLI (so the command itself is what is tested) into a store of its own under /var/tmp,
+removed when the session ends. The downloads are cached across sessions by the command itself.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from layerboot.overlays.layer import Layer
+from layerboot.overlays.store import Store
+from layerboot.paths import Paths
+from layerboot.run import run
+
+
+@dataclass(frozen=True)
+class DebianBase:
+    store: Store
+    layer: Layer
+    seconds: float          # how long the build took (cached downloads)
+    log: str                # the command's -v output
+
+    @property
+    def image(self) -> Path:
+        return self.store.path(self.layer)
+
+
+@functools.cache
+def debian_base() -> DebianBase:
+    work = Path(tempfile.mkdtemp(prefix="lbt-debian-base-", dir="/var/tmp"))
+    atexit.register(shutil.rmtree, work, True)
+    store = Store(Paths(work / "store"))
+    store.init()
+    started = time.monotonic()
+    result = run([sys.executable, "-m", "layerboot", "-s", str(store.paths.root), "-v", "base", "debootstrap"],
+                 check=False, timeout=1800)
+    assert result.returncode == 0, result.stderr.decode()
+    return DebianBase(store, store.get(result.text.strip()), time.monotonic() - started,
+                      result.stderr.decode())

@@ -1,0 +1,121 @@
+"""The whole path on a namespace-only network: `layerboot pxe` (full DHCP + TFTP) -> the NIC's iPXE -> the real
+layerbootd's per-MAC script -> Debian's cloud kernel + layerboot's stage1 initrd -> the signed chain of a
+`layerboot base debootstrap` base plus a marker layer -> systemd in that Debian base, which prints a pass line
+on the serial console and powers off.
+
+Slow (a debootstrap build from the cached downloads plus a systemd boot under TCG): one test.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from layerboot.build.initrd import build_initrd
+from layerboot.build.kernel import fetch_kernel
+from layerboot.overlays.profile import Profiles
+from layerboot.overlays.store import Store
+from layerboot.paths import Paths
+from layerboot.run import run, tool_path
+
+from debian_base import debian_base
+from pxenet import Lan, wait_for
+from server_daemon import write_config
+from test_boot_qemu import CACHE, CMDLINE, cached_signing_key
+from test_pxe_dnsmasq import start_pxe, tmp_tftp
+
+pytestmark = [pytest.mark.qemu, pytest.mark.root,
+              pytest.mark.skipif(not (tool_path("debootstrap") and tool_path("dracut") and tool_path("dnsmasq")),
+                                 reason="needs debootstrap, dracut and dnsmasq")]
+
+MAC = "52:54:00:4c:42:02"
+PASS = "DEBIAN-BASE-PASS"
+# A unit in an overlay layer: runs once systemd has brought the Debian base up, proves what it booted.
+MARKER_UNIT = f"""[Unit]
+Description=layerboot test marker
+After=multi-user.target
+
+[Service]
+Type=oneshot
+StandardOutput=tty
+TTYPath=/dev/ttyS0
+ExecStart=/bin/sh -c 'echo "{PASS} debian=$(cat /etc/debian_version) init=$(readlink /proc/1/exe) \
+client=$(/usr/sbin/layerboot --version) marker=$(cat /etc/layerboot-marker)"'
+ExecStartPost=/usr/bin/systemctl --no-block poweroff
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def test_pxe_boots_the_debootstrap_base_to_systemd(tmp_path: Path) -> None:
+    paths = Paths(tmp_path / "store")
+    store = Store(paths)
+    store.init()
+    private, public = cached_signing_key()
+    shutil.copyfile(private, paths.signing_key)
+    paths.signing_key.chmod(0o600)
+    shutil.copyfile(public, paths.public_key)
+
+    built = debian_base()
+    base = store.import_squashfs(built.image, kind="base", description=built.layer.description).digest
+    build_seconds = built.seconds
+    marker = tmp_path / "marker"
+    unit_dir = marker / "etc/systemd/system"
+    (unit_dir / "multi-user.target.wants").mkdir(parents=True)
+    (unit_dir / "lbtest-marker.service").write_text(MARKER_UNIT)
+    (unit_dir / "multi-user.target.wants/lbtest-marker.service").symlink_to("../lbtest-marker.service")
+    (marker / "etc/layerboot-marker").write_text("from-the-overlay\n")
+    overlay = store.import_tree(marker, kind="overlay", base=base, all_root=True).digest
+
+    kernel = fetch_kernel()
+    initrd = build_initrd(kernel, paths.public_key, tmp_path / "initrd.img", cache=CACHE / "initrd")
+    profiles = Profiles(store)
+    profiles.create("debian", base, cmdline=CMDLINE.replace(" quiet", ""),
+                    kernel=store.import_boot_file(kernel.image, kind="kernel").digest,
+                    initrd=store.import_boot_file(initrd.path, kind="initrd").digest)
+    profiles.add("debian", overlay)
+    run([sys.executable, "-m", "layerboot", "-s", str(paths.root), "nodes", "register", MAC, "--profile", "debian"])
+    config = write_config(tmp_path / "layerbootd.toml", paths, debug=True)
+
+    net, port = "10.89.0", 8097
+    url = f"http://{net}.1:{port}"
+    serial = tmp_path / "serial.log"
+    try:
+        with Lan() as lan:
+            srv = lan.host("srv", f"{net}.1/24")
+            daemon_log = tmp_path / "layerbootd.log"
+            lan.spawn(srv, [sys.executable, "-m", "layerboot.server.main", "--config", str(config),
+                            "--port", str(port), "--listen", "0.0.0.0"], log=open(daemon_log, "wb"))
+            assert wait_for(lambda: lan.run(srv, ["curl", "-s", "-o", "/dev/null", url + "/"],
+                                            check=False).returncode == 0, 20), daemon_log.read_text()
+            start_pxe(lan, srv, tmp_path, "--range", f"{net}.100,{net}.120", "--server-url", url)
+            tap = lan.tap("tap0")
+            booted = time.monotonic()
+            qemu = lan.spawn(lan.bridge_ns, [
+                "qemu-system-x86_64", "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "1024", "-nodefaults",
+                "-display", "none", "-monitor", "none", "-serial", f"file:{serial}", "-boot", "n", "-no-reboot",
+                "-device", "virtio-rng-pci",
+                "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+                "-device", f"virtio-net-pci,netdev=n0,mac={MAC}"], log=open(tmp_path / "qemu.log", "wb"))
+
+            def console() -> str:
+                return serial.read_text(errors="replace") if serial.exists() else ""
+            wait_for(lambda: PASS in console() or qemu.poll() is not None, 600, 1.0)
+            seconds = time.monotonic() - booted
+            text = console()
+            line = next((l for l in text.splitlines() if PASS in l), "")
+            print(f"debootstrap base: built in {build_seconds:.0f} s; PXE to systemd pass line in {seconds:.0f} s: "
+                  f"{line.strip()}")
+            assert line, f"no pass line; console tail:\n{text[-4000:]}\n{daemon_log.read_text()[-2000:]}"
+            assert re.search(r"debian=12\.\d+ init=/usr/lib/systemd/systemd client=layerboot \S+ "
+                             r"marker=from-the-overlay", line), line
+            assert wait_for(lambda: qemu.poll() is not None, 120, 1.0), "the guest did not power off"
+            assert "Traceback" not in text
+    finally:
+        shutil.rmtree(tmp_tftp(tmp_path), ignore_errors=True)
