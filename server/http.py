@@ -11,6 +11,7 @@ URL contract (stage1 and the PXE set-up code against it; docs/server.md has the 
     PUT  /nodes/{mac}/uploads/{name}.tar.zst   upload a captured layer; 202 + id  (node token)
     GET  /nodes/{mac}/uploads/{id}        state of one upload                         (node or admin)
     GET  /nodes/{mac}                     node status                                 (node or admin)
+    GET  /nodes                           every node with its last report             (admin)
     GET  /status                          daemon status (public, no secrets)
 """
 
@@ -239,6 +240,15 @@ async def handle_node(request: web.Request) -> web.StreamResponse:
     return negotiate.respond(request, f"layerboot node {mac}", node_status(state, mac), headers=NO_STORE)
 
 
+async def handle_nodes(request: web.Request) -> web.StreamResponse:
+    """Every node with its last report (admin token): what ``layerboot nodes`` shows, for tools and browsers."""
+    state = request.app[STATE]
+    if not is_admin(state, bearer(request)):
+        raise AuthError("the node list needs the admin token (state/admin.token in the store)")
+    nodes = [node.to_dict() for node in state.registry.all()]
+    return negotiate.respond(request, f"layerboot nodes ({len(nodes)})", {"nodes": nodes}, headers=NO_STORE)
+
+
 async def handle_status(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     data: dict[str, Any] = {
@@ -289,6 +299,7 @@ def build_app(state: ServerState, *, client_max_size: int) -> web.Application:
     app.router.add_get("/objects/{digest}", handle_object)
     app.router.add_post("/nodes/{mac}/events", handle_event)
     app.router.add_get("/nodes/{mac}", handle_node)
+    app.router.add_get("/nodes", handle_nodes)
     app.router.add_get("/status", handle_status)
     app.router.add_get("/", handle_status)
     from layerboot.server.receive import add_routes   # imports this module

@@ -200,6 +200,15 @@ def test_profile_manifest_for_admin_and_nodes_of_that_profile(daemon: Daemon, pr
     assert daemon.get("/profiles/p2/manifest").status == 401
 
 
+def test_node_list_for_the_admin_only(daemon: Daemon) -> None:
+    admin = (daemon.paths.state / "admin.token").read_text().strip()
+    listing = daemon.get("/nodes", token=admin, headers={"Accept": "application/json"}).json()
+    assert sorted(n["mac"] for n in listing["nodes"]) == sorted([MAC, OTHER_MAC])
+    assert "<td>52:54:00:12:34:56</td>" in daemon.get("/nodes", token=admin, headers={"Accept": "text/html"}).text
+    assert daemon.get("/nodes", token=daemon.boot_token()).status == 401
+    assert daemon.get("/nodes").status == 401
+
+
 def test_negotiation_on_status_and_errors(daemon: Daemon) -> None:
     assert daemon.get("/status", headers={"Accept": "application/json"}).json()["service"] == "layerbootd"
     html = daemon.get("/status", headers={"Accept": "text/html,application/xhtml+xml"})
