@@ -2,7 +2,7 @@
 
 Python's ``os`` has no mount(2), so mounts go through busybox's ``mount`` applet (static, already shipped for the
 emergency shell); loop devices are set up in-process with the LOOP_CTL_GET_FREE and LOOP_CONFIGURE ioctls
-(one ioctl per layer instead of a losetup child). Modules are loaded with kmod's ``modprobe -a`` in one child.
+(one ioctl per layer instead of a losetup child). Modules are loaded with busybox ``modprobe -a`` in one child.
 """
 
 from __future__ import annotations
@@ -58,17 +58,17 @@ def mount_api_filesystems() -> None:
             mount(fstype, target, fstype, options)
 
 
-def _modprobe() -> str:
-    return "/usr/sbin/modprobe" if os.path.exists("/usr/sbin/modprobe") else "/sbin/modprobe"
-
-
 def load_modules(names: tuple[str, ...] = MODULES, *, optional: tuple[str, ...] = ()) -> None:
-    """Load what stage1 needs (built-in drivers are fine: modprobe succeeds for them); ``optional`` may fail."""
-    code, output = spawn([_modprobe(), "-a", *names])
+    """Load what stage1 needs (built-in drivers are fine: modprobe succeeds for them); ``optional`` may fail.
+
+    busybox's modprobe (modules.dep from dracut's depmod; Debian's modules are uncompressed): kmod would bring
+    libcrypto, liblzma and libzstd, 5.7 MB, into the image.
+    """
+    code, output = spawn([BUSYBOX, "modprobe", "-a", *names])
     if code:
         raise StageError(f"loading kernel modules {', '.join(names)} failed: {output or code}")
     for name in optional:
-        if spawn([_modprobe(), "-q", name], quiet=True)[0]:
+        if spawn([BUSYBOX, "modprobe", "-q", name], quiet=True)[0]:
             debug(f"optional module {name} not available")
 
 

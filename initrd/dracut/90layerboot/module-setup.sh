@@ -33,7 +33,6 @@ install() {
     local python="${LAYERBOOT_PYTHON:-/usr/bin/python3.11}"
     local busybox="${LAYERBOOT_BUSYBOX:-/bin/busybox}"
     inst_binary "$python" || return 1
-    inst_multiple modprobe || return 1
     inst_simple "$busybox" /bin/busybox || return 1
     local so
     for so in $LAYERBOOT_LIBRARIES; do
