@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import re
 import select
@@ -23,6 +24,8 @@ from pathlib import Path
 from aiohttp import web
 
 from layerboot.overlays.profile import Profiles
+
+log = logging.getLogger("layerboot.server.objects")
 
 CACHE_CONTROL = "public, max-age=31536000, immutable"
 SEND_THREADS = 64
@@ -120,7 +123,13 @@ async def send_object(request: web.Request, path: Path, digest: str) -> web.Stre
             # the thread owns duplicates of both descriptors, so a connection closed meanwhile by the
             # event loop can never make it write into a reused descriptor number
             fds = (os.dup(sock.fileno()), os.dup(handle.fileno()))
-            await asyncio.get_running_loop().run_in_executor(_pool(), _sendfile_thread, *fds, offset, count)
+            try:
+                await asyncio.get_running_loop().run_in_executor(_pool(), _sendfile_thread, *fds, offset, count)
+            except ConnectionResetError:
+                raise
+            except OSError as err:   # a stalled client, an I/O error: the headers are out, so just drop it
+                log.warning("sending %s to %s stopped: %s", digest[:12], request.remote, err)
+                raise ConnectionResetError(str(err)) from None
         else:
             await asyncio.get_running_loop().sendfile(transport, handle, offset, count)
         await response.write_eof()

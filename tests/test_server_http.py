@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -245,3 +247,20 @@ def test_boot_events_are_recorded_and_shown(daemon: Daemon) -> None:
     assert daemon.request("POST", f"/nodes/{MAC}/events", token=token, body=b"not json").status == 400
     other = daemon.request("POST", f"/nodes/{OTHER_MAC}/events", token=token, body=json.dumps(event).encode())
     assert other.status == 403
+
+
+def test_client_dropping_a_download_midway_leaves_the_daemon_serving(daemon: Daemon, profiles: Profiles,
+                                                                     tmp_path: Path) -> None:
+    big = tmp_path / "big-kernel"
+    big.write_bytes(os.urandom(40_000_000))
+    digest = profiles.store.import_boot_file(big, kind="kernel").digest
+    profiles.set_boot("p1", kernel=digest)
+    token = daemon.boot_token()
+    for _ in range(3):
+        sock = socket.create_connection(("127.0.0.1", daemon.port))
+        sock.sendall(f"GET /objects/{digest}?token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        sock.close()
+    whole = daemon.get(f"/objects/{digest}", token=token)
+    assert whole.status == 200 and len(whole.body) == 40_000_000
+    assert "internal error" not in daemon.log.read_text()
