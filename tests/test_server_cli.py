@@ -172,3 +172,15 @@ def test_boot_tokens_expire_unless_used_and_only_the_newest_stay(store, tmp_path
     tokens = [registry.issue_boot_token(MAC) for _ in range(nodes.BOOT_TOKENS_KEPT + 1)]
     assert registry.node_for_token(tokens[0]) is None
     assert all(registry.node_for_token(t).mac == MAC for t in tokens[1:])
+
+
+@pytest.mark.skipif(not tool_path("systemd-analyze"), reason="systemd-analyze not installed")
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    import layerboot.server
+    unit = Path(layerboot.server.__file__).parent / "systemd" / "layerbootd.service"
+    text = unit.read_text()
+    assert "ExecStart=/usr/local/bin/layerbootd --config /etc/layerboot/layerboot.toml" in text
+    installed = tool_path("layerbootd", Path(sys.executable).parent)
+    (tmp_path / "layerbootd.service").write_text(text.replace("/usr/local/bin/layerbootd", str(installed)))
+    result = run(["systemd-analyze", "verify", str(tmp_path / "layerbootd.service")], check=False)
+    assert result.returncode == 0 and "layerbootd.service" not in result.stderr.decode(), result.stderr.decode()
