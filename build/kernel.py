@@ -72,8 +72,13 @@ def cached_kernel(cache: Path = DEFAULT_CACHE) -> Kernel | None:
     """The newest already-unpacked kernel in ``cache`` (None when there is none)."""
     if not cache.is_dir():
         return None
-    found = [Kernel(d.name, d) for d in sorted(cache.iterdir()) if (d / ".complete").exists()]
-    return found[-1] if found else None
+    found = [Kernel(d.name, d) for d in cache.iterdir() if (d / ".complete").exists()]
+    return max(found, key=lambda k: _version_key(k.version)) if found else None
+
+
+def _version_key(version: str) -> list[tuple[int, object]]:
+    """Order versions by their numbers (6.1.0-10 after 6.1.0-9), not as strings."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", version) if part]
 
 
 def fetch_kernel(cache: Path = DEFAULT_CACHE, *, refresh: bool = False) -> Kernel:

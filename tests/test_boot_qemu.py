@@ -183,6 +183,8 @@ def expect_failure(node: QemuNode, message: str) -> str:
     assert_clean(node)
     assert re.search(message, line.text), line.text
     assert "ROOTFS-PASS" not in node.text()
+    # The same line went to the kernel log (printed with its kernel timestamp under 'quiet': level err).
+    assert re.search(r"\[ *\d+\.\d+\] " + re.escape(line.text), node.text()), "no /dev/kmsg copy"
     return line.text
 
 
