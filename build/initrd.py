@@ -135,6 +135,9 @@ def build_initrd(kernel: Kernel, public_key: Path, output: Path, *, python: str 
                  busybox: str = BUSYBOX, cache: Path | None = None) -> Initrd:
     """Build (or take from ``cache``) the initramfs for ``kernel`` trusting ``public_key``; write it to ``output``."""
     require_tool("dracut", package="dracut-core")
+    if os.geteuid() != 0:
+        raise LayerbootError("building the initramfs needs root (dracut, device nodes in the image)",
+                             hint="run it as root")
     for tool, package in ((python, "python3-minimal"), (busybox, "busybox-static")):
         if not Path(tool).is_file():
             raise LayerbootError(f"{tool} is missing", hint=f"apt-get install {package}")
