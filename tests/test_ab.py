@@ -147,7 +147,8 @@ def test_mark_good_and_status_cli(profiles, make_layer, public, tmp_path: Path, 
         assert main(["--store", store, "install", "--disk", device, "--profile", "node", "--slot-size", "64M",
                      "--tries", "2"]) == 0
         assert "installed node generation 1 in slot A (2 boot attempts" in capsys.readouterr().out
-        assert main(["--store", store, "ab", "status", "--disk", device, "--verify"]) == 0
+        assert main(["--store", store, "ab", "status", "--disk", device, "--verify",
+                     "--key", str(profiles.paths.public_key)]) == 0
         out = capsys.readouterr().out
         assert "A     trial  2" in out and "node gen 1 serial 1  verified" in out and "next boot: A" in out
         assert main(["--store", store, "mark-good", "--disk", device]) == 1   # not booted from it: says so

@@ -81,6 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     status = actions.add_parser("status", help="the slots' state, tries left and contents")
     status.add_argument("--disk", help="default: the disk this system booted from")
     status.add_argument("--verify", action="store_true", help="re-hash each slot against its signed manifest")
+    status.add_argument("--key", type=Path, help="with --verify: the trusted public key (default: the store's)")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
     update = actions.add_parser("update", help="write a generation into the inactive slot and boot it on trial",
@@ -212,7 +213,7 @@ def _disk(ctx: Context) -> ab.AbDisk:
 def cmd_status(ctx: Context) -> int:
     disk = _disk(ctx)
     state = disk.state()
-    public = load_public_key(ctx.paths.public_key) if ctx.args.verify else None
+    public = load_public_key(ctx.args.key or ctx.paths.public_key) if ctx.args.verify else None
     booted = disk.booted_slot()
     rows, records = [], {}
     for slot in state.order:
