@@ -28,6 +28,7 @@ from pxenet import Lan, wait_for
 from server_daemon import write_config
 from test_boot_qemu import CACHE, CMDLINE, cached_signing_key
 from test_pxe_dnsmasq import start_pxe, tmp_tftp
+from test_pxe_qemu import start_daemon, start_guest
 
 pytestmark = [pytest.mark.qemu, pytest.mark.root,
               pytest.mark.skipif(not (tool_path("debootstrap") and tool_path("dracut") and tool_path("dnsmasq")),
@@ -83,26 +84,17 @@ def test_pxe_boots_the_debootstrap_base_to_systemd(tmp_path: Path) -> None:
     run([sys.executable, "-m", "layerboot", "-s", str(paths.root), "nodes", "register", MAC, "--profile", "debian"])
     config = write_config(tmp_path / "layerbootd.toml", paths, debug=True)
 
-    net, port = "10.89.0", 8097
-    url = f"http://{net}.1:{port}"
+    net = "10.89.0"
+    url = f"http://{net}.1:8097"
     serial = tmp_path / "serial.log"
     try:
         with Lan() as lan:
             srv = lan.host("srv", f"{net}.1/24")
             daemon_log = tmp_path / "layerbootd.log"
-            lan.spawn(srv, [sys.executable, "-m", "layerboot.server.main", "--config", str(config),
-                            "--port", str(port), "--listen", "0.0.0.0"], log=open(daemon_log, "wb"))
-            assert wait_for(lambda: lan.run(srv, ["curl", "-s", "-o", "/dev/null", url + "/"],
-                                            check=False).returncode == 0, 20), daemon_log.read_text()
+            start_daemon(lan, srv, config, url, daemon_log)
             start_pxe(lan, srv, tmp_path, "--range", f"{net}.100,{net}.120", "--server-url", url)
-            tap = lan.tap("tap0")
             booted = time.monotonic()
-            qemu = lan.spawn(lan.bridge_ns, [
-                "qemu-system-x86_64", "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "1024", "-nodefaults",
-                "-display", "none", "-monitor", "none", "-serial", f"file:{serial}", "-boot", "n", "-no-reboot",
-                "-device", "virtio-rng-pci",
-                "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-                "-device", f"virtio-net-pci,netdev=n0,mac={MAC}"], log=open(tmp_path / "qemu.log", "wb"))
+            qemu = start_guest(lan, tmp_path, mac=MAC, memory_mb=1024, serial=serial)
 
             def console() -> str:
                 return serial.read_text(errors="replace") if serial.exists() else ""

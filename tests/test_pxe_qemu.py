@@ -49,14 +49,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Handler).serve_forever()
 '''
 
-def start_guest(lan: Lan, tmp_path: Path) -> Process:
+def start_guest(lan: Lan, tmp_path: Path, *, mac: str = MAC, memory_mb: int = 256,
+                serial: Path | None = None) -> Process:
     """A diskless guest on a tap device on the test bridge, network boot only; its NIC ROM is iPXE."""
     tap = lan.tap("tap0")
+    console = ["-serial", f"file:{serial}", "-device", "virtio-rng-pci"] if serial else ["-vga", "std"]
     return lan.spawn(lan.bridge_ns, [
-        "qemu-system-x86_64", "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", "256", "-nodefaults",
-        "-display", "none", "-monitor", "none", "-vga", "std", "-boot", "n", "-no-reboot",
+        "qemu-system-x86_64", "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", str(memory_mb), "-nodefaults",
+        "-display", "none", "-monitor", "none", *console, "-boot", "n", "-no-reboot",
         "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-        "-device", f"virtio-net-pci,netdev=n0,mac={MAC}"], log=open(tmp_path / "qemu.log", "wb"))
+        "-device", f"virtio-net-pci,netdev=n0,mac={mac}"], log=open(tmp_path / "qemu.log", "wb"))
+
+
+def start_daemon(lan: Lan, ns: str, config: Path, url: str, log: Path) -> None:
+    """The real layerbootd inside the server namespace, listening on every address there; waits until it answers."""
+    port = url.rsplit(":", 1)[1]
+    lan.spawn(ns, [sys.executable, "-m", "layerboot.server.main", "--config", str(config), "--port", port,
+                   "--listen", "0.0.0.0"], log=open(log, "wb"))
+    assert wait_for(lambda: lan.run(ns, ["curl", "-s", "-o", "/dev/null", url + "/"], check=False).returncode == 0,
+                    20), log.read_text()
 
 
 needs_qemu = pytest.mark.skipif(
@@ -93,8 +104,9 @@ def test_qemu_ipxe_rom_chains_to_the_per_mac_url(tmp_path: Path, mode: str) -> N
             qemu = start_guest(lan, tmp_path)
 
             def requests() -> list[str]:
-                # iPXE percent-encodes the MAC's colons in the URL; a server sees the decoded path
-                return [unquote(line) for line in http_log.read_text().split()]
+                # iPXE percent-encodes the MAC's colons in the URL; a server sees the decoded path.
+                # ("/" is `layerboot pxe` checking at start that the server answers.)
+                return [unquote(line) for line in http_log.read_text().split() if line != "/"]
             reached = wait_for(lambda: f"/marker/{MAC}" in requests() or qemu.poll() is not None, 240, 0.5)
             elapsed = time.monotonic() - started
             print(f"{mode}: iPXE ran the per-MAC script {elapsed:.1f} s after QEMU started; requests {requests()}")
@@ -133,10 +145,7 @@ def test_qemu_pxe_into_the_real_layerbootd(tmp_path: Path, profiles, make_layer)
         with Lan() as lan:
             srv = lan.host("srv", f"{net}.1/24")
             daemon_log = tmp_path / "layerbootd.log"
-            lan.spawn(srv, [sys.executable, "-m", "layerboot.server.main", "--config", str(config),
-                            "--port", str(port), "--listen", "0.0.0.0"], log=open(daemon_log, "wb"))
-            assert wait_for(lambda: lan.run(srv, ["curl", "-s", "-o", "/dev/null", url + "/"],
-                                            check=False).returncode == 0, 20), daemon_log.read_text()
+            start_daemon(lan, srv, config, url, daemon_log)
             _, pxe_log = start_pxe(lan, srv, tmp_path, "--range", f"{net}.100,{net}.120", "--server-url", url)
             assert "layerbootd does not answer" not in pxe_log.read_text()
             started = time.monotonic()
