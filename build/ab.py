@@ -383,6 +383,16 @@ class AbDisk:
         progress(f"slot {slot} verified and activated: {tries} boot attempts before falling back")
         return slot
 
+    def switch(self, slot: str) -> AbState:
+        """Operator rollback (or roll forward): boot ``slot`` first from now on; only a confirmed slot qualifies."""
+        state = self.state()
+        if state.slots[slot].state != "good":
+            raise LayerbootError(f"slot {slot} is {state.slots[slot].state}; only a good slot can be chosen by hand",
+                                 hint="'layerboot ab status' shows both slots")
+        state = replace(state, order=(slot, other(slot)))
+        self.save_state(state)
+        return state
+
     def mark_good(self, slot: str) -> AbState:
         state = self.state()
         current = state.slots[slot].state

@@ -118,6 +118,13 @@ def test_install_update_fallback_and_mark_good(profiles, make_layer, public, tmp
         assert disk.state().slots == {"A": SlotState("good"), "B": SlotState("good")}
         assert choose_target(disk.state(), "B") == "A"  # the next update replaces the older slot
 
+        # an operator rolls back to generation 1 by hand; GRUB follows
+        disk.switch("A")
+        assert _grub_boot_checked(disk) == "A" and disk.verify_slot("A", public).generation == 1
+        disk.save_state(disk.state().with_slot("B", "bad"))
+        with pytest.raises(LayerbootError, match="slot B is bad; only a good slot can be chosen by hand"):
+            disk.switch("B")
+
 
 @pytest.mark.root
 def test_a_state_replacement_cut_before_its_rename_still_boots(profiles, make_layer, public,
@@ -155,6 +162,8 @@ def test_mark_good_and_status_cli(profiles, make_layer, public, tmp_path: Path, 
         assert "cannot tell which slot" in capsys.readouterr().err
         assert main(["--store", store, "mark-good", "--disk", device, "--slot", "A"]) == 0
         assert "slot A is good" in capsys.readouterr().out
+        assert main(["--store", store, "ab", "switch", "B", "--disk", device]) == 1
+        assert "slot B is empty; only a good slot can be chosen by hand" in capsys.readouterr().err
         assert ab.AbDisk(device).state().slots["A"] == SlotState("good")
 
 

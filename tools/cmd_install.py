@@ -95,6 +95,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     update.add_argument("--tries", type=tries, default=ab.DEFAULT_TRIES)
     update.set_defaults(func=cmd_update)
 
+    switch = actions.add_parser("switch", help="boot the other (confirmed) slot from now on: a manual rollback")
+    switch.add_argument("slot", choices=SLOTS)
+    switch.add_argument("--disk", help="default: the disk this system booted from")
+    switch.set_defaults(func=cmd_switch)
+
     good = sub.add_parser("mark-good", help="confirm the slot this system booted from (stops the countdown)",
                           description="Run on the node once the new system is healthy. Without it, the slot "
                                       "is abandoned after its boot attempts are used up.")
@@ -253,6 +258,12 @@ def cmd_update(ctx: Context) -> int:
         disk.update(source, public, tries=a.tries, slot=slot, progress=print)
     print(f"slot {slot} holds {source.manifest.profile} generation {source.manifest.generation}; it boots next "
           f"({a.tries} attempts)")
+    return 0
+
+
+def cmd_switch(ctx: Context) -> int:
+    _disk(ctx).switch(ctx.args.slot)
+    print(f"slot {ctx.args.slot} boots first from now on")
     return 0
 
 
