@@ -134,11 +134,13 @@ class EntryWriter:
         elif stat.S_ISREG(mode):
             self._regular(source, name, st, attrs, link_scope)
         elif stat.S_ISLNK(mode):
-            w.symlink(name, attrs, os.readlink(source))
+            if not self._linked(name, st, attrs, link_scope):
+                w.symlink(name, attrs, os.readlink(source))
         elif stat.S_ISCHR(mode) and st.st_rdev == 0:
-            w.whiteout(name, attrs)
+            w.whiteout(name, attrs)   # never linked: overlayfs shares one whiteout inode among unrelated paths
         elif stat.S_ISFIFO(mode):
-            w.fifo(name, attrs)
+            if not self._linked(name, st, attrs, link_scope):
+                w.fifo(name, attrs)
         elif stat.S_ISSOCK(mode) and self.skip_sockets:
             log.warning("skipping socket %s (a tar cannot carry sockets)", name)
         elif stat.S_ISSOCK(mode):
@@ -148,14 +150,21 @@ class EntryWriter:
             raise LayerbootError(f"cannot capture device node {name!r}: layers carry no device nodes "
                                  f"except overlay whiteouts (char 0/0)")
 
-    def _regular(self, source: Path, name: str, st: os.stat_result, attrs: Attrs, scope: object) -> None:
+    def _linked(self, name: str, st: os.stat_result, attrs: Attrs, scope: object) -> bool:
+        """Write ``name`` as a hard link if its inode was already written (True), else remember it (False)."""
+        if st.st_nlink < 2:
+            return False
         key = (id(scope), st.st_dev, st.st_ino)
-        if st.st_nlink > 1:
-            first = self.links.get(key)
-            if first is not None:
-                self.writer.hardlink(name, attrs, first)
-                return
-            self.links[key] = name
+        first = self.links.get(key)
+        if first is not None:
+            self.writer.hardlink(name, attrs, first)
+            return True
+        self.links[key] = name
+        return False
+
+    def _regular(self, source: Path, name: str, st: os.stat_result, attrs: Attrs, scope: object) -> None:
+        if self._linked(name, st, attrs, scope):
+            return
         fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             size = st.st_size

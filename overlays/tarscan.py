@@ -6,7 +6,7 @@ comes out as a :class:`Member` built from checked values only; anything hostile 
 
 * names: no absolute paths, no ``..``, no empty or ``.`` components, no member below a symlink or any other
   non-directory, no duplicates, components of at most 255 bytes;
-* hard links only to regular files that came earlier in the same upload;
+* hard links only to regular files, symlinks or fifos that came earlier in the same upload;
 * device nodes only as overlayfs whiteouts (char 0/0); fifos per ``bake.special_files``;
 * xattrs only in the user/trusted/security namespaces, overlayfs' own xattrs per :func:`overlay_xattr`;
 * quotas: unpacked stream bytes and apparent file sizes (``bake.max_bytes``), member count (``bake.max_files``),
@@ -36,6 +36,7 @@ XATTR_NAMESPACES = ("user.", "trusted.", "security.")
 OVERLAY_PREFIXES = ("trusted.overlay.", "user.overlay.")
 OPAQUE_XATTR = "trusted.overlay.opaque"
 # overlayfs bookkeeping for the upper dir's own mount; meaningless in a lower layer, so dropped
+LINKABLE = ("file", "symlink", "fifo")    # what a hard link member may point at (never a dir or whiteout)
 OVERLAY_DROPPED = {"origin", "impure", "nlink", "upper", "uuid", "protattr"}
 OVERLAY_REFUSED = {
     "redirect": "a directory renamed with redirect_dir=on (trusted.overlay.redirect names lower paths); "
@@ -223,7 +224,7 @@ class _Scanner:
     def __init__(self, limits: BakeLimits) -> None:
         self.limits = limits
         self.kinds: dict[str, str] = {}        # path -> kind; "implied" for parents never listed
-        self.links: dict[str, str] = {}        # hard link path -> the regular file holding the data
+        self.links: dict[str, str] = {}        # hard link path -> the first member of its inode
         self.count = 0
         self.apparent = 0
 
@@ -307,8 +308,9 @@ class _Scanner:
         kind = self.kinds.get(target)
         if kind == "hardlink":
             return self.links[target]
-        if kind != "file":
-            raise ValueError(f"hard link to {linkname!r}, which is not a regular file earlier in the upload")
+        if kind not in LINKABLE:
+            raise ValueError(f"hard link to {linkname!r}, which is not a file, symlink or fifo earlier in the "
+                             "upload")
         self.links[path] = target
         return target
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from layerboot.errors import LayerbootError
@@ -283,6 +283,7 @@ def test_random_operation_sequences_survive_capture_and_bake(tmp_path_factory: p
 
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
     @given(ops=ops_st)
+    @example(ops=[("symlink", "usr/share/doc/a", "a"), ("hardlink", "usr/share/doc/a", "a")])  # linked symlinks
     def check(ops: list[tuple]) -> None:
         work = Path(tempfile.mkdtemp(dir=root))
         try:
