@@ -66,8 +66,9 @@ def start_daemon(lan: Lan, ns: str, config: Path, url: str, log: Path) -> None:
     port = url.rsplit(":", 1)[1]
     lan.spawn(ns, [sys.executable, "-m", "layerboot.server.main", "--config", str(config), "--port", port,
                    "--listen", "0.0.0.0"], log=open(log, "wb"))
-    assert wait_for(lambda: lan.run(ns, ["curl", "-s", "-o", "/dev/null", url + "/"], check=False).returncode == 0,
-                    20), log.read_text()
+    answers = [sys.executable, "-c", "import sys, urllib.request as u, urllib.error as e\n"
+               "try: u.urlopen(sys.argv[1], timeout=2)\nexcept e.HTTPError: pass", url + "/"]
+    assert wait_for(lambda: lan.run(ns, answers, check=False).returncode == 0, 20), log.read_text()
 
 
 needs_qemu = pytest.mark.skipif(
