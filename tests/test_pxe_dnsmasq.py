@@ -20,7 +20,8 @@ import pytest
 
 from layerboot.errors import LayerbootError
 from layerboot.run import tool_path
-from layerboot.server.pxe import check_server_url, parse_range
+from layerboot.server.dnsmasq import render_config
+from layerboot.server.pxe import PxePlan, check_server_url, parse_range
 
 from pxenet import Lan, wait_for
 
@@ -49,6 +50,30 @@ def test_range_must_sit_in_the_interface_subnet() -> None:
     for bad in ("10.5.0.10", "10.6.0.1,10.6.0.9", "10.5.0.20,10.5.0.10", "a,b"):
         with pytest.raises(LayerbootError):
             parse_range(bad, net)
+
+
+def test_rendered_config_per_mode() -> None:
+    """What dnsmasq is told, without running it (the namespace tests below run it)."""
+    common = dict(interface="eth1", network=ipaddress.IPv4Network("10.7.0.0/24"),
+                  address=ipaddress.IPv4Address("10.7.0.1"), server_url="http://10.7.0.1:8080",
+                  tftp_root=Path("/srv/tftp"), state_dir=Path("/var/lib/layerboot/state/pxe"))
+    full = render_config(PxePlan(**common, proxy=False, range_start=ipaddress.IPv4Address("10.7.0.100"),
+                                 range_end=ipaddress.IPv4Address("10.7.0.200"))).splitlines()
+    proxy = render_config(PxePlan(**common, proxy=True, efi_binary="ipxe.efi")).splitlines()
+    for lines in (full, proxy):
+        assert {"port=0", "interface=eth1", "enable-tftp", "tftp-root=/srv/tftp", "dhcp-userclass=set:ipxe,iPXE",
+                "dhcp-match=set:ipxe,175"} <= set(lines)
+    assert "dhcp-range=10.7.0.100,10.7.0.200,255.255.255.0,1h" in full
+    assert [line for line in full if line.startswith("dhcp-boot=")] == [
+        "dhcp-boot=tag:ipxe,http://10.7.0.1:8080/boot/${net0/mac}.ipxe",
+        "dhcp-boot=tag:!ipxe,tag:efi64,snponly.efi",
+        "dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe"]
+    assert not any(line.startswith("pxe-service") for line in full)
+    assert "dhcp-range=10.7.0.0,proxy,255.255.255.0" in proxy
+    assert not any(line.startswith("dhcp-boot") for line in proxy)
+    services = [line for line in proxy if line.startswith("pxe-service=")]
+    assert 'pxe-service=tag:!ipxe,x86-64_EFI,"layerboot: chain to iPXE",ipxe.efi' in services
+    assert all(line.endswith(",layerboot.ipxe") for line in services if line.startswith("pxe-service=tag:ipxe"))
 
 
 # -- helpers --------------------------------------------------------------------------------------------------
