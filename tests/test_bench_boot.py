@@ -166,7 +166,10 @@ def test_median_needs_every_run_and_ratios_use_only_measured_systems() -> None:
     slow = SystemResult("layerboot", None, [Measured(9.0, 5)])
     assert ratio_lines([live, slow])[-1] == "target layerboot <= 0.5x live-boot: MISS"
     assert "failed: timeout" in describe(dracut) and "FAIL" in describe(dracut)
-    assert "median  17.00 s (16.00 18.00 17.00)" in describe(live)
+    assert "median  17.00 s (16.00 18.00 17.00)" in describe(live) and "cpu" not in describe(live)
+    timed = SystemResult("layerboot", 1, [Measured(8.0, 5, None, 3.0), Measured(7.0, 5, None, 2.0),
+                                          Measured(9.0, 5, None, 4.0)])
+    assert timed.median_cpu == 3.0 and "QEMU cpu 3.0 s" in describe(timed)
     assert mb(15_663_104) == "15.7 MB" and mb(9_312) == "9.3 kB" and mb(None) == "-"
 
 

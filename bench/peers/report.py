@@ -18,6 +18,7 @@ class Measured:
     seconds: float | None
     http_bytes: int
     failure: str | None = None
+    cpu_seconds: float | None = None   # QEMU's CPU time for the boot (guest work; less load-sensitive)
 
 
 @dataclass
@@ -40,11 +41,17 @@ class SystemResult:
         return statistics.median(times) if times and len(times) == len(self.runs) else None
 
     @property
+    def median_cpu(self) -> float | None:
+        cpu = [r.cpu_seconds for r in self.runs if r.cpu_seconds is not None and r.failure is None]
+        return statistics.median(cpu) if cpu and len(cpu) == len(self.runs) else None
+
+    @property
     def median_bytes(self) -> int | None:
         return int(statistics.median(r.http_bytes for r in self.runs)) if self.runs else None
 
     def to_json(self) -> dict[str, object]:
-        return {**asdict(self), "median": self.median, "median_bytes": self.median_bytes}
+        return {**asdict(self), "median": self.median, "median_cpu": self.median_cpu,
+                "median_bytes": self.median_bytes}
 
 
 def ratios(results: list[SystemResult], subject: str = "layerboot") -> dict[str, float]:
@@ -71,7 +78,8 @@ def describe(result: SystemResult) -> str:
         return f"{head}   not measured: {result.unavailable}"
     each = " ".join("FAIL" if r.seconds is None or r.failure else f"{r.seconds:.2f}" for r in result.runs)
     median = "no median" if result.median is None else f"median {result.median:6.2f} s"
-    line = f"{head}   {median} ({each})   served {mb(result.median_bytes)}"
+    cpu = "" if result.median_cpu is None else f", QEMU cpu {result.median_cpu:.1f} s"
+    line = f"{head}   {median} ({each}){cpu}   served {mb(result.median_bytes)}"
     failures = sorted({r.failure for r in result.runs if r.failure})
     return line + "".join(f"\n{'':25}failed: {f}" for f in failures)
 
