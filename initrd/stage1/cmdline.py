@@ -15,7 +15,7 @@ class CmdlineError(Exception):
 
 
 class Options(Record):
-    server: str = ""                  # layerboot.server=http://host:port (required)
+    server: str = ""                  # layerboot.server=http://host:port (required unless layerboot.slot=)
     node: str = ""                    # layerboot.node=<mac>; default: the boot interface's MAC
     profile: str = ""                 # layerboot.profile=NAME fetches the profile's manifest instead
     token: str = ""                   # layerboot.token=... sent as "Authorization: Bearer"
@@ -23,6 +23,7 @@ class Options(Record):
     breaks: tuple[str, ...] = ()      # layerboot.break=net,layers (a shell before each named stage)
     debug: bool = False               # layerboot.debug
     cache: str = ""                   # layerboot.cache=/dev/vdb (ext4/vfat; remembers the last serial)
+    slot: str = ""                    # layerboot.slot=UUID=...|PARTLABEL=...|LABEL=...|/dev/X: boot an A/B disk slot
     interface: str = ""               # layerboot.interface=eth0 (default: first ethernet, or the node MAC's)
     retries: int = 4                  # layerboot.retries=N per download
     timeout: float = 10.0             # layerboot.timeout=SECONDS per network operation
@@ -90,7 +91,7 @@ def parse_cmdline(text: str) -> Options:
                 values[name] = int(_positive(key, value, int))
             elif name == "timeout":
                 values[name] = float(_positive(key, value, float))
-            elif name in ("server", "node", "profile", "token", "cache", "interface", "upper_size"):
+            elif name in ("server", "node", "profile", "token", "cache", "interface", "upper_size", "slot"):
                 values[name] = value
             else:
                 raise CmdlineError(f"unknown kernel option {key}")

@@ -14,6 +14,7 @@ from . import console
 from .console import StageError, debug, say
 
 PUBLIC_KEY = "/etc/layerboot/signing.pub"
+SLOT_NET_TIMEOUT = 3.0   # layerboot.slot= with layerboot.server=: how long boot events may delay the boot
 
 
 class Boot:
@@ -83,8 +84,9 @@ def run_stages(boot: Boot) -> None:
     boot.options = options
     console.set_debug(options.debug)
     debug(f"stage1 started {boot.uptime_at_start:.2f}s after the kernel")
-    if not options.server:
-        raise StageError("no layerboot.server= on the kernel command line (the iPXE script sets it)")
+    if not options.server and not options.slot:
+        raise StageError("no layerboot.server= (the iPXE script sets it) or layerboot.slot= (GRUB sets it) on the "
+                         "kernel command line")
 
     def stage(name: str) -> None:
         now = time.monotonic()
@@ -96,19 +98,23 @@ def run_stages(boot: Boot) -> None:
 
     boot.mark = time.monotonic()
     stage("modules")
-    load_modules(optional=CACHE_MODULES if options.cache else ())
+    load_modules(optional=CACHE_MODULES if options.cache or options.slot else ())
 
     stage("net")
     from .net import bring_up, mac_of
 
     try:
-        interface, _ = bring_up(options.interface, options.node, options.ip, options.timeout)
+        if not options.server:   # layerboot.slot= alone: the disk holds everything
+            raise StageError("not used (no layerboot.server=)")
+        # With a slot the network only carries boot events: a short wait, never fatal.
+        timeout = min(options.timeout, SLOT_NET_TIMEOUT) if options.slot else options.timeout
+        interface, _ = bring_up(options.interface, options.node, options.ip, timeout)
         boot.node = options.node or mac_of(interface)
         boot.network_up = True
     except StageError as err:
-        if not options.cache:
+        if not options.cache and not options.slot:
             raise
-        say(f"network: {err}; trying the cache")
+        say(f"network: {err}; {'booting the slot' if options.slot else 'trying the cache'}")
         boot.node = options.node
 
     stage("manifest")
@@ -121,23 +127,39 @@ def run_stages(boot: Boot) -> None:
 
         cache_errors = (CacheError,)
         cache = open_cache(options.cache, say=say)
-    envelope = fetch_manifest(options, boot.node, cache, online=boot.network_up)
-    try:
-        min_serial = cache.last_serial() if cache is not None else 0
-        public = load_public_key(PUBLIC_KEY)
-        boot.manifest = manifest = verify_envelope(envelope, public, min_serial=min_serial)
-        if cache is not None:
-            cache.accept(manifest.serial, envelope)
-    except (VerifyError, *cache_errors) as err:
-        raise StageError(str(err)) from None
+    slot = None
+    if options.slot:   # the chain of an A/B disk slot instead of the server (stage1/slot.py, docs/install.md)
+        from .slot import SlotError, open_boot_slot
+
+        try:
+            slot = open_boot_slot(options.slot, PUBLIC_KEY, cache, say=say)
+        except (SlotError, *cache_errors) as err:
+            raise StageError(str(err)) from None
+        boot.manifest = manifest = slot.manifest
+    else:
+        envelope = fetch_manifest(options, boot.node, cache, online=boot.network_up)
+        try:
+            min_serial = cache.last_serial() if cache is not None else 0
+            public = load_public_key(PUBLIC_KEY)
+            boot.manifest = manifest = verify_envelope(envelope, public, min_serial=min_serial)
+            if cache is not None:
+                cache.accept(manifest.serial, envelope)
+        except (VerifyError, *cache_errors) as err:
+            raise StageError(str(err)) from None
     say(f"manifest: profile {manifest.profile} generation {manifest.generation} serial {manifest.serial}, "
         f"{len(manifest.layers)} layers")
 
     stage("layers")
-    from .fetch import fetch_layers
+    if slot is not None:   # each layer hashed against the signed manifest before it is loop-mounted
+        try:
+            files = list(slot.layer_paths())
+        except SlotError as err:
+            raise StageError(str(err)) from None
+    else:
+        from .fetch import fetch_layers
 
-    files = fetch_layers(options.server, options.token, manifest.layers, LAYER_DIR, retries=options.retries,
-                         timeout=options.timeout, cache=cache)
+        files = fetch_layers(options.server, options.token, manifest.layers, LAYER_DIR, retries=options.retries,
+                             timeout=options.timeout, cache=cache)
     if cache is not None:   # keep the current and the previous generation's layers
         try:
             cache.gc(cache.generation_digests() | {layer.digest for layer in manifest.layers})

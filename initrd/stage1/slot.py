@@ -1,0 +1,204 @@
+"""Boot the chain of an A/B disk slot (``layerboot.slot=``), used by stage1 inside the initramfs.
+
+Stdlib only, nothing done at import. The slot layout and the contract are in docs/install.md ("What is in a
+slot"): ``manifest.json`` (the signed envelope, byte for byte), ``layers/<sha256>`` (the chain, order from the
+manifest), ``boot/`` (GRUB's business). Stage1 mounts the slot read-only (``ext4 -o ro,noload``: not even the
+journal is replayed, so a slot stays byte-identical to what ``layerboot ab`` verified), verifies the manifest
+with the key baked into the initrd exactly like a downloaded one, and hashes every layer before it is loop-mounted.
+The slot stays mounted: the loop devices hold its files, and the mount moves with /run into the new root.
+
+Finding the device reuses the cache's udev-free lookup (``cache.resolve_device``: a path, ``LABEL=``, ``UUID=``);
+``PARTLABEL=`` (the GPT partition name, ``layerboot-a``/``layerboot-b`` on an A/B disk) is read from the GPT of
+the partition's parent disk, because partitions added by ``partx``/BLKPG carry no name in sysfs.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .cache import CacheError, _hash_file, _mount_argv, _spawn, ext4_identity, resolve_device
+
+SLOT_MOUNTPOINT = "/run/layerboot/slot"
+MANIFEST_FILE = "manifest.json"
+LAYERS = "layers"
+MANIFEST_LIMIT = 1 << 20
+GPT_SIGNATURE = b"EFI PART"
+
+
+class SlotError(Exception):
+    """Why this slot cannot be booted: one line for the console (the boot then fails, so GRUB falls back)."""
+
+
+def _say(text: str) -> None:
+    os.write(2, f"layerboot: slot: {text}\n".encode("utf-8", "replace"))
+
+
+# -- finding the device ------------------------------------------------------------------------------------
+def gpt_partition_name(disk: str, number: int, sector: int = 512) -> str | None:
+    """The GPT name of partition ``number`` (1-based) on ``disk``; None without a GPT or such an entry."""
+    try:
+        fd = os.open(disk, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        header = os.pread(fd, 92, sector)
+        if len(header) < 92 or header[:8] != GPT_SIGNATURE:
+            return None
+        first = int.from_bytes(header[72:80], "little")
+        count = int.from_bytes(header[80:84], "little")
+        size = int.from_bytes(header[84:88], "little")
+        if not 1 <= number <= count or size < 128:
+            return None
+        entry = os.pread(fd, 128, first * sector + (number - 1) * size)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(entry) < 128 or entry[:16] == bytes(16):          # an unused entry has a zero type GUID
+        return None
+    return entry[56:128].decode("utf-16-le", "replace").split("\0", 1)[0]
+
+
+def _read_sys(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def resolve_partlabel(name: str, *, dev: str = "/dev", sys_block: str = "/sys/class/block") -> str | None:
+    """The partition whose GPT name is ``name`` (udev's by-partlabel link when present, else read the GPT)."""
+    link = os.path.join(dev, "disk", "by-partlabel", name)
+    if os.path.exists(link):
+        return os.path.realpath(link)
+    try:
+        names = sorted(os.listdir(sys_block))
+    except OSError:
+        return None
+    for part in names:
+        number = _read_sys(os.path.join(sys_block, part, "partition"))
+        if not number.isdigit():
+            continue
+        disk = os.path.basename(os.path.dirname(os.path.realpath(os.path.join(sys_block, part))))
+        sector = _read_sys(os.path.join(sys_block, disk, "queue", "logical_block_size"))
+        found = gpt_partition_name(os.path.join(dev, disk), int(number), int(sector) if sector.isdigit() else 512)
+        if found == name and os.path.exists(os.path.join(dev, part)):
+            return os.path.join(dev, part)
+    return None
+
+
+def resolve_slot(spec: str, *, dev: str = "/dev", sys_block: str = "/sys/class/block") -> str | None:
+    """A device path for ``/dev/X``, ``LABEL=``, ``UUID=`` or ``PARTLABEL=``; None when nothing matches (yet)."""
+    kind, _, wanted = spec.partition("=")
+    if kind == "PARTLABEL" and wanted:
+        return resolve_partlabel(wanted, dev=dev, sys_block=sys_block)
+    try:
+        return resolve_device(spec, dev=dev, sys_block=sys_block)
+    except CacheError:
+        raise SlotError(f"layerboot.slot={spec!r}: use a device path, LABEL=, UUID= or PARTLABEL=") from None
+
+
+# -- the slot ----------------------------------------------------------------------------------------------
+class Slot:
+    """A mounted, verified slot: ``manifest`` is the checked BootManifest, ``layer_paths()`` the chain."""
+
+    def __init__(self, root: str, manifest, envelope: bytes, device: str | None = None) -> None:  # noqa: ANN001
+        self.root = root
+        self.manifest = manifest          # verify.BootManifest
+        self.envelope = envelope
+        self.device = device              # set when open_slot mounted it: close() unmounts
+
+    def layer_paths(self):  # noqa: ANN201 - Iterator[str]; typing is not imported in the initramfs
+        """Each layer file, base first, yielded only after its size and sha256 match the signed manifest."""
+        for layer in self.manifest.layers:
+            path = os.path.join(self.root, LAYERS, layer.digest)
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                raise SlotError(f"layer {layer.digest[:12]} named by the signed manifest is missing from the "
+                                f"slot ({path})") from None
+            if size != layer.size:
+                raise SlotError(f"layer {layer.digest[:12]} in the slot has {size} bytes, the signed manifest "
+                                f"says {layer.size}: the slot was altered or damaged")
+            got = _hash_file(path)
+            if got != layer.digest:
+                raise SlotError(f"layer {layer.digest[:12]} in the slot failed verification: sha256 {got[:12]}; "
+                                "the slot was altered or damaged")
+            yield path
+
+    def close(self) -> None:
+        """Unmount when open_slot mounted it (only when nothing is loop-mounted from it). Safe to call twice."""
+        if self.device is not None:
+            code, output = _spawn(_mount_argv("umount", self.root))
+            if code:
+                raise SlotError(f"unmounting the slot at {self.root} failed: {output or code}")
+            self.device = None
+
+
+def read_manifest(root: str, public: bytes, *, min_serial: int = 0):  # noqa: ANN201 - (BootManifest, bytes)
+    """Verify ``root/manifest.json`` with the trusted key; SlotError names what is wrong."""
+    from .verify import VerifyError, verify_envelope
+
+    path = os.path.join(root, MANIFEST_FILE)
+    try:
+        with open(path, "rb") as f:
+            envelope = f.read(MANIFEST_LIMIT + 1)
+    except FileNotFoundError:
+        raise SlotError(f"the slot has no {MANIFEST_FILE} (not an installed slot, or its write was "
+                        "interrupted)") from None
+    except OSError as err:
+        raise SlotError(f"cannot read {path}: {err.strerror}") from None
+    if len(envelope) > MANIFEST_LIMIT:
+        raise SlotError(f"{path} is larger than {MANIFEST_LIMIT} bytes: not a signed manifest")
+    try:
+        return verify_envelope(envelope, public, min_serial=min_serial), envelope
+    except VerifyError as err:
+        raise SlotError(f"{MANIFEST_FILE} in the slot: {err}") from None
+
+
+def open_slot(spec: str, public: bytes, mountpoint: str = SLOT_MOUNTPOINT, *, min_serial: int = 0,
+              wait: float = 10.0, say=_say) -> Slot:  # noqa: ANN001 - say(str) -> None
+    """Find, mount read-only and verify the slot named by ``layerboot.slot=``; SlotError (one line) if it can't.
+
+    Waits up to ``wait`` seconds for the device (disk drivers probe asynchronously). Never writes to the slot.
+    """
+    import time
+
+    deadline = time.monotonic() + wait
+    device = resolve_slot(spec)
+    while device is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        device = resolve_slot(spec)
+    if device is None:
+        raise SlotError(f"no device matches layerboot.slot={spec} after {wait:.0f} s")
+    if ext4_identity(device) is None:
+        raise SlotError(f"{device} (layerboot.slot={spec}) holds no ext4 filesystem: not an installed slot")
+    os.makedirs(mountpoint, exist_ok=True)
+    code, output = _spawn(_mount_argv("mount", "-t", "ext4", "-o", "ro,noload", device, mountpoint))
+    if code:
+        raise SlotError(f"mounting {device} read-only failed: {output or code}")
+    try:
+        manifest, envelope = read_manifest(mountpoint, public, min_serial=min_serial)
+    except BaseException:
+        _spawn(_mount_argv("umount", mountpoint))
+        raise
+    say(f"{device} mounted read-only at {mountpoint}")
+    return Slot(mountpoint, manifest, envelope, device=device)
+
+
+def open_boot_slot(spec: str, key_path: str, cache=None, *, say=_say) -> Slot:  # noqa: ANN001 - LayerCache
+    """What stage1 does for ``layerboot.slot=``: the trusted key, the cache's serial floor when there is a cache.
+
+    The slot's serial is checked against the cache but not recorded in it: GRUB falling back to the older slot
+    after a failed update must still boot (anti-replay across slots is ``layerboot ab update``'s job, which
+    refuses a serial lower than the newest slot on the disk).
+    """
+    from .verify import VerifyError, load_public_key
+
+    try:
+        public = load_public_key(key_path)
+    except VerifyError as err:
+        raise SlotError(str(err)) from None
+    min_serial = cache.last_serial() if cache is not None else 0
+    return open_slot(spec, public, min_serial=min_serial, say=say)

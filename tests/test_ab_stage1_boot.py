@@ -1,0 +1,149 @@
+"""An A/B disk installed by ``layerboot install`` boots through layerboot's own stage1, with no network: SeaBIOS
+-> our GRUB -> the slot's kernel and initrd -> stage1 mounts the slot read-only (``layerboot.slot=UUID=...``),
+verifies its signed manifest, hashes and stacks its chain -> the rootfs init proves every layer and a whiteout.
+A tampered update in slot B is refused by stage1, the node reboots (``layerboot.emergency=reboot``), GRUB uses
+up B's try and falls back to slot A by itself.
+
+The initrd is the one tests/test_boot_qemu.py builds (same key, same inputs: cached under /var/cache/layerboot).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from abdisk import loop_disk
+from layerboot.build import ab
+from layerboot.build.ab import PART_B
+from layerboot.build.busybox_tree import build_busybox_tree
+from layerboot.build.disk_actions import partition_path
+from layerboot.build.initrd import build_initrd
+from layerboot.build.kernel import fetch_kernel
+from layerboot.build.qemu import NodeConfig, QemuNode
+from layerboot.overlays.profile import Profiles
+from layerboot.overlays.store import Store
+from layerboot.paths import Paths
+from layerboot.run import run
+from layerboot.tools.cli import main as cli
+from test_boot_qemu import CACHE, WHITEOUT, cached_signing_key
+
+pytestmark = [pytest.mark.qemu, pytest.mark.root]
+
+# Tries use up on a stage1 failure only if the node reboots: emergency=reboot, as an unattended A/B node wants.
+CMDLINE = "console=ttyS0 quiet no_timer_check panic=-1 layerboot.emergency=reboot"
+SLOT_INIT = r"""#!/bin/sh
+export PATH=/usr/bin:/usr/sbin:/bin:/sbin
+ok=yes
+for f in /etc/base-file /etc/layer1 /etc/layer2; do
+  [ -e "$f" ] || { echo "NODE: missing $f"; ok=no; }
+done
+[ -e /etc/doomed ] && { echo "NODE: /etc/doomed survived its whiteout"; ok=no; }
+grep -q " /run/layerboot/slot ext4 ro," /proc/mounts || { echo "NODE: the slot is not mounted read-only"; ok=no; }
+[ "$ok" = yes ] && echo "SLOT-ROOTFS-PASS base=$(cat /etc/base-file) l1=$(cat /etc/layer1) l2=$(cat /etc/layer2)" \
+  "l3=$(cat /etc/layer3 2>/dev/null || echo none) whiteout=ok $(grep -o 'layerboot.slot=[^ ]*' /proc/cmdline)"
+poweroff -f
+"""
+FAILURES = (r"Kernel panic", r"Traceback", r"NODE: ")
+
+
+@pytest.fixture(scope="session")
+def slot_store(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A store whose profile 'disk' boots layerboot's initrd: busybox base, two overlays (one whiteout)."""
+    kernel = fetch_kernel()
+    work = tmp_path_factory.mktemp("ab-stage1")
+    paths = Paths(work / "store")
+    store = Store(paths)
+    store.init()
+    for cached, target in zip(cached_signing_key(), (paths.signing_key, paths.public_key)):
+        shutil.copyfile(cached, target)   # the shared test key: the cached initrd embeds its public half
+    paths.signing_key.chmod(0o600)
+    base_tree = build_busybox_tree(work / "base", init_script=SLOT_INIT)
+    (base_tree / "etc/base-file").write_text("b\n")
+    (base_tree / "etc/doomed").write_text("deleted by layer 2\n")
+    base = store.import_tree(base_tree, kind="base", all_root=True).digest
+    layers = [base]
+    for name, files in (("one", {"etc/layer1": "1\n"}), ("two", {"etc/layer2": "2\n"}),
+                        ("three", {"etc/layer3": "3\n"})):
+        tree = work / name
+        (tree / "etc").mkdir(parents=True)
+        for rel, text in files.items():
+            (tree / rel).write_text(text)
+        if name == "two":
+            os.mknod(tree / "etc/doomed", WHITEOUT, os.makedev(0, 0))
+        layers.append(store.import_tree(tree, kind="overlay", base=base, all_root=True).digest)
+    initrd = build_initrd(kernel, paths.public_key, work / "initrd.img", cache=CACHE / "initrd")
+    profiles = Profiles(store)
+    profiles.create("disk", base, cmdline=CMDLINE, kernel=store.import_boot_file(kernel.image, kind="kernel").digest,
+                    initrd=store.import_boot_file(initrd.path, kind="initrd").digest)
+    for layer in layers[1:]:     # generation 3: base + 1 + 2; generation 4 adds layer 3 (the update)
+        profiles.add("disk", layer)
+    return {"paths": paths, "profiles": profiles, "layers": layers, "initrd": initrd}
+
+
+def _layerboot(paths: Paths, *args: str) -> None:
+    assert cli(["--store", str(paths.root), *args]) == 0
+
+
+def _boot(device: str, log: Path) -> QemuNode:
+    """Boot the disk (its backing file) through SeaBIOS; the host lets go of the partitions first."""
+    run(["partx", "-d", device], check=False)
+    image = Path(run(["losetup", "--noheadings", "-O", "BACK-FILE", device]).text.strip())
+    # NodeConfig without a kernel asks for '-boot n'; the later '-boot c' wins: SeaBIOS boots the disk.
+    return QemuNode(NodeConfig(disks=[image], no_reboot=False, memory_mb=512, extra=["-boot", "c"]), log)
+
+
+def test_an_installed_disk_boots_its_chain_through_stage1(slot_store: dict, tmp_path: Path) -> None:
+    paths: Paths = slot_store["paths"]
+    with loop_disk(tmp_path) as device:
+        _layerboot(paths, "install", "--disk", device, "--profile", "disk", "-g", "3", "--tries", "2",
+                   "--slot-size", "64M")
+        disk = ab.AbDisk(device, workdir=tmp_path)
+        uuid_a = disk.layout().slot_uuids["A"]
+        with _boot(device, tmp_path / "serial.log") as node:
+            passed = node.wait_for(r"SLOT-ROOTFS-PASS", timeout=150, fail=(r"layerboot: FAILED", *FAILURES))
+            assert node.wait_exit(60) == 0
+        text = node.text()
+        assert passed.text == f"SLOT-ROOTFS-PASS base=b l1=1 l2=2 l3=none whiteout=ok layerboot.slot=UUID={uuid_a}"
+        assert re.findall(r"Booting `layerboot slot (\w)'", text) == ["A"]
+        assert "network: not used" in text and "manifest: profile disk generation 3 " in text
+        run(["partx", "-u", device])
+        assert disk.state().slots["A"] == ab.SlotState("trial", 1)     # GRUB counted this boot
+        print(f"A/B disk -> GRUB -> stage1 -> rootfs marker: {passed.seconds:.1f}s after QEMU start")
+
+
+def test_a_tampered_update_is_refused_by_stage1_and_grub_falls_back(slot_store: dict, tmp_path: Path) -> None:
+    paths: Paths = slot_store["paths"]
+    with loop_disk(tmp_path) as device:
+        _layerboot(paths, "install", "--disk", device, "--profile", "disk", "-g", "3", "--slot-size", "64M")
+        _layerboot(paths, "mark-good", "--disk", device, "--slot", "A")
+        _layerboot(paths, "ab", "update", "--disk", device, "--profile", "disk", "-g", "4", "--tries", "1")
+        top = slot_store["layers"][3]
+        mnt = tmp_path / "b"
+        mnt.mkdir()
+        run(["mount", "-t", "ext4", partition_path(device, PART_B), mnt])   # the attacker / the bad disk
+        try:
+            layer = mnt / "layers" / top
+            data = bytearray(layer.read_bytes())
+            data[len(data) // 2] ^= 0x40
+            layer.chmod(0o644)
+            layer.write_bytes(bytes(data))
+        finally:
+            run(["umount", mnt])
+        disk = ab.AbDisk(device, workdir=tmp_path)
+        with _boot(device, tmp_path / "serial.log") as node:
+            refused = node.wait_for(r"layerboot: FAILED: ", timeout=150, fail=FAILURES)
+            passed = node.wait_for(r"SLOT-ROOTFS-PASS", timeout=150, fail=(r"^layerboot: FAILED", *FAILURES),
+                                   start=node.lines.index(refused) + 1)
+            assert node.wait_exit(60) == 0
+        text = node.text()
+        assert re.match(rf"layerboot: FAILED: layers: layer {top[:12]} in the slot failed verification", refused.text)
+        assert re.findall(r"Booting `layerboot slot (\w)'", text) == ["B", "A"], text[-3000:]
+        assert passed.text.startswith("SLOT-ROOTFS-PASS base=b l1=1 l2=2 l3=none whiteout=ok")
+        run(["partx", "-u", device])
+        state = disk.state()
+        assert state.slots == {"A": ab.SlotState("good"), "B": ab.SlotState("bad")} and state.booted == "A"
+        print(f"tampered slot B refused at {refused.seconds:.1f}s, fallback to A: rootfs at {passed.seconds:.1f}s")
