@@ -1,6 +1,8 @@
 """Ed25519 signing keys: the server keeps the private key; nodes get the public key baked into their initrd.
 
 The public key file is one line: the raw 32-byte key in base64, so stage1 can read it without parsing PEM.
+``cryptography`` is imported only where a key is made, loaded or checked: the node-side client (capture,
+upload) imports this module through the CLI and must not need the 14 MB OpenSSL binding.
 """
 
 from __future__ import annotations
@@ -8,12 +10,13 @@ from __future__ import annotations
 import base64
 import hashlib
 from pathlib import Path
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from layerboot.atomic import create_exclusive
 from layerboot.errors import LayerbootError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 
 def key_id(public_raw: bytes) -> str:
@@ -22,6 +25,8 @@ def key_id(public_raw: bytes) -> str:
 
 
 def public_raw(key: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
@@ -31,6 +36,9 @@ def generate_key(private_path: Path, public_path: Path) -> str:
         raise LayerbootError(f"a signing key already exists at {private_path}",
                              hint="remove it first if you really mean to replace it (nodes must get the new "
                                   "public key in their initrd)")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     private_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -43,6 +51,9 @@ def generate_key(private_path: Path, public_path: Path) -> str:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -77,6 +88,7 @@ def load_public_key(path: Path) -> bytes:
 
 def verify_signature(public: bytes, signature: bytes, payload: bytes) -> bool:
     from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     try:
         Ed25519PublicKey.from_public_bytes(public).verify(signature, payload)
