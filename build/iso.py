@@ -74,6 +74,12 @@ class IsoReader:
         except (PyCdlibException, OSError, ValueError, IndexError, KeyError) as err:
             raise LayerbootError(f"{path} is not a readable ISO 9660 image ({err})",
                                  hint="give the live ISO as downloaded (a .iso file)") from None
+        pvd = self._iso.pvd
+        expected, actual = pvd.space_size * pvd.logical_block_size(), path.stat().st_size
+        if actual < expected:
+            self._iso.close()
+            raise LayerbootError(f"{path} is truncated: {actual} of the {expected} bytes its header announces",
+                                 hint="the download is incomplete; fetch it again and check its checksum")
         if self._iso.has_rock_ridge():
             self._key = "rr_path"
         elif self._iso.has_joliet():
@@ -109,16 +115,27 @@ class IsoReader:
             break
         return path
 
+    def _copy(self, path: str, out) -> None:  # noqa: ANN001 - a writable binary file object
+        """Copy one file out of the ISO; a damaged image is one clear error, not a pycdlib traceback."""
+        from pycdlib.pycdlibexception import PyCdlibException
+        try:
+            self._iso.get_file_from_iso_fp(out, **{self._key: self._raw(path)})
+        except EOFError:
+            raise
+        except (PyCdlibException, OSError, ValueError) as err:
+            raise LayerbootError(f"cannot read {path} from {self.path.name}: {err}",
+                                 hint="the ISO may be truncated or damaged; check it against its checksum") from None
+
     def read_head(self, path: str, size: int) -> bytes:
         import io
         buffer = io.BytesIO()
-        with contextlib.suppress(Exception):
-            self._iso.get_file_from_iso_fp(_Limited(buffer, size), **{self._key: self._raw(path)})
+        with contextlib.suppress(EOFError):     # _Limited stops the copy once it has enough
+            self._copy(path, _Limited(buffer, size))
         return buffer.getvalue()[:size]
 
     def extract(self, path: str, target: Path) -> None:
         with open(target, "wb") as out:
-            self._iso.get_file_from_iso_fp(out, **{self._key: self._raw(path)})
+            self._copy(path, out)
 
 
 class _Limited:

@@ -152,7 +152,7 @@ def test_other_live_layouts(store: Store, tmp_path: Path, layout: dict[str, str]
 
 
 @needs_iso_tools
-@pytest.mark.parametrize("case", ["garbage", "truncated", "no-squashfs", "fake-squashfs", "no-kernel"])
+@pytest.mark.parametrize("case", ["garbage", "truncated", "cut-short", "no-squashfs", "fake-squashfs", "no-kernel"])
 def test_malformed_iso_is_one_line_and_writes_nothing(store: Store, tmp_path: Path, case: str) -> None:
     good = {"live/filesystem.squashfs": squashfs_of(tmp_path, "ok", ROOTFS), "live/vmlinuz": KERNEL,
             "live/initrd.img": INITRD}
@@ -165,6 +165,12 @@ def test_malformed_iso_is_one_line_and_writes_nothing(store: Store, tmp_path: Pa
         iso = tmp_path / "truncated.iso"
         iso.write_bytes(full.read_bytes()[:40 * 1024])
         expected = "is not a readable ISO 9660 image"
+    elif case == "cut-short":       # headers and directories intact, file data missing (an interrupted download)
+        full = make_iso(tmp_path, "full", {**good, "live/filesystem.squashfs": squashfs_of(
+            tmp_path, "big", {**ROOTFS, "blob": os.urandom(1 << 20)})})
+        iso = tmp_path / "cut.iso"
+        iso.write_bytes(full.read_bytes()[:full.stat().st_size // 2])
+        expected = "is truncated:"
     elif case == "no-squashfs":
         iso = make_iso(tmp_path, "installer", {"install/vmlinuz": KERNEL, "install/initrd.gz": INITRD})
         expected = "no live root filesystem found"
