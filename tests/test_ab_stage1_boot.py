@@ -20,6 +20,7 @@ from abdisk import loop_disk
 from layerboot.build import ab
 from layerboot.build.ab import PART_B
 from layerboot.build.busybox_tree import build_busybox_tree
+from layerboot.build.client_layer import _libraries, _put, client_layer_image
 from layerboot.build.disk_actions import partition_path
 from layerboot.build.initrd import build_initrd
 from layerboot.build.kernel import fetch_kernel
@@ -45,8 +46,11 @@ done
 grep -q " /run/layerboot/slot ext4 ro," /proc/mounts || { echo "NODE: the slot is not mounted read-only"; ok=no; }
 [ "$ok" = yes ] && echo "SLOT-ROOTFS-PASS base=$(cat /etc/base-file) l1=$(cat /etc/layer1) l2=$(cat /etc/layer2)" \
   "l3=$(cat /etc/layer3 2>/dev/null || echo none) whiteout=ok $(grep -o 'layerboot.slot=[^ ]*' /proc/cmdline)"
+# The client layer (python3 + layerboot) and mtools are in the chain: confirm the slot from the node itself.
+[ "$ok" = yes ] && echo "MARK-GOOD: $(layerboot mark-good --disk /dev/vda 2>&1)"
 poweroff -f
 """
+SLOT_SIZE = "96M"   # the chain with the client layer, kernel and initrd is ~45 MB
 FAILURES = (r"Kernel panic", r"Traceback", r"NODE: ")
 
 
@@ -75,13 +79,36 @@ def slot_store(tmp_path_factory: pytest.TempPathFactory) -> dict:
         if name == "two":
             os.mknod(tree / "etc/doomed", WHITEOUT, os.makedev(0, 0))
         layers.append(store.import_tree(tree, kind="overlay", base=base, all_root=True).digest)
+    client_image = client_layer_image(work / "client.squashfs", cache=CACHE)
+    layers.append(store.import_squashfs(client_image, kind="overlay", base=base, description="client").digest)
+    layers.append(store.import_tree(_mtools_tree(work / "mtools"), kind="overlay", base=base, all_root=True,
+                                    description="mtools for mark-good").digest)
     initrd = build_initrd(kernel, paths.public_key, work / "initrd.img", cache=CACHE / "initrd")
     profiles = Profiles(store)
     profiles.create("disk", base, cmdline=CMDLINE, kernel=store.import_boot_file(kernel.image, kind="kernel").digest,
                     initrd=store.import_boot_file(initrd.path, kind="initrd").digest)
-    for layer in layers[1:]:     # generation 3: base + 1 + 2; generation 4 adds layer 3 (the update)
+    for layer in (layers[1], layers[2], layers[4], layers[5]):
         profiles.add("disk", layer)
-    return {"paths": paths, "profiles": profiles, "layers": layers, "initrd": initrd}
+    good = profiles.current("disk").number               # base, 1, 2 (whiteout), client, mtools
+    profiles.add("disk", layers[3])                      # the update adds layer 3
+    return {"paths": paths, "profiles": profiles, "layers": layers, "initrd": initrd, "good": good,
+            "update": good + 1}
+
+
+def _mtools_tree(tree: Path) -> Path:
+    """mtools and the libraries it links (mark-good edits the ESP with it; the ESP is never mounted).
+
+    mtools converts FAT names through iconv's code page 850: without glibc's gconv module for it, every mtools
+    command fails with "Error setting code page" (a busybox-only node image lacks it; Debian's libc6 has it).
+    """
+    mtools = Path("/usr/bin/mtools")
+    gconv = Path("/usr/lib/x86_64-linux-gnu/gconv")
+    for path in (mtools, *_libraries([mtools]), gconv / "IBM850.so", gconv / "gconv-modules",
+                 *sorted((gconv / "gconv-modules.d").glob("*.conf"))):
+        _put(tree, path)
+    for name in ("mcopy", "mdel", "mren", "mmd", "mdir"):
+        (tree / "usr/bin" / name).symlink_to("mtools")
+    return tree
 
 
 def _layerboot(paths: Paths, *args: str) -> None:
@@ -99,8 +126,8 @@ def _boot(device: str, log: Path) -> QemuNode:
 def test_an_installed_disk_boots_its_chain_through_stage1(slot_store: dict, tmp_path: Path) -> None:
     paths: Paths = slot_store["paths"]
     with loop_disk(tmp_path) as device:
-        _layerboot(paths, "install", "--disk", device, "--profile", "disk", "-g", "3", "--tries", "2",
-                   "--slot-size", "64M")
+        _layerboot(paths, "install", "--disk", device, "--profile", "disk", "-g", str(slot_store["good"]),
+                   "--tries", "2", "--slot-size", SLOT_SIZE)
         disk = ab.AbDisk(device, workdir=tmp_path)
         uuid_a = disk.layout().slot_uuids["A"]
         with _boot(device, tmp_path / "serial.log") as node:
@@ -109,18 +136,22 @@ def test_an_installed_disk_boots_its_chain_through_stage1(slot_store: dict, tmp_
         text = node.text()
         assert passed.text == f"SLOT-ROOTFS-PASS base=b l1=1 l2=2 l3=none whiteout=ok layerboot.slot=UUID={uuid_a}"
         assert re.findall(r"Booting `layerboot slot (\w)'", text) == ["A"]
-        assert "network: not used" in text and "manifest: profile disk generation 3 " in text
+        assert "network: not used" in text and f"manifest: profile disk generation {slot_store['good']} " in text
+        assert node.wait_for(r"^MARK-GOOD: ", timeout=1).text == "MARK-GOOD: slot A is good"
         run(["partx", "-u", device])
-        assert disk.state().slots["A"] == ab.SlotState("trial", 1)     # GRUB counted this boot
+        state = disk.state()     # GRUB counted the boot (2 -> 1 tries), then the node confirmed its slot
+        assert state.slots == {"A": ab.SlotState("good"), "B": ab.SlotState("empty")} and state.booted == "A"
         print(f"A/B disk -> GRUB -> stage1 -> rootfs marker: {passed.seconds:.1f}s after QEMU start")
 
 
 def test_a_tampered_update_is_refused_by_stage1_and_grub_falls_back(slot_store: dict, tmp_path: Path) -> None:
     paths: Paths = slot_store["paths"]
     with loop_disk(tmp_path) as device:
-        _layerboot(paths, "install", "--disk", device, "--profile", "disk", "-g", "3", "--slot-size", "64M")
+        _layerboot(paths, "install", "--disk", device, "--profile", "disk", "-g", str(slot_store["good"]),
+                   "--slot-size", SLOT_SIZE)
         _layerboot(paths, "mark-good", "--disk", device, "--slot", "A")
-        _layerboot(paths, "ab", "update", "--disk", device, "--profile", "disk", "-g", "4", "--tries", "1")
+        _layerboot(paths, "ab", "update", "--disk", device, "--profile", "disk", "-g", str(slot_store["update"]),
+                   "--tries", "1")
         top = slot_store["layers"][3]
         mnt = tmp_path / "b"
         mnt.mkdir()
@@ -143,6 +174,7 @@ def test_a_tampered_update_is_refused_by_stage1_and_grub_falls_back(slot_store: 
         assert re.match(rf"layerboot: FAILED: layers: layer {top[:12]} in the slot failed verification", refused.text)
         assert re.findall(r"Booting `layerboot slot (\w)'", text) == ["B", "A"], text[-3000:]
         assert passed.text.startswith("SLOT-ROOTFS-PASS base=b l1=1 l2=2 l3=none whiteout=ok")
+        assert "MARK-GOOD: slot A is good (it already was)" in text
         run(["partx", "-u", device])
         state = disk.state()
         assert state.slots == {"A": ab.SlotState("good"), "B": ab.SlotState("bad")} and state.booted == "A"
