@@ -117,7 +117,15 @@ def host_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
     return FALLBACK_MIRROR
 
 
+def host_arch() -> str:
+    """The host's Debian architecture (the base is built for the machines this server is like)."""
+    result = run(["dpkg", "--print-architecture"], check=False)
+    return result.text.strip() or "amd64"
+
+
 def check_spec(spec: DebootstrapSpec) -> None:
+    if not SUITE_RE.match(spec.arch):
+        raise LayerbootError(f"--arch {spec.arch!r} is not a Debian architecture name")
     if not SUITE_RE.match(spec.suite):
         raise LayerbootError(f"--suite {spec.suite!r} is not a Debian suite name")
     if not re.match(r"^(https?|file)://", spec.mirror):

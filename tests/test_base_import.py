@@ -226,7 +226,8 @@ def test_debootstrap_spec_key_depends_on_what_is_downloaded() -> None:
 def test_debootstrap_refuses_bad_names_before_downloading(store: Store, tmp_path: Path) -> None:
     for args, message in ((["--suite", "Bookworm;rm"], "is not a Debian suite name"),
                           (["--include", "ok,Bad_Name"], "not Debian package names: Bad_Name"),
-                          (["--mirror", "deb.debian.org"], "is not an http(s)://")):
+                          (["--mirror", "deb.debian.org"], "is not an http(s)://"),
+                          (["--arch", "AMD;64"], "is not a Debian architecture name")):
         result = cli(store, "base", "debootstrap", "--cache-dir", str(tmp_path / "cache"), *args, check=False)
         assert result.returncode == 1 and message in result.stderr.decode(), result.stderr.decode()
     assert not (tmp_path / "cache").exists()

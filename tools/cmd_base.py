@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(--cache-dir), so a rebuild does not touch the network. Prints the new layer's digest.")
     deb.add_argument("--suite", default="bookworm", help="Debian suite (default: bookworm)")
     deb.add_argument("--mirror", metavar="URL", help="Debian mirror (default: the host's, from /etc/apt)")
+    deb.add_argument("--arch", metavar="ARCH", help="Debian architecture (default: the host's, e.g. amd64)")
     deb.add_argument("--include", action="append", default=[], metavar="PKG[,PKG...]",
                      help="extra Debian packages to install (repeatable)")
     deb.add_argument("--cache-dir", type=Path, metavar="DIR",
@@ -45,11 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_debootstrap(ctx: Context) -> int:
     from layerboot.build.debootstrap import DEFAULT_CACHE, NODE_PACKAGES, DebootstrapSpec, debootstrap_base, \
-        host_mirror
+        host_arch, host_mirror
     a = ctx.args
     extra = tuple(p.strip() for item in a.include for p in item.split(",") if p.strip())
     spec = DebootstrapSpec(suite=a.suite, mirror=(a.mirror or host_mirror()).rstrip("/"),
-                           include=NODE_PACKAGES + extra)
+                           include=NODE_PACKAGES + extra, arch=a.arch or host_arch())
     layer = debootstrap_base(ctx.ready_store(), spec, cache=a.cache_dir or DEFAULT_CACHE,
                              description=a.description)
     print(layer.digest)
