@@ -19,6 +19,7 @@ from layerboot.run import run
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
+from peers import layerboot as bench_layerboot  # noqa: E402
 from peers import live_boot  # noqa: E402
 from peers.boot import MARKER_PATTERN, Guest, node_config  # noqa: E402
 from peers.cache import cached, input_key  # noqa: E402
@@ -189,6 +190,18 @@ def test_qemu_boots_under_tcg_with_rdrand_and_the_given_command_line() -> None:
     assert argv[argv.index("-append") + 1] == "console=ttyS0 boot=live"
     assert argv[argv.index("-m") + 1] == "512" and argv[argv.index("-initrd") + 1] == "/i"
     assert any("mac=52:54:00:be:00:02" in a for a in argv) and any(a.startswith("file=/c.img") for a in argv)
+
+
+def test_layerboot_variant_reads_the_token_and_builds_its_command_line() -> None:
+    printed = ("registered 52:54:00:be:00:01 (profile bench-v1)\n"
+               "upload token (shown once, only its hash is stored): ab12cd\n")   # tools/cmd_nodes.py's output
+    found = bench_layerboot._TOKEN.search(printed)
+    assert found is not None and found.group(1) == "ab12cd"
+    line = bench_layerboot.cmdline("http://10.0.2.2:1234", "52:54:00:be:00:01", "ab12cd")
+    assert "layerboot.server=http://10.0.2.2:1234" in line and "layerboot.node=52:54:00:be:00:01" in line
+    assert "layerboot.token=ab12cd" in line and "layerboot.emergency=poweroff" in line
+    assert bench_layerboot.FAIL_CACHED.search("layerboot: cache: no device matches X; booting without a cache")
+    assert not bench_layerboot.FAIL.search("layerboot: cache: no device matches X; booting without a cache")
 
 
 def test_help_runs_and_unknown_systems_are_one_line_errors() -> None:
