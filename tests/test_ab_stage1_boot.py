@@ -30,6 +30,7 @@ from layerboot.overlays.store import Store
 from layerboot.paths import Paths
 from layerboot.run import run
 from layerboot.tools.cli import main as cli
+from server_daemon import MAC, Daemon, write_config
 from test_boot_qemu import CACHE, WHITEOUT, cached_signing_key
 
 pytestmark = [pytest.mark.qemu, pytest.mark.root]
@@ -179,3 +180,28 @@ def test_a_tampered_update_is_refused_by_stage1_and_grub_falls_back(slot_store: 
         state = disk.state()
         assert state.slots == {"A": ab.SlotState("good"), "B": ab.SlotState("bad")} and state.booted == "A"
         print(f"tampered slot B refused at {refused.seconds:.1f}s, fallback to A: rootfs at {passed.seconds:.1f}s")
+
+
+def test_a_slot_boot_reports_to_the_server_when_one_is_given(slot_store: dict, tmp_path: Path) -> None:
+    """The disk boots by itself; layerboot.server= in the profile's command line only adds the boot event."""
+    paths: Paths = slot_store["paths"]
+    profiles: Profiles = slot_store["profiles"]
+    daemon = Daemon(paths, write_config(tmp_path / "layerboot.toml", paths), tmp_path / "layerbootd.log")
+    _, token = daemon.registry().register(MAC, "disk", replace=True)
+    daemon.start()
+    try:
+        server = f"layerboot.server=http://10.0.2.2:{daemon.port} layerboot.node={MAC} layerboot.token={token}"
+        generation = profiles.set_boot("disk", cmdline=f"{CMDLINE} {server}").number
+        with loop_disk(tmp_path) as device:
+            _layerboot(paths, "install", "--disk", device, "--profile", "disk", "-g", str(generation),
+                       "--slot-size", SLOT_SIZE)
+            with _boot(device, tmp_path / "serial.log") as node:
+                passed = node.wait_for(r"SLOT-ROOTFS-PASS", timeout=150, fail=(r"layerboot: FAILED", *FAILURES))
+                assert node.wait_exit(60) == 0
+        assert passed.text.startswith("SLOT-ROOTFS-PASS base=b l1=1 l2=2 l3=3 whiteout=ok")
+        assert "network: " not in node.text()          # it came up (QEMU's DHCP) and nothing was said
+        events = daemon.get(f"/nodes/{MAC}", token=token, headers={"Accept": "application/json"}).json()["events"]
+        assert [e for e in events if e["ok"] and e["generation"] == generation and e["stage"] == "switch_root"]
+        print(f"slot boot with a boot event: rootfs marker {passed.seconds:.1f}s after QEMU start")
+    finally:
+        daemon.stop()
