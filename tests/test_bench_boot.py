@@ -20,7 +20,6 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
 from peers import layerboot as bench_layerboot  # noqa: E402
-from peers import live_boot  # noqa: E402
 from peers.boot import MARKER_PATTERN, Guest, node_config  # noqa: E402
 from peers.cache import cached, input_key  # noqa: E402
 from peers.report import Measured, SystemResult, describe, mb, ratio_lines, ratios  # noqa: E402
@@ -108,22 +107,6 @@ def test_rootfs_image_has_the_marker_init_and_the_version_file(tmp_path: Path) -
     listing = run(["unsquashfs", "-lls", image]).text
     assert "usr/share/bench/filler.bin" in listing and "bin/busybox" in listing
     assert rootfs_image(tmp_path, version="v2", filler_mb=1) == image   # cached: same inputs, same file
-
-
-def test_mirror_is_read_from_deb822_and_one_line_sources(tmp_path: Path) -> None:
-    deb822 = ("Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\n"
-              "Types: deb-src\nURIs: http://src.example/debian\nSuites: bookworm\n\n"
-              "Types: deb\n# a comment: with a colon\nURIs: http://mirror.example/debian http://b/\n"
-              "Suites: bookworm bookworm-updates\nComponents: main\n")
-    assert live_boot.parse_deb822_mirror(deb822) == "http://mirror.example/debian"
-    one_line = ("# deb http://old/ bookworm main\ndeb [arch=amd64 signed-by=/k.gpg] http://m.example/debian "
-                "bookworm main\n")
-    assert live_boot.parse_one_line_mirror(one_line) == "http://m.example/debian"
-    (tmp_path / "x.sources").write_text("Types: deb\nURIs: http://a/\nSuites: trixie\n")
-    (tmp_path / "sources.list").write_text(one_line)
-    assert live_boot.debian_mirror((tmp_path / "x.sources", tmp_path / "sources.list")) == "http://m.example/debian"
-    with pytest.raises(Exception, match="no bookworm mirror"):
-        live_boot.debian_mirror((tmp_path / "x.sources",))
 
 
 def test_counting_server_counts_body_bytes_per_boot(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Debian live-boot (initramfs-tools): ``boot=live fetch=http://...`` downloads the squashfs and boots it.
 
 initramfs-tools and live-boot conflict with the host's dracut, so the initrd is built in a throwaway
-``debootstrap --variant=minbase`` chroot from the host's own Debian mirror, with the benchmark kernel's module
+``debootstrap --variant=minbase`` chroot from the host's own Debian mirror (build/debootstrap.py's
+``host_mirror``), with the benchmark kernel's module
 tree copied in. The initrd is the stock one (``MODULES=most``, zstd) plus the virtio/squashfs/overlay/loop
 modules listed in ``/etc/initramfs-tools/modules``.
 """
@@ -14,8 +15,8 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from layerboot.build.debootstrap import host_mirror
 from layerboot.build.kernel import Kernel
-from layerboot.errors import LayerbootError
 from layerboot.run import require_tool, run
 
 from peers.cache import cached, input_key
@@ -23,45 +24,8 @@ from peers.system import MODULES, Bench, System
 
 SUITE = "bookworm"
 PACKAGES = ("initramfs-tools", "live-boot", "live-boot-initramfs-tools", "busybox", "zstd", "wget")
-APT_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
 FAIL = re.compile(r"Kernel panic|Unable to find a medium|\(initramfs\)|Unable to find a live file system")
 CHROOT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "HOME": "/root"}
-
-
-def parse_deb822_mirror(text: str, suite: str = SUITE) -> str | None:
-    """The first URI of a deb822 stanza (``*.sources``) whose Suites include ``suite``."""
-    for stanza in re.split(r"\n\s*\n", text):
-        fields: dict[str, str] = {}
-        for line in stanza.splitlines():
-            if line.startswith("#") or ":" not in line:
-                continue
-            key, value = line.split(":", 1)
-            fields[key.strip().lower()] = value.strip()
-        if "deb" in fields.get("types", "deb").split() and suite in fields.get("suites", "").split() \
-                and fields.get("uris"):
-            return fields["uris"].split()[0]
-    return None
-
-
-def parse_one_line_mirror(text: str, suite: str = SUITE) -> str | None:
-    """The URI of the first ``deb [opts] URI suite components`` line for ``suite`` (``sources.list``)."""
-    for line in text.splitlines():
-        words = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()
-        if len(words) >= 3 and words[0] == "deb" and words[2] == suite:
-            return words[1]
-    return None
-
-
-def debian_mirror(sources: tuple[Path, ...] = APT_SOURCES) -> str:
-    """The host's Debian mirror for ``bookworm``, read from its apt sources at run time."""
-    for path in sources:
-        if path.is_file():
-            text = path.read_text()
-            found = parse_deb822_mirror(text) if path.suffix == ".sources" else parse_one_line_mirror(text)
-            if found:
-                return found
-    raise LayerbootError(f"no {SUITE} mirror found in {', '.join(map(str, sources))}",
-                         hint="the live-boot peer's builder chroot is debootstrapped from the host's apt mirror")
 
 
 def _mount(stack: ExitStack, argv: list[str], target: Path) -> None:
@@ -124,7 +88,7 @@ def cmdline(url: str) -> str:
 
 @contextmanager
 def system(bench: Bench) -> Iterator[System]:
-    chroot = build_chroot(bench.cache, debian_mirror(), rebuild=bench.rebuild)
+    chroot = build_chroot(bench.cache, host_mirror(), rebuild=bench.rebuild)
     initrd = build_initrd(bench.cache, bench.kernel, chroot, rebuild=bench.rebuild)
     urls = {v: bench.server.publish(f"rootfs-{v}.squashfs", image) for v, image in bench.images.items()}
     yield System("live-boot", initrd, lambda version: cmdline(urls[version]), FAIL, bench.server.traffic)
