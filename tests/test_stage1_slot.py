@@ -163,3 +163,23 @@ def test_the_slot_option_is_parsed_and_makes_the_server_optional() -> None:
     options = parse_cmdline("BOOT_IMAGE=/boot/vmlinuz layerboot.slot=UUID=0f1e console=ttyS0")
     assert options.slot == "UUID=0f1e" and options.server == ""
     assert parse_cmdline("layerboot.slot=PARTLABEL=layerboot-b").slot == "PARTLABEL=layerboot-b"
+
+
+def test_with_a_cache_the_slot_serial_is_checked_but_never_recorded(installed, profiles, tmp_path: Path) -> None:
+    """A cache's serial floor applies to the slot; the slot's own serial is not written (GRUB's fallback to the
+    older slot must still boot)."""
+    from layerboot.initrd.stage1.cache import LayerCache
+    from layerboot.initrd.stage1.slot import open_boot_slot
+
+    _, part, _, _ = installed
+    key = str(profiles.paths.public_key)
+    cache = LayerCache(str(tmp_path / "cache"))
+    (tmp_path / "cache" / "last-serial").write_text("9\n")
+    with pytest.raises(SlotError, match=r"serial 2 is lower than the last accepted 9"):
+        open_boot_slot(part, key, cache, say=lambda line: None)
+    (tmp_path / "cache" / "last-serial").write_text("1\n")
+    slot = open_boot_slot(part, key, cache, say=lambda line: None)
+    slot.close()
+    assert slot.manifest.serial == 2 and cache.last_serial() == 1 and cache.last_manifest() is None
+    with pytest.raises(SlotError, match=r"cannot read the trusted public key /nonexistent.pub"):
+        open_boot_slot(part, "/nonexistent.pub", None)
