@@ -15,13 +15,12 @@ import os
 import shutil
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
 
+from layerboot.build.package_files import copy_package, package_digest
 from layerboot.errors import LayerbootError
 from layerboot.run import run
 
-REPO = Path(__file__).resolve().parent.parent
 PYTHON = Path("/usr/bin/python3.11")
 STDLIB = Path("/usr/lib/python3.11")
 SKIP_STDLIB = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "__pycache__",
@@ -38,16 +37,6 @@ for name in sys.argv[3].split(","):
 files = sorted({getattr(m, "__file__", None) or "" for m in list(sys.modules.values())} - {""})
 print(json.dumps(files))
 """
-
-
-def _copy_layerboot(dist: Path) -> None:
-    """The package as an install would lay it out, from pyproject's package-dir mapping."""
-    mapping = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
-    for package, source in mapping.items():
-        target = dist / package.replace(".", "/")
-        target.mkdir(parents=True, exist_ok=True)
-        for path in (REPO / source).glob("*.py"):
-            shutil.copy2(path, target / path.name)
 
 
 def _site_packages() -> Path:
@@ -77,8 +66,7 @@ def _put(tree: Path, source: Path, target: str | None = None) -> None:
 
 def input_key() -> str:
     digest = hashlib.sha256(PYTHON.read_bytes())
-    for path in sorted([*REPO.glob("*/*.py"), *REPO.glob("initrd/stage1/*.py"), REPO / "pyproject.toml"]):
-        digest.update(str(path.relative_to(REPO)).encode() + path.read_bytes())
+    digest.update(package_digest().encode())
     return digest.hexdigest()[:24]
 
 
@@ -89,7 +77,7 @@ def build_client_tree(tree: Path) -> Path:
     site = _site_packages()
     dist = tree / DIST
     dist.mkdir(parents=True, exist_ok=True)
-    _copy_layerboot(dist)
+    copy_package(dist)
     files = json.loads(run([PYTHON, "-S", "-I", "-B", "-c", _FIND, dist, site, ",".join(ENTRY_MODULES)]).text)
     third_party = {Path(f).relative_to(site).parts[0] for f in files if f.startswith(str(site) + os.sep)}
     loaded = {Path(f) for f in files}

@@ -25,15 +25,14 @@ What goes in beyond minbase, and why:
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 import os
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from layerboot.build.package_files import copy_package
 from layerboot.errors import CommandError, LayerbootError
 from layerboot.overlays.layer import Layer
 from layerboot.overlays.store import Store
@@ -49,8 +48,6 @@ FALLBACK_MIRROR = "http://deb.debian.org/debian"
 NODE_PACKAGES = ("systemd-sysv", "python3", "python3-cryptography", "python3-zstandard", "python3-cffi-backend",
                  "zstd", "mtools")
 # the rooms of the layerboot distribution, as installed (see pyproject.toml)
-PACKAGES = ("layerboot", "layerboot.overlays", "layerboot.server", "layerboot.tools", "layerboot.build",
-            "layerboot.initrd", "layerboot.initrd.stage1")
 WRAPPER = """#!/usr/bin/python3
 # layerboot node-side client (installed by 'layerboot base debootstrap')
 import sys
@@ -153,17 +150,7 @@ def download_tarball(spec: DebootstrapSpec, cache: Path) -> Path:
 
 def install_node_client(root: Path) -> Path:
     """Copy the layerboot package (pure Python) into the image, byte-compile it, add /usr/sbin/layerboot."""
-    target = root / "usr/lib/python3/dist-packages/layerboot"
-    if target.exists():
-        shutil.rmtree(target)
-    for name in PACKAGES:
-        module = importlib.import_module(name)
-        source = Path(next(iter(module.__path__)))
-        dest = target.joinpath(*name.split(".")[1:])
-        dest.mkdir(parents=True, exist_ok=True)
-        for item in source.iterdir():
-            if item.is_file() and item.suffix == ".py":
-                shutil.copy2(item, dest / item.name)
+    target = copy_package(root / "usr/lib/python3/dist-packages")
     wrapper = root / "usr/sbin/layerboot"
     wrapper.write_text(WRAPPER)
     wrapper.chmod(0o755)

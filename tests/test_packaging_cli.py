@@ -1,11 +1,13 @@
 """The distribution and the command line as a user meets them."""
 
 import shutil
+import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from layerboot.build.package_files import PACKAGES, copy_package
 from layerboot.run import run
 from layerboot.tools.cli import build_parser, main
 
@@ -63,3 +65,13 @@ def test_demo_runs_the_main_job(tmp_path: Path, capsys) -> None:
     assert "signature verified: serial 3, 3 layers" in out
     assert "'hello from layer 2' (layer 2 shadows layer 1)" in out
     assert "/etc/issue -> gone (whiteout)" in out
+
+
+def test_node_images_get_every_package_of_the_distribution(tmp_path: Path) -> None:
+    """The client layer and the debootstrap base copy layerboot by PACKAGES: it must match pyproject's list."""
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert sorted(PACKAGES) == sorted(pyproject["tool"]["setuptools"]["packages"])
+    copy_package(tmp_path)
+    assert (tmp_path / "layerboot/overlays/capture.py").is_file()
+    assert (tmp_path / "layerboot/initrd/stage1/main.py").is_file()
+    assert not (tmp_path / "overlays").exists()
