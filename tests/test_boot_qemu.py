@@ -70,6 +70,17 @@ def cached_signing_key() -> tuple[Path, Path]:
     return keys / "signing.key", keys / "signing.pub"
 
 
+def store_with_cached_key(paths: Paths) -> Store:
+    """A new store at ``paths`` signing with the tests' persistent key (see cached_signing_key)."""
+    store = Store(paths)
+    store.init()
+    private, public = cached_signing_key()
+    shutil.copyfile(private, paths.signing_key)
+    paths.signing_key.chmod(0o600)
+    shutil.copyfile(public, paths.public_key)
+    return store
+
+
 @pytest.fixture(scope="session")
 def kernel():  # noqa: ANN201
     return fetch_kernel()
@@ -80,12 +91,7 @@ def node_store(tmp_path_factory: pytest.TempPathFactory, kernel) -> dict:  # noq
     """A store with a busybox base, two overlays (one whites out a base file), the client layer, kernel, initrd."""
     work = tmp_path_factory.mktemp("qemu-store")
     paths = Paths(work / "store")
-    store = Store(paths)
-    store.init()
-    private, public = cached_signing_key()
-    shutil.copyfile(private, paths.signing_key)
-    paths.signing_key.chmod(0o600)
-    shutil.copyfile(public, paths.public_key)
+    store = store_with_cached_key(paths)
     base_tree = build_busybox_tree(work / "base", init_script=NODE_INIT)
     (base_tree / "etc/base-file").write_text("b\n")
     (base_tree / "etc/doomed").write_text("this file is deleted by layer 2\n")

@@ -19,14 +19,13 @@ import pytest
 from layerboot.build.initrd import build_initrd
 from layerboot.build.kernel import fetch_kernel
 from layerboot.overlays.profile import Profiles
-from layerboot.overlays.store import Store
 from layerboot.paths import Paths
 from layerboot.run import run, tool_path
 
 from debian_base import debian_base
 from pxenet import Lan, wait_for
 from server_daemon import write_config
-from test_boot_qemu import CACHE, CMDLINE, cached_signing_key
+from test_boot_qemu import CACHE, CMDLINE, store_with_cached_key
 from test_pxe_dnsmasq import start_pxe, tmp_tftp
 from test_pxe_qemu import start_daemon, start_guest
 
@@ -56,12 +55,7 @@ WantedBy=multi-user.target
 
 def test_pxe_boots_the_debootstrap_base_to_systemd(tmp_path: Path) -> None:
     paths = Paths(tmp_path / "store")
-    store = Store(paths)
-    store.init()
-    private, public = cached_signing_key()
-    shutil.copyfile(private, paths.signing_key)
-    paths.signing_key.chmod(0o600)
-    shutil.copyfile(public, paths.public_key)
+    store = store_with_cached_key(paths)
 
     built = debian_base()
     base = store.import_squashfs(built.image, kind="base", description=built.layer.description).digest
