@@ -209,9 +209,14 @@ def grub_cfg(slot_uuids: Mapping[str, str], *, timeout: int = 2) -> str:
     return "\n".join(out) + "\n"
 
 
+# Put before the profile's command line (which may override them: the last occurrence wins, for the kernel and
+# for stage1): a slot that fails must reboot, not wait at a console or a panic, or GRUB's tries never run out.
+SLOT_DEFAULTS = "panic=10 layerboot.emergency=reboot"
+
+
 def slot_entry(slot_uuid: str, cmdline: str) -> str:
     """``boot/grub-entry.cfg`` inside a slot: its kernel, initrd and the ``layerboot.slot=`` option for stage1."""
-    args = f"layerboot.slot=UUID={slot_uuid} {cmdline}".strip()
+    args = f"layerboot.slot=UUID={slot_uuid} {SLOT_DEFAULTS} {cmdline}".strip()
     if "\n" in args or '"' in args:
         raise LayerbootError("the kernel command line may not contain newlines or double quotes")
     return f"linux /boot/vmlinuz {args}\ninitrd /boot/initrd.img\n"

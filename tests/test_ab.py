@@ -99,7 +99,8 @@ def test_install_update_fallback_and_mark_good(profiles, make_layer, public, tmp
         record = disk.verify_slot("B", public)
         assert (record.generation, disk.verify_slot("A", public).generation) == (2, 1)
         entry = run(["debugfs", "-R", "cat /boot/grub-entry.cfg", disk.slot_device("B")]).text
-        assert f"layerboot.slot=UUID={uuids['B']} console=ttyS0" in entry
+        # Failing slots reboot by default (so GRUB's tries run out); the profile's own options come last and win.
+        assert f"layerboot.slot=UUID={uuids['B']} panic=10 layerboot.emergency=reboot console=ttyS0" in entry
 
         # the new system never confirms: three attempts, then GRUB itself falls back to A and marks B bad
         assert [_grub_boot_checked(disk) for _ in range(4)] == ["B", "B", "B", "A"]
