@@ -20,16 +20,17 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import sys
 import time
 from pathlib import Path
 
+from layerboot.errors import LayerbootError
 from layerboot.overlays.keys import generate_key
 from layerboot.overlays.profile import Profiles
 from layerboot.overlays.store import Store
 from layerboot.paths import Paths
+from layerboot.ports import free_port, wait_listening
 from layerboot.run import Process, devnull, require_tool
 from layerboot.server.db import connect
 from layerboot.server.nodes import Registry
@@ -64,25 +65,6 @@ http {{
     }}
 }}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, proc: Process, what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited early with status {proc.poll()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"{what} did not start listening on port {port}")
 
 
 def build_store(work: Path, size_mb: int) -> tuple[Paths, str, str]:
@@ -152,8 +134,11 @@ def main() -> int:
         server = Process([nginx, "-c", args.workdir / "nginx.conf", "-p", args.workdir], stdout=ng_log, stderr=ng_log)
     results: dict[str, list[float]] = {"layerbootd": [], "nginx": []}
     try:
-        wait_port(lb_port, daemon, "layerbootd")
-        wait_port(ng_port, server, "nginx")
+        try:
+            wait_listening(lb_port, daemon, "layerbootd", log=args.workdir / "layerbootd.log")
+            wait_listening(ng_port, server, "nginx", log=args.workdir / "nginx.log")
+        except LayerbootError as err:
+            raise SystemExit(f"bench_serve: {err}") from None
         with open(paths.object(digest), "rb") as handle:   # warm the page cache for both
             while handle.read(1 << 24):
                 pass

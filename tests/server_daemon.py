@@ -14,18 +14,13 @@ from typing import Any
 
 from layerboot.overlays.profile import Profiles
 from layerboot.paths import Paths
+from layerboot.ports import free_port
 from layerboot.run import Process
 from layerboot.server.db import connect
 from layerboot.server.nodes import Registry
 
 MAC = "52:54:00:12:34:56"
 OTHER_MAC = "52:54:00:ab:cd:ef"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -9,7 +9,6 @@ and uploads it; the server bakes it into a new generation, the node reboots and 
 from __future__ import annotations
 
 import re
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 from layerboot.build.qemu import DEFAULT_MAC, Line, NodeConfig, QemuError, QemuNode
 from layerboot.errors import LayerbootError
 from layerboot.paths import Paths
+from layerboot.ports import free_port, wait_listening
 from layerboot.run import Process
 
 # The profile's kernel command line. no_timer_check: a loaded host can make TCG fail the kernel's timer check.
@@ -54,31 +54,10 @@ class DemoNode:
     boot_timeout: float = 600.0   # PXE to the rootfs under TCG takes tens of seconds on a loaded host
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_listening(process: Process, port: int, log: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise LayerbootError(f"layerbootd exited with status {process.poll()} at start",
-                                 hint=f"see its log {log}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise LayerbootError(f"layerbootd did not listen on 127.0.0.1:{port} within {timeout:.0f}s",
-                         hint=f"see its log {log}")
-
-
 @contextmanager
 def running_daemon(paths: Paths, workdir: Path) -> Iterator[int]:
     """Start layerbootd on a free loopback port for ``paths`` (auto-append uploads); yield the port."""
-    port = _free_port()
+    port = free_port()
     config = workdir / "layerboot.toml"
     config.write_text(f'[store]\nroot = "{paths.root}"\n\n[server]\nlisten = "127.0.0.1"\nport = {port}\n'
                       'upload_policy = "auto"\n')
@@ -87,7 +66,7 @@ def running_daemon(paths: Paths, workdir: Path) -> Iterator[int]:
         process = Process([sys.executable, "-m", "layerboot.server.main", "--config", str(config)],
                           stdout=handle, stderr=handle)
     try:
-        _wait_listening(process, port, log)
+        wait_listening(port, process, "layerbootd", log=log)
         yield port
     finally:
         process.terminate(timeout=10)

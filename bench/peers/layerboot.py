@@ -12,15 +12,13 @@ from __future__ import annotations
 import importlib.util
 import re
 import shutil
-import socket
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from layerboot.errors import LayerbootError
+from layerboot.ports import free_port, wait_listening
 from layerboot.run import Process, require_tool, run, tool_path
 
 from peers.rootfs import VERSION_FILE
@@ -85,26 +83,6 @@ def _script(name: str) -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_ready(port: int, daemon: Process, log: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if daemon.poll() is not None:
-            tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
-            raise LayerbootError(f"layerbootd exited at start: {tail}", hint=f"its log: {log}")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=2).read()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise LayerbootError(f"layerbootd did not answer on port {port} within {timeout:.0f} s")
-
-
 def prepare_store(bench: Bench, root: Path) -> tuple[Path, dict[str, str]]:
     """Store, key, layers, profiles and nodes for the benchmark; returns the initrd path and the node tokens."""
     from layerboot.build.initrd import DEFAULT_CACHE as INITRD_CACHE
@@ -148,14 +126,14 @@ def system(bench: Bench) -> Iterator[System]:
         raise Unavailable("not yet available: " + ", ".join(missing) + " not in this tree")
     root = bench.workdir / "layerboot-store"
     initrd, tokens = prepare_store(bench, root)
-    port = _free_port()
+    port = free_port()
     log_path = bench.logs / "layerbootd.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("wb")
     daemon = Process([_script("layerbootd"), "--store", root, "--listen", "127.0.0.1", "--port", str(port),
                       "--ssh-port", "0"], stdout=log, stderr=log)
     try:
-        _wait_ready(port, daemon, log_path)
+        wait_listening(port, daemon, "layerbootd", log=log_path, timeout=60)
         with CountingRelay(port) as relay:
             server = f"http://10.0.2.2:{relay.port}"
             cached = None
