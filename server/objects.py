@@ -4,7 +4,8 @@ A node may fetch the digests named by any generation of its profile (so a genera
 does not break the boot). Generations are immutable, so the digest set of each generation is read once and
 cached; only new generation numbers are read later.
 
-The response is written with ``loop.sendfile`` (zero copy, like nginx) rather than aiohttp's FileResponse,
+The response body goes out with sendfile(2) from a thread pool (zero copy, like nginx; see _sendfile_thread for
+why not asyncio's ``loop.sendfile``, which stays the fallback) rather than aiohttp's FileResponse,
 because the ETag must be the digest itself (FileResponse derives it from mtime and size) and every object is
 immutable: ``Cache-Control: public, max-age=31536000, immutable``.
 """

@@ -2,7 +2,7 @@
 
 import pytest
 
-from layerboot.initrd.stage1.cmdline import CmdlineError, Options, parse_cmdline, split_cmdline
+from layerboot.initrd.stage1.cmdline import CmdlineError, Options, parse_cmdline, raw_emergency, split_cmdline
 
 
 def test_split_like_the_kernel() -> None:
@@ -55,3 +55,18 @@ def test_options_are_frozen_records() -> None:
     assert repr(opts).startswith("Options(server='http://a', node=''")
     with pytest.raises(TypeError, match="unexpected or repeated field 'colour'"):
         Options(colour="red")  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(("cmdline", "action"), [
+    ("console=ttyS0", "shell"),
+    ("layerboot.emergency=poweroff layerboot.nonsense=1", "poweroff"),          # the rest does not parse
+    ("layerboot.emergency=reboot console=ttyS0 layerboot.emergency=poweroff", "poweroff"),   # last one wins
+    ("layerboot.emergency=reboot layerboot.emergency=explode", "reboot"),         # invalid values are ignored
+])
+def test_emergency_action_is_found_even_when_the_command_line_is_bad(cmdline: str, action: str) -> None:
+    assert raw_emergency(cmdline) == action
+    try:
+        parsed = parse_cmdline(cmdline).emergency
+    except CmdlineError:
+        return
+    assert parsed == action   # and it agrees with the full parser whenever that one succeeds

@@ -112,3 +112,13 @@ def parse_cmdline(text: str) -> Options:
 def read_options(path: str = "/proc/cmdline") -> Options:
     with open(path, encoding="utf-8", errors="replace") as f:
         return parse_cmdline(f.read())
+
+
+def raw_emergency(text: str) -> str:
+    """``layerboot.emergency=`` from a command line that may not parse as a whole (the last valid one wins)."""
+    action = "shell"
+    for word in text.split():
+        key, _, value = word.partition("=")
+        if key == "layerboot.emergency" and value in EMERGENCY_ACTIONS:
+            action = value
+    return action

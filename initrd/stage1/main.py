@@ -58,15 +58,13 @@ def _emergency_from_raw_cmdline() -> str:
     """The emergency action even when the rest of the command line does not parse (or /proc was not mounted)."""
     if not os.path.exists("/proc/cmdline"):
         console.spawn([console.BUSYBOX, "mount", "-t", "proc", "proc", "/proc"], quiet=True)
+    from .cmdline import raw_emergency
+
     try:
         with open("/proc/cmdline", encoding="utf-8", errors="replace") as f:
-            words = f.read().split()
+            return raw_emergency(f.read())
     except OSError:
         return "shell"
-    for word in words:
-        if word.startswith("layerboot.emergency=") and word.split("=", 1)[1] in ("shell", "reboot", "poweroff"):
-            return word.split("=", 1)[1]
-    return "shell"
 
 
 def run_stages(boot: Boot) -> None:
