@@ -40,9 +40,13 @@ if [ -e /etc/demo-change ]; then
 fi
 echo "written on the node during generation $generation" > /etc/demo-change
 echo "DEMO: changed /etc/demo-change; capturing /run/layerboot/rw/upper and uploading it"
-layerboot capture --upper /run/layerboot/rw/upper -o /run/change.tar.zst 2>&1 &&
-  layerboot upload /run/change.tar.zst --wait 300 2>&1 && echo "DEMO: upload baked; rebooting"
-reboot -f
+if layerboot capture --upper /run/layerboot/rw/upper -o /run/change.tar.zst 2>&1 &&
+   layerboot upload /run/change.tar.zst --wait 300 2>&1; then
+  echo "DEMO: upload baked; rebooting"
+  reboot -f
+fi
+echo "DEMO-FAILED: the change was not captured, uploaded and baked (see the lines above)"
+poweroff -f
 """
 PROGRESS = r"^(layerboot: |DEMO)"
 FAILURES = (r"layerboot: FAILED", r"Kernel panic", r"Traceback \(most recent call last\)")
@@ -89,7 +93,7 @@ def _relay_until(node: QemuNode, pattern: str, start: int, timeout: float) -> in
                                    fail=FAILURES)
         index = node.lines.index(line, index) + 1
         print(f"    node [{line.seconds:6.1f}s] {line.text}", flush=True)
-        if line.text.startswith("layerboot: FAILED"):
+        if line.text.startswith(("layerboot: FAILED", "DEMO-FAILED")):
             raise QemuError(line.text)
         if wanted.search(line.text):
             return index
