@@ -211,3 +211,22 @@ def test_get_bytes_post_json_and_url_parsing(server: Server) -> None:
     assert split_url("http://server") == ("server", 80, "/")
     with pytest.raises(Exception, match="only http://"):
         split_url("https://x/")
+
+
+class CopyingCache(RecordingCache):
+    """Like the real LayerCache when the cache disk is another filesystem than /run: admit copies."""
+
+    def admit(self, digest: str, path: str) -> str:
+        self.admitted.append(digest)
+        target = self.root / digest
+        target.write_bytes(Path(path).read_bytes())
+        return str(target)
+
+
+def test_a_layer_copied_into_the_cache_leaves_no_second_copy_in_ram(server: Server, tmp_path: Path) -> None:
+    fresh = server.add(b"fresh layer")
+    (tmp_path / "c").mkdir()
+    cache = CopyingCache({}, tmp_path / "c")
+    paths = fetch_layers(server.url, "tok", (fresh,), str(tmp_path / "dl"), timeout=5, cache=cache)
+    assert paths == [str(tmp_path / "c" / fresh.digest)]
+    assert list((tmp_path / "dl").iterdir()) == []   # the /run tmpfs copy is gone once the cache holds it

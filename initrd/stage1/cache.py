@@ -326,14 +326,14 @@ class LayerCache:
 
     def generation_digests(self) -> set[str]:
         """Layer digests named by the current and the previous stored manifests: what ``gc`` should keep."""
-        import json
+        from .jsonlite import loads   # not the json package: it pulls re and ~20 modules into the boot
 
         keep: set[str] = set()
         for envelope in (self.last_manifest(), self.previous_manifest()):
             try:
-                payload = json.loads(json.loads(envelope)["payload"]) if envelope else {}
+                payload = loads(loads(envelope.decode("utf-8"))["payload"]) if envelope else {}
                 keep.update(item["digest"] for item in payload.get("layers", []))
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue
         return {d for d in keep if isinstance(d, str) and len(d) == 64 and _HEX.issuperset(d)}
 

@@ -150,7 +150,10 @@ def fetch_layers(server: str, token: str, layers: tuple[Layer, ...], directory: 
         path = fetch_layer(server, token, layer, directory, retries=retries, timeout=timeout)
         debug(f"layer {layer.digest[:12]}: {layer.size} bytes in {time.monotonic() - started:.2f}s")
         if cache is not None:
-            path = cache.admit(layer.digest, path)
+            admitted = cache.admit(layer.digest, path)
+            if admitted != path and os.path.exists(path):
+                os.unlink(path)   # copied onto the cache disk: do not keep a second copy in the /run tmpfs (RAM)
+            path = admitted
         return path
 
     workers = min(PARALLEL, len(layers))
