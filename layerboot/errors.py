@@ -17,6 +17,10 @@ class LayerbootError(Exception):
         return self.message
 
 
+class NotFoundError(LayerbootError):
+    """The named thing (profile, layer, node, upload) does not exist: layerbootd answers 404 for it."""
+
+
 class CommandError(LayerbootError):
     """An external command failed: names the command, its exit status or signal, and its stderr tail."""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from layerboot.atomic import create_exclusive, write_bytes
-from layerboot.errors import LayerbootError
+from layerboot.errors import LayerbootError, NotFoundError
 from layerboot.overlays.keys import load_private_key
 from layerboot.overlays.layer import Layer, utc_now
 from layerboot.overlays.manifest import Artifact, Manifest, sign_manifest
@@ -100,19 +100,19 @@ class Profiles:
         except FileNotFoundError:
             known = self.numbers(name)
             if not known:
-                raise LayerbootError(f"no profile named {name!r}", hint="see 'layerboot profile list'") from None
+                raise NotFoundError(f"no profile named {name!r}", hint="see 'layerboot profile list'") from None
             raise LayerbootError(f"profile {name} has no generation {number} (it has 1..{known[-1]})") from None
 
     def current(self, name: str) -> Generation:
         numbers = self.numbers(name)
         if not numbers:
-            raise LayerbootError(f"no profile named {name!r}", hint="see 'layerboot profile list'")
+            raise NotFoundError(f"no profile named {name!r}", hint="see 'layerboot profile list'")
         return self.generation(name, numbers[-1])
 
     def history(self, name: str) -> list[Generation]:
         numbers = self.numbers(name)
         if not numbers:
-            raise LayerbootError(f"no profile named {name!r}", hint="see 'layerboot profile list'")
+            raise NotFoundError(f"no profile named {name!r}", hint="see 'layerboot profile list'")
         return [self.generation(name, n) for n in numbers]
 
     def manifest_path(self, name: str, number: int) -> Path:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from layerboot.atomic import write_text
-from layerboot.errors import LayerbootError
+from layerboot.errors import LayerbootError, NotFoundError
 from layerboot.overlays.layer import SQUASHFS_KINDS, Layer
 from layerboot.overlays.names import DIGEST_RE
 from layerboot.overlays.objects import ObjectStore
@@ -62,13 +62,13 @@ class Store:
         ref = ref.strip().lower().removeprefix("sha256:")
         if DIGEST_RE.match(ref):
             if not self.paths.object_meta(ref).exists():
-                raise LayerbootError(f"no layer {ref[:12]} in the store", hint="see 'layerboot layer list'")
+                raise NotFoundError(f"no layer {ref[:12]} in the store", hint="see 'layerboot layer list'")
             return ref
         if len(ref) < 6 or any(c not in "0123456789abcdef" for c in ref):
             raise LayerbootError(f"{ref!r} is not a layer digest or digest prefix (6+ hex characters)")
         matches = [d for d in self.digests() if d.startswith(ref)]
         if not matches:
-            raise LayerbootError(f"no layer matches {ref!r}", hint="see 'layerboot layer list'")
+            raise NotFoundError(f"no layer matches {ref!r}", hint="see 'layerboot layer list'")
         if len(matches) > 1:
             raise LayerbootError(f"layer prefix {ref!r} is ambiguous ({len(matches)} matches); give more digits")
         return matches[0]

@@ -28,7 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from layerboot import __version__
-from layerboot.errors import LayerbootError
+from layerboot.errors import LayerbootError, NotFoundError
 from layerboot.overlays.names import DIGEST_RE
 from layerboot.overlays.profile import Profiles
 from layerboot.overlays.store import Store
@@ -271,7 +271,7 @@ async def errors_and_access_log(request: web.Request, handler: Any) -> web.Strea
         response = negotiate.error(request, err.status, err.message, hint=err.hint,
                                    headers={"WWW-Authenticate": "Bearer"} if err.status == 401 else None)
     except LayerbootError as err:
-        status = 404 if err.message.startswith("no ") else 400
+        status = 404 if isinstance(err, NotFoundError) else 400
         response = negotiate.error(request, status, err.message, hint=err.hint)
     except web.HTTPException as exc:
         if exc.status < 400:

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from layerboot.errors import LayerbootError
+from layerboot.errors import LayerbootError, NotFoundError
 from layerboot.overlays.layer import utc_now
 from layerboot.overlays.names import check_profile_name
 
@@ -179,7 +179,7 @@ class Registry:
     def get(self, mac: str) -> Node:
         node = self.find(mac)
         if node is None:
-            raise LayerbootError(f"no node {normalize_mac(mac)} is registered", hint="see 'layerboot nodes list'")
+            raise NotFoundError(f"no node {normalize_mac(mac)} is registered", hint="see 'layerboot nodes list'")
         return node
 
     def all(self) -> list[Node]:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from layerboot.atomic import fsync_dir
-from layerboot.errors import LayerbootError
+from layerboot.errors import LayerbootError, NotFoundError
 from layerboot.overlays.layer import utc_now
 from layerboot.overlays.names import check_profile_name
 from layerboot.paths import Paths
@@ -126,7 +126,7 @@ class UploadRecords:
     def get(self, upload_id: str) -> Upload:
         row = self.conn.execute("SELECT * FROM uploads WHERE id = ?", (upload_id,)).fetchone()
         if row is None:
-            raise LayerbootError(f"no upload {upload_id!r}", hint="see 'layerboot uploads list'")
+            raise NotFoundError(f"no upload {upload_id!r}", hint="see 'layerboot uploads list'")
         return Upload.from_row(row)
 
     def list(self, *, state: str | None = None, mac: str | None = None, limit: int = 1000) -> list[Upload]:

@@ -211,6 +211,17 @@ def test_node_list_for_the_admin_only(daemon: Daemon) -> None:
     assert daemon.get("/nodes").status == 401
 
 
+def test_what_does_not_exist_is_404_and_a_bad_request_400(daemon: Daemon) -> None:
+    admin = (daemon.paths.state / "admin.token").read_text().strip()
+    json_accept = {"Accept": "application/json"}
+    profile = daemon.get("/profiles/ghost/manifest", token=admin, headers=json_accept)
+    assert profile.status == 404 and profile.json()["error"] == "no profile named 'ghost'"
+    upload = daemon.get(f"/nodes/{MAC}/uploads/nosuchupload", token=admin, headers=json_accept)
+    assert upload.status == 404 and upload.json()["error"] == "no upload 'nosuchupload'"
+    assert daemon.get("/objects/" + "0" * 64, token=admin).status == 404
+    assert daemon.get("/objects/not-a-digest", token=admin).status == 400
+
+
 def test_negotiation_on_status_and_errors(daemon: Daemon) -> None:
     assert daemon.get("/status", headers={"Accept": "application/json"}).json()["service"] == "layerbootd"
     html = daemon.get("/status", headers={"Accept": "text/html,application/xhtml+xml"})
