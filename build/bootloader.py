@@ -263,8 +263,3 @@ def install_bios(disk: str, esp_fs_uuid: str, stage: Path) -> None:
 def install_efi(esp: Esp, esp_fs_uuid: str, workdir: Path) -> None:
     image = make_core_image("x86_64-efi", esp_fs_uuid, workdir / "BOOTX64.EFI")
     esp.write(EFI_PATH, image.read_bytes())
-
-
-def install_config(esp: Esp, slot_uuids: Mapping[str, str]) -> None:
-    esp.write(SELECT_PATH, select_script().encode())
-    esp.write(CFG_PATH, grub_cfg(slot_uuids).encode())

@@ -195,9 +195,6 @@ class Registry:
                                                                                   node.mac))
         return self.get(mac)
 
-    def nodes_of(self, profile: str) -> list[Node]:
-        return [Node.from_row(r) for r in self.conn.execute("SELECT * FROM nodes WHERE profile = ?", (profile,))]
-
     # -- ssh keys ----------------------------------------------------------------------------------------
     def add_ssh_key(self, mac: str, key: str) -> None:
         node = self.get(mac)
