@@ -157,7 +157,9 @@ def test_qemu_pxe_into_the_real_layerbootd(tmp_path: Path, profiles, make_layer)
             reached = wait_for(lambda: served(digests["initrd"]) or qemu.poll() is not None, 240, 0.5)
             print(f"iPXE fetched kernel and initrd from layerbootd {time.monotonic() - started:.1f} s after start")
             log = daemon_log.read_text()
-            assert reached and qemu.poll() is None, log[-3000:]
+            # The guest may already be gone: with fake boot files iPXE fails to boot them, and -no-reboot
+            # ends QEMU. What counts is that it fetched them first (the daemon's log says so).
+            assert reached and served(digests["initrd"]), log[-3000:]
             assert served(f"/boot/{MAC}.ipxe"), log[-3000:]
             assert served(f"/objects/{digests['kernel']}"), log[-3000:]
     finally:
