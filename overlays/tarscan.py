@@ -263,12 +263,13 @@ class _Scanner:
         attrs = Attrs(mode=info.mode & 0o7777, uid=info.uid, gid=info.gid,
                       mtime=min(max(int(info.mtime), 0), MAX_MTIME), xattrs=_xattrs(info))
         if kind == "file":
-            self.apparent += info.size
+            size = self._apparent_size(info)
+            self.apparent += size
             if self.apparent > self.limits.max_bytes:
                 raise UploadRejected(f"upload rejected: its files add up to more than the {self.limits.max_bytes}"
                                      f"-byte quota (bake.max_bytes)")
-            sparse = self._sparse(info, stored) if info.sparse is not None else None
-            return Member(path, kind, attrs, size=info.size, sparse=sparse)
+            sparse = self._sparse(info, size, stored) if info.sparse is not None else None
+            return Member(path, kind, attrs, size=size, sparse=sparse)
         if kind == "symlink":
             target = info.linkname
             if not target or "\0" in target or len(target.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
@@ -334,16 +335,29 @@ class _Scanner:
         return target
 
     @staticmethod
-    def _sparse(info: tarfile.TarInfo, stored: int) -> tuple[tuple[int, int], ...]:
+    def _apparent_size(info: tarfile.TarInfo) -> int:
+        """A file's size; for a PAX sparse member the GNU.sparse record, which tarfile's .size holds only when
+        no pax 'size' record (a stored size of 8 GiB or more) comes after it."""
+        if info.sparse is not None:
+            for key in ("GNU.sparse.realsize", "GNU.sparse.size"):
+                if key in info.pax_headers:
+                    value = int(info.pax_headers[key])
+                    if value < 0:
+                        raise ValueError(f"{key} {value} is negative")
+                    return value
+        return info.size
+
+    @staticmethod
+    def _sparse(info: tarfile.TarInfo, size: int, stored: int) -> tuple[tuple[int, int], ...]:
         """The data segments of a sparse member. Zero-length entries carry no data and are dropped: GNU tar ends
         a map with (size, 0) when the file ends in a hole, and an old-GNU header pads its 4 slots with (0, 0)."""
-        segments = tuple((offset, size) for offset, size in info.sparse or () if size != 0)
+        segments = tuple((offset, length) for offset, length in info.sparse or () if length != 0)
         end = 0
-        for offset, size in segments:
-            if offset < end or size < 0 or offset + size > info.size:
+        for offset, length in segments:
+            if offset < end or length < 0 or offset + length > size:
                 raise ValueError("sparse map is unordered, overlapping or beyond the file size")
-            end = offset + size
-        if sum(size for _, size in segments) > stored:
+            end = offset + length
+        if sum(length for _, length in segments) > stored:
             raise ValueError("sparse map lists more data than the member stores")
         return segments
 

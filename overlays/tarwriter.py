@@ -243,11 +243,12 @@ class TarWriter:
             records.append((b"path", path))
         if link and _needs_path_record(link):
             records.append((b"linkpath", link))
-        for key, value, width in ((b"uid", attrs.uid, 8), (b"gid", attrs.gid, 8), (b"size", size, 12),
-                                  (b"mtime", attrs.mtime, 12)):
+        for key, value, width in ((b"uid", attrs.uid, 8), (b"gid", attrs.gid, 8), (b"mtime", attrs.mtime, 12)):
             if _octal(value, width) is None:
                 records.append((key, str(value).encode("ascii")))
         records += extra
+        if _octal(size, 12) is None:      # after GNU.sparse.realsize: tarfile lets the last record set .size, and
+            records.append((b"size", str(size).encode("ascii")))   # finds the next header from it
         records += xattr_records(attrs.xattrs, style)
         return b"".join(pax_record(k, v) for k, v in records)
 

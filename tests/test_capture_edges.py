@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from layerboot.errors import LayerbootError
-from layerboot.overlays.bake import UploadRejected, bake_archive
+from layerboot.overlays.bake import BakeLimits, UploadRejected, bake_archive
 from layerboot.overlays.capture import capture, data_segments
 from layerboot.overlays.chain import mount, mount_squashfs
 from layerboot.overlays.squash import squash_layers
@@ -223,6 +223,30 @@ def test_inconsistent_sparse_maps_are_refused(store: Store, base: str, tmp_path:
     archive.write_bytes(zst(tar_of((member, block + b"x" * 1024))))
     with pytest.raises(UploadRejected, match=f"^upload rejected: 'f': sparse map .*{reason}"):
         bake_archive(store, archive, base=base, parent=None, description="", limits=LIMITS)
+
+
+def test_sparse_member_with_8_gib_of_data_keeps_its_apparent_size() -> None:
+    """Past 8 GiB of stored data the size goes in a pax record; it must follow GNU.sparse.realsize (tarfile
+    takes the last one as .size and finds the next header from it), and the scanner reads the real size from
+    the GNU record. Only the headers are made here: 9 GiB of data would not fit a test."""
+    import io
+
+    from layerboot.overlays.tarscan import scan_tar
+    from layerboot.overlays.tarwriter import Attrs, TarWriter, sparse_map_block
+
+    class HeaderOnly:
+        def read(self, size: int = -1) -> bytes:
+            raise EOFError("headers only")
+
+    out = io.BytesIO()
+    segments, realsize = [(0, 9 << 30)], 20 << 30
+    with pytest.raises(EOFError):
+        TarWriter(out).sparse("big.img", Attrs(0o644, 0, 0, 0), realsize, segments, HeaderOnly())
+    header = out.getvalue()
+    assert header.index(b" GNU.sparse.realsize=") < header.index(b" size=")
+    stream = io.BytesIO(header + sparse_map_block(realsize, segments + [(realsize, 0)]) + bytes(1 << 20))
+    member, _ = next(scan_tar(stream, BakeLimits(max_bytes=1 << 40, max_files=10, special_files="reject")))
+    assert (member.path, member.size, member.sparse) == ("big.img", realsize, ((0, 9 << 30),))
 
 
 # -- squash --------------------------------------------------------------------------------------------------
