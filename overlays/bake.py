@@ -30,7 +30,7 @@ from layerboot.overlays.layer import Layer
 from layerboot.overlays.squashfs import threads as default_threads
 from layerboot.overlays.store import Store
 from layerboot.overlays.tarscan import BakeLimits, Member, UploadRejected, scan_tar
-from layerboot.overlays.tarwriter import Reader, TarWriter
+from layerboot.overlays.tarwriter import HeaderTooLarge, Reader, TarWriter
 from layerboot.run import Process, devnull, require_tool
 
 __all__ = ["BakeLimits", "UploadRejected", "bake_archive", "build_squashfs", "convert_upload"]
@@ -64,7 +64,7 @@ def build_squashfs(fill: Callable[[TarWriter], None], image: Path, *, compressio
     out = os.fdopen(write_end, "wb", buffering=PIPE_BUFFER)
     done = False
     try:
-        writer = TarWriter(out)
+        writer = TarWriter(out, style="tar2sqfs")
         fill(writer)
         writer.close()
         out.flush()
@@ -89,6 +89,13 @@ def build_squashfs(fill: Callable[[TarWriter], None], image: Path, *, compressio
 
 def write_member(writer: TarWriter, member: Member, data: Reader | None) -> None:
     """Write one checked member again, from its checked fields only."""
+    try:
+        _write_member(writer, member, data)
+    except HeaderTooLarge as err:
+        raise UploadRejected(f"upload rejected: {member.path[:120]!r}: {err}") from None
+
+
+def _write_member(writer: TarWriter, member: Member, data: Reader | None) -> None:
     kind, path, attrs = member.kind, member.path, member.attrs
     if kind == "dir":
         writer.directory(path, attrs)
@@ -105,6 +112,8 @@ def write_member(writer: TarWriter, member: Member, data: Reader | None) -> None
         writer.whiteout(path, attrs)
     elif kind == "fifo":
         writer.fifo(path, attrs)
+    elif kind in ("chardev", "blockdev"):
+        writer.device(path, attrs, kind, *member.rdev)
     else:  # pragma: no cover - scan_tar yields only the kinds above
         raise UploadRejected(f"upload rejected: {path!r}: unexpected member kind {kind}")
 

@@ -2,14 +2,19 @@
 
 The layers are loop-mounted read-only and applied bottom-up to an in-memory tree with overlayfs' rules:
 
-* a whiteout (char 0/0) replaces whatever was there, and stays: it may hide something below the range;
+* a whiteout (char 0/0) replaces whatever was there; it stays only if it hides something below the range
+  (the layers beneath are mounted too and looked at without following symlinks). A whiteout that hides
+  nothing is not harmless: overlayfs filters whiteouts only in directories it merges, so in a directory only
+  the squashed layer holds (new in the range, or opaque) ``ls`` would list a name that ``stat`` cannot find;
 * a non-directory replaces whatever was there (a whole directory included);
 * a directory over a directory merges with it (the higher one's attributes and xattrs win) unless it is
   opaque; an opaque directory, or a directory over a whiteout or a non-directory, replaces it and is marked
   opaque in the result, because it hid everything below it in the original stack too.
 
 The tree is then written as a tar (content read from the layer that supplies each entry, hard links kept
-within a layer) straight into tar2sqfs, and the image is stored as one overlay layer.
+within a layer, sparse files kept sparse: see capture.data_segments for squashfs's SEEK_DATA bug) straight
+into tar2sqfs, and the image is stored as one overlay layer. Squash works on layers the admin already
+accepted, so the upload content policy does not apply: setuid files, capabilities and devices are kept.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pathlib import Path
 from layerboot.errors import LayerbootError
 from layerboot.overlays.bake import build_squashfs
 from layerboot.overlays.capture import EntryWriter
-from layerboot.overlays.chain import mount_squashfs
+from layerboot.overlays.chain import mount_overlay, mount_squashfs
 from layerboot.overlays.layer import Layer
 from layerboot.overlays.profile import Generation, Profiles
 from layerboot.overlays.store import Store
@@ -86,6 +91,25 @@ def merge_layers(roots_base_first: Sequence[Path]) -> Node:
     return top
 
 
+def drop_hiding_nothing(node: Node, lower: Path | None) -> int:
+    """Remove the whiteouts below ``node`` that hide nothing in ``lower`` (the merged view beneath the range at
+    this directory; None when nothing beneath shows through). Returns how many were removed."""
+    dropped = 0
+    for name, child in list(node.children.items()):
+        if child.kind == "whiteout":
+            if lower is None or not os.path.lexists(lower / name):
+                del node.children[name]
+                dropped += 1
+        elif child.kind == "dir":
+            below = None
+            if lower is not None and not child.opaque:
+                with contextlib.suppress(FileNotFoundError):
+                    if stat.S_ISDIR(os.lstat(lower / name).st_mode):    # a symlink is never walked through
+                        below = lower / name
+            dropped += drop_hiding_nothing(child, below)
+    return dropped
+
+
 def _write(entries: EntryWriter, node: Node, rel: str, roots: Sequence[Path]) -> None:
     root = roots[node.layer]
     source = root / rel if rel else root
@@ -94,13 +118,19 @@ def _write(entries: EntryWriter, node: Node, rel: str, roots: Sequence[Path]) ->
         _write(entries, node.children[name], f"{rel}/{name}" if rel else name, roots)
 
 
-def squash_layers(store: Store, digests_base_first: Sequence[str], *, base: str, parent: str | None,
-                  description: str, threads: int = 0) -> Layer:
-    """Merge the given layers (lowest first) into one new overlay layer in the store."""
+def squash_layers(store: Store, digests_base_first: Sequence[str], *, below: Sequence[str], description: str,
+                  threads: int = 0) -> Layer:
+    """Merge the given layers (lowest first) into one new overlay layer in the store.
+
+    ``below`` is the chain beneath them, base first (at least the base): the new layer records its first and
+    last element as base and parent, and whiteouts that hide nothing in it are dropped."""
     if len(digests_base_first) < 2:
         raise LayerbootError("squashing needs at least two layers")
+    if not below:
+        raise LayerbootError("squashing needs the layers beneath the range (at least the base)")
     layers = [store.get(d) for d in digests_base_first]
-    for layer in layers:
+    beneath = [store.get(d) for d in below]
+    for layer in layers + beneath:
         if not layer.is_squashfs:
             raise LayerbootError(f"{layer.short} is a {layer.kind}, not a squashfs layer")
     store.paths.tmp.mkdir(parents=True, exist_ok=True)
@@ -110,16 +140,23 @@ def squash_layers(store: Store, digests_base_first: Sequence[str], *, base: str,
         with contextlib.ExitStack() as stack:
             roots = [mount_squashfs(stack, store.path(layer), scratch / "layers" / str(i))
                      for i, layer in enumerate(layers)]
+            lowers = [mount_squashfs(stack, store.path(layer), scratch / "below" / str(i))
+                      for i, layer in enumerate(beneath)]
+            lower = lowers[0] if len(lowers) == 1 else mount_overlay(stack, lowers, scratch / "below-merged")
             tree = merge_layers(roots)
+            dropped = drop_hiding_nothing(tree, lower)
+            if dropped:
+                log.info("dropped %d whiteout(s) that hide nothing beneath the squashed range", dropped)
 
             def fill(writer: TarWriter) -> None:
-                _write(EntryWriter(writer), tree, "", roots)
+                _write(EntryWriter(writer, action="squash"), tree, "", roots)
 
             build_squashfs(fill, image, compression=store.compression, block_size=store.block_size,
                            threads=threads, scratch=scratch)
         log.info("squashed %d layers into one image", len(layers))
         return store.import_squashfs(image, kind="overlay", source="squash:" + ",".join(l.short for l in layers),
-                                     description=description, base=base, parent=parent, move=True)
+                                     description=description, base=beneath[0].digest, parent=beneath[-1].digest,
+                                     move=True)
 
 
 def squash_profile(profiles: Profiles, name: str, first: int, last: int, *, threads: int = 0) -> Generation:
@@ -131,7 +168,7 @@ def squash_profile(profiles: Profiles, name: str, first: int, last: int, *, thre
     if not 1 <= first < last <= top:
         raise LayerbootError(f"positions must satisfy 1 <= from < to <= {top} (1 is just above the base)")
     chosen = gen.layers[first:last + 1]
-    layer = squash_layers(profiles.store, chosen, base=gen.base, parent=gen.layers[first - 1],
+    layer = squash_layers(profiles.store, chosen, below=gen.layers[:first],
                           description=f"squash of {name} positions {first}-{last} (generation {gen.number})",
                           threads=threads)
     if layer.digest in gen.layers:

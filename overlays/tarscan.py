@@ -6,9 +6,14 @@ comes out as a :class:`Member` built from checked values only; anything hostile 
 
 * names: no absolute paths, no ``..``, no empty or ``.`` components, no member below a symlink or any other
   non-directory, no duplicates, components of at most 255 bytes;
-* hard links only to regular files, symlinks or fifos that came earlier in the same upload;
-* device nodes only as overlayfs whiteouts (char 0/0); fifos per ``bake.special_files``;
-* xattrs only in the user/trusted/security namespaces, overlayfs' own xattrs per :func:`overlay_xattr`;
+* hard links only to regular files, symlinks or fifos that came earlier in the same upload (never to itself);
+* the content policy (:mod:`layerboot.overlays.content`, per profile): by default no setuid/setgid files, no
+  file capabilities and no device nodes other than overlayfs whiteouts (char 0/0); fifos per
+  ``bake.special_files``;
+* xattrs only in the user/trusted/security namespaces, overlayfs' own xattrs per :func:`overlay_xattr`; names
+  in ``SCHILY.xattr.`` keywords are unescaped as GNU tar does (``%3D`` is ``=``, ``%25`` is ``%``);
+* sparse files in every GNU dialect tarfile reads (old GNU ``S`` members, PAX 0.0, 0.1 and 1.0), with maps
+  that are ordered, inside the file and no larger than the data the member stores;
 * quotas: unpacked stream bytes and apparent file sizes (``bake.max_bytes``), member count (``bake.max_files``),
   and a per-member bound on header bytes so a giant pax header cannot fill memory;
 * the archive must end with a proper end-of-archive block followed by nothing but zero padding.
@@ -24,7 +29,8 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from layerboot.errors import LayerbootError
-from layerboot.overlays.tarwriter import MAX_MTIME, Attrs, Reader
+from layerboot.overlays.content import content_violation
+from layerboot.overlays.tarwriter import MAX_MTIME, Attrs, Reader, gnu_unescape
 
 HEADER_BUDGET = 4 << 20           # bytes of headers (pax records, long names, sparse maps) one member may use
 STREAM_BUFSIZE = 256 << 10
@@ -35,8 +41,9 @@ XATTR_NAMESPACES = ("user.", "trusted.", "security.")
 
 OVERLAY_PREFIXES = ("trusted.overlay.", "user.overlay.")
 OPAQUE_XATTR = "trusted.overlay.opaque"
+# what a hard link member may point at (never a dir or a whiteout)
+LINKABLE = ("file", "symlink", "fifo", "chardev", "blockdev")
 # overlayfs bookkeeping for the upper dir's own mount; meaningless in a lower layer, so dropped
-LINKABLE = ("file", "symlink", "fifo")    # what a hard link member may point at (never a dir or whiteout)
 OVERLAY_DROPPED = {"origin", "impure", "nlink", "upper", "uuid", "protattr"}
 OVERLAY_REFUSED = {
     "redirect": "a directory renamed with redirect_dir=on (trusted.overlay.redirect names lower paths); "
@@ -57,11 +64,12 @@ class BakeLimits:
     max_bytes: int
     max_files: int
     special_files: str  # "reject" | "keep"
+    allow: frozenset[str] = frozenset()   # content classes the profile allows (overlays.content.CLASSES)
 
     @classmethod
-    def from_config(cls, config: Any) -> "BakeLimits":
+    def from_config(cls, config: Any, *, allow: frozenset[str] = frozenset()) -> "BakeLimits":
         return cls(max_bytes=config.bake_max_bytes, max_files=config.bake_max_files,
-                   special_files=config.bake_special_files)
+                   special_files=config.bake_special_files, allow=allow)
 
 
 @dataclass(frozen=True)
@@ -69,11 +77,12 @@ class Member:
     """One checked entry: ``path`` is relative without a leading './' ('' is the layer's root)."""
 
     path: str
-    kind: str                      # dir | file | symlink | hardlink | whiteout | fifo
+    kind: str                      # dir | file | symlink | hardlink | whiteout | fifo | chardev | blockdev
     attrs: Attrs
     size: int = 0                  # apparent size of a file
     target: str = ""               # symlink target, or the path a hard link points at
     sparse: tuple[tuple[int, int], ...] | None = None   # (offset, size) data segments of a sparse file
+    rdev: tuple[int, int] = (0, 0)                       # (major, minor) of a device node
 
 
 def overlay_xattr(name: str, value: bytes) -> tuple[str, bytes] | None:
@@ -99,7 +108,7 @@ def check_xattr(name: str, value: bytes) -> tuple[str, bytes] | None:
     if name.startswith(OVERLAY_PREFIXES):
         return overlay_xattr(name, value)
     if name.startswith("system.posix_acl"):
-        raise ValueError(f"{name}: squashfs cannot store POSIX ACLs")
+        raise ValueError(f"{name}: squashfs cannot store POSIX ACLs (remove them with 'setfacl -b')")
     if not name.startswith(XATTR_NAMESPACES) or len(name.encode("utf-8", "surrogateescape")) > 255:
         raise ValueError(f"xattr {name!r} is outside the user/trusted/security namespaces squashfs keeps")
     if len(value) > MAX_XATTR_VALUE:
@@ -209,7 +218,7 @@ def _xattrs(info: tarfile.TarInfo) -> tuple[tuple[str, bytes], ...]:
             except ValueError:
                 raise ValueError(f"xattr {name!r} has a malformed base64 value") from None
         elif key.startswith("SCHILY.xattr."):
-            found[key[len("SCHILY.xattr."):]] = value.encode("utf-8", "surrogateescape")
+            found[gnu_unescape(key[len("SCHILY.xattr."):])] = value.encode("utf-8", "surrogateescape")
         elif key.startswith("SCHILY.acl."):
             raise ValueError("squashfs cannot store POSIX ACLs")
     kept = []
@@ -228,17 +237,22 @@ class _Scanner:
         self.count = 0
         self.apparent = 0
 
-    def member(self, info: tarfile.TarInfo) -> Member:
+    def member(self, info: tarfile.TarInfo, stored: int) -> Member:
+        """Check one member; ``stored`` is how many data bytes it has in the stream (sparse maps must fit)."""
         self.count += 1
         if self.count > self.limits.max_files:
             raise UploadRejected(f"upload rejected: more than {self.limits.max_files} members (bake.max_files)")
         try:
             path = clean_path(info.name)
-            return self._check(path, info)
+            member = self._check(path, info, stored)
         except ValueError as err:
             raise _reject(info.name, str(err)) from None
+        refused = content_violation(member.kind, member.attrs, member.rdev, self.limits.allow)
+        if refused:
+            raise _reject(info.name, refused)
+        return member
 
-    def _check(self, path: str, info: tarfile.TarInfo) -> Member:
+    def _check(self, path: str, info: tarfile.TarInfo, stored: int) -> Member:
         kind = self._kind(info)
         if path == "" and kind != "dir":
             raise ValueError("the archive root must be a directory")
@@ -249,12 +263,13 @@ class _Scanner:
         attrs = Attrs(mode=info.mode & 0o7777, uid=info.uid, gid=info.gid,
                       mtime=min(max(int(info.mtime), 0), MAX_MTIME), xattrs=_xattrs(info))
         if kind == "file":
-            self.apparent += info.size
+            size = self._apparent_size(info)
+            self.apparent += size
             if self.apparent > self.limits.max_bytes:
                 raise UploadRejected(f"upload rejected: its files add up to more than the {self.limits.max_bytes}"
                                      f"-byte quota (bake.max_bytes)")
-            sparse = self._sparse(info) if info.sparse is not None else None
-            return Member(path, kind, attrs, size=info.size, sparse=sparse)
+            sparse = self._sparse(info, size, stored) if info.sparse is not None else None
+            return Member(path, kind, attrs, size=size, sparse=sparse)
         if kind == "symlink":
             target = info.linkname
             if not target or "\0" in target or len(target.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
@@ -262,6 +277,8 @@ class _Scanner:
             return Member(path, kind, attrs, target=target)
         if kind == "hardlink":
             return Member(path, kind, attrs, target=self._link_target(path, info.linkname))
+        if kind in ("chardev", "blockdev"):
+            return Member(path, kind, attrs, rdev=(info.devmajor, info.devminor))
         return Member(path, kind, attrs)
 
     def _kind(self, info: tarfile.TarInfo) -> str:
@@ -273,12 +290,13 @@ class _Scanner:
             return "symlink"
         if info.islnk():
             return "hardlink"
-        if info.ischr():
-            if info.devmajor == 0 and info.devminor == 0:
+        if info.ischr() or info.isblk():
+            for number in (info.devmajor, info.devminor):
+                if not 0 <= number < 2 ** 20:
+                    raise ValueError(f"device number {number} is out of range")
+            if info.ischr() and info.devmajor == 0 and info.devminor == 0:
                 return "whiteout"
-            raise ValueError(f"device node {info.devmajor}:{info.devminor} (only 0:0 overlay whiteouts are allowed)")
-        if info.isblk():
-            raise ValueError("block device nodes are not allowed in a layer")
+            return "chardev" if info.ischr() else "blockdev"   # the content policy decides
         if info.isfifo():
             if self.limits.special_files != "keep":
                 raise ValueError("fifos are not allowed (bake.special_files = \"reject\")")
@@ -305,23 +323,43 @@ class _Scanner:
 
     def _link_target(self, path: str, linkname: str) -> str:
         target = clean_path(linkname, what="hard link target")
+        if target == path:
+            raise ValueError("is a hard link to itself")
         kind = self.kinds.get(target)
         if kind == "hardlink":
             return self.links[target]
         if kind not in LINKABLE:
-            raise ValueError(f"hard link to {linkname!r}, which is not a file, symlink or fifo earlier in the "
-                             "upload")
+            raise ValueError(f"hard link to {linkname!r}, which is not a file, symlink, fifo or device earlier in "
+                             "the upload")
         self.links[path] = target
         return target
 
     @staticmethod
-    def _sparse(info: tarfile.TarInfo) -> tuple[tuple[int, int], ...]:
+    def _apparent_size(info: tarfile.TarInfo) -> int:
+        """A file's size; for a PAX sparse member the GNU.sparse record, which tarfile's .size holds only when
+        no pax 'size' record (a stored size of 8 GiB or more) comes after it."""
+        if info.sparse is not None:
+            for key in ("GNU.sparse.realsize", "GNU.sparse.size"):
+                if key in info.pax_headers:
+                    value = int(info.pax_headers[key])
+                    if value < 0:
+                        raise ValueError(f"{key} {value} is negative")
+                    return value
+        return info.size
+
+    @staticmethod
+    def _sparse(info: tarfile.TarInfo, size: int, stored: int) -> tuple[tuple[int, int], ...]:
+        """The data segments of a sparse member. Zero-length entries carry no data and are dropped: GNU tar ends
+        a map with (size, 0) when the file ends in a hole, and an old-GNU header pads its 4 slots with (0, 0)."""
+        segments = tuple((offset, length) for offset, length in info.sparse or () if length != 0)
         end = 0
-        for offset, size in info.sparse or ():
-            if offset < end or size < 0 or offset + size > info.size:
+        for offset, length in segments:
+            if offset < end or length < 0 or offset + length > size:
                 raise ValueError("sparse map is unordered, overlapping or beyond the file size")
-            end = offset + size
-        return tuple((o, s) for o, s in info.sparse or () if s > 0)
+            end = offset + length
+        if sum(length for _, length in segments) > stored:
+            raise ValueError("sparse map lists more data than the member stores")
+        return segments
 
 
 def _info_class(state: dict[str, bool]) -> type[tarfile.TarInfo]:
@@ -353,7 +391,7 @@ def scan_tar(stream: BinaryIO, limits: BakeLimits) -> Iterator[tuple[Member, Rea
             tar.members.clear()
             if info is None:
                 break
-            member = scanner.member(info)
+            member = scanner.member(info, stored=max(0, tar.offset - info.offset_data))
             reader: Reader | None = None
             if member.kind == "file":
                 stored = member.size if member.sparse is None else sum(size for _, size in member.sparse)

@@ -71,6 +71,10 @@ CREATE TABLE IF NOT EXISTS profile_policy (
     profile TEXT PRIMARY KEY,
     policy TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS profile_content_policy (
+    profile TEXT PRIMARY KEY,
+    allow TEXT NOT NULL
+);
 """
 
 

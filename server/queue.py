@@ -166,7 +166,8 @@ class Uploads:
             log.info("baking upload %s (%s from %s, profile %s)", upload.id, upload.name, upload.mac, upload.profile)
             started = time.monotonic()
             try:
-                digest = await loop.run_in_executor(self.pool, self._bake, upload)
+                allow = self.records.allowed(upload.profile)   # read here: the database stays on the loop thread
+                digest = await loop.run_in_executor(self.pool, self._bake, upload, allow)
                 generation = None
                 if self.records.policy(upload.profile) == "auto":
                     async with self.append_lock:   # one new generation at a time
@@ -190,10 +191,11 @@ class Uploads:
                      f"; held for 'layerboot uploads approve {upload.id}'" if held
                      else f"; profile {upload.profile} generation {generation}")
 
-    def _bake(self, upload: Any) -> str:
-        """In a pool thread: check and bake the upload on its profile's current chain; returns the digest."""
+    def _bake(self, upload: Any, allow: frozenset[str]) -> str:
+        """In a pool thread: check and bake the upload on its profile's current chain (its content policy
+        ``allow``); returns the digest."""
         gen = self.state.profiles.current(upload.profile)
         layer = bake_archive(self.state.store, Path(upload.path), base=gen.base, parent=gen.layers[-1],
                              description=f"upload {upload.name} from {upload.mac}",
-                             limits=BakeLimits.from_config(self.config), threads=self.config.bake_threads)
+                             limits=BakeLimits.from_config(self.config, allow=allow), threads=self.config.bake_threads)
         return layer.digest

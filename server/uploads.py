@@ -29,6 +29,7 @@ from typing import Any
 
 from layerboot.atomic import fsync_dir
 from layerboot.errors import LayerbootError, NotFoundError
+from layerboot.overlays.content import format_classes, parse_classes
 from layerboot.overlays.layer import utc_now
 from layerboot.overlays.names import check_profile_name
 from layerboot.paths import Paths
@@ -209,6 +210,16 @@ class UploadRecords:
         self.conn.execute("INSERT INTO profile_policy (profile, policy) VALUES (?, ?) "
                           "ON CONFLICT(profile) DO UPDATE SET policy = excluded.policy",
                           (check_profile_name(profile), policy))
+
+    def allowed(self, profile: str) -> frozenset[str]:
+        """The content classes (overlays.content.CLASSES) the profile's uploads may carry; none by default."""
+        row = self.conn.execute("SELECT allow FROM profile_content_policy WHERE profile = ?", (profile,)).fetchone()
+        return parse_classes([row["allow"]]) if row else frozenset()
+
+    def set_allowed(self, profile: str, allow: frozenset[str]) -> None:
+        self.conn.execute("INSERT INTO profile_content_policy (profile, allow) VALUES (?, ?) "
+                          "ON CONFLICT(profile) DO UPDATE SET allow = excluded.allow",
+                          (check_profile_name(profile), format_classes(allow)))
 
     def approve(self, upload_id: str, profiles: Any) -> Upload:
         """Append a held upload's layer to its profile as a new generation."""

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from layerboot.errors import LayerbootError
 from layerboot.overlays.bake import BakeLimits, bake_archive
 from layerboot.overlays.capture import capture
+from layerboot.overlays.content import CLASSES
 from layerboot.overlays.chain import mount, mount_chain, mount_overlay, mount_squashfs
 from layerboot.overlays.profile import Profiles
 from layerboot.overlays.squash import squash_layers, squash_profile
@@ -25,7 +26,7 @@ from layerboot.tools.cli import main
 from test_capture_bake import apply_op, build_base, ops_st
 from treecompare import snapshot, tree_differences
 
-LIMITS = BakeLimits(max_bytes=1 << 34, max_files=100_000, special_files="keep")
+LIMITS = BakeLimits(max_bytes=1 << 34, max_files=100_000, special_files="keep", allow=frozenset(CLASSES))
 
 
 def layer_from_changes(store: Store, chain: Sequence[str], work: Path, change: Callable[[Path], None]) -> str:
@@ -94,7 +95,7 @@ def chain(store: Store, tmp_path: Path) -> list[str]:
 @pytest.mark.parametrize("first,last", [(1, 3), (1, 2), (2, 3)])
 def test_squashed_chain_looks_the_same(store: Store, chain: list[str], tmp_path: Path, first: int, last: int) -> None:
     expected = view(store, chain, tmp_path / "before")
-    squashed = squash_layers(store, chain[first:last + 1], base=chain[0], parent=chain[first - 1], description="")
+    squashed = squash_layers(store, chain[first:last + 1], below=chain[:first], description="")
     new_chain = chain[:first] + [squashed.digest] + chain[last + 1:]
     assert len(new_chain) == len(chain) - (last - first)
     assert tree_differences(expected, view(store, new_chain, tmp_path / "after")) == []
@@ -102,7 +103,7 @@ def test_squashed_chain_looks_the_same(store: Store, chain: list[str], tmp_path:
 
 @pytest.mark.root
 def test_squash_keeps_whiteouts_that_hide_the_base(store: Store, chain: list[str], tmp_path: Path) -> None:
-    squashed = squash_layers(store, chain[1:], base=chain[0], parent=chain[0], description="")
+    squashed = squash_layers(store, chain[1:], below=chain[:1], description="")
     with contextlib.ExitStack() as stack:
         layer = mount_squashfs(stack, store.path(squashed), tmp_path / "m")
         assert os.stat(layer / "usr/share/doc/a").st_nlink >= 2, "recreated dir is present"
@@ -161,7 +162,7 @@ def test_random_layer_stacks_squash_to_the_same_view(tmp_path_factory: pytest.Te
                 digests.append(layer_from_changes(store, digests, work / f"n{index}",
                                                   lambda m, ops=ops: [apply_op(m, op) for op in ops]))
             expected = view(store, digests, work / "before")
-            squashed = squash_layers(store, digests[1:], base=base, parent=base, description="")
+            squashed = squash_layers(store, digests[1:], below=[base], description="")
             assert tree_differences(expected, view(store, [base, squashed.digest], work / "after")) == [], layers
         finally:
             shutil.rmtree(work)

@@ -2,7 +2,8 @@
 
 A snapshot records, per relative path: the kind, permission bits, owner, mtime (seconds), content (sha256 of a
 file, target of a symlink, device numbers of a device), xattrs except overlayfs' private ones, plus which
-paths are hard links of each other. ``tree_differences`` lists what differs in plain sentences.
+paths are hard links of each other. A name readdir lists but lstat cannot find is recorded as such.
+``tree_differences`` lists what differs in plain sentences.
 """
 
 from __future__ import annotations
@@ -79,7 +80,11 @@ def snapshot(root: Path, *, include_root: bool = False, upper: Path | None = Non
     while stack:
         rel = stack.pop()
         full = base + b"/" + rel if rel else base
-        st = os.lstat(full)
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:       # listed by readdir, unknown to lookup (e.g. a whiteout overlayfs shows)
+            entries[os.fsdecode(rel)] = Entry("listed but not found", 0, 0, 0, 0, "", ())
+            continue
         kind = _kind(st.st_mode)
         if kind == "file":
             content = _sha256(full)

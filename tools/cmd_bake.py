@@ -7,6 +7,7 @@ from pathlib import Path
 
 from layerboot.errors import LayerbootError
 from layerboot.overlays.bake import BakeLimits, bake_archive
+from layerboot.overlays.content import parse_classes
 from layerboot.overlays.squash import squash_profile
 from layerboot.tools.context import Context
 
@@ -15,9 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     bake = sub.add_parser(
         "bake", help="check a tar.zst upload and turn it into an overlay layer (optionally add it to a profile)",
         description="Check FILE (a tar.zst from 'layerboot capture') member by member against the upload "
-                    "policy (bake.* settings) and pack it into a squashfs overlay layer in the store. With "
-                    "--profile the layer is made on that profile's base and appended as a new generation. "
-                    "A rejected upload changes nothing in the store. Prints the layer digest.")
+                    "policy (bake.* settings, and the content policy: no setuid/setgid files, file capabilities "
+                    "or device nodes unless allowed) and pack it into a squashfs overlay layer in the store. "
+                    "With --profile the layer is made on that profile's base and appended as a new generation, "
+                    "and the content classes the profile allows ('uploads policy') apply. A rejected upload "
+                    "changes nothing in the store. Prints the layer digest.")
     bake.add_argument("file", type=Path)
     target = bake.add_mutually_exclusive_group(required=True)
     target.add_argument("--profile", metavar="NAME", help="append the layer to this profile")
@@ -25,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     bake.add_argument("--parent", metavar="REF", help="with --base: the top layer the node ran")
     bake.add_argument("-d", "--description", default="", help="free text shown by 'layer list'")
     bake.add_argument("--threads", type=int, help="tar2sqfs jobs (default: bake.threads; 0 = one per core)")
+    bake.add_argument("--allow", action="append", default=[], metavar="CLASSES",
+                      help="also allow these content classes for this bake: setuid, caps, devices, all")
     bake.set_defaults(func=cmd_bake)
 
     squash = sub.add_parser(
@@ -54,8 +59,13 @@ def cmd_bake(ctx: Context) -> int:
         base, parent = gen.base, gen.layers[-1]
     else:
         base, parent = a.base, a.parent
+    allow = parse_classes(a.allow)
+    if a.profile:
+        from layerboot.server.db import connect
+        from layerboot.server.uploads import UploadRecords
+        allow |= UploadRecords(connect(ctx.paths.database), ctx.paths).allowed(a.profile)
     layer = bake_archive(store, a.file, base=base, parent=parent, description=a.description or a.file.name,
-                         limits=BakeLimits.from_config(ctx.config), threads=_threads(ctx))
+                         limits=BakeLimits.from_config(ctx.config, allow=allow), threads=_threads(ctx))
     print(layer.digest)
     if a.profile:
         gen = ctx.profiles.add(a.profile, layer.digest)

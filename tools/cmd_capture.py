@@ -17,9 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "capture", help="pack an overlayfs upper dir as a tar.zst (whiteouts, opaque dirs, xattrs, links)",
         description="Pack the upper dir of a node's overlay (its changes) as a zstd-compressed tar that "
                     "'layerboot bake' turns into a layer. Keeps whiteouts, opaque dirs, hard links, symlinks, "
-                    "modes, owners, mtimes, xattrs (incl. file capabilities) and sparse files. Refuses "
-                    "redirect_dir renames and metacopy files (mount the overlay with redirect_dir=off, the "
-                    "default, and metacopy=off).")
+                    "modes, owners, mtimes (seconds), xattrs (incl. file capabilities), device nodes, fifos and "
+                    "sparse files; the server's upload policy decides whether it takes setuid files, "
+                    "capabilities and devices. Refuses, naming the file: redirect_dir renames and metacopy files "
+                    "(mount the overlay with redirect_dir=off, the default, and metacopy=off), POSIX ACLs, "
+                    "xattrs larger than tar2sqfs takes (64 KiB of header per file) and sockets. Files that "
+                    "vanish or change while being read, and mtimes squashfs cannot store, are warnings.")
     parser.add_argument("--upper", type=Path, required=True, metavar="DIR", help="the overlayfs upper dir")
     parser.add_argument("-o", "--output", required=True, metavar="FILE",
                         help="where the tar.zst goes ('-' for standard output)")
@@ -40,5 +43,6 @@ def cmd_capture(ctx: Context) -> int:
         sys.stdout.buffer.flush()
     else:
         stats = capture(a.upper, Path(a.output), **options)
-    print(f"captured {stats.members} entries, {human_size(stats.data_bytes)} of file data", file=sys.stderr)
+    print(f"captured {stats.members} entries, {human_size(stats.data_bytes)} of file data"
+          + (f", {stats.warnings} warning(s) above" if stats.warnings else ""), file=sys.stderr)
     return 0

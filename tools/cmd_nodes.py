@@ -62,9 +62,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = uactions.add_parser("reject", help="drop a held upload (its layer is not appended)")
     p.add_argument("id")
     p.set_defaults(func=cmd_uploads_reject)
-    p = uactions.add_parser("policy", help="show or set a profile's upload policy (auto: append, hold: wait)")
+    p = uactions.add_parser(
+        "policy", help="show or set a profile's upload policy (auto/hold, and the content it may carry)",
+        description="Without options: show the profile's policy. 'auto' appends each baked upload as a new "
+                    "generation, 'hold' waits for 'uploads approve'. Uploads carrying setuid/setgid files "
+                    "(setuid), file capabilities (caps) or device nodes (devices) are refused unless the "
+                    "profile allows that class; --allow adds classes, --deny removes them (each takes a "
+                    "comma-separated list, or 'all').")
     p.add_argument("profile")
     p.add_argument("policy", nargs="?", choices=("auto", "hold"))
+    p.add_argument("--allow", action="append", default=[], metavar="CLASSES",
+                   help="allow these content classes: setuid, caps, devices, all")
+    p.add_argument("--deny", action="append", default=[], metavar="CLASSES",
+                   help="refuse these content classes again")
     p.set_defaults(func=cmd_uploads_policy)
 
 
@@ -186,9 +196,20 @@ def cmd_uploads_reject(ctx: Context) -> int:
 
 
 def cmd_uploads_policy(ctx: Context) -> int:
+    from layerboot.overlays.content import CLASSES, format_classes, parse_classes
+    a = ctx.args
     records = _records(ctx)
-    if ctx.args.policy:
-        ctx.profiles.current(ctx.args.profile)
-        records.set_policy(ctx.args.profile, ctx.args.policy)
-    print(f"{ctx.args.profile}: {records.policy(ctx.args.profile)}")
+    allow, deny = parse_classes(a.allow), parse_classes(a.deny)
+    if allow & deny:
+        raise LayerbootError(f"{format_classes(allow & deny)} is both allowed and denied")
+    if a.policy or a.allow or a.deny:
+        ctx.profiles.current(a.profile)
+    if a.policy:
+        records.set_policy(a.profile, a.policy)
+    if a.allow or a.deny:
+        records.set_allowed(a.profile, (records.allowed(a.profile) | allow) - deny)
+    allowed = records.allowed(a.profile)
+    refused = frozenset(CLASSES) - allowed
+    print(f"{a.profile}: {records.policy(a.profile)}; content allowed: {format_classes(allowed)}; "
+          f"refused: {format_classes(refused)}")
     return 0
