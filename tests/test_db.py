@@ -267,7 +267,7 @@ def test_postgres_unreachable_wrong_password_and_missing_database(postgres: Post
     code, _, err = cli(capsys, config, "nodes", "list")
     assert code == 1 and "Traceback" not in err and "wrong" not in err
     assert err.splitlines()[0].startswith("layerboot: error: the PostgreSQL server refused the PostgreSQL database "
-                                          f"postgresql+psycopg://{PASSWORD_USER}:***@/postgres")
+                                          f"postgresql://{PASSWORD_USER}:***@/postgres")
 
 
 @pytest.mark.parametrize("url, words", [

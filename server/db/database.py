@@ -139,7 +139,7 @@ class Database(Queries):
         self.url = make_url(target)
         self.dialect = "postgresql" if self.url.drivername.startswith("postgresql") else "sqlite"
         self.name = (f"the node database {self.url.database}" if self.dialect == "sqlite"
-                     else f"the PostgreSQL database {self.url.render_as_string(hide_password=True)}")
+                     else f"the PostgreSQL database {self.display_url}")
         if self.dialect == "sqlite":
             self.engine = create_engine(self.url, connect_args={"timeout": BUSY_TIMEOUT})
             event.listen(self.engine, "connect", _sqlite_connect)
@@ -153,8 +153,9 @@ class Database(Queries):
 
     @property
     def display_url(self) -> str:
-        """The URL without its password, for logs and messages."""
-        return self.url.render_as_string(hide_password=True)
+        """The URL as the user wrote it (postgresql://), without its password, for logs and messages."""
+        shown = self.url.set(drivername="postgresql") if self.dialect == "postgresql" else self.url
+        return shown.render_as_string(hide_password=True)
 
     @contextmanager
     def translating(self) -> Iterator[None]:
