@@ -23,8 +23,8 @@ connection pool with pre-ping (a PostgreSQL restart costs one reconnect, not a d
 hierarchy that flags lost connections, URL parsing that hides passwords, and the schema inspector the
 migrations use; issue 17's replicas can use its ``with_for_update(skip_locked=True)`` and Core expressions.
 We use it for plain SQL text only (no ORM), so the queries stay readable and close to what sqlite3 ran. The
-price, measured by bench/bench_db.py: 0.1-0.3 ms of CPU per statement over raw sqlite3 and ~0.1-0.3 s to
-import it in a CLI command that opens the database (it is imported lazily, never on a node).
+price, measured by bench/bench_db.py: 0.1-0.3 ms of CPU per statement over raw sqlite3, and 0.3-0.8 s (VM under
+load 9-14) to import it in a CLI command that opens the database (imported lazily, never on a node).
 """
 
 from __future__ import annotations
