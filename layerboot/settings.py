@@ -97,6 +97,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.boot_token_ttl", _int, 30 * 86400,
             "seconds a boot token (minted by /boot/MAC.ipxe, on the node's kernel command line) stays valid "
             "after its last use"),
+    Setting("server.database", _str, "",
+            "where layerbootd keeps nodes and uploads: empty for the store's SQLite file "
+            "(state/layerbootd.sqlite), or postgresql://USER@HOST/DBNAME (password in ~/.pgpass)"),
+    Setting("server.auto_migrate", _bool, True,
+            "apply pending schema migrations when layerbootd (or a layerboot command) opens the database; "
+            "false: refuse until 'layerboot db migrate'"),
     Setting("server.upload_policy", _choice("hold", "auto"), "hold",
             "default for profiles without their own policy: 'auto' appends a baked upload as a new generation, "
             "'hold' waits for 'layerboot uploads approve'"),

@@ -271,7 +271,9 @@ async def errors_and_access_log(request: web.Request, handler: Any) -> web.Strea
         response = negotiate.error(request, err.status, err.message, hint=err.hint,
                                    headers={"WWW-Authenticate": "Bearer"} if err.status == 401 else None)
     except LayerbootError as err:
-        status = 404 if isinstance(err, NotFoundError) else 400
+        status = 404 if isinstance(err, NotFoundError) else getattr(err, "http_status", 400)
+        if status >= 500:
+            log.warning("%s %s: %s", request.method, request.path, err.message)
         response = negotiate.error(request, status, err.message, hint=err.hint)
     except web.HTTPException as exc:
         if exc.status < 400:

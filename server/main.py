@@ -100,7 +100,7 @@ async def serve(config: Any) -> None:
     """Run until SIGTERM/SIGINT: open the store and database, start the bake queue, HTTP and SFTP."""
     from aiohttp import web
 
-    from layerboot.server.db import connect
+    from layerboot.server.db import open_database
     from layerboot.server.http import ServerState, build_app
     from layerboot.server.nodes import Registry, token_hash
     from layerboot.server.objects import ProfileIndex
@@ -116,8 +116,9 @@ async def serve(config: Any) -> None:
     for directory in (paths.incoming, paths.state, paths.tmp):
         directory.mkdir(parents=True, exist_ok=True)
     profiles = Profiles(store)
-    conn = connect(paths.database)
-    registry = Registry(conn, boot_token_ttl=config.server_boot_token_ttl)
+    db = open_database(config, paths)
+    log.info("database %s (schema version %d)", db.display_url, db.scalar("SELECT max(version) FROM schema_version"))
+    registry = Registry(db, boot_token_ttl=config.server_boot_token_ttl)
     state = ServerState(config=config, paths=paths, store=store, profiles=profiles, registry=registry,
                         index=ProfileIndex(profiles), admin_token_hash=token_hash(admin_token(paths)),
                         started=time.monotonic())
@@ -153,7 +154,7 @@ async def serve(config: Any) -> None:
             sftp.close()
         await runner.cleanup()
         await state.uploads.stop()
-        conn.close()
+        db.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,14 +19,17 @@ import hashlib
 import json
 import re
 import secrets
-import sqlite3
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from layerboot.errors import LayerbootError, NotFoundError
 from layerboot.overlays.layer import utc_now
 from layerboot.overlays.names import check_profile_name
+
+if TYPE_CHECKING:
+    from layerboot.server.db import Database
 
 MAC_RE = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 BOOT_TOKENS_KEPT = 8
@@ -86,7 +89,7 @@ class Node:
     boots: int = 0
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "Node":
+    def from_row(cls, row: Mapping[str, Any]) -> "Node":
         return cls(mac=row["mac"], profile=row["profile"], auto=bool(row["auto"]), created=row["created"],
                    last_seen=row["last_seen"], last_stage=row["last_stage"],
                    last_ok=None if row["last_ok"] is None else bool(row["last_ok"]),
@@ -145,10 +148,10 @@ class Event:
 
 
 class Registry:
-    """Nodes, their secrets and their reports, in the daemon's sqlite database."""
+    """Nodes, their secrets and their reports, in the daemon's database (layerboot.server.db)."""
 
-    def __init__(self, conn: sqlite3.Connection, *, boot_token_ttl: int = 30 * 86400) -> None:
-        self.conn = conn
+    def __init__(self, db: "Database", *, boot_token_ttl: int = 30 * 86400) -> None:
+        self.db = db
         self.boot_token_ttl = boot_token_ttl
 
     # -- registration ------------------------------------------------------------------------------------
@@ -162,18 +165,17 @@ class Registry:
         if existing and not (replace or existing.auto):
             raise LayerbootError(f"node {mac} is already registered (profile {existing.profile})",
                                  hint="use 'layerboot nodes set-profile', or 'nodes register --replace' for a new token")
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.execute("DELETE FROM nodes WHERE mac = ?", (mac,))
-            self.conn.execute(
+        with self.db.transaction() as tx:
+            tx.execute("DELETE FROM nodes WHERE mac = ?", (mac,))
+            tx.execute(
                 "INSERT INTO nodes (mac, profile, token_hash, auto, created) VALUES (?, ?, ?, ?, ?)",
                 (mac, profile, token_hash(token) if token else None, int(auto), utc_now()))
             for key in ssh_keys:
-                self.conn.execute("INSERT OR IGNORE INTO ssh_keys (mac, key) VALUES (?, ?)", (mac, key))
+                tx.execute("INSERT INTO ssh_keys (mac, key) VALUES (?, ?) ON CONFLICT DO NOTHING", (mac, key))
         return self.get(mac), token
 
     def find(self, mac: str) -> Node | None:
-        row = self.conn.execute("SELECT * FROM nodes WHERE mac = ?", (normalize_mac(mac),)).fetchone()
+        row = self.db.one("SELECT * FROM nodes WHERE mac = ?", (normalize_mac(mac),))
         return Node.from_row(row) if row else None
 
     def get(self, mac: str) -> Node:
@@ -183,26 +185,26 @@ class Registry:
         return node
 
     def all(self) -> list[Node]:
-        return [Node.from_row(r) for r in self.conn.execute("SELECT * FROM nodes ORDER BY mac")]
+        return [Node.from_row(r) for r in self.db.all("SELECT * FROM nodes ORDER BY mac")]
 
     def remove(self, mac: str) -> None:
         node = self.get(mac)
-        self.conn.execute("DELETE FROM nodes WHERE mac = ?", (node.mac,))
+        self.db.execute("DELETE FROM nodes WHERE mac = ?", (node.mac,))
 
     def set_profile(self, mac: str, profile: str) -> Node:
         node = self.get(mac)
-        self.conn.execute("UPDATE nodes SET profile = ?, auto = 0 WHERE mac = ?", (check_profile_name(profile),
-                                                                                  node.mac))
+        self.db.execute("UPDATE nodes SET profile = ?, auto = 0 WHERE mac = ?", (check_profile_name(profile),
+                                                                                node.mac))
         return self.get(mac)
 
     # -- ssh keys ----------------------------------------------------------------------------------------
     def add_ssh_key(self, mac: str, key: str) -> None:
         node = self.get(mac)
-        self.conn.execute("INSERT OR IGNORE INTO ssh_keys (mac, key) VALUES (?, ?)", (node.mac, key))
+        self.db.execute("INSERT INTO ssh_keys (mac, key) VALUES (?, ?) ON CONFLICT DO NOTHING", (node.mac, key))
 
     def ssh_keys(self, mac: str) -> list[str]:
-        return [r["key"] for r in self.conn.execute("SELECT key FROM ssh_keys WHERE mac = ? ORDER BY key",
-                                                    (normalize_mac(mac),))]
+        return [r["key"] for r in self.db.all("SELECT key FROM ssh_keys WHERE mac = ? ORDER BY key",
+                                              (normalize_mac(mac),))]
 
     # -- tokens ------------------------------------------------------------------------------------------
     def issue_boot_token(self, mac: str) -> str:
@@ -210,29 +212,28 @@ class Registry:
         node = self.get(mac)
         token = new_token()
         now = time.time()
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.execute("INSERT INTO boot_tokens (hash, mac, created) VALUES (?, ?, ?)",
-                              (token_hash(token), node.mac, now))
-            self.conn.execute(
+        with self.db.transaction() as tx:
+            tx.execute("INSERT INTO boot_tokens (hash, mac, created) VALUES (?, ?, ?)",
+                       (token_hash(token), node.mac, now))
+            tx.execute(
                 "DELETE FROM boot_tokens WHERE mac = ? AND hash NOT IN "
                 "(SELECT hash FROM boot_tokens WHERE mac = ? ORDER BY created DESC LIMIT ?)",
                 (node.mac, node.mac, BOOT_TOKENS_KEPT))
-            self.conn.execute("DELETE FROM boot_tokens WHERE created < ?", (now - self.boot_token_ttl,))
+            tx.execute("DELETE FROM boot_tokens WHERE created < ?", (now - self.boot_token_ttl,))
         return token
 
     def node_for_token(self, token: str) -> Node | None:
         """The node a token belongs to (registration or unexpired boot token), or None."""
         digest = token_hash(token)
-        row = self.conn.execute("SELECT * FROM nodes WHERE token_hash = ?", (digest,)).fetchone()
+        row = self.db.one("SELECT * FROM nodes WHERE token_hash = ?", (digest,))
         if row is None:
             now = time.time()
-            row = self.conn.execute(
+            row = self.db.one(
                 "SELECT nodes.*, boot_tokens.created AS used FROM boot_tokens JOIN nodes USING (mac) "
-                "WHERE hash = ? AND boot_tokens.created >= ?", (digest, now - self.boot_token_ttl)).fetchone()
+                "WHERE hash = ? AND boot_tokens.created >= ?", (digest, now - self.boot_token_ttl))
             if row is not None and row["used"] < now - min(TOKEN_REFRESH, self.boot_token_ttl / 10):
                 # sliding expiry: a node that keeps using its boot token (uptime of months) keeps it
-                self.conn.execute("UPDATE boot_tokens SET created = ? WHERE hash = ?", (now, digest))
+                self.db.execute("UPDATE boot_tokens SET created = ? WHERE hash = ?", (now, digest))
         return Node.from_row(row) if row else None
 
     def authenticate(self, mac: str, token: str | None) -> Node:
@@ -250,31 +251,29 @@ class Registry:
     # -- reports -----------------------------------------------------------------------------------------
     def record_event(self, mac: str, event: Event) -> None:
         now = utc_now()
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.execute(
+        with self.db.transaction() as tx:
+            tx.execute(
                 "INSERT INTO events (mac, time, stage, ok, generation, serial, elapsed, message, timings) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (mac, now, event.stage, int(event.ok), event.generation, event.serial, event.elapsed,
                  event.message, json.dumps(event.timings, sort_keys=True)))
-            self.conn.execute(
+            tx.execute(
                 "UPDATE nodes SET last_seen = ?, last_stage = ?, last_ok = ?, last_message = ?, "
                 "last_generation = COALESCE(?, last_generation), last_serial = COALESCE(?, last_serial), "
                 "failures = failures + ? WHERE mac = ?",
                 (now, event.stage, int(event.ok), event.message, event.generation, event.serial,
                  0 if event.ok else 1, mac))
-            self.conn.execute(
+            tx.execute(
                 "DELETE FROM events WHERE mac = ? AND id NOT IN "
                 "(SELECT id FROM events WHERE mac = ? ORDER BY id DESC LIMIT ?)", (mac, mac, EVENTS_KEPT))
 
     def saw_boot(self, mac: str) -> None:
         """Count an iPXE script fetch as the start of a boot."""
-        self.conn.execute("UPDATE nodes SET last_seen = ?, last_stage = 'ipxe', last_ok = 1, boots = boots + 1 "
-                          "WHERE mac = ?", (utc_now(), mac))
+        self.db.execute("UPDATE nodes SET last_seen = ?, last_stage = 'ipxe', last_ok = 1, boots = boots + 1 "
+                        "WHERE mac = ?", (utc_now(), mac))
 
     def events(self, mac: str, limit: int = 20) -> list[Event]:
-        rows = self.conn.execute("SELECT * FROM events WHERE mac = ? ORDER BY id DESC LIMIT ?",
-                                 (normalize_mac(mac), limit)).fetchall()
+        rows = self.db.all("SELECT * FROM events WHERE mac = ? ORDER BY id DESC LIMIT ?", (normalize_mac(mac), limit))
         return [Event(stage=r["stage"], ok=bool(r["ok"]), generation=r["generation"], serial=r["serial"],
                       elapsed=r["elapsed"], message=r["message"], time=r["time"], timings=json.loads(r["timings"]))
                 for r in reversed(rows)]

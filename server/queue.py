@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from layerboot.errors import LayerbootError
+from layerboot.server.db import DatabaseError
 from layerboot.overlays.bake import BakeLimits, bake_archive
 from layerboot.server.nodes import normalize_mac
 from layerboot.server.uploads import (UploadRecords, append_layer, is_complete_name, move_into_queue, queue_dir)
@@ -25,6 +26,7 @@ from layerboot.server.uploads import (UploadRecords, append_layer, is_complete_n
 log = logging.getLogger("layerboot.server.queue")
 
 SWEEP_SECONDS = 5.0
+DATABASE_RETRY_SECONDS = 5.0
 STALE_SCRATCH_SECONDS = 3600
 
 
@@ -39,7 +41,7 @@ class Uploads:
         self.state = state
         self.paths = state.paths
         self.config = state.config
-        self.records = UploadRecords(state.registry.conn, state.paths, default_policy=state.config.server_upload_policy)
+        self.records = UploadRecords(state.registry.db, state.paths, default_policy=state.config.server_upload_policy)
         self.wake = asyncio.Event()
         self.append_lock = asyncio.Lock()
         self.workers: list[asyncio.Task[None]] = []
@@ -132,6 +134,9 @@ class Uploads:
             return
         try:
             upload = self.records.begin(mac, node.profile, path.name, via="sftp", size=path.stat().st_size)
+        except DatabaseError as err:   # not the file's fault: it stays in the node's area for a later sweep
+            log.warning("cannot queue %s now: %s", path, err.message)
+            return
         except LayerbootError as err:
             log.warning("refusing %s: %s", path, err.message)
             path.unlink(missing_ok=True)
@@ -150,11 +155,21 @@ class Uploads:
             await asyncio.sleep(SWEEP_SECONDS)
             try:
                 self.sweep()
-            except OSError as err:
+            except (OSError, DatabaseError) as err:
                 log.warning("sweep of %s failed: %s", self.paths.incoming, err)
 
     # -- baking ------------------------------------------------------------------------------------------
     async def _worker(self, number: int) -> None:
+        """Drain the queue; outlive a database that is away for a while (a PostgreSQL restart)."""
+        while True:
+            try:
+                await self._drain()
+            except DatabaseError as err:   # an upload it had claimed stays 'baking' and is re-queued at restart
+                log.warning("bake worker %d: %s; trying again in %.0f s", number, err.message,
+                            DATABASE_RETRY_SECONDS)
+                await asyncio.sleep(DATABASE_RETRY_SECONDS)
+
+    async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self.wake.wait()
@@ -173,6 +188,8 @@ class Uploads:
                     async with self.append_lock:   # one new generation at a time
                         generation = await loop.run_in_executor(self.pool, append_layer, self.state.profiles,
                                                                 upload.profile, digest)
+            except DatabaseError:
+                raise                      # not the upload's fault: it is baked again after a restart
             except LayerbootError as err:
                 log.warning("upload %s failed: %s", upload.id, err.message)
                 self.records.failed(upload.id, err.message)

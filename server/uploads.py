@@ -1,4 +1,4 @@
-"""Upload records: every upload's state lives in sqlite, so a crash or restart loses nothing.
+"""Upload records: every upload's state lives in the database, so a crash or restart loses nothing.
 
     receiving -> received -> baking -> baked | failed
 
@@ -21,11 +21,11 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import sqlite3
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from layerboot.atomic import fsync_dir
 from layerboot.errors import LayerbootError, NotFoundError
@@ -34,6 +34,9 @@ from layerboot.overlays.layer import utc_now
 from layerboot.overlays.names import check_profile_name
 from layerboot.paths import Paths
 from layerboot.server.nodes import mac_dirname
+
+if TYPE_CHECKING:
+    from layerboot.server.db import Database
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}\.tar\.zst$")
 ID_RE = re.compile(r"^[0-9]{14}-[0-9a-f]{8}$")
@@ -85,7 +88,7 @@ class Upload:
     message: str = ""
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "Upload":
+    def from_row(cls, row: Mapping[str, Any]) -> "Upload":
         return cls(**{key: row[key] for key in row.keys()})
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,8 +102,8 @@ class Upload:
 class UploadRecords:
     """The uploads table and per-profile policies; used by layerbootd and by ``layerboot uploads``."""
 
-    def __init__(self, conn: sqlite3.Connection, paths: Paths, *, default_policy: str = "hold") -> None:
-        self.conn = conn
+    def __init__(self, db: "Database", paths: Paths, *, default_policy: str = "hold") -> None:
+        self.db = db
         self.paths = paths
         self.default_policy = default_policy
 
@@ -110,7 +113,7 @@ class UploadRecords:
         upload_id = new_upload_id()
         path = queue_dir(self.paths) / f"{upload_id}.tar.zst"
         now = utc_now()
-        self.conn.execute(
+        self.db.execute(
             "INSERT INTO uploads (id, mac, profile, name, path, size, via, state, received, updated) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, 'receiving', ?, ?)",
             (upload_id, mac, profile, check_upload_name(name), str(path), size, via, now, now))
@@ -125,7 +128,7 @@ class UploadRecords:
         return self.get(upload.id)
 
     def get(self, upload_id: str) -> Upload:
-        row = self.conn.execute("SELECT * FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+        row = self.db.one("SELECT * FROM uploads WHERE id = ?", (upload_id,))
         if row is None:
             raise NotFoundError(f"no upload {upload_id!r}", hint="see 'layerboot uploads list'")
         return Upload.from_row(row)
@@ -140,29 +143,32 @@ class UploadRecords:
             args.append(mac)
         query += " ORDER BY received, id LIMIT ?"
         args.append(limit)
-        return [Upload.from_row(r) for r in self.conn.execute(query, args)]
+        return [Upload.from_row(r) for r in self.db.all(query, args)]
 
     def pending(self) -> int:
-        return self.conn.execute(f"SELECT count(*) FROM uploads WHERE state IN {PENDING}").fetchone()[0]
+        return self.db.scalar(f"SELECT count(*) FROM uploads WHERE state IN {PENDING}")
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
-        for row in self.conn.execute("SELECT state, count(*) AS n FROM uploads GROUP BY state"):
+        for row in self.db.all("SELECT state, count(*) AS n FROM uploads GROUP BY state"):
             counts[row["state"]] = row["n"]
-        counts["held"] = self.conn.execute(
-            "SELECT count(*) FROM uploads WHERE state = 'baked' AND generation IS NULL").fetchone()[0]
+        counts["held"] = self.db.scalar(
+            "SELECT count(*) FROM uploads WHERE state = 'baked' AND generation IS NULL")
         return counts
 
     def claim(self) -> Upload | None:
-        """Take the oldest ``received`` upload and mark it ``baking`` (atomically)."""
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            row = self.conn.execute("SELECT * FROM uploads WHERE state = 'received' ORDER BY received, id "
-                                    "LIMIT 1").fetchone()
+        """Take the oldest ``received`` upload and mark it ``baking`` (atomically).
+
+        Safe from several threads or processes at once: on PostgreSQL a claimer skips the rows another one
+        has locked (FOR UPDATE SKIP LOCKED); on SQLite BEGIN IMMEDIATE lets one claimer in at a time.
+        """
+        with self.db.transaction() as tx:
+            row = tx.one("SELECT * FROM uploads WHERE state = 'received' ORDER BY received, id "
+                         "LIMIT 1" + tx.for_update(skip_locked=True))
             if row is None:
                 return None
-            self.conn.execute("UPDATE uploads SET state = 'baking', updated = ? WHERE id = ?",
-                              (utc_now(), row["id"]))
+            tx.execute("UPDATE uploads SET state = 'baking', updated = ? WHERE id = ?",
+                       (utc_now(), row["id"]))
         return self.get(row["id"])
 
     def baked(self, upload_id: str, layer: str, generation: int | None, message: str = "") -> None:
@@ -173,8 +179,8 @@ class UploadRecords:
 
     def _set(self, upload_id: str, state: str, **fields: Any) -> None:
         names = "".join(f", {key} = ?" for key in fields)
-        self.conn.execute(f"UPDATE uploads SET state = ?, updated = ?{names} WHERE id = ?",
-                          (state, utc_now(), *fields.values(), upload_id))
+        self.db.execute(f"UPDATE uploads SET state = ?, updated = ?{names} WHERE id = ?",
+                        (state, utc_now(), *fields.values(), upload_id))
 
     def recover(self) -> tuple[int, int]:
         """After a crash or restart: finish or fail ``receiving`` rows, re-queue ``baking`` ones.
@@ -201,25 +207,25 @@ class UploadRecords:
 
     # -- policy ------------------------------------------------------------------------------------------
     def policy(self, profile: str) -> str:
-        row = self.conn.execute("SELECT policy FROM profile_policy WHERE profile = ?", (profile,)).fetchone()
+        row = self.db.one("SELECT policy FROM profile_policy WHERE profile = ?", (profile,))
         return row["policy"] if row else self.default_policy
 
     def set_policy(self, profile: str, policy: str) -> None:
         if policy not in POLICIES:
             raise LayerbootError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
-        self.conn.execute("INSERT INTO profile_policy (profile, policy) VALUES (?, ?) "
-                          "ON CONFLICT(profile) DO UPDATE SET policy = excluded.policy",
-                          (check_profile_name(profile), policy))
+        self.db.execute("INSERT INTO profile_policy (profile, policy) VALUES (?, ?) "
+                        "ON CONFLICT(profile) DO UPDATE SET policy = excluded.policy",
+                        (check_profile_name(profile), policy))
 
     def allowed(self, profile: str) -> frozenset[str]:
         """The content classes (overlays.content.CLASSES) the profile's uploads may carry; none by default."""
-        row = self.conn.execute("SELECT allow FROM profile_content_policy WHERE profile = ?", (profile,)).fetchone()
+        row = self.db.one("SELECT allow FROM profile_content_policy WHERE profile = ?", (profile,))
         return parse_classes([row["allow"]]) if row else frozenset()
 
     def set_allowed(self, profile: str, allow: frozenset[str]) -> None:
-        self.conn.execute("INSERT INTO profile_content_policy (profile, allow) VALUES (?, ?) "
-                          "ON CONFLICT(profile) DO UPDATE SET allow = excluded.allow",
-                          (check_profile_name(profile), format_classes(allow)))
+        self.db.execute("INSERT INTO profile_content_policy (profile, allow) VALUES (?, ?) "
+                        "ON CONFLICT(profile) DO UPDATE SET allow = excluded.allow",
+                        (check_profile_name(profile), format_classes(allow)))
 
     def approve(self, upload_id: str, profiles: Any) -> Upload:
         """Append a held upload's layer to its profile as a new generation."""

@@ -1,10 +1,11 @@
-"""Shared fixtures: a fresh store with a signing key in tmp_path, layer trees, and the root/tool gates."""
+"""Shared fixtures: a fresh store with a signing key in tmp_path, layer trees, the root/tool gates, and the
+database on both backends (SQLite in the store; a real PostgreSQL started once per session)."""
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from layerboot.overlays.keys import generate_key
 from layerboot.overlays.profile import Profiles
 from layerboot.overlays.store import Store
 from layerboot.paths import Paths
+from pgserver import PostgresServer, server_bindir
 
 WHITEOUT_MODE = 0o020000 | 0o600
 
@@ -70,3 +72,28 @@ def make_layer(store: Store, tmp_path: Path) -> Callable[..., str]:
         return layer.digest
 
     return make
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the whole session (Debian's postgresql package), torn down at the end."""
+    bindir = server_bindir()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("the PostgreSQL server is not installed: .ci/install installs Debian's postgresql")
+        pytest.skip("needs Debian's postgresql package (see .ci/install)")
+    server = PostgresServer(bindir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """server.database for a test, on each backend: the store's SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{Paths(tmp_path / 'store').database}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    url = server.new_database()
+    yield url
+    server.drop_database(url)

@@ -45,6 +45,8 @@ class Daemon:
     port: int = field(default_factory=free_port)
     ssh_port: int = 0
     proc: Process | None = None
+    database: str = ""           # server.database the config names ("" : the store's SQLite file)
+    _registry: Registry | None = None
 
     @property
     def url(self) -> str:
@@ -97,7 +99,10 @@ class Daemon:
         return self.request("GET", path, **kwargs)
 
     def registry(self) -> Registry:
-        return Registry(connect(self.paths.database))
+        """The daemon's registry, opened here in the test process (one connection pool per Daemon)."""
+        if self._registry is None:
+            self._registry = Registry(connect(self.database or self.paths.database))
+        return self._registry
 
     def boot_token(self, mac: str = MAC) -> str:
         script = self.get(f"/boot/{mac}.ipxe").text

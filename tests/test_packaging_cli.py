@@ -24,8 +24,10 @@ def test_wheel_installs_only_the_layerboot_package(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names}
     assert tops == {"layerboot", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
-    for room in ("overlays", "server", "tools", "build", "initrd", "initrd/stage1"):
+    for room in ("overlays", "server", "server/db", "server/db/migrations", "tools", "build", "initrd",
+                 "initrd/stage1"):
         assert f"layerboot/{room}/__init__.py" in names
+    assert "layerboot/server/db/migrations/m0001_initial.py" in names   # found at run time by their names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "layerboot = layerboot.tools.cli:main" in entry_points
     assert "layerbootd = layerboot.server.main:main" in entry_points

@@ -16,7 +16,7 @@ from layerboot.overlays.profile import Profiles
 from layerboot.run import run, tool_path
 from layerboot.server.db import connect
 from layerboot.server.main import JournalFormatter
-from layerboot.server.nodes import AuthError, Event, Registry
+from layerboot.server.nodes import AuthError, Event, Registry, token_hash
 from layerboot.tools.cli import main
 from server_daemon import MAC, Daemon, boot_profile, write_config
 from test_server_uploads import layer_upload
@@ -27,19 +27,24 @@ def cli(store: Path, *args: str) -> int:
 
 
 def test_nodes_register_list_show_set_profile_remove(profiles: Profiles, make_layer, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+                                                     capsys: pytest.CaptureFixture[str], database_url: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     boot_profile(profiles, make_layer, tmp_path, "p1")
     boot_profile(profiles, make_layer, tmp_path, "p2")
     root = profiles.paths.root
+    config = write_config(tmp_path / "layerboot.toml", profiles.paths, database=database_url)
+    monkeypatch.setenv("LAYERBOOT_CONFIG", str(config))   # the commands use the database of this backend
     key = asyncssh.generate_private_key("ssh-ed25519")
     (tmp_path / "node.pub").write_bytes(key.export_public_key())
     assert cli(root, "nodes", "register", "52-54-00-12-34-56", "--profile", "p1", "--ssh-key",
                str(tmp_path / "node.pub")) == 0
     out = capsys.readouterr().out
     token = out.split("stored): ")[1].split()[0]
-    registry = Registry(connect(profiles.paths.database))
+    registry = Registry(connect(database_url))
     assert registry.authenticate(MAC, token).profile == "p1"
-    assert token not in profiles.paths.database.read_bytes().decode("latin-1")   # only its hash is stored
+    assert registry.db.scalar("SELECT count(*) FROM nodes WHERE token_hash = ?", (token_hash(token),)) == 1
+    if database_url.startswith("sqlite:"):
+        assert token not in profiles.paths.database.read_bytes().decode("latin-1")   # only its hash is stored
     assert len(registry.ssh_keys(MAC)) == 1
 
     assert cli(root, "nodes", "register", MAC, "--profile", "p1") == 1
@@ -156,18 +161,18 @@ def test_journald_lines_carry_syslog_priorities() -> None:
     assert JournalFormatter(journal=False).format(record).endswith(" WARNING layerboot.server: disk full")
 
 
-def test_boot_tokens_expire_unless_used_and_only_the_newest_stay(store, tmp_path: Path) -> None:
+def test_boot_tokens_expire_unless_used_and_only_the_newest_stay(store, tmp_path: Path, database_url: str) -> None:
     from layerboot.server import nodes
-    registry = Registry(connect(store.paths.database), boot_token_ttl=1000)
+    registry = Registry(connect(database_url), boot_token_ttl=1000)
     registry.register(MAC, "p1")
     first = registry.issue_boot_token(MAC)
     hashed = nodes.token_hash(first)
     now = time.time()
-    registry.conn.execute("UPDATE boot_tokens SET created = ? WHERE hash = ?", (now - 900, hashed))
+    registry.db.execute("UPDATE boot_tokens SET created = ? WHERE hash = ?", (now - 900, hashed))
     assert registry.node_for_token(first).mac == MAC          # still valid, and its use refreshes it
-    used = registry.conn.execute("SELECT created FROM boot_tokens WHERE hash = ?", (hashed,)).fetchone()[0]
+    used = registry.db.scalar("SELECT created FROM boot_tokens WHERE hash = ?", (hashed,))
     assert used > now - 5
-    registry.conn.execute("UPDATE boot_tokens SET created = ? WHERE hash = ?", (now - 1001, hashed))
+    registry.db.execute("UPDATE boot_tokens SET created = ? WHERE hash = ?", (now - 1001, hashed))
     assert registry.node_for_token(first) is None              # unused for longer than the TTL
     tokens = [registry.issue_boot_token(MAC) for _ in range(nodes.BOOT_TOKENS_KEPT + 1)]
     assert registry.node_for_token(tokens[0]) is None

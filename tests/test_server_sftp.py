@@ -41,7 +41,7 @@ def daemon(profiles: Profiles, make_layer, tmp_path: Path, keys: dict[str, async
 
 
 def records(daemon: Daemon) -> UploadRecords:
-    return UploadRecords(daemon.registry().conn, daemon.paths)
+    return UploadRecords(daemon.registry().db, daemon.paths)
 
 
 def wait_baked(daemon: Daemon, count: int, timeout: float = 30) -> list:

@@ -40,17 +40,20 @@ def layer_upload(files: dict[str, bytes]) -> bytes:
 
 
 class Setup:
-    def __init__(self, profiles: Profiles, make_layer, tmp_path: Path) -> None:
+    def __init__(self, profiles: Profiles, make_layer, tmp_path: Path, database: str = "") -> None:
         self.profiles = profiles
+        self.database = database
         self.digests = boot_profile(profiles, make_layer, tmp_path, "p1")
         boot_profile(profiles, make_layer, tmp_path, "p2")
         self.tmp = tmp_path
         self.daemon: Daemon | None = None
 
     def start(self, **server: object) -> Daemon:
+        if self.database:
+            server["database"] = self.database
         config = write_config(self.tmp / "layerboot.toml", self.profiles.paths, **server)
         if self.daemon is None:
-            self.daemon = Daemon(self.profiles.paths, config, self.tmp / "layerbootd.log")
+            self.daemon = Daemon(self.profiles.paths, config, self.tmp / "layerbootd.log", database=self.database)
             registry = self.daemon.registry()
             _, self.token = registry.register(MAC, "p1")
             _, self.other_token = registry.register(OTHER_MAC, "p2")
@@ -58,7 +61,7 @@ class Setup:
 
     def records(self) -> UploadRecords:
         assert self.daemon is not None
-        return UploadRecords(self.daemon.registry().conn, self.profiles.paths)
+        return UploadRecords(self.daemon.registry().db, self.profiles.paths)
 
     def put(self, name: str, data: bytes, *, token: str | None = None, mac: str = MAC):  # noqa: ANN201
         assert self.daemon is not None
@@ -76,12 +79,22 @@ class Setup:
         raise AssertionError(f"upload {upload_id} never reached {states}: {status}\n{self.daemon.log.read_text()}")
 
 
-@pytest.fixture
-def setup(profiles: Profiles, make_layer, tmp_path: Path) -> Iterator[Setup]:
-    s = Setup(profiles, make_layer, tmp_path)
+def _setup(profiles: Profiles, make_layer, tmp_path: Path, database: str = "") -> Iterator[Setup]:
+    s = Setup(profiles, make_layer, tmp_path, database)
     yield s
     if s.daemon is not None:
         s.daemon.stop()
+
+
+@pytest.fixture
+def setup(profiles: Profiles, make_layer, tmp_path: Path) -> Iterator[Setup]:
+    yield from _setup(profiles, make_layer, tmp_path)
+
+
+@pytest.fixture
+def setup_each_db(profiles: Profiles, make_layer, tmp_path: Path, database_url: str) -> Iterator[Setup]:
+    """The same, with layerbootd on each database backend (SQLite, PostgreSQL)."""
+    yield from _setup(profiles, make_layer, tmp_path, database_url)
 
 
 def top_layer_file(profiles: Profiles, name: str, profile: str = "p1") -> bytes:
@@ -228,7 +241,8 @@ def test_kill_9_during_upload_then_restart(setup: Setup) -> None:
     assert setup.wait_state(reply["id"], ("baked", "failed"))["state"] == "baked"
 
 
-def test_kill_9_during_bake_then_restart_finishes_the_bake(setup: Setup) -> None:
+def test_kill_9_during_bake_then_restart_finishes_the_bake(setup_each_db: Setup) -> None:
+    setup = setup_each_db
     daemon = setup.start(upload_policy="auto")
     layers_before = set(setup.profiles.store.digests())
     generation_before = setup.profiles.current("p1").number

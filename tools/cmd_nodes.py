@@ -1,6 +1,7 @@
 """``layerboot nodes`` and ``layerboot uploads``: the node registry and the upload queue (server side).
 
-Both work on the daemon's sqlite database directly (Paths.database), so they work whether layerbootd runs or not.
+Both work on the daemon's database directly (server.database; by default the store's SQLite file), so they
+work whether layerbootd runs or not.
 """
 
 from __future__ import annotations
@@ -79,15 +80,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _registry(ctx: Context):  # noqa: ANN202
-    from layerboot.server.db import connect
+    from layerboot.server.db import open_database
     from layerboot.server.nodes import Registry
     ctx.ready_store()
-    return Registry(connect(ctx.paths.database), boot_token_ttl=ctx.config.server_boot_token_ttl)
+    return Registry(open_database(ctx.config, ctx.paths), boot_token_ttl=ctx.config.server_boot_token_ttl)
 
 
 def _records(ctx: Context):  # noqa: ANN202
     from layerboot.server.uploads import UploadRecords
-    return UploadRecords(_registry(ctx).conn, ctx.paths, default_policy=ctx.config.server_upload_policy)
+    return UploadRecords(_registry(ctx).db, ctx.paths, default_policy=ctx.config.server_upload_policy)
 
 
 def _read_key(path: Path) -> str:

@@ -1,17 +1,15 @@
-"""The daemon's sqlite database (Paths.database): one schema, opened the same way by layerbootd and the CLI.
+"""The schema as it was before numbered migrations (nodes, boot tokens, SSH keys, events, uploads, policies).
 
-WAL mode and a busy timeout let ``layerboot nodes ...`` change the registry while layerbootd runs. The daemon
-touches the database only from its event-loop thread (bakes report back to it), so one connection suffices.
+Every statement is ``IF NOT EXISTS``, so on a store made by an older layerbootd this changes nothing but
+adds what that database may lack (events.timings, added when boot reports started to carry timings);
+on an empty database it creates everything.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
+from typing import Any
 
-from layerboot.errors import LayerbootError
-
-SCHEMA = """
+SQL = """
 CREATE TABLE IF NOT EXISTS nodes (
     mac TEXT PRIMARY KEY,
     profile TEXT NOT NULL,
@@ -71,29 +69,10 @@ CREATE TABLE IF NOT EXISTS profile_policy (
     profile TEXT PRIMARY KEY,
     policy TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS profile_content_policy (
-    profile TEXT PRIMARY KEY,
-    allow TEXT NOT NULL
-);
 """
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Open (and create) the database with the schema applied; autocommit, WAL, foreign keys on."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, timeout=15, isolation_level=None, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.executescript(SCHEMA)
-        columns = {row["name"] for row in conn.execute("PRAGMA table_info(events)")}
-        if "timings" not in columns:   # databases made before boot reports carried timings
-            conn.execute("ALTER TABLE events ADD COLUMN timings TEXT NOT NULL DEFAULT '{}'")
-    except sqlite3.Error as err:
-        raise LayerbootError(f"cannot open the node database {path}: {err}",
-                             hint="is the store directory writable (run as root)?") from None
-    except OSError as err:
-        raise LayerbootError(f"cannot create {path.parent}: {err.strerror}") from None
-    return conn
+def upgrade(tx: Any) -> None:
+    from layerboot.server.db.migrate import columns
+    if "timings" not in columns(tx, "events"):   # databases made before boot reports carried timings
+        tx.execute("ALTER TABLE events ADD COLUMN timings TEXT NOT NULL DEFAULT '{}'")
