@@ -73,6 +73,12 @@ def admin_token(paths: Paths) -> str:
     return token
 
 
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and len(text) <= 5 and int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a TCP port (0-65535)")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layerbootd",
@@ -84,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="TOML config (default: $LAYERBOOT_CONFIG or /etc/layerboot/layerboot.toml)")
     parser.add_argument("-s", "--store", type=Path, metavar="DIR", help="store directory (overrides store.root)")
     parser.add_argument("--listen", metavar="ADDR", help="HTTP address (overrides server.listen)")
-    parser.add_argument("--port", type=int, help="HTTP port (overrides server.port)")
-    parser.add_argument("--ssh-port", type=int, help="SFTP port, 0 disables (overrides server.ssh_port)")
+    parser.add_argument("--port", type=_port, help="HTTP port (overrides server.port)")
+    parser.add_argument("--ssh-port", type=_port, help="SFTP port, 0 disables (overrides server.ssh_port)")
     parser.add_argument("--debug", action="store_true", help="log every request; tracebacks on errors")
     return parser
 
@@ -101,6 +107,9 @@ async def serve(config: Any) -> None:
     from aiohttp import web
 
     from layerboot.server.db import connect
+    from layerboot.server.guard.connections import ConnectionGuard, ProtocolLog, listen
+    from layerboot.server.guard.limits import Limits, Slots
+    from layerboot.server.guard.sender import Sender
     from layerboot.server.http import ServerState, build_app
     from layerboot.server.nodes import Registry, token_hash
     from layerboot.server.objects import ProfileIndex
@@ -118,18 +127,24 @@ async def serve(config: Any) -> None:
     profiles = Profiles(store)
     conn = connect(paths.database)
     registry = Registry(conn, boot_token_ttl=config.server_boot_token_ttl)
+    limits = Limits.from_config(config)
     state = ServerState(config=config, paths=paths, store=store, profiles=profiles, registry=registry,
                         index=ProfileIndex(profiles), admin_token_hash=token_hash(admin_token(paths)),
-                        started=time.monotonic())
+                        started=time.monotonic(), limits=limits, slots=Slots(),
+                        sender=Sender(send_timeout=limits.send_timeout))
     state.uploads = Uploads(state)
     await state.uploads.start()
 
     app = build_app(state, client_max_size=1 << 20)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    # keepalive_timeout doubles as the header timeout: aiohttp arms it when a connection opens and after each
+    # response, and closes a connection whose next request head is not complete by then (server/guard).
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0,
+                           keepalive_timeout=limits.header_timeout,
+                           logger=ProtocolLog(logging.getLogger("layerboot.server.http"), {}))
     await runner.setup()
-    site = web.TCPSite(runner, config.server_listen, config.server_port, reuse_address=True, backlog=1024)
+    guard = ConnectionGuard(state.slots, limits.connections_per_client)
     try:
-        await site.start()
+        site = await listen(runner, config.server_listen, config.server_port, guard)
     except OSError as err:
         await runner.cleanup()
         raise LayerbootError(f"cannot listen on {config.server_listen}:{config.server_port}: {err.strerror}",
@@ -151,7 +166,9 @@ async def serve(config: Any) -> None:
         log.info("stopping")
         if sftp is not None:
             sftp.close()
+        site.close()
         await runner.cleanup()
+        state.sender.stop()
         await state.uploads.stop()
         conn.close()
 

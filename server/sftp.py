@@ -106,7 +106,7 @@ class NodeSFTPServer(asyncssh.SFTPServer):
     def _target(self, path: bytes) -> Path:
         """The file in the node's area a client path names; only plain names directly in the area."""
         local = Path(os.fsdecode(self.map_path(path)))
-        if local.parent != self.area or not FILE_RE.match(local.name):
+        if local.parent != self.area or not FILE_RE.fullmatch(local.name):
             raise asyncssh.SFTPPermissionDenied(f"{local.name!r}: write plain file names directly in / "
                                                 "(letters, digits, '.', '_', '+', '-')")
         return local

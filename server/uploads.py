@@ -43,7 +43,7 @@ QUEUE_DIR = ".queue"
 
 
 def check_upload_name(name: str) -> str:
-    if not NAME_RE.match(name) or ".." in name:
+    if not NAME_RE.fullmatch(name) or ".." in name:
         raise LayerbootError(f"invalid upload name {name[:120]!r}",
                              hint="use NAME.tar.zst with letters, digits, '.', '_', '+', '-' (no paths)")
     return name
@@ -141,8 +141,12 @@ class UploadRecords:
         args.append(limit)
         return [Upload.from_row(r) for r in self.conn.execute(query, args)]
 
-    def pending(self) -> int:
-        return self.conn.execute(f"SELECT count(*) FROM uploads WHERE state IN {PENDING}").fetchone()[0]
+    def pending(self, mac: str | None = None) -> int:
+        """Uploads waiting for or in a bake (of one node when ``mac`` is given)."""
+        if mac is None:
+            return self.conn.execute(f"SELECT count(*) FROM uploads WHERE state IN {PENDING}").fetchone()[0]
+        return self.conn.execute(f"SELECT count(*) FROM uploads WHERE state IN {PENDING} AND mac = ?",
+                                 (mac,)).fetchone()[0]
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
