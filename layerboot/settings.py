@@ -44,6 +44,15 @@ def _port(value: Any) -> int:
     return value
 
 
+MAX_THREADS = 1024
+
+
+def _threads(value: Any) -> int:
+    if _int(value) > MAX_THREADS:
+        raise ValueError(f"expected a number of threads from 0 to {MAX_THREADS}, got {value}")
+    return value
+
+
 def _seconds(value: Any) -> int:
     if not 1 <= _int(value) <= 86400:
         raise ValueError(f"expected a number of seconds from 1 to 86400, got {value}")
@@ -97,7 +106,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("bake.max_files", _int, 2_000_000, "most members an upload may contain"),
     Setting("bake.special_files", _choice("reject", "keep"), "reject",
             "what to do with fifos and sockets in an upload: reject the upload or keep them"),
-    Setting("bake.threads", _int, 0, "compressor threads for capture and bake (0: one per core)"),
+    Setting("bake.threads", _threads, 0, "compressor threads for capture and bake (0: one per core)"),
     Setting("server.listen", _str, "0.0.0.0", "address layerbootd listens on for HTTP"),
     Setting("server.port", _port, 8080, "HTTP port of layerbootd"),
     Setting("server.unknown_mac", _choice("refuse", "default"), "refuse",

@@ -34,6 +34,7 @@ from layerboot.overlays.store import Store
 from layerboot.paths import Paths
 from layerboot.server import negotiate
 from layerboot.server.guard.body import read_body
+from layerboot.server.guard.connections import ConnectionGuard
 from layerboot.server.guard.limits import Limits, Slots, TooBusy
 from layerboot.server.guard.sender import Sender
 from layerboot.server.nodes import AuthError, Event, Node, Registry, normalize_mac, token_hash
@@ -62,6 +63,7 @@ class ServerState:
     started: float = 0.0
     limits: Limits = Limits()
     slots: Slots = field(default_factory=Slots)
+    guard: ConnectionGuard = field(default_factory=lambda: ConnectionGuard(Slots(), 0))
     sender: Sender = field(default_factory=lambda: Sender(send_timeout=Limits().send_timeout))
 
 
@@ -73,11 +75,19 @@ def bearer(request: web.Request, *, query: bool = False) -> str | None:
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
+            return _token_text(value.strip())
         raise AuthError("Authorization must be 'Bearer TOKEN'")
     if query:
-        return request.query.get("token") or None
+        return _token_text(request.query.get("token") or "") or None
     return None
+
+
+def _token_text(token: str) -> str:
+    """Tokens are printable ASCII; anything else (aiohttp passes undecodable bytes on as surrogates) is refused
+    before it is hashed."""
+    if not (token.isascii() and token.isprintable()):
+        raise AuthError("a token is printable ASCII")
+    return token
 
 
 def is_admin(state: ServerState, token: str | None) -> bool:

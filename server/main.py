@@ -127,10 +127,11 @@ async def serve(config: Any) -> None:
     profiles = Profiles(store)
     conn = connect(paths.database)
     registry = Registry(conn, boot_token_ttl=config.server_boot_token_ttl)
-    limits = Limits.from_config(config)
+    limits, slots = Limits.from_config(config), Slots()
     state = ServerState(config=config, paths=paths, store=store, profiles=profiles, registry=registry,
                         index=ProfileIndex(profiles), admin_token_hash=token_hash(admin_token(paths)),
-                        started=time.monotonic(), limits=limits, slots=Slots(),
+                        started=time.monotonic(), limits=limits, slots=slots,
+                        guard=ConnectionGuard(slots, limits.connections_per_client),
                         sender=Sender(send_timeout=limits.send_timeout))
     state.uploads = Uploads(state)
     await state.uploads.start()
@@ -142,9 +143,8 @@ async def serve(config: Any) -> None:
                            keepalive_timeout=limits.header_timeout,
                            logger=ProtocolLog(logging.getLogger("layerboot.server.http"), {}))
     await runner.setup()
-    guard = ConnectionGuard(state.slots, limits.connections_per_client)
     try:
-        site = await listen(runner, config.server_listen, config.server_port, guard)
+        site = await listen(runner, config.server_listen, config.server_port, state.guard)
     except OSError as err:
         await runner.cleanup()
         raise LayerbootError(f"cannot listen on {config.server_listen}:{config.server_port}: {err.strerror}",

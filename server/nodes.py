@@ -55,7 +55,7 @@ def normalize_mac(text: str) -> str:
     """
     value = text.strip().lower()
     if not MAC_RE.fullmatch(value):
-        raise LayerbootError(f"{text!r} is not a MAC address", hint="write it like 52:54:00:12:34:56")
+        raise LayerbootError(f"{text[:40]!r} is not a MAC address", hint="write it like 52:54:00:12:34:56")
     digits = value.replace(":", "").replace("-", "")
     return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
 

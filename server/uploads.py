@@ -126,7 +126,7 @@ class UploadRecords:
     def get(self, upload_id: str) -> Upload:
         row = self.conn.execute("SELECT * FROM uploads WHERE id = ?", (upload_id,)).fetchone()
         if row is None:
-            raise NotFoundError(f"no upload {upload_id!r}", hint="see 'layerboot uploads list'")
+            raise NotFoundError(f"no upload {upload_id[:40]!r}", hint="see 'layerboot uploads list'")
         return Upload.from_row(row)
 
     def list(self, *, state: str | None = None, mac: str | None = None, limit: int = 1000) -> list[Upload]:

@@ -216,7 +216,7 @@ def test_one_client_over_its_connection_limit_gets_429_while_another_is_served(
     idle.pop().close()
     wait_for(lambda: site.in_progress()["connections"] <= 4, "a connection slot to be given back")
     assert fetch(daemon, "/status", source="127.0.0.1").status == 200
-    assert "refusing connections from 127.0.0.1" in daemon.log.read_text()
+    assert "refusing HTTP connections from 127.0.0.1" in daemon.log.read_text()
     for sock in idle:
         sock.close()
 

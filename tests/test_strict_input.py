@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import socket
 import sqlite3
 import sys
 from collections.abc import Iterator
@@ -281,6 +282,13 @@ def test_a_5000_digit_range_is_a_clear_416_or_the_clamped_range(daemon: Daemon) 
     assert suffix.status == 206 and suffix.body == data
     assert daemon.get(url, token=token, headers={"Range": "bytes=5-2"}).status == 416
     assert daemon.get(url, token=token, headers={"Range": "bytes=1-2,4-5"}).status == 416
+    # undecodable bytes in a token: aiohttp hands them on as surrogates, which cannot be hashed
+    sock = socket.create_connection(("127.0.0.1", daemon.port))
+    sock.sendall(b"GET " + url.encode() + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
+                 b"Connection: close\r\n\r\n")
+    assert sock.makefile("rb").readline().startswith(b"HTTP/1.1 401 ")
+    sock.close()
+    assert daemon.get(url + "?token=%ED%A0%80").status == 401
     # a Content-Length nobody can hold: aiohttp's 400, logged as one line
     length = daemon.request("PUT", f"/nodes/{MAC}/uploads/x.tar.zst", token=token, body=b"",
                             headers={"Content-Length": "9" * 5000})
@@ -327,12 +335,18 @@ def test_config_and_store_records_with_out_of_range_numbers_are_one_line_errors(
     config = tmp_path / "bad.toml"
     for text, reason in [("[server]\nport = " + "9" * 5000, "4300 digits"), ("[server]\nport = 70000", "TCP port"),
                          ("[server]\nread_timeout = 0", "seconds from 1"), ("[bake]\nmax_files = -1", "from 0"),
-                         ("[server]\nqueue_size = 9223372036854775808", "a larger one")]:
+                         ("[server]\nqueue_size = 9223372036854775808", "a larger one"),
+                         ("[bake]\nthreads = 100000", "threads from 0 to 1024")]:
         config.write_text(text + "\n")
         status, lines = layerboot("--config", config, "config", "show")
         assert status == 1 and len(lines) == 1 and reason in lines[0], (text[:40], lines)
     layerbootd = run([sys.executable, "-m", "layerboot.server.main", "--port", "99999"], check=False)
     assert layerbootd.returncode == 2 and b"is not a TCP port" in layerbootd.stderr
+    (tmp_path / "upper").mkdir()
+    for option, value in (("--level", "99"), ("--threads", "9" * 20), ("--threads", "-1")):
+        status, lines = layerboot("capture", "--upper", tmp_path / "upper", "-o", tmp_path / "x.tar.zst", option, value)
+        assert status == 2 and lines[-1].startswith(f"layerboot capture: error: argument {option}: ") and \
+            "is not a whole number from" in lines[-1], lines
     for record in (Layer, Generation):
         with pytest.raises(LayerbootError, match="record is refused"):
             record.from_json('{"size": ' + "9" * 5000 + "}")

@@ -38,18 +38,27 @@ class ConnectionGuard:
     def __init__(self, slots: Slots, limit: int) -> None:
         self.slots = slots
         self.limit = limit
-        self.refused = 0
-        self._logged: dict[str, float] = {}
+        self._logged: dict[tuple[str, str], float] = {}
 
-    def refusal(self, key: str) -> bytes:
-        self.refused += 1
+    def admit(self, key: str, service: str) -> bool:
+        """Take a connection slot for address ``key``; False (and a log line, at most one a minute per
+        address and service) when it has its limit open already. HTTP and SFTP connections count together."""
+        if self.slots.take("connection", key, self.limit):
+            return True
         now = time.monotonic()
-        if now - self._logged.get(key, -LOG_EVERY) >= LOG_EVERY:
+        if now - self._logged.get((service, key), -LOG_EVERY) >= LOG_EVERY:
             if len(self._logged) > 4096:
                 self._logged.clear()
-            self._logged[key] = now
-            log.warning("refusing connections from %s: it has %d open (server.max_connections_per_client)",
-                        key, self.limit)
+            self._logged[service, key] = now
+            log.warning("refusing %s connections from %s: it has %d open (server.max_connections_per_client)",
+                        service, key, self.limit)
+        return False
+
+    def release(self, key: str) -> None:
+        self.slots.give_back("connection", key)
+
+    def refusal(self, key: str) -> bytes:
+        """The fixed HTTP answer to a connection over the limit."""
         body = (f"layerboot: error: {key} has {self.limit} connections open already; try again in "
                 f"{RETRY_AFTER} s\nlayerboot: hint: the limit is server.max_connections_per_client\n").encode()
         head = (f"HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -68,13 +77,17 @@ class GuardedConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         key = client_key(transport.get_extra_info("peername"))
-        if self.guard.slots.take("connection", key, self.guard.limit):
+        if self.guard.admit(key, "HTTP"):
             self.key = key
             self.inner.connection_made(transport)
             return
         assert isinstance(transport, asyncio.Transport)
-        transport.write(self.guard.refusal(key))
-        transport.write_eof()
+        try:
+            transport.write(self.guard.refusal(key))
+            transport.write_eof()
+        except OSError:          # the client is gone already
+            transport.abort()
+            return
         self.closer = asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
 
     def data_received(self, data: bytes) -> None:
@@ -98,7 +111,7 @@ class GuardedConnection(asyncio.Protocol):
         if self.closer is not None:
             self.closer.cancel()
         if self.key is not None:
-            self.guard.slots.give_back("connection", self.key)
+            self.guard.release(self.key)
             self.key = None
             self.inner.connection_lost(exc)
 
