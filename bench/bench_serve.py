@@ -3,12 +3,13 @@
 
     python3 bench/bench_serve.py [--clients 20] [--size-mb 200] [--repeat 3] [--workdir /var/tmp/layerboot-bench-serve]
 
-Builds a store with one profile whose kernel slot holds a --size-mb object of random bytes (so a node token may
-fetch it through the normal access check), starts layerbootd and nginx (nginx-light, a generated config:
-sendfile, loopback, serving the store's objects/ dir) on free loopback ports, warms the page cache, then for each
-server runs --clients concurrent ``curl`` downloads of the object (to /dev/null) --repeat times, alternating
-servers. Prints each run's aggregate throughput (bytes of all clients / wall time from first start to last
-finish), the best run of each, and the ratio layerbootd / nginx; the target is >= 0.8.
+Builds a store with one profile whose kernel slot holds a --size-mb object of random bytes and --clients nodes of
+that profile (each curl downloads as its own node, with its own token, so layerbootd's default limits apply),
+starts layerbootd and nginx (nginx-light, a generated config: sendfile, loopback, serving the store's objects/
+dir) on free loopback ports, warms the page cache, then for each server runs --clients concurrent ``curl``
+downloads of the object (to /dev/null) --repeat times, alternating servers. Prints each run's aggregate
+throughput (bytes of all clients / wall time from first start to last finish), the best run of each, and the
+ratio layerbootd / nginx; the target is >= 0.8.
 
 layerbootd checks a node token and the profile's digest set on every request; nginx serves the files with no
 check at all. curl (C) is the client so the clients do not eat the CPU the servers need.

@@ -14,17 +14,16 @@ from typing import Any
 
 from layerboot import strictjson
 from layerboot.errors import LayerbootError
+from layerboot.urls import parse_http_url
 
 CHUNK = 1 << 20
 TIMEOUT = 60.0
 
 
 def _connection(server: str) -> tuple[http.client.HTTPConnection, str]:
-    url = urllib.parse.urlsplit(server)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise LayerbootError(f"server URL {server!r} must look like http://HOST:PORT")
+    url = parse_http_url(server)
     cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-    return cls(url.hostname, url.port, timeout=TIMEOUT), url.path.rstrip("/")
+    return cls(url.host, url.port, timeout=TIMEOUT), url.path
 
 
 def _reply(response: http.client.HTTPResponse, what: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from layerboot.overlays.profile import Profiles
 from layerboot.overlays.store import Store
 from layerboot.paths import Paths
 from layerboot.settings import load_config
+from layerboot.urls import parse_http_url
 
 log = logging.getLogger("layerboot.server")
 
@@ -115,8 +116,8 @@ async def serve(config: Any) -> None:
     from layerboot.server.objects import ProfileIndex
     from layerboot.server.queue import Uploads
 
-    if config.server_public_url and not config.server_public_url.startswith(("http://", "https://")):
-        raise LayerbootError(f"server.public_url = {config.server_public_url!r} must be an http:// URL")
+    if config.server_public_url:
+        parse_http_url(config.server_public_url, what="server.public_url")
     paths = Paths(Path(config.store_root))
     store = Store(paths, compression=config.store_compression, block_size=config.store_block_size)
     store.require_initialized()

@@ -255,6 +255,10 @@ def test_a_stalled_upload_is_cut_after_the_idle_timeout_and_the_queue_has_room_a
     assert not list((daemon.paths.incoming / ".queue").iterdir())
     again = other_upload(site)
     assert again.status == 202, again.text
+    # a boot report that stalls is cut the same way
+    report = connect(daemon, head("POST", f"/nodes/{MAC}/events", site.token, Content_Length="100") + b'{"st')
+    data = answer(report, b"(server.read_timeout)", 20)
+    assert data.startswith(b"HTTP/1.1 408 ") and daemon.registry().events(MAC) == []
 
 
 @pytest.mark.parametrize("limit", ["max_uploads_per_node", "max_queued_per_node"])

@@ -10,8 +10,9 @@ Two earlier designs and why they were replaced (figures in bench/README.md):
 Here a transfer holds no thread while its client is not reading. Each worker waits for *any* of its sockets to
 have room in its send buffer (level-triggered ``EPOLLOUT``), then gives every ready socket one sendfile of at
 most ``QUANTUM`` bytes per round. Transfers take turns, and a client's quantum per round is split among its
-ready transfers, so a client that opens more downloads does not get a larger share of a busy server (the
-per-node download limit caps how many it may open). A socket that takes no byte for ``send_timeout`` seconds
+ready transfers, so when the sending is the bottleneck a client that opens more downloads does not get a
+larger share (when the network is, TCP shares it per connection, and the per-node download limit caps how
+many connections a node may hold). A socket that takes no byte for ``send_timeout`` seconds
 is dropped. The descriptors are duplicated for the worker, so a connection the event loop closes meanwhile
 can never make a worker write into a reused descriptor number.
 """
