@@ -37,6 +37,7 @@ from layerboot.server.guard.body import read_body
 from layerboot.server.guard.connections import ConnectionGuard
 from layerboot.server.guard.limits import Limits, Slots, TooBusy
 from layerboot.server.guard.sender import Sender
+from layerboot.settings import Config
 from layerboot.server.nodes import AuthError, Event, Node, Registry, normalize_mac, token_hash
 from layerboot.server.objects import ProfileIndex, send_object
 
@@ -61,10 +62,10 @@ class ServerState:
     admin_token_hash: str
     uploads: Any = None          # layerboot.server.uploads.Uploads, once started
     started: float = 0.0
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=lambda: Limits.from_config(Config()))
     slots: Slots = field(default_factory=Slots)
     guard: ConnectionGuard = field(default_factory=lambda: ConnectionGuard(Slots(), 0))
-    sender: Sender = field(default_factory=lambda: Sender(send_timeout=Limits().send_timeout))
+    sender: Sender | None = None   # server/guard/sender.py: set by main() (it starts threads)
 
 
 STATE = web.AppKey("layerboot", ServerState)
@@ -217,6 +218,7 @@ async def handle_object(request: web.Request) -> web.StreamResponse:
     path = state.paths.object(digest)
     if not path.is_file():
         raise web.HTTPNotFound(text=f"object {digest[:12]} is not in the store")
+    assert state.sender is not None
     if node is None:
         return await send_object(request, path, digest, state.sender)
     with state.slots.hold("download", node.mac, state.limits.downloads_per_node,
@@ -269,7 +271,7 @@ async def handle_status(request: web.Request) -> web.StreamResponse:
     if state.uploads is not None:
         data["uploads"] = state.uploads.counts()
     data["in_progress"] = ({"connections": 0, "downloads": 0, "uploads": 0} | state.slots.counts()
-                           | {"sending": state.sender.active()})
+                           | {"sending": state.sender.active() if state.sender else 0})
     return negotiate.respond(request, "layerbootd is running", data, headers=NO_STORE)
 
 

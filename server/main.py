@@ -129,11 +129,12 @@ async def serve(config: Any) -> None:
     conn = connect(paths.database)
     registry = Registry(conn, boot_token_ttl=config.server_boot_token_ttl)
     limits, slots = Limits.from_config(config), Slots()
+    sender = Sender(send_timeout=limits.send_timeout)
     state = ServerState(config=config, paths=paths, store=store, profiles=profiles, registry=registry,
                         index=ProfileIndex(profiles), admin_token_hash=token_hash(admin_token(paths)),
                         started=time.monotonic(), limits=limits, slots=slots,
                         guard=ConnectionGuard(slots, limits.connections_per_client),
-                        sender=Sender(send_timeout=limits.send_timeout))
+                        sender=sender)
     state.uploads = Uploads(state)
     await state.uploads.start()
 
@@ -169,7 +170,7 @@ async def serve(config: Any) -> None:
             sftp.close()
         site.close()
         await runner.cleanup()
-        state.sender.stop()
+        sender.stop()
         await state.uploads.stop()
         conn.close()
 

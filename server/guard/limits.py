@@ -28,15 +28,15 @@ class TooBusy(LayerbootError):
 
 @dataclass(frozen=True)
 class Limits:
-    """The server.* timeouts and limits; 0 turns a limit off."""
+    """The server.* timeouts and limits (defaults and meanings in layerboot/settings.py); 0 turns a limit off."""
 
-    header_timeout: float = 30.0         # seconds to send a complete request head (and keep-alive idle time)
-    read_timeout: float = 60.0           # seconds a request body may go without a byte
-    send_timeout: float = 60.0           # seconds a client may take no byte of a response
-    connections_per_client: int = 32     # open connections per client address
-    downloads_per_node: int = 8          # concurrent /objects downloads per node
-    uploads_per_node: int = 2            # concurrent upload bodies per node
-    queue_per_node: int = 8              # uploads of one node waiting in the bake queue
+    header_timeout: float                # seconds to send a complete request head (and keep-alive idle time)
+    read_timeout: float                  # seconds a request body may go without a byte
+    send_timeout: float                  # seconds a client may take no byte of a response
+    connections_per_client: int          # open connections per client address
+    downloads_per_node: int              # concurrent /objects downloads per node
+    uploads_per_node: int                # concurrent upload bodies per node
+    queue_per_node: int                  # uploads of one node waiting in the bake queue
 
     @classmethod
     def from_config(cls, config: Any) -> "Limits":
