@@ -37,9 +37,9 @@ from layerboot.server.guard.body import read_body
 from layerboot.server.guard.connections import ConnectionGuard
 from layerboot.server.guard.limits import Limits, Slots, TooBusy
 from layerboot.server.guard.sender import Sender
-from layerboot.settings import Config
 from layerboot.server.nodes import AuthError, Event, Node, Registry, normalize_mac, token_hash
 from layerboot.server.objects import ProfileIndex, send_object
+from layerboot.settings import Config
 
 log = logging.getLogger("layerboot.server.http")
 access_log = logging.getLogger("layerboot.server.access")
