@@ -3,12 +3,13 @@
 
     python3 bench/bench_serve.py [--clients 20] [--size-mb 200] [--repeat 3] [--workdir /var/tmp/layerboot-bench-serve]
 
-Builds a store with one profile whose kernel slot holds a --size-mb object of random bytes (so a node token may
-fetch it through the normal access check), starts layerbootd and nginx (nginx-light, a generated config:
-sendfile, loopback, serving the store's objects/ dir) on free loopback ports, warms the page cache, then for each
-server runs --clients concurrent ``curl`` downloads of the object (to /dev/null) --repeat times, alternating
-servers. Prints each run's aggregate throughput (bytes of all clients / wall time from first start to last
-finish), the best run of each, and the ratio layerbootd / nginx; the target is >= 0.8.
+Builds a store with one profile whose kernel slot holds a --size-mb object of random bytes and --clients nodes of
+that profile (each curl downloads as its own node, with its own token, so layerbootd's default limits apply),
+starts layerbootd and nginx (nginx-light, a generated config: sendfile, loopback, serving the store's objects/
+dir) on free loopback ports, warms the page cache, then for each server runs --clients concurrent ``curl``
+downloads of the object (to /dev/null) --repeat times, alternating servers. Prints each run's aggregate
+throughput (bytes of all clients / wall time from first start to last finish), the best run of each, and the
+ratio layerbootd / nginx; the target is >= 0.8.
 
 layerbootd checks a node token and the profile's digest set on every request; nginx serves the files with no
 check at all. curl (C) is the client so the clients do not eat the CPU the servers need.
@@ -36,7 +37,7 @@ from layerboot.server.db import connect
 from layerboot.server.nodes import Registry
 
 TARGET_RATIO = 0.8
-MAC = "52:54:00:00:00:01"
+MAC_PREFIX = "52:54:00:00"
 
 NGINX_CONF = """\
 worker_processes auto;
@@ -67,8 +68,10 @@ http {{
 """
 
 
-def build_store(work: Path, size_mb: int) -> tuple[Paths, str, str]:
-    """A store with profile 'bench' whose kernel is the big object; returns (paths, digest, node token)."""
+def build_store(work: Path, size_mb: int, nodes: int) -> tuple[Paths, str, list[str]]:
+    """A store with profile 'bench' whose kernel is the big object, and ``nodes`` nodes of it; returns
+    (paths, digest, node tokens): each client downloads as its own node, as nodes do (the server's default
+    per-node download limit applies)."""
     paths = Paths(work / "store")
     store = Store(paths)
     store.init()
@@ -84,19 +87,19 @@ def build_store(work: Path, size_mb: int) -> tuple[Paths, str, str]:
     digest = store.import_boot_file(big, kind="kernel").digest
     big.unlink()
     Profiles(store).create("bench", base, kernel=digest)
-    _, token = Registry(connect(paths.database)).register(MAC, "bench")
-    assert token is not None
-    return paths, digest, token
+    registry = Registry(connect(paths.database))
+    tokens = [registry.register(f"{MAC_PREFIX}:{n // 256:02x}:{n % 256:02x}", "bench")[1] for n in range(nodes)]
+    assert all(tokens)
+    return paths, digest, tokens  # type: ignore[return-value]
 
 
-def download_run(url: str, clients: int, headers: list[str], expected: int) -> float:
-    """Start ``clients`` curls at once; returns aggregate bytes/second over the wall time."""
+def download_run(url: str, clients: int, headers: list[list[str]], expected: int) -> float:
+    """Start ``clients`` curls at once (client n sends headers[n], if any); returns aggregate bytes/second."""
     curl = require_tool("curl")
     argv = [curl, "-s", "-f", "-o", "/dev/null", "-w", "%{size_download}"]
-    for header in headers:
-        argv += ["-H", header]
     start = time.monotonic()
-    procs = [Process([*argv, url], stderr=devnull()) for _ in range(clients)]
+    procs = [Process([*argv, *(a for h in (headers[n] if headers else []) for a in ("-H", h)), url],
+                     stderr=devnull()) for n in range(clients)]
     total = 0
     for proc in procs:
         rc = proc.wait(timeout=600)
@@ -121,7 +124,7 @@ def main() -> int:
         shutil.rmtree(args.workdir)
     args.workdir.mkdir(parents=True)
     print(f"building a store with a {args.size_mb} MB object in {args.workdir} ...", flush=True)
-    paths, digest, token = build_store(args.workdir, args.size_mb)
+    paths, digest, tokens = build_store(args.workdir, args.size_mb, args.clients)
     size = paths.object(digest).stat().st_size
 
     lb_port, ng_port = free_port(), free_port()
@@ -143,7 +146,8 @@ def main() -> int:
             while handle.read(1 << 24):
                 pass
         targets = {
-            "layerbootd": (f"http://127.0.0.1:{lb_port}/objects/{digest}", [f"Authorization: Bearer {token}"]),
+            "layerbootd": (f"http://127.0.0.1:{lb_port}/objects/{digest}",
+                           [[f"Authorization: Bearer {token}"] for token in tokens]),
             "nginx": (f"http://127.0.0.1:{ng_port}/objects/{digest}", []),
         }
         for name, (url, headers) in targets.items():   # one warm-up round each

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from layerboot import strictjson
 from layerboot.build import bootloader
 from layerboot.build.bootloader import SLOTS, Esp
 from layerboot.build.disk_actions import (TYPE_BIOS_BOOT, TYPE_ESP, TYPE_LINUX, Action, DiskContext, DiskLabel,
@@ -159,11 +160,11 @@ class Layout:
     @classmethod
     def from_json(cls, text: str) -> "Layout":
         try:
-            data = json.loads(text)
+            data = strictjson.loads(text, what="layout.json")
             if data.get("format") != LAYOUT_FORMAT:
                 raise ValueError("format")
             return cls(data["esp_uuid"], dict(data["slot_uuids"]), data["data_uuid"], int(data["slot_mib"]))
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (strictjson.JSONError, ValueError, KeyError, TypeError, AttributeError):
             raise LayerbootError("layerboot/layout.json on the ESP is damaged",
                                  hint="reinstall with 'layerboot install --disk DEV --wipe'") from None
 
@@ -334,12 +335,12 @@ class AbDisk:
         """Re-read a slot and check every byte against its signed manifest; refuse an incomplete one."""
         with self.mounted(slot, writable=False) as root:
             try:
-                record = json.loads((root / SLOT_RECORD).read_text(encoding="utf-8"))
+                record = strictjson.loads((root / SLOT_RECORD).read_bytes(), what=SLOT_RECORD)
                 envelope = (root / "manifest.json").read_bytes()
-            except (OSError, ValueError):
+            except (OSError, strictjson.JSONError):
                 raise LayerbootError(f"slot {slot} is incomplete: no valid {SLOT_RECORD} (its write did not "
                                      "finish)", hint="write it again with 'layerboot ab update'") from None
-            if record.get("format") != SLOT_FORMAT or \
+            if not isinstance(record, dict) or record.get("format") != SLOT_FORMAT or \
                     record.get("manifest_sha256") != hashlib.sha256(envelope).hexdigest():
                 raise LayerbootError(f"slot {slot}: its record does not describe its manifest")
             manifest = verify_manifest(envelope, public_key)
@@ -356,10 +357,10 @@ class AbDisk:
         """The slot's record without re-hashing (for status); None if the slot has none."""
         with self.mounted(slot, writable=False) as root:
             try:
-                r = json.loads((root / SLOT_RECORD).read_text(encoding="utf-8"))
+                r = strictjson.loads((root / SLOT_RECORD).read_bytes(), what=SLOT_RECORD)
                 return SlotRecord(r["profile"], r["generation"], r["serial"], r["manifest_sha256"], r["files"],
                                   r["written"])
-            except (OSError, ValueError, KeyError):
+            except (OSError, strictjson.JSONError, KeyError, TypeError):
                 return None
 
     def activate(self, slot: str, tries: int) -> AbState:

@@ -19,6 +19,7 @@ from pathlib import Path
 from layerboot.build.ab import AbDisk, SlotSource, expected_files
 from layerboot.build.bootloader import SLOTS
 from layerboot.errors import LayerbootError
+from layerboot.urls import parse_http_url
 from layerboot.overlays.manifest import verify_manifest
 from layerboot.overlays.objects import sha256_file
 
@@ -36,12 +37,12 @@ class FetchStats:
 
 def _get(server: str, path: str, token: str, sink=None) -> bytes:  # noqa: ANN001 - sink: binary file
     """GET ``path``; the body is returned, or streamed into ``sink`` (then b"" is returned)."""
-    url = urllib.parse.urlsplit(server)
-    if url.scheme != "http" or not url.hostname:
+    url = parse_http_url(server)
+    if url.scheme != "http":
         raise LayerbootError(f"server URL {server!r} must look like http://HOST:PORT")
-    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=TIMEOUT)
+    conn = http.client.HTTPConnection(url.host, url.port, timeout=TIMEOUT)
     try:
-        conn.request("GET", url.path.rstrip("/") + "/" + path, headers={"Authorization": f"Bearer {token}"})
+        conn.request("GET", url.path + "/" + path, headers={"Authorization": f"Bearer {token}"})
         response = conn.getresponse()
         if response.status != 200:
             reason = response.read(300).decode("utf-8", "replace").strip()

@@ -64,7 +64,7 @@ def format_env(values: Mapping[str, str]) -> bytes:
     """
     lines = [ENV_HEADER]
     for key, value in values.items():
-        if not _ENV_KEY.match(key) or not _ENV_VALUE.match(value):
+        if not _ENV_KEY.fullmatch(key) or not _ENV_VALUE.fullmatch(value):
             raise LayerbootError(f"grub environment entry {key}={value!r} has characters GRUB would escape")
         lines.append(f"{key}={value}\n")
     body = "".join(lines).encode("ascii")

@@ -121,13 +121,13 @@ def host_arch() -> str:
 
 
 def check_spec(spec: DebootstrapSpec) -> None:
-    if not SUITE_RE.match(spec.arch):
+    if not SUITE_RE.fullmatch(spec.arch):
         raise LayerbootError(f"--arch {spec.arch!r} is not a Debian architecture name")
-    if not SUITE_RE.match(spec.suite):
+    if not SUITE_RE.fullmatch(spec.suite):
         raise LayerbootError(f"--suite {spec.suite!r} is not a Debian suite name")
     if not re.match(r"^(https?|file)://", spec.mirror):
         raise LayerbootError(f"--mirror {spec.mirror!r} is not an http(s):// or file:// URL")
-    bad = [p for p in spec.include if not PACKAGE_RE.match(p)]
+    bad = [p for p in spec.include if not PACKAGE_RE.fullmatch(p)]
     if bad:
         raise LayerbootError(f"--include: not Debian package names: {', '.join(bad)}")
 

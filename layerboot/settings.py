@@ -27,11 +27,35 @@ def _path(value: Any) -> Path:
     return Path(value)
 
 
+MAX_INT = 2 ** 63 - 1           # what SQLite and the C tools layerboot drives can hold
+
+
 def _int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"expected an integer, got {value!r}")
-    if value < 0:
-        raise ValueError(f"expected a non-negative integer, got {value}")
+    if not 0 <= value <= MAX_INT:
+        raise ValueError(f"expected an integer from 0 to {MAX_INT}, got {value if value < 0 else 'a larger one'}")
+    return value
+
+
+def _port(value: Any) -> int:
+    if _int(value) > 65535:
+        raise ValueError(f"expected a TCP port from 0 to 65535, got {value}")
+    return value
+
+
+MAX_THREADS = 1024
+
+
+def _threads(value: Any) -> int:
+    if _int(value) > MAX_THREADS:
+        raise ValueError(f"expected a number of threads from 0 to {MAX_THREADS}, got {value}")
+    return value
+
+
+def _seconds(value: Any) -> int:
+    if not 1 <= _int(value) <= 86400:
+        raise ValueError(f"expected a number of seconds from 1 to 86400, got {value}")
     return value
 
 
@@ -82,15 +106,32 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("bake.max_files", _int, 2_000_000, "most members an upload may contain"),
     Setting("bake.special_files", _choice("reject", "keep"), "reject",
             "what to do with fifos and sockets in an upload: reject the upload or keep them"),
-    Setting("bake.threads", _int, 0, "compressor threads for capture and bake (0: one per core)"),
+    Setting("bake.threads", _threads, 0, "compressor threads for capture and bake (0: one per core)"),
     Setting("server.listen", _str, "0.0.0.0", "address layerbootd listens on for HTTP"),
-    Setting("server.port", _int, 8080, "HTTP port of layerbootd"),
+    Setting("server.port", _port, 8080, "HTTP port of layerbootd"),
     Setting("server.unknown_mac", _choice("refuse", "default"), "refuse",
             "policy for a MAC that is not registered: refuse it or boot server.default_profile"),
     Setting("server.default_profile", _str, "", "profile served to unknown MACs when the policy is 'default'"),
-    Setting("server.ssh_port", _int, 0, "SFTP upload port (0: disabled)"),
+    Setting("server.ssh_port", _port, 0, "SFTP upload port (0: disabled)"),
     Setting("server.bake_workers", _int, 1, "uploads baked at the same time"),
     Setting("server.queue_size", _int, 64, "uploads that may wait for a bake before new ones are refused"),
+    Setting("server.header_timeout", _seconds, 30,
+            "seconds a client has to send a complete request head, counted from connecting or from the end of "
+            "its previous response (slowloris); an idle keep-alive connection is closed after as long"),
+    Setting("server.read_timeout", _seconds, 60,
+            "seconds a request body (an upload, a boot report) may go without a byte before the request is "
+            "answered 408 and a partial upload discarded"),
+    Setting("server.send_timeout", _seconds, 60,
+            "seconds a client may take no byte of a response (a download) before its connection is closed"),
+    Setting("server.max_connections_per_client", _int, 32,
+            "open HTTP connections per client address; more are answered 429 at once (0: no limit; raise it "
+            "for a proxy that forwards many nodes)"),
+    Setting("server.max_downloads_per_node", _int, 8,
+            "object downloads one node may have in progress; more get 429 (0: no limit)"),
+    Setting("server.max_uploads_per_node", _int, 2,
+            "HTTP uploads one node may be sending at once; more get 429 (0: no limit)"),
+    Setting("server.max_queued_per_node", _int, 4,
+            "uploads of one node that may wait in the bake queue; more get 429 (0: no limit)"),
     Setting("server.debug", _bool, False, "log every request"),
     Setting("server.public_url", _str, "",
             "base URL nodes are told to use (e.g. http://10.0.0.1:8080); empty: the Host the request came in on"),
@@ -160,6 +201,8 @@ def load_config(path: Path | None = None, *, overrides: dict[str, Any] | None = 
             table = tomllib.loads(candidate.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as err:
             raise LayerbootError(f"{candidate}: not valid TOML: {err}") from None
+        except ValueError as err:   # tomllib lets Python's int-digit limit through (a 5000-digit number)
+            raise LayerbootError(f"{candidate}: not valid TOML: {str(err).split(';')[0]}") from None
         except OSError as err:
             raise LayerbootError(f"cannot read config {candidate}: {err.strerror}") from None
         values = parse_settings(table, source=str(candidate))

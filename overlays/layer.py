@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from layerboot import strictjson
 from layerboot.errors import LayerbootError
 from layerboot.overlays.names import check_digest
 
@@ -63,10 +64,7 @@ class Layer:
 
     @classmethod
     def from_json(cls, text: str) -> "Layer":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise LayerbootError(f"layer record is not valid JSON: {err}") from None
+        data = strictjson.loads(text, what="layer record")
         if not isinstance(data, dict):
             raise LayerbootError("layer record is not a JSON object")
         return cls.from_dict(data)

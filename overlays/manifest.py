@@ -14,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from layerboot import strictjson
 from layerboot.errors import LayerbootError
 from layerboot.overlays.keys import key_id, public_raw, verify_signature
 from layerboot.overlays.names import check_digest, check_profile_name
@@ -47,7 +48,7 @@ class Artifact:
         check_digest(self.digest)
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0:
             raise ManifestError(f"artifact {self.digest[:12]} has an invalid size {self.size!r}")
-        if self.path.startswith("/") or ".." in self.path.split("/"):
+        if not isinstance(self.path, str) or self.path.startswith("/") or ".." in self.path.split("/"):
             raise ManifestError(f"artifact path {self.path!r} must be relative and stay on the server")
 
 
@@ -70,6 +71,8 @@ class Manifest:
         for number in (self.generation, self.serial):
             if isinstance(number, bool) or not isinstance(number, int) or number < 1:
                 raise ManifestError(f"generation and serial must be positive integers, got {number!r}")
+        if not isinstance(self.created, str) or not isinstance(self.cmdline, str):
+            raise ManifestError("a manifest's 'created' and 'cmdline' must be strings")
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -95,9 +98,9 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str) -> "Manifest":
         try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as err:
-            raise ManifestError(f"manifest is not valid JSON: {err}") from None
+            return cls.from_dict(strictjson.loads(text, what="manifest"))
+        except strictjson.JSONError as err:
+            raise ManifestError(err.message) from None
 
 
 def sign_manifest(manifest: Manifest, private_key: Any) -> bytes:
@@ -119,9 +122,9 @@ def verify_manifest(data: bytes, public_key: bytes, *, min_serial: int = 0) -> M
     Refuses a serial lower than ``min_serial`` (anti-replay: a node never goes back to an older manifest).
     """
     try:
-        envelope = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ManifestError("signed manifest is not valid JSON") from None
+        envelope = strictjson.loads(data, what="signed manifest")
+    except strictjson.JSONError as err:
+        raise ManifestError(err.message) from None
     if not isinstance(envelope, dict) or envelope.get("format") != ENVELOPE_FORMAT:
         raise ManifestError(f"not a {ENVELOPE_FORMAT} envelope")
     payload, signature_b64 = envelope.get("payload"), envelope.get("signature")

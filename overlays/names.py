@@ -11,13 +11,13 @@ PROFILE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 
 def check_digest(digest: str) -> str:
-    if not DIGEST_RE.match(digest):
+    if not DIGEST_RE.fullmatch(digest):
         raise LayerbootError(f"{digest!r} is not a sha256 digest (64 lowercase hex characters)")
     return digest
 
 
 def check_profile_name(name: str) -> str:
-    if not PROFILE_RE.match(name) or ".." in name:
+    if not PROFILE_RE.fullmatch(name) or ".." in name:
         raise LayerbootError(
             f"invalid profile name {name!r}",
             hint="use 1-63 characters: lowercase letters, digits, '.', '_' and '-', starting with a letter or digit",

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from layerboot import strictjson
 from layerboot.atomic import create_exclusive, write_bytes
 from layerboot.errors import LayerbootError, NotFoundError
 from layerboot.overlays.keys import load_private_key
@@ -53,11 +54,11 @@ class Generation:
 
     @classmethod
     def from_json(cls, text: str) -> "Generation":
+        data = strictjson.loads(text, what="generation record")
         try:
-            data: dict[str, Any] = json.loads(text)
             data["layers"] = tuple(data["layers"])
             return cls(**data)
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+        except (KeyError, TypeError) as err:
             raise LayerbootError(f"malformed generation record: {err}") from None
 
 

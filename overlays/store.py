@@ -60,7 +60,7 @@ class Store:
 
     def resolve(self, ref: str) -> str:
         ref = ref.strip().lower().removeprefix("sha256:")
-        if DIGEST_RE.match(ref):
+        if DIGEST_RE.fullmatch(ref):
             if not self.paths.object_meta(ref).exists():
                 raise NotFoundError(f"no layer {ref[:12]} in the store", hint="see 'layerboot layer list'")
             return ref
@@ -77,7 +77,7 @@ class Store:
         if not self.paths.meta.is_dir():
             return []
         return sorted(p.name.removesuffix(".json") for p in self.paths.meta.glob("*.json")
-                      if DIGEST_RE.match(p.name.removesuffix(".json")))
+                      if DIGEST_RE.fullmatch(p.name.removesuffix(".json")))
 
     def layers(self) -> list[Layer]:
         return sorted((self.get(d) for d in self.digests()), key=lambda layer: (layer.created, layer.digest))

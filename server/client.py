@@ -7,32 +7,35 @@ answers 202 with the upload id; the bake happens later on the server. ``upload_s
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from layerboot import strictjson
 from layerboot.errors import LayerbootError
+from layerboot.urls import parse_http_url
 
 CHUNK = 1 << 20
 TIMEOUT = 60.0
 
 
 def _connection(server: str) -> tuple[http.client.HTTPConnection, str]:
-    url = urllib.parse.urlsplit(server)
-    if url.scheme not in ("http", "https") or not url.hostname:
-        raise LayerbootError(f"server URL {server!r} must look like http://HOST:PORT")
+    url = parse_http_url(server)
     cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-    return cls(url.hostname, url.port, timeout=TIMEOUT), url.path.rstrip("/")
+    return cls(url.host, url.port, timeout=TIMEOUT), url.path
 
 
 def _reply(response: http.client.HTTPResponse, what: str) -> dict[str, Any]:
     body = response.read()
     try:
-        data = json.loads(body.decode("utf-8")) if body else {}
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = strictjson.loads(body, what="the server's answer") if body else {}
+    except strictjson.JSONError as err:
+        if response.status < 300:
+            raise LayerbootError(f"{what}: {err.message}") from None
         data = {"error": body.decode("utf-8", "replace").strip()[:300]}
+    if not isinstance(data, dict):
+        raise LayerbootError(f"{what}: the server's answer is not a JSON object")
     if response.status >= 300:
         message = data.get("error") or response.reason
         raise LayerbootError(f"{what} refused by the server: {response.status} {message}", hint=data.get("hint"))
@@ -66,11 +69,22 @@ def upload(path: Path, *, server: str, mac: str, token: str, name: str | None = 
         raise LayerbootError(f"cannot read {path}: {err.strerror}") from None
     with handle:
         size = os.fstat(handle.fileno()).st_size
-        return _request(server, "PUT", f"/nodes/{urllib.parse.quote(mac)}/uploads/{urllib.parse.quote(name)}",
-                        token, body=handle, what=f"upload of {path.name}",
-                        headers={"Content-Length": str(size), "Content-Type": "application/zstd"})
+        reply = _request(server, "PUT", f"/nodes/{urllib.parse.quote(mac)}/uploads/{urllib.parse.quote(name)}",
+                         token, body=handle, what=f"upload of {path.name}",
+                         headers={"Content-Length": str(size), "Content-Type": "application/zstd"})
+    return _fields(reply, f"upload of {path.name}", id=str, state=str, size=int)
 
 
 def upload_status(upload_id: str, *, server: str, mac: str, token: str) -> dict[str, Any]:
-    return _request(server, "GET", f"/nodes/{urllib.parse.quote(mac)}/uploads/{urllib.parse.quote(upload_id)}",
-                    token, what=f"status of upload {upload_id}")
+    reply = _request(server, "GET", f"/nodes/{urllib.parse.quote(mac)}/uploads/{urllib.parse.quote(upload_id)}",
+                     token, what=f"status of upload {upload_id}")
+    return _fields(reply, f"status of upload {upload_id}", state=str)
+
+
+def _fields(reply: dict[str, Any], what: str, **types: type) -> dict[str, Any]:
+    """The answer, once the fields the caller relies on are there with the right types."""
+    for key, kind in types.items():
+        value = reply.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise LayerbootError(f"{what}: the server's answer has no valid {key!r}")
+    return reply

@@ -18,24 +18,28 @@ URL contract (stage1 and the PXE set-up code against it; docs/server.md has the 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from layerboot import __version__
+from layerboot import __version__, strictjson
 from layerboot.errors import LayerbootError, NotFoundError
 from layerboot.overlays.names import DIGEST_RE
 from layerboot.overlays.profile import Profiles
 from layerboot.overlays.store import Store
 from layerboot.paths import Paths
 from layerboot.server import negotiate
+from layerboot.server.guard.body import read_body
+from layerboot.server.guard.connections import ConnectionGuard
+from layerboot.server.guard.limits import Limits, Slots, TooBusy
+from layerboot.server.guard.sender import Sender
 from layerboot.server.nodes import AuthError, Event, Node, Registry, normalize_mac, token_hash
 from layerboot.server.objects import ProfileIndex, send_object
+from layerboot.settings import Config
 
 log = logging.getLogger("layerboot.server.http")
 access_log = logging.getLogger("layerboot.server.access")
@@ -58,6 +62,10 @@ class ServerState:
     admin_token_hash: str
     uploads: Any = None          # layerboot.server.uploads.Uploads, once started
     started: float = 0.0
+    limits: Limits = field(default_factory=lambda: Limits.from_config(Config()))
+    slots: Slots = field(default_factory=Slots)
+    guard: ConnectionGuard = field(default_factory=lambda: ConnectionGuard(Slots(), 0))
+    sender: Sender | None = None   # server/guard/sender.py: set by main() (it starts threads)
 
 
 STATE = web.AppKey("layerboot", ServerState)
@@ -68,11 +76,19 @@ def bearer(request: web.Request, *, query: bool = False) -> str | None:
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
+            return _token_text(value.strip())
         raise AuthError("Authorization must be 'Bearer TOKEN'")
     if query:
-        return request.query.get("token") or None
+        return _token_text(request.query.get("token") or "") or None
     return None
+
+
+def _token_text(token: str) -> str:
+    """Tokens are printable ASCII; anything else (aiohttp passes undecodable bytes on as surrogates) is refused
+    before it is hashed."""
+    if not (token.isascii() and token.isprintable()):
+        raise AuthError("a token is printable ASCII")
+    return token
 
 
 def is_admin(state: ServerState, token: str | None) -> bool:
@@ -89,7 +105,7 @@ def public_url(request: web.Request) -> str:
     if configured:
         return configured.rstrip("/")
     host = request.host
-    if not HOST_RE.match(host):
+    if not HOST_RE.fullmatch(host):
         raise LayerbootError(f"bad Host header {host!r}", hint="set server.public_url")
     return f"http://{host}"
 
@@ -191,7 +207,7 @@ async def handle_profile_manifest(request: web.Request) -> web.StreamResponse:
 async def handle_object(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     digest = request.match_info["digest"]
-    if not DIGEST_RE.match(digest):
+    if not DIGEST_RE.fullmatch(digest):
         raise LayerbootError(f"{digest[:80]!r} is not a sha256 digest (64 lowercase hex characters)")
     node = any_node_or_admin(state, bearer(request, query=True),
                              "objects need a token (Authorization: Bearer TOKEN or ?token=TOKEN)")
@@ -202,23 +218,20 @@ async def handle_object(request: web.Request) -> web.StreamResponse:
     path = state.paths.object(digest)
     if not path.is_file():
         raise web.HTTPNotFound(text=f"object {digest[:12]} is not in the store")
-    return await send_object(request, path, digest)
+    assert state.sender is not None
+    if node is None:
+        return await send_object(request, path, digest, state.sender)
+    with state.slots.hold("download", node.mac, state.limits.downloads_per_node,
+                          setting="server.max_downloads_per_node"):
+        return await send_object(request, path, digest, state.sender)
 
 
 # -- reports and status ------------------------------------------------------------------------------------
 async def handle_event(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     node = state.registry.authenticate(path_mac(request), bearer(request))
-    if request.content_length is not None and request.content_length > MAX_EVENT_BYTES:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_EVENT_BYTES, actual_size=request.content_length)
-    raw = await request.content.read(MAX_EVENT_BYTES + 1)
-    if len(raw) > MAX_EVENT_BYTES:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_EVENT_BYTES, actual_size=len(raw))
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise LayerbootError("a boot event must be a JSON object") from None
-    event = Event.from_json(data)
+    raw = await read_body(request, MAX_EVENT_BYTES, state.limits.read_timeout)
+    event = Event.from_json(strictjson.loads(raw, what="boot event"))
     state.registry.record_event(node.mac, event)
     (log.info if event.ok else log.warning)("node %s: %s %s%s", node.mac, event.stage, "ok" if event.ok else "FAILED",
                                             f": {event.message}" if event.message else "")
@@ -257,6 +270,8 @@ async def handle_status(request: web.Request) -> web.StreamResponse:
     }
     if state.uploads is not None:
         data["uploads"] = state.uploads.counts()
+    data["in_progress"] = ({"connections": 0, "downloads": 0, "uploads": 0} | state.slots.counts()
+                           | {"sending": state.sender.active() if state.sender else 0})
     return negotiate.respond(request, "layerbootd is running", data, headers=NO_STORE)
 
 
@@ -270,6 +285,9 @@ async def errors_and_access_log(request: web.Request, handler: Any) -> web.Strea
     except AuthError as err:
         response = negotiate.error(request, err.status, err.message, hint=err.hint,
                                    headers={"WWW-Authenticate": "Bearer"} if err.status == 401 else None)
+    except TooBusy as err:
+        response = negotiate.error(request, err.status, err.message, hint=err.hint,
+                                   headers={"Retry-After": str(err.retry_after)})
     except LayerbootError as err:
         status = 404 if isinstance(err, NotFoundError) else getattr(err, "http_status", 400)
         if status >= 500:
@@ -279,7 +297,8 @@ async def errors_and_access_log(request: web.Request, handler: Any) -> web.Strea
         if exc.status < 400:
             raise
         message = exc.text.strip() if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
-        kept = {k: v for k, v in exc.headers.items() if k.lower() in ("content-range", "retry-after", "allow")}
+        kept = {k: v for k, v in exc.headers.items()
+                if k.lower() in ("content-range", "retry-after", "allow", "connection")}
         response = negotiate.error(request, exc.status, message, headers=kept or None)
     except (ConnectionResetError, ConnectionError):
         raise

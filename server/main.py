@@ -26,6 +26,7 @@ from layerboot.overlays.profile import Profiles
 from layerboot.overlays.store import Store
 from layerboot.paths import Paths
 from layerboot.settings import load_config
+from layerboot.urls import parse_http_url
 
 log = logging.getLogger("layerboot.server")
 
@@ -73,6 +74,12 @@ def admin_token(paths: Paths) -> str:
     return token
 
 
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and len(text) <= 5 and int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a TCP port (0-65535)")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layerbootd",
@@ -84,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="TOML config (default: $LAYERBOOT_CONFIG or /etc/layerboot/layerboot.toml)")
     parser.add_argument("-s", "--store", type=Path, metavar="DIR", help="store directory (overrides store.root)")
     parser.add_argument("--listen", metavar="ADDR", help="HTTP address (overrides server.listen)")
-    parser.add_argument("--port", type=int, help="HTTP port (overrides server.port)")
-    parser.add_argument("--ssh-port", type=int, help="SFTP port, 0 disables (overrides server.ssh_port)")
+    parser.add_argument("--port", type=_port, help="HTTP port (overrides server.port)")
+    parser.add_argument("--ssh-port", type=_port, help="SFTP port, 0 disables (overrides server.ssh_port)")
     parser.add_argument("--debug", action="store_true", help="log every request; tracebacks on errors")
     return parser
 
@@ -101,13 +108,16 @@ async def serve(config: Any) -> None:
     from aiohttp import web
 
     from layerboot.server.db import open_database
+    from layerboot.server.guard.connections import ConnectionGuard, ProtocolLog, listen
+    from layerboot.server.guard.limits import Limits, Slots
+    from layerboot.server.guard.sender import Sender
     from layerboot.server.http import ServerState, build_app
     from layerboot.server.nodes import Registry, token_hash
     from layerboot.server.objects import ProfileIndex
     from layerboot.server.queue import Uploads
 
-    if config.server_public_url and not config.server_public_url.startswith(("http://", "https://")):
-        raise LayerbootError(f"server.public_url = {config.server_public_url!r} must be an http:// URL")
+    if config.server_public_url:
+        parse_http_url(config.server_public_url, what="server.public_url")
     paths = Paths(Path(config.store_root))
     store = Store(paths, compression=config.store_compression, block_size=config.store_block_size)
     store.require_initialized()
@@ -119,18 +129,25 @@ async def serve(config: Any) -> None:
     db = open_database(config, paths)
     log.info("database %s (schema version %d)", db.display_url, db.scalar("SELECT max(version) FROM schema_version"))
     registry = Registry(db, boot_token_ttl=config.server_boot_token_ttl)
+    limits, slots = Limits.from_config(config), Slots()
+    sender = Sender(send_timeout=limits.send_timeout)
     state = ServerState(config=config, paths=paths, store=store, profiles=profiles, registry=registry,
                         index=ProfileIndex(profiles), admin_token_hash=token_hash(admin_token(paths)),
-                        started=time.monotonic())
+                        started=time.monotonic(), limits=limits, slots=slots,
+                        guard=ConnectionGuard(slots, limits.connections_per_client),
+                        sender=sender)
     state.uploads = Uploads(state)
     await state.uploads.start()
 
     app = build_app(state, client_max_size=1 << 20)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    # keepalive_timeout doubles as the header timeout: aiohttp arms it when a connection opens and after each
+    # response, and closes a connection whose next request head is not complete by then (server/guard).
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0,
+                           keepalive_timeout=limits.header_timeout,
+                           logger=ProtocolLog(logging.getLogger("layerboot.server.http"), {}))
     await runner.setup()
-    site = web.TCPSite(runner, config.server_listen, config.server_port, reuse_address=True, backlog=1024)
     try:
-        await site.start()
+        site = await listen(runner, config.server_listen, config.server_port, state.guard)
     except OSError as err:
         await runner.cleanup()
         raise LayerbootError(f"cannot listen on {config.server_listen}:{config.server_port}: {err.strerror}",
@@ -152,7 +169,9 @@ async def serve(config: Any) -> None:
         log.info("stopping")
         if sftp is not None:
             sftp.close()
+        site.close()
         await runner.cleanup()
+        sender.stop()
         await state.uploads.stop()
         db.close()
 

@@ -16,6 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
+from layerboot import strictjson
+
 IPXE_SLEEP = 30
 
 
@@ -85,7 +87,7 @@ def respond(request: web.BaseRequest, title: str, data: dict[str, Any], *, statu
         return web.Response(text=body, status=status if keep_status else 200, content_type="text/plain",
                             headers=headers)
     if kind == "json":
-        return web.Response(text=json.dumps(data, sort_keys=True) + "\n", status=status,
+        return web.Response(text=strictjson.dumps(data) + "\n", status=status,
                             content_type="application/json", headers=headers)
     if kind == "html":
         return web.Response(text=_html(title, data), status=status, content_type="text/html", headers=headers)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import secrets
 import time
@@ -35,8 +36,11 @@ MAC_RE = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 BOOT_TOKENS_KEPT = 8
 TOKEN_REFRESH = 3600          # seconds between refreshes of a boot token's last-use time
 EVENTS_KEPT = 200
-STAGE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+STAGE_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")     # fullmatch: '$' would let a trailing newline in
 MAX_TIMINGS = 32
+MAX_MESSAGE = 2000            # characters of an event message kept (longer ones are cut)
+MAX_EVENT_INT = 2 ** 53 - 1   # generation and serial: what JSON (I-JSON) and SQLite both hold exactly
+MAX_SECONDS = 1e9             # elapsed and timings: about 31 years
 
 
 class AuthError(LayerbootError):
@@ -53,8 +57,8 @@ def normalize_mac(text: str) -> str:
     Accepts colons, dashes or no separators, any case; anything else is a clear error.
     """
     value = text.strip().lower()
-    if not MAC_RE.match(value):
-        raise LayerbootError(f"{text!r} is not a MAC address", hint="write it like 52:54:00:12:34:56")
+    if not MAC_RE.fullmatch(value):
+        raise LayerbootError(f"{text[:40]!r} is not a MAC address", hint="write it like 52:54:00:12:34:56")
     digits = value.replace(":", "").replace("-", "")
     return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
 
@@ -115,13 +119,12 @@ class Event:
 
     @classmethod
     def from_json(cls, data: Any) -> "Event":
-        """Check a posted report field by field; a bad one is a one-line error naming the field."""
+        """Check a posted report (parsed by layerboot.strictjson) field by field; a bad one is a one-line error
+        naming the field. Numbers must be in range and finite, so every stored event is served back as JSON."""
         if not isinstance(data, dict):
             raise LayerbootError("a boot event is a JSON object {stage, ok, generation, serial, elapsed, message}")
         stage = data.get("stage")
-        if isinstance(stage, str):
-            stage = stage.lower()
-        if not isinstance(stage, str) or not STAGE_RE.match(stage):
+        if not isinstance(stage, str) or not STAGE_RE.fullmatch(stage.lower()):
             raise LayerbootError("event 'stage' must be a short lowercase word (a-z, 0-9, '_', '.', '-')")
         ok = data.get("ok")
         if not isinstance(ok, bool):
@@ -129,22 +132,29 @@ class Event:
         numbers: dict[str, Any] = {}
         for key in ("generation", "serial"):
             value = data.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise LayerbootError(f"event {key!r} must be a non-negative integer or null")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 0 <= value <= MAX_EVENT_INT):
+                raise LayerbootError(f"event {key!r} must be an integer from 0 to {MAX_EVENT_INT}, or null")
             numbers[key] = value
         elapsed = data.get("elapsed")
-        if elapsed is not None and (isinstance(elapsed, bool) or not isinstance(elapsed, (int, float))):
-            raise LayerbootError("event 'elapsed' must be a number of seconds or null")
+        if elapsed is not None and not _seconds(elapsed):
+            raise LayerbootError(f"event 'elapsed' must be a number of seconds from 0 to {MAX_SECONDS:.0f}, or null")
         message = data.get("message", "")
         if not isinstance(message, str):
             raise LayerbootError("event 'message' must be a string")
         timings = data.get("timings") or {}
         if not isinstance(timings, dict) or len(timings) > MAX_TIMINGS or not all(
-                isinstance(k, str) and len(k) <= 64 and isinstance(v, (int, float)) and not isinstance(v, bool)
-                for k, v in timings.items()):
-            raise LayerbootError(f"event 'timings' must be an object of at most {MAX_TIMINGS} step names -> seconds")
-        return cls(stage=stage, ok=ok, elapsed=None if elapsed is None else float(elapsed),
-                   message=message[:2000], timings={k: float(v) for k, v in timings.items()}, **numbers)
+                STAGE_RE.fullmatch(k) and _seconds(v) for k, v in timings.items()):
+            raise LayerbootError(f"event 'timings' must be an object of at most {MAX_TIMINGS} step names (like "
+                                 f"'stage') -> seconds from 0 to {MAX_SECONDS:.0f}")
+        return cls(stage=stage.lower(), ok=ok, elapsed=None if elapsed is None else float(elapsed),
+                   message=message[:MAX_MESSAGE], timings={k: float(v) for k, v in timings.items()}, **numbers)
+
+
+def _seconds(value: Any) -> bool:
+    """A finite, non-negative number of seconds below MAX_SECONDS (JSON true/false are not numbers)."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            and 0 <= value <= MAX_SECONDS)
 
 
 class Registry:
@@ -275,5 +285,14 @@ class Registry:
     def events(self, mac: str, limit: int = 20) -> list[Event]:
         rows = self.db.all("SELECT * FROM events WHERE mac = ? ORDER BY id DESC LIMIT ?", (normalize_mac(mac), limit))
         return [Event(stage=r["stage"], ok=bool(r["ok"]), generation=r["generation"], serial=r["serial"],
-                      elapsed=r["elapsed"], message=r["message"], time=r["time"], timings=json.loads(r["timings"]))
-                for r in reversed(rows)]
+                      elapsed=r["elapsed"] if _seconds(r["elapsed"]) else None, message=r["message"], time=r["time"],
+                      timings=_stored_timings(r["timings"])) for r in reversed(rows)]
+
+
+def _stored_timings(text: str) -> dict[str, float]:
+    """Timings as stored; versions before the range checks could store Infinity or NaN: those are dropped."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    return {k: float(v) for k, v in data.items() if _seconds(v)} if isinstance(data, dict) else {}

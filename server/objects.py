@@ -4,35 +4,35 @@ A node may fetch the digests named by any generation of its profile (so a genera
 does not break the boot). Generations are immutable, so the digest set of each generation is read once and
 cached; only new generation numbers are read later.
 
-The response body goes out with sendfile(2) from a thread pool (zero copy, like nginx; see _sendfile_thread for
-why not asyncio's ``loop.sendfile``, which stays the fallback) rather than aiohttp's FileResponse,
-because the ETag must be the digest itself (FileResponse derives it from mtime and size) and every object is
-immutable: ``Cache-Control: public, max-age=31536000, immutable``.
+The response body goes out with sendfile(2) from the worker threads of server/guard/sender.py (zero copy, like
+nginx; a client that stops reading holds no thread and is dropped after server.send_timeout) rather than
+aiohttp's FileResponse, because the ETag must be the digest itself (FileResponse derives it from mtime and
+size) and every object is immutable: ``Cache-Control: public, max-age=31536000, immutable``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import re
-import select
-from concurrent.futures import ThreadPoolExecutor
+import socket
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
 from layerboot.overlays.profile import Profiles
+from layerboot.server.guard.connections import client_key
+from layerboot.server.guard.sender import Sender
 
 log = logging.getLogger("layerboot.server.objects")
 
 CACHE_CONTROL = "public, max-age=31536000, immutable"
-SEND_THREADS = 64
-STALL_SECONDS = 120
-_send_pool: ThreadPoolExecutor | None = None
-RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.IGNORECASE)
+BEYOND = 1 << 63            # stands for any position written with more digits than a file size can have
+_MAX_DIGITS = 19
 
 
 @dataclass
@@ -61,26 +61,35 @@ class RangeError(Exception):
     pass
 
 
+def _position(digits: str) -> int:
+    """A decimal position; one too long for any file is BEYOND (never int() on thousands of digits)."""
+    return int(digits) if len(digits) <= _MAX_DIGITS else BEYOND
+
+
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """(offset, count) for one byte range, None for no Range header; RangeError when unsatisfiable."""
-    if not header:
+    """(offset, count) for one byte range (RFC 9110 section 14.1.2); None for no Range header or a range unit
+    other than bytes (the whole object is sent); RangeError when malformed or unsatisfiable."""
+    text = header.strip().replace(" ", "").replace("\t", "")
+    if not text or not text[:6].lower() == "bytes=":
         return None
-    match = RANGE_RE.match(header.strip().replace(" ", ""))
+    match = RANGE_RE.fullmatch(text)
     if not match:
-        raise RangeError("only one byte range per request is served (bytes=START-END)")
+        raise RangeError("only one byte range per request is served (bytes=START-END, bytes=START- or bytes=-N)")
     first, last = match.groups()
     if not first and not last:
         raise RangeError("empty byte range")
     if not first:  # suffix: the last N bytes
-        length = int(last)
-        if length == 0:
-            raise RangeError("zero-length suffix range")
+        length = _position(last)
+        if length == 0 or size == 0:
+            raise RangeError("zero-length suffix range" if length == 0 else "the object is empty")
         start = max(size - length, 0)
         return start, size - start
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or end < start:
-        raise RangeError(f"range starts beyond the object's {size} bytes")
+    start = _position(first)
+    end = min(_position(last), size - 1) if last else size - 1
+    if last and _position(last) < start:
+        raise RangeError("the range ends before it starts")
+    if start >= size:
+        raise RangeError(f"the range starts beyond the object's {size} bytes")
     return start, end - start + 1
 
 
@@ -89,7 +98,7 @@ def _etag_matches(header: str, digest: str) -> bool:
     return "*" in tags or digest in tags
 
 
-async def send_object(request: web.Request, path: Path, digest: str) -> web.StreamResponse:
+async def send_object(request: web.Request, path: Path, digest: str, sender: Sender) -> web.StreamResponse:
     """Send one object (200, 206 for a Range, 304 for a matching If-None-Match, 416 for a bad range)."""
     headers = {"ETag": f'"{digest}"', "Cache-Control": CACHE_CONTROL, "Accept-Ranges": "bytes",
                "Content-Type": "application/octet-stream"}
@@ -117,60 +126,38 @@ async def send_object(request: web.Request, path: Path, digest: str) -> web.Stre
             await response.write_eof()
             return response
         transport = request.transport
-        if transport is None:
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if transport is None or sock is None:
             raise ConnectionResetError("connection lost")
-        sock = transport.get_extra_info("socket")
-        if sock is not None and transport.get_write_buffer_size() == 0:
-            # the thread owns duplicates of both descriptors, so a connection closed meanwhile by the
-            # event loop can never make it write into a reused descriptor number
-            fds = (os.dup(sock.fileno()), os.dup(handle.fileno()))
-            try:
-                await asyncio.get_running_loop().run_in_executor(_pool(), _sendfile_thread, *fds, offset, count)
-            except ConnectionResetError:
-                raise
-            except OSError as err:   # a stalled client, an I/O error: the headers are out, so just drop it
-                log.warning("sending %s to %s stopped: %s", digest[:12], request.remote, err)
-                raise ConnectionResetError(str(err)) from None
-        else:
-            await asyncio.get_running_loop().sendfile(transport, handle, offset, count)
+        try:
+            await _headers_sent(transport, sender.send_timeout)
+            await sender.send(sock.fileno(), handle.fileno(), offset, count, client=client_key(request.remote))
+        except ConnectionResetError:
+            raise
+        except OSError as err:   # a stalled client, an I/O error: the headers are out, so just drop it
+            log.warning("sending %s to %s stopped: %s", digest[:12], request.remote, err)
+            if isinstance(err, TimeoutError):
+                # a reset, as nginx's reset_timedout_connection: the kernel drops the megabytes the client
+                # never read at once instead of holding them to send after a FIN
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                transport.abort()
+            raise ConnectionResetError(str(err)) from None
         await response.write_eof()
         return response
     finally:
         handle.close()
 
 
-def _pool() -> ThreadPoolExecutor:
-    global _send_pool
-    if _send_pool is None:
-        _send_pool = ThreadPoolExecutor(max_workers=SEND_THREADS, thread_name_prefix="sendfile")
-    return _send_pool
+async def _headers_sent(transport: asyncio.Transport, timeout: float) -> None:
+    """Wait until aiohttp's buffer (the response head) is in the socket: sendfile writes past it.
 
-
-def _sendfile_thread(sock_fd: int, file_fd: int, offset: int, count: int) -> None:
-    """Push ``count`` bytes with os.sendfile from a worker thread (the GIL is released in the syscall).
-
-    asyncio's loop.sendfile issues every sendfile from the event-loop thread, so one core does all the kernel
-    copying; from threads, 20 clients are served by every core (bench/bench_serve.py). The socket stays
-    non-blocking: on EAGAIN the thread waits in poll() for room.
+    Nearly always at once; a client that has not read earlier responses gets ``timeout`` seconds.
     """
-    poller = select.poll()
-    poller.register(sock_fd, select.POLLOUT)
-    try:
-        while count > 0:
-            try:
-                sent = os.sendfile(sock_fd, file_fd, offset, count)
-            except BlockingIOError:
-                if not poller.poll(STALL_SECONDS * 1000):
-                    raise TimeoutError(f"client took no data for {STALL_SECONDS} s") from None
-                continue
-            except OSError as err:
-                if err.errno in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
-                    raise ConnectionResetError("client went away") from None
-                raise
-            if sent == 0:
-                raise ConnectionResetError("object file shrank or client went away")
-            offset += sent
-            count -= sent
-    finally:
-        os.close(sock_fd)
-        os.close(file_fd)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while transport.get_write_buffer_size():
+        if transport.is_closing():
+            raise ConnectionResetError("connection lost")
+        if loop.time() > deadline:
+            raise TimeoutError(f"the client took no data for {timeout:g} s (server.send_timeout)")
+        await asyncio.sleep(0.01)

@@ -61,7 +61,11 @@ class PxePlan:
 
 def check_server_url(url: str) -> str:
     """layerbootd's base URL: http(s)://host[:port] with no path, query or fragment."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port   # noqa: B018 - urllib checks the port only when it is read
+    except ValueError as err:
+        raise LayerbootError(f"--server-url {url!r} is not a valid URL: {err}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise LayerbootError(f"--server-url {url!r} is not an http:// URL with a host",
                              hint="give layerbootd's address as seen by the nodes, e.g. http://10.0.0.1:8080")

@@ -20,6 +20,7 @@ from typing import Any
 from layerboot.errors import LayerbootError
 from layerboot.server.db import DatabaseError
 from layerboot.overlays.bake import BakeLimits, bake_archive
+from layerboot.server.guard.limits import TooBusy
 from layerboot.server.nodes import normalize_mac
 from layerboot.server.uploads import (UploadRecords, append_layer, is_complete_name, move_into_queue, queue_dir)
 
@@ -95,12 +96,17 @@ class Uploads:
     def counts(self) -> dict[str, int]:
         return self.records.counts()
 
-    def admit(self) -> None:
-        """Refuse a new upload when the queue is full."""
+    def admit(self, mac: str | None = None) -> None:
+        """Refuse a new upload when the queue is full (QueueFull: 503), or when node ``mac`` has its share of
+        it waiting already (TooBusy: 429), so one node cannot fill the queue for every other."""
         pending = self.records.pending()
         if pending >= self.config.server_queue_size:
             raise QueueFull(f"the bake queue is full ({pending} uploads waiting); try again later",
                             hint="raise server.queue_size or server.bake_workers")
+        share = self.config.server_max_queued_per_node
+        if mac is not None and share and self.records.pending(mac) >= share:
+            raise TooBusy(f"node {mac} has {share} uploads waiting for a bake already; try again when one is "
+                          "baked", retry_after=30, hint="the limit is server.max_queued_per_node")
 
     def notice(self, path: Path) -> None:
         """A file appeared or was renamed in incoming/ (called on the loop by the watcher)."""
@@ -126,8 +132,8 @@ class Uploads:
                 return
             if not path.is_file():
                 return
-            self.admit()
-        except QueueFull:
+            self.admit(mac)
+        except (QueueFull, TooBusy):
             return   # stays in the node's area; a later sweep takes it
         except LayerbootError as err:
             log.warning("ignoring %s: %s", path, err.message)

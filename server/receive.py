@@ -12,10 +12,12 @@ import asyncio
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from layerboot.atomic import fsync_dir
+from layerboot.server.guard.body import read_some
 from layerboot.server.http import STATE, bearer, node_or_admin, path_mac
 from layerboot.server.queue import QueueFull
 from layerboot.server.uploads import UploadRecords, check_upload_name
@@ -44,18 +46,23 @@ async def handle_upload(request: web.Request) -> web.StreamResponse:
                                             text=f"upload of {request.content_length} bytes is over the "
                                                  f"{limit}-byte quota (bake.max_bytes)")
     try:
-        state.uploads.admit()
+        state.uploads.admit(node.mac)
     except QueueFull as err:
         return_error = web.HTTPServiceUnavailable(text=err.message, headers={"Retry-After": "30"})
         raise return_error from None
+    with state.slots.hold("upload", node.mac, state.limits.uploads_per_node, setting="server.max_uploads_per_node"):
+        return await _receive(request, state, node, name, limit)
+
+
+async def _receive(request: web.Request, state: Any, node: Any, name: str, limit: int) -> web.StreamResponse:
     records: UploadRecords = state.uploads.records
     upload = records.begin(node.mac, node.profile, name, via="http")
     part, final = records.part_path(upload), Path(upload.path)
     loop = asyncio.get_running_loop()
     size = 0
-    handle = open(part, "wb")
+    handle = open(part, "wb", buffering=CHUNK)
     try:
-        async for chunk in request.content.iter_chunked(CHUNK):
+        while chunk := await read_some(request, state.limits.read_timeout):
             size += len(chunk)
             if size > limit:
                 raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size,

@@ -8,15 +8,21 @@
   closes it with an SFTP CLOSE. When the session ends with the file still open (connection lost, client
   killed) the part is deleted, so a cut-off upload is never baked. A completed ``*.tar.zst`` goes straight
   into the bake queue.
-* Writes past ``bake.max_bytes`` fail, and new uploads are refused while the bake queue is full.
+* Writes past ``bake.max_bytes`` fail, and new uploads are refused while the bake queue is full or the node
+  has its share of it (``server.max_queued_per_node``).
+* Availability, as for HTTP: connections count against ``server.max_connections_per_client`` (HTTP and SSH
+  together; one more is closed at once), a login must finish within ``server.header_timeout``, and a session
+  with no SFTP request for ``server.read_timeout`` seconds is closed (a partial file is discarded).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +31,8 @@ import asyncssh
 
 from layerboot.atomic import fsync_dir
 from layerboot.errors import LayerbootError
+from layerboot.server.guard.connections import client_key
+from layerboot.server.guard.limits import TooBusy
 from layerboot.server.nodes import normalize_mac
 from layerboot.server.queue import QueueFull
 from layerboot.server.sshkeys import normalize
@@ -57,6 +65,40 @@ class NodeSSHServer(asyncssh.SSHServer):
     def __init__(self, state: Any) -> None:
         self.state = state
         self.keys: set[str] = set()
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.client: str | None = None        # set while the connection holds a connection slot
+        self.last_request = time.monotonic()
+        self.watchdog: asyncio.TimerHandle | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        client = client_key(conn.get_extra_info("peername"))
+        if not self.state.guard.admit(client, "SFTP"):
+            conn.close()
+            return
+        self.client = client
+        self.watchdog = asyncio.get_running_loop().call_later(self.state.limits.read_timeout, self._idle_check)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        if self.client is not None:
+            self.state.guard.release(self.client)
+            self.client = None
+
+    def active(self) -> None:
+        """The session made an SFTP request: it is not idle."""
+        self.last_request = time.monotonic()
+
+    def _idle_check(self) -> None:
+        timeout = self.state.limits.read_timeout
+        idle = time.monotonic() - self.last_request
+        if idle < timeout:
+            self.watchdog = asyncio.get_running_loop().call_later(timeout - idle, self._idle_check)
+        elif self.conn is not None:
+            log.warning("sftp: %s made no request for %d s (server.read_timeout); closing its session",
+                        self.client, timeout)
+            self.conn.close()
 
     def begin_auth(self, username: str) -> bool:
         try:
@@ -102,11 +144,14 @@ class NodeSFTPServer(asyncssh.SFTPServer):
         self.area = Path(os.path.realpath(area))
         super().__init__(chan, chroot=str(self.area).encode())
         self.max_bytes = state.config.bake_max_bytes
+        owner = chan.get_connection().get_owner()
+        self._touch = owner.active if isinstance(owner, NodeSSHServer) else (lambda: None)
 
     def _target(self, path: bytes) -> Path:
         """The file in the node's area a client path names; only plain names directly in the area."""
+        self._touch()
         local = Path(os.fsdecode(self.map_path(path)))
-        if local.parent != self.area or not FILE_RE.match(local.name):
+        if local.parent != self.area or not FILE_RE.fullmatch(local.name):
             raise asyncssh.SFTPPermissionDenied(f"{local.name!r}: write plain file names directly in / "
                                                 "(letters, digits, '.', '_', '+', '-')")
         return local
@@ -116,8 +161,8 @@ class NodeSFTPServer(asyncssh.SFTPServer):
             raise _denied("reading")
         final = self._target(path)
         try:
-            self.state.uploads.admit()
-        except QueueFull as err:
+            self.state.uploads.admit(self.mac)
+        except (QueueFull, TooBusy) as err:
             raise asyncssh.SFTPFailure(err.message) from None
         part = final.with_name(f".{final.name}.part")
         fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -128,6 +173,7 @@ class NodeSFTPServer(asyncssh.SFTPServer):
     def write(self, file_obj: object, offset: int, data: bytes) -> int:
         upload = file_obj
         assert isinstance(upload, _Upload)
+        self._touch()
         if offset + len(data) > self.max_bytes:
             raise asyncssh.SFTPFailure(f"upload is over the {self.max_bytes}-byte quota (bake.max_bytes)")
         upload.handle.seek(offset)
@@ -212,7 +258,7 @@ async def start_sftp(state: Any, host: str, port: int) -> asyncssh.SSHAcceptor:
             lambda: NodeSSHServer(state), host, port, server_host_keys=[key],
             sftp_factory=lambda chan: NodeSFTPServer(chan, state), allow_scp=False,
             agent_forwarding=False, x11_forwarding=False, allow_pty=False,
-            server_version="layerbootd")
+            server_version="layerbootd", login_timeout=state.limits.header_timeout)
     except OSError as err:
         raise LayerbootError(f"cannot listen for SFTP on {host}:{port}: {err.strerror}",
                              hint="change server.ssh_port (0 disables SFTP)") from None

@@ -47,7 +47,7 @@ QUEUE_DIR = ".queue"
 
 
 def check_upload_name(name: str) -> str:
-    if not NAME_RE.match(name) or ".." in name:
+    if not NAME_RE.fullmatch(name) or ".." in name:
         raise LayerbootError(f"invalid upload name {name[:120]!r}",
                              hint="use NAME.tar.zst with letters, digits, '.', '_', '+', '-' (no paths)")
     return name
@@ -130,7 +130,7 @@ class UploadRecords:
     def get(self, upload_id: str) -> Upload:
         row = self.db.one("SELECT * FROM uploads WHERE id = ?", (upload_id,))
         if row is None:
-            raise NotFoundError(f"no upload {upload_id!r}", hint="see 'layerboot uploads list'")
+            raise NotFoundError(f"no upload {upload_id[:40]!r}", hint="see 'layerboot uploads list'")
         return Upload.from_row(row)
 
     def list(self, *, state: str | None = None, mac: str | None = None, limit: int = 1000) -> list[Upload]:
@@ -145,8 +145,11 @@ class UploadRecords:
         args.append(limit)
         return [Upload.from_row(r) for r in self.db.all(query, args)]
 
-    def pending(self) -> int:
-        return self.db.scalar(f"SELECT count(*) FROM uploads WHERE state IN {PENDING}")
+    def pending(self, mac: str | None = None) -> int:
+        """Uploads waiting for or in a bake (of one node when ``mac`` is given)."""
+        if mac is None:
+            return self.db.scalar(f"SELECT count(*) FROM uploads WHERE state IN {PENDING}")
+        return self.db.scalar(f"SELECT count(*) FROM uploads WHERE state IN {PENDING} AND mac = ?", (mac,))
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)

@@ -83,8 +83,12 @@ class Daemon:
             self.proc = None
 
     def request(self, method: str, path: str, *, headers: dict[str, str] | None = None,
-                body: bytes | None = None, token: str | None = None, timeout: float = 30) -> Reply:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+                body: bytes | None = None, token: str | None = None, timeout: float = 30,
+                source: str | None = None) -> Reply:
+        """One request on a new connection; ``source`` binds the client to a loopback address (127.x.y.z) so it
+        counts as another machine."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout,
+                                          source_address=(source, 0) if source else None)
         all_headers = dict(headers or {})
         if token:
             all_headers["Authorization"] = f"Bearer {token}"

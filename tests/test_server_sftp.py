@@ -27,10 +27,10 @@ def keys(tmp_path: Path) -> dict[str, asyncssh.SSHKey]:
     return {name: asyncssh.generate_private_key("ssh-ed25519") for name in ("node", "other", "stranger")}
 
 
-@pytest.fixture
-def daemon(profiles: Profiles, make_layer, tmp_path: Path, keys: dict[str, asyncssh.SSHKey]) -> Iterator[Daemon]:
+def _daemon(profiles: Profiles, make_layer, tmp_path: Path, keys: dict[str, asyncssh.SSHKey],
+            **server: object) -> Iterator[Daemon]:
     boot_profile(profiles, make_layer, tmp_path, "p1")
-    config = write_config(tmp_path / "layerboot.toml", profiles.paths, upload_policy="auto")
+    config = write_config(tmp_path / "layerboot.toml", profiles.paths, upload_policy="auto", **server)
     d = Daemon(profiles.paths, config, tmp_path / "layerbootd.log", ssh_port=free_port())
     registry = d.registry()
     registry.register(MAC, "p1", ssh_keys=(normalize(keys["node"]),))
@@ -38,6 +38,11 @@ def daemon(profiles: Profiles, make_layer, tmp_path: Path, keys: dict[str, async
     d.start()
     yield d
     d.stop()
+
+
+@pytest.fixture
+def daemon(profiles: Profiles, make_layer, tmp_path: Path, keys: dict[str, asyncssh.SSHKey]) -> Iterator[Daemon]:
+    yield from _daemon(profiles, make_layer, tmp_path, keys)
 
 
 def records(daemon: Daemon) -> UploadRecords:
@@ -137,6 +142,45 @@ def test_cut_off_transfer_is_discarded_not_baked(daemon: Daemon, keys: dict) -> 
     time.sleep(0.3)
     assert records(daemon).list() == []
     assert "partial file was discarded" in daemon.log.read_text()
+
+
+def test_an_idle_session_is_closed_and_one_address_gets_only_its_connections(
+        profiles: Profiles, make_layer, tmp_path: Path, keys: dict) -> None:
+    """Issue 11 item 7 for SFTP: server.read_timeout closes a session that stalls mid-upload (the partial file
+    goes), and server.max_connections_per_client counts SSH connections per address."""
+    for daemon in _daemon(profiles, make_layer, tmp_path, keys, read_timeout=2, max_connections_per_client=2):
+        deadline = time.monotonic() + 10       # until the start-up probes' connections are gone
+        while (reply := daemon.get("/status", headers={"Accept": "application/json"})).status != 200 or \
+                reply.json()["in_progress"]["connections"] > 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+        async def go() -> float:
+            conn = await _session(daemon, keys["node"])
+            sftp = await conn.start_sftp_client()
+            handle = await sftp.open("stall.tar.zst", "wb")
+            await handle.write(b"x" * 1000)
+            other_user = OTHER_MAC.replace(":", "-")
+            extra = await _session(daemon, keys["other"], other_user)  # the second connection of 127.0.0.1
+            with pytest.raises((asyncssh.Error, OSError)):              # the third is closed at once
+                await _session(daemon, keys["other"], other_user)
+            other = await asyncssh.connect("127.0.0.1", daemon.ssh_port, username=other_user,
+                                           client_keys=[keys["other"]], known_hosts=None, agent_path=None,
+                                           password=None, local_addr=("127.0.0.2", 0))
+            other.close()
+            extra.close()
+            started = time.monotonic()
+            await conn.wait_closed()                                 # the node stalls; the server hangs up
+            return time.monotonic() - started
+
+        assert asyncio.run(asyncio.wait_for(go(), 20)) < 4
+        deadline = time.monotonic() + 10
+        while list((daemon.paths.incoming / USER).iterdir()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        log = daemon.log.read_text()
+        assert "made no request for 2 s (server.read_timeout)" in log and "partial file was discarded" in log
+        assert "refusing SFTP connections from 127.0.0.1" in log and "Traceback" not in log
 
 
 @pytest.mark.skipif(not shutil.which("sftp"), reason="OpenSSH sftp client not installed")

@@ -142,7 +142,8 @@ def test_hold_policy_waits_for_approval(setup: Setup) -> None:
 
 
 def test_concurrent_uploads_all_bake(setup: Setup) -> None:
-    daemon = setup.start(upload_policy="auto", bake_workers=2)
+    # six at once from one node: over the per-node defaults (tests/test_server_limits.py covers those)
+    daemon = setup.start(upload_policy="auto", bake_workers=2, max_uploads_per_node=0, max_queued_per_node=0)
     replies: dict[int, dict] = {}
 
     def send(n: int) -> None:

@@ -9,6 +9,8 @@ from layerboot.errors import LayerbootError
 from layerboot.overlays.bake import BakeLimits, bake_archive
 from layerboot.overlays.content import parse_classes
 from layerboot.overlays.squash import squash_profile
+from layerboot.settings import MAX_THREADS
+from layerboot.tools.args import int_range
 from layerboot.tools.context import Context
 
 
@@ -27,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--base", metavar="REF", help="the base layer the changes were made on (no profile)")
     bake.add_argument("--parent", metavar="REF", help="with --base: the top layer the node ran")
     bake.add_argument("-d", "--description", default="", help="free text shown by 'layer list'")
-    bake.add_argument("--threads", type=int, help="tar2sqfs jobs (default: bake.threads; 0 = one per core)")
+    bake.add_argument("--threads", type=int_range(0, MAX_THREADS),
+                      help="tar2sqfs jobs (default: bake.threads; 0 = one per core)")
     bake.add_argument("--allow", action="append", default=[], metavar="CLASSES",
                       help="also allow these content classes for this bake: setuid, caps, devices, all")
     bake.set_defaults(func=cmd_bake)
@@ -39,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     squash.add_argument("profile")
     squash.add_argument("--from", dest="first", type=int, required=True, metavar="N")
     squash.add_argument("--to", dest="last", type=int, required=True, metavar="M")
-    squash.add_argument("--threads", type=int, help="tar2sqfs jobs (default: bake.threads)")
+    squash.add_argument("--threads", type=int_range(0, MAX_THREADS), help="tar2sqfs jobs (default: bake.threads)")
     squash.set_defaults(func=cmd_squash)
 
 

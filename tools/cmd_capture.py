@@ -8,6 +8,8 @@ from pathlib import Path
 
 from layerboot.errors import LayerbootError
 from layerboot.overlays.capture import ZSTD_LEVEL, capture, capture_to
+from layerboot.settings import MAX_THREADS
+from layerboot.tools.args import int_range
 from layerboot.tools.context import Context
 from layerboot.tools.output import human_size
 
@@ -26,8 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--upper", type=Path, required=True, metavar="DIR", help="the overlayfs upper dir")
     parser.add_argument("-o", "--output", required=True, metavar="FILE",
                         help="where the tar.zst goes ('-' for standard output)")
-    parser.add_argument("--threads", type=int, help="zstd threads (default: bake.threads; 0 = one per core)")
-    parser.add_argument("--level", type=int, default=ZSTD_LEVEL, help="zstd level (default %(default)s)")
+    parser.add_argument("--threads", type=int_range(0, MAX_THREADS),
+                        help="zstd threads (default: bake.threads; 0 = one per core)")
+    parser.add_argument("--level", type=int_range(1, 22), default=ZSTD_LEVEL,
+                        help="zstd level, 1 to 22 (default %(default)s)")
     parser.add_argument("--skip-sockets", action="store_true", help="leave sockets out instead of refusing")
     parser.set_defaults(func=cmd_capture)
 
