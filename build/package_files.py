@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 
 # Every package of the distribution (pyproject.toml [tool.setuptools] packages; a test keeps them equal).
-PACKAGES = ("layerboot", "layerboot.overlays", "layerboot.server", "layerboot.tools", "layerboot.build",
-            "layerboot.initrd", "layerboot.initrd.stage1")
+PACKAGES = ("layerboot", "layerboot.overlays", "layerboot.server", "layerboot.server.auth", "layerboot.tools",
+            "layerboot.build", "layerboot.initrd", "layerboot.initrd.stage1")
 
 
 def package_files() -> list[tuple[str, Path]]:

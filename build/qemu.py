@@ -42,6 +42,7 @@ class NodeConfig:
     tftp_dir: Path | None = None
     bootfile: str = ""
     mac: str = DEFAULT_MAC
+    uuid: str = ""                # SMBIOS system UUID (the guest's /sys/class/dmi/id/product_uuid); "" = QEMU's
     memory_mb: int = 1024
     cpus: int = 1
     no_reboot: bool = True
@@ -53,6 +54,8 @@ class NodeConfig:
                 "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", str(self.memory_mb), "-smp", str(self.cpus),
                 "-nodefaults", "-display", "none", "-monitor", "none", "-serial", "stdio",
                 "-device", "virtio-rng-pci"]
+        if self.uuid:
+            argv += ["-uuid", self.uuid]
         netdev = "user,id=n0"
         if self.tftp_dir is not None:
             netdev += f",tftp={self.tftp_dir},bootfile={self.bootfile}"

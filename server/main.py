@@ -21,7 +21,7 @@ from typing import Any
 from layerboot import __version__
 from layerboot.atomic import write_text
 from layerboot.errors import LayerbootError
-from layerboot.log import run_main
+from layerboot.log import SafeFormatter, run_main
 from layerboot.overlays.profile import Profiles
 from layerboot.overlays.store import Store
 from layerboot.paths import Paths
@@ -32,8 +32,10 @@ log = logging.getLogger("layerboot.server")
 PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
-class JournalFormatter(logging.Formatter):
-    """``<priority>name: message`` for journald; ``time level name: message`` on a terminal."""
+class JournalFormatter(SafeFormatter):
+    """``<priority>name: message`` for journald; ``time level name: message`` on a terminal.
+
+    A SafeFormatter: text from nodes and clients cannot add lines or terminal escapes to the log."""
 
     def __init__(self, journal: bool) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s" if not journal else "%(name)s: %(message)s")
@@ -54,6 +56,8 @@ def setup_daemon_logging(*, debug: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     root.propagate = False
+    # aiohttp's and asyncssh's own records (bad requests, SSH clients) carry peer text too: same handler.
+    logging.getLogger().handlers[:] = [handler]
     logging.getLogger("layerboot.server.access").setLevel(logging.INFO if debug else logging.WARNING)
     for noisy in ("aiohttp.access", "asyncssh"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -61,7 +65,7 @@ def setup_daemon_logging(*, debug: bool) -> None:
 
 def admin_token(paths: Paths) -> str:
     """The admin bearer token in state/admin.token (mode 0600), created on first start."""
-    path = paths.state / "admin.token"
+    path = paths.admin_token
     try:
         token = path.read_text(encoding="utf-8").strip()
         if token:
@@ -100,9 +104,12 @@ async def serve(config: Any) -> None:
     """Run until SIGTERM/SIGINT: open the store and database, start the bake queue, HTTP and SFTP."""
     from aiohttp import web
 
+    from layerboot.server.auth.boottoken import open_boot_tokens
+    from layerboot.server.auth.nodesecret import NodeSecrets, secret_hash
+    from layerboot.server.auth.ratelimit import RateLimiter
     from layerboot.server.db import connect
     from layerboot.server.http import ServerState, build_app
-    from layerboot.server.nodes import Registry, token_hash
+    from layerboot.server.nodes import Registry
     from layerboot.server.objects import ProfileIndex
     from layerboot.server.queue import Uploads
 
@@ -117,9 +124,11 @@ async def serve(config: Any) -> None:
         directory.mkdir(parents=True, exist_ok=True)
     profiles = Profiles(store)
     conn = connect(paths.database)
-    registry = Registry(conn, boot_token_ttl=config.server_boot_token_ttl)
-    state = ServerState(config=config, paths=paths, store=store, profiles=profiles, registry=registry,
-                        index=ProfileIndex(profiles), admin_token_hash=token_hash(admin_token(paths)),
+    per_minute = config.server_boot_scripts_per_minute
+    state = ServerState(config=config, paths=paths, store=store, profiles=profiles, registry=Registry(conn),
+                        index=ProfileIndex(profiles), admin_token_hash=secret_hash(admin_token(paths)),
+                        tokens=open_boot_tokens(paths.boot_token_key, config.server_boot_token_ttl),
+                        secrets=NodeSecrets(conn), boot_limiter=RateLimiter(per_minute, burst=per_minute),
                         started=time.monotonic())
     state.uploads = Uploads(state)
     await state.uploads.start()
