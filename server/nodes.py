@@ -21,11 +21,12 @@ from typing import Any
 from layerboot.errors import LayerbootError, NotFoundError
 from layerboot.overlays.layer import utc_now
 from layerboot.overlays.names import check_profile_name
+from layerboot.safetext import printable
 
 log = logging.getLogger("layerboot.server.nodes")
 
 MAC_RE = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
-ASSET_KEY_RE = re.compile(r"^[0-9a-z][0-9a-z._:-]{7,127}$")
+UUID_RE = re.compile(r"^[0-9a-f][0-9a-f-]{7,63}$")
 EVENTS_KEPT = 200
 STAGE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 MAX_TIMINGS = 32
@@ -57,17 +58,21 @@ def mac_dirname(mac: str) -> str:
 
 
 def normalize_asset_key(text: str) -> str:
-    """An asset key as stage1 reads it: DMI product_uuid (/sys/class/dmi/id/product_uuid), lowercased.
-
-    Placeholder UUIDs that firmware ships on many boards (all zeros, all F) are refused: they identify nothing.
-    """
+    """An asset key as stage1 reads it (initrd/stage1/claim.py): ``<product_uuid>:<product_serial>`` from the
+    node's /sys/class/dmi/id, lowercased; ``layerboot asset-key`` prints it on the node. The serial may be
+    empty (``UUID:``). Placeholder UUIDs that firmware ships on many boards (all 0 or all F) are refused."""
     value = text.strip().lower()
-    if not ASSET_KEY_RE.match(value):
-        raise LayerbootError(f"{text[:80]!r} is not an asset key", hint="use the node's DMI product UUID, as "
-                             "root reads it from /sys/class/dmi/id/product_uuid (8-128 of a-z 0-9 . _ : -)")
-    digits = {c for c in value if c not in "-:._"}
+    uuid, sep, serial = value.partition(":")
+    hint = ("run 'layerboot asset-key' as root on the node: it prints PRODUCT_UUID:PRODUCT_SERIAL from "
+            "/sys/class/dmi/id (an empty serial is written UUID:)")
+    if not sep or not UUID_RE.match(uuid):
+        raise LayerbootError(f"{printable(text[:80])!r} is not an asset key", hint=hint)
+    if len(serial) > 128 or not all(" " <= c <= "~" for c in serial) or serial != serial.strip():
+        raise LayerbootError(f"the serial part of asset key {printable(value[:80])!r} is not printable ASCII",
+                             hint=hint)
+    digits = {c for c in uuid if c != "-"}
     if digits <= {"0"} or digits <= {"f"}:
-        raise LayerbootError(f"{value} is a placeholder UUID that many machines share, not an asset key",
+        raise LayerbootError(f"{uuid} is a placeholder UUID that many machines share, not an asset key",
                              hint="set the node's real SMBIOS system UUID in its firmware, or leave it out")
     return value
 
@@ -86,7 +91,7 @@ class Node:
     last_message: str | None = None
     failures: int = 0
     boots: int = 0
-    asset_key: str | None = None       # what a claim must prove (DMI product_uuid); None: no claims
+    asset_key: str | None = None       # what a claim must prove (DMI "uuid:serial"); None: no claims
     tokens_not_before: int = 0         # boot tokens issued at or before this Unix time are refused
 
     @classmethod

@@ -18,7 +18,7 @@ from layerboot.server.db import connect
 from layerboot.server.nodes import AuthError, Registry, normalize_asset_key
 
 MAC = "52:54:00:12:34:56"
-UUID = "6c2b7a1e-3f4d-4b8e-9a10-5d7e2c1b0a99"
+KEY = "6c2b7a1e-3f4d-4b8e-9a10-5d7e2c1b0a99:lb-0001"      # an asset key: DMI product_uuid:product_serial
 
 
 def test_boot_token_round_trip_and_every_tampered_field_is_refused() -> None:
@@ -122,14 +122,17 @@ def test_revoking_and_re_registering_move_the_tokens_not_before_time(tmp_path: P
 
 
 def test_asset_keys_are_normalised_and_placeholders_refused(tmp_path: Path) -> None:
-    assert normalize_asset_key(f" {UUID.upper()}\n") == UUID
-    for bad in ("short", "has space in it", "00000000-0000-0000-0000-000000000000",
-                "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF", "x" * 200, "bad/slash-1234"):
+    assert normalize_asset_key(f" {KEY.upper()}\n") == KEY
+    assert normalize_asset_key("6C2B7A1E-3F4D-4B8E-9A10-5D7E2C1B0A99:To Be Filled") == \
+        "6c2b7a1e-3f4d-4b8e-9a10-5d7e2c1b0a99:to be filled"
+    for bad in ("6c2b7a1e-3f4d-4b8e-9a10-5d7e2c1b0a99", "short:x", "not a uuid:x",
+                "00000000-0000-0000-0000-000000000000:serial", "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF:",
+                "6c2b7a1e-3f4d-4b8e-9a10-5d7e2c1b0a99:" + "x" * 200, "6c2b7a1e-3f4d:tab\there"):
         with pytest.raises(LayerbootError):
             normalize_asset_key(bad)
     registry = _registry(tmp_path)
-    node, _ = registry.register(MAC, "p1", asset_key=UUID.upper())
-    assert node.asset_key == UUID and "asset_key" in node.public_dict() and node.public_dict()["asset_key"] is True
+    node, _ = registry.register(MAC, "p1", asset_key=KEY.upper())
+    assert node.asset_key == KEY and "asset_key" in node.public_dict() and node.public_dict()["asset_key"] is True
     assert registry.set_asset_key(MAC, None).asset_key is None
 
 

@@ -37,7 +37,8 @@ CMDLINE = "console=ttyS0 quiet no_timer_check layerboot.emergency=poweroff layer
 # In the profile's command line only (so it goes through iPXE): words that look like iPXE syntax but are one
 # word each; iPXE must hand them to the kernel unchanged (issue 11 item 4).
 IPXE_WORDS = "lbipxe=a||b;c#d&&e$HOME{x} lbipxe2=;#"
-NODE_UUID = "3f0e8a52-7c1d-4b6e-a9d2-5e4f3c2b1a07"     # QEMU -uuid: the DMI product_uuid, the node's asset key
+NODE_UUID = "3f0e8a52-7c1d-4b6e-a9d2-5e4f3c2b1a07"     # QEMU -uuid / -smbios: DMI product_uuid and serial,
+NODE_SERIAL = "LB-TEST-0001"                            # the node's asset key
 WHITEOUT = 0o020000 | 0o600
 # The node's /sbin/init: prove every layer and the whiteout, then capture + upload a change once.
 NODE_INIT = r"""#!/bin/sh
@@ -129,7 +130,7 @@ def daemon(node_store: dict) -> Iterator[Daemon]:
     paths: Paths = node_store["paths"]
     config = write_config(node_store["work"] / "layerboot.toml", paths, upload_policy="auto")
     daemon = Daemon(paths, config, node_store["work"] / "layerbootd.log")
-    _, secret = daemon.registry().register(MAC, "node", replace=True, asset_key=NODE_UUID)
+    _, secret = daemon.registry().register(MAC, "node", replace=True, asset_key=f"{NODE_UUID}:{NODE_SERIAL}")
     daemon.node_secret = secret  # type: ignore[attr-defined]
     daemon.start()
     try:
@@ -160,7 +161,7 @@ def test_pxe_boot_layers_capture_upload_bake_reboot(daemon: Daemon, node_store: 
     profiles: Profiles = node_store["profiles"]
     generation = profiles.current("node").number
     config = NodeConfig(tftp_dir=pxe_dir(tmp_path, daemon.port), bootfile="boot.ipxe", mac=MAC, uuid=NODE_UUID,
-                        no_reboot=False)
+                        serial=NODE_SERIAL, no_reboot=False)
     with QemuNode(config, tmp_path / "serial.log") as node:
         first = node.wait_for(r"ROOTFS-PASS", timeout=180, fail=(r"layerboot: FAILED", r"NODE: ", r"Kernel panic",
                                                                    r"Traceback"))
@@ -191,12 +192,12 @@ def test_pxe_boot_layers_capture_upload_bake_reboot(daemon: Daemon, node_store: 
 
 
 def direct(node_store: dict, kernel, tmp_path: Path, server: str, token: str, extra: str = "",  # noqa: ANN001
-           disks: tuple[Path, ...] = (), uuid: str = "") -> QemuNode:
+           disks: tuple[Path, ...] = (), uuid: str = "", serial: str = "") -> QemuNode:
     """A direct kernel boot with the options layerbootd's iPXE script would give (``token``: a boot token)."""
     append = (f"{CMDLINE} layerboot.server={server} layerboot.node={MAC} layerboot.profile=node "
               f"layerboot.token={token} {extra}")
     config = NodeConfig(kernel=kernel.image, initrd=node_store["initrd"].path, append=append, mac=MAC,
-                        disks=list(disks), uuid=uuid)
+                        disks=list(disks), uuid=uuid, serial=serial)
     return QemuNode(config, tmp_path / "serial.log")
 
 
@@ -259,7 +260,8 @@ def test_static_ip_break_shell_and_status_file(daemon: Daemon, node_store: dict,
                                                tmp_path: Path) -> None:
     """ip= skips DHCP; layerboot.break=mount opens a shell with the verified layers; the node sees its status."""
     node = direct(node_store, kernel, tmp_path, f"http://10.0.2.2:{daemon.port}", daemon.boot_token(),
-                  "ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off layerboot.break=mount lbtest=check", uuid=NODE_UUID)
+                  "ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off layerboot.break=mount lbtest=check", uuid=NODE_UUID,
+                  serial=NODE_SERIAL)
     with node:
         configured = node.wait_for(r"layerboot: eth0 ", timeout=120, fail=(r"layerboot: FAILED", r"Kernel panic"))
         assert configured.text.endswith("10.0.2.15/255.255.255.0 via 10.0.2.2 (ip=)")

@@ -20,7 +20,7 @@ from layerboot.server.nodes import Event
 from server_daemon import MAC, OTHER_MAC, Daemon, boot_profile, write_config
 from test_server_uploads import layer_upload
 
-UUID = "6c2b7a1e-3f4d-4b8e-9a10-5d7e2c1b0a99"
+KEY = "6c2b7a1e-3f4d-4b8e-9a10-5d7e2c1b0a99:lb-0001"      # an asset key: DMI product_uuid:product_serial
 JSON = {"Accept": "application/json"}
 
 
@@ -28,7 +28,7 @@ def _start(profiles: Profiles, tmp_path: Path, **server: object) -> Daemon:
     config = write_config(tmp_path / "layerboot.toml", profiles.paths, **server)
     daemon = Daemon(profiles.paths, config, tmp_path / "layerbootd.log")
     registry = daemon.registry()
-    registry.register(MAC, "p1", asset_key=UUID)
+    registry.register(MAC, "p1", asset_key=KEY)
     _, daemon.other_secret = registry.register(OTHER_MAC, "p2")  # type: ignore[attr-defined]
     return daemon.start()
 
@@ -113,27 +113,27 @@ def test_revoke_tokens_refuses_the_old_ones_and_new_ones_work(daemon: Daemon, ca
 def test_claims_need_the_asset_key_proof_and_hand_out_a_working_secret(daemon: Daemon) -> None:
     token = daemon.boot_token()
     assert claim(daemon, token, None).status == 403
-    wrong = claim(daemon, token, claim_proof("0badc0de-0000-4000-8000-000000000001", token))
+    wrong = claim(daemon, token, claim_proof("6c2b7a1e-3f4d-4b8e-9a10-5d7e2c1b0a99:", token))   # no serial
     assert wrong.status == 403 and "asset key proof" in wrong.json()["error"]
     other_token = daemon.boot_token(OTHER_MAC)        # registered without an asset key
     no_key = claim(daemon, other_token, None, mac=OTHER_MAC)
     assert no_key.status == 403 and "has no asset key" in no_key.json()["error"]
     assert "node_secret_claim" in no_key.json()["hint"]
     # the proof is bound to the token: one made for another token does not work
-    assert claim(daemon, token, claim_proof(UUID, daemon.boot_token(OTHER_MAC))).status == 403
+    assert claim(daemon, token, claim_proof(KEY, daemon.boot_token(OTHER_MAC))).status == 403
     admin = (daemon.paths.state / "admin.token").read_text().strip()
-    assert claim(daemon, admin, claim_proof(UUID, admin)).status == 403          # only a boot token claims
-    good = claim(daemon, token, claim_proof(UUID, token))
+    assert claim(daemon, admin, claim_proof(KEY, admin)).status == 403          # only a boot token claims
+    good = claim(daemon, token, claim_proof(KEY, token))
     assert good.status == 201 and good.headers["cache-control"] == "no-store"
     secret = good.json()["secret"]
     reply = daemon.request("PUT", f"/nodes/{MAC}/uploads/a.tar.zst", token=secret, headers=JSON,
                            body=layer_upload({"etc/claimed": b"yes\n"}))
     assert reply.status == 202
     # a later claim does not invalidate the secret in use
-    assert claim(daemon, token, claim_proof(UUID, token)).status == 201
+    assert claim(daemon, token, claim_proof(KEY, token)).status == 201
     assert daemon.get(f"/nodes/{MAC}/uploads/{reply.json()['id']}", token=secret).status == 200
     log = daemon.log.read_text()
-    assert secret not in log and UUID not in log and "claimed a node secret (asset key)" in log
+    assert secret not in log and KEY not in log and "claimed a node secret (asset key)" in log
 
 
 def test_mac_only_claims_when_the_admin_trusts_the_boot_network(profiles: Profiles, setup: dict[str, str],
@@ -197,7 +197,7 @@ def test_a_full_store_disk_does_not_stop_a_netboot(profiles: Profiles, setup: di
             event = daemon.request("POST", f"/nodes/{MAC}/events", token=token, headers=JSON,
                                    body=json.dumps({"stage": "net", "ok": True}).encode())
             assert event.status == 503 and "cannot record the event now" in event.json()["error"]
-            full_claim = claim(daemon, token, claim_proof(UUID, token))
+            full_claim = claim(daemon, token, claim_proof(KEY, token))
             assert full_claim.status == 503 and "cannot record a secret" in full_claim.json()["error"]
             log = daemon.log.read_text()
             assert "could not record the boot of" in log and "internal error" not in log
@@ -255,9 +255,9 @@ def test_node_secrets_from_the_cli(daemon: Daemon, capsys) -> None:  # noqa: ANN
     assert main(["--store", root, "nodes", "secret", "list", OTHER_MAC]) == 0
     listing = capsys.readouterr().out
     assert "rotate" in listing and new not in listing
-    assert main(["--store", root, "nodes", "set", OTHER_MAC, "--asset-key", "00000000-0000-0000-0000-000000000000"]) \
+    assert main(["--store", root, "nodes", "set", OTHER_MAC, "--asset-key", "00000000-0000-0000-0000-000000000000:"]) \
         == 1
     assert "placeholder UUID" in capsys.readouterr().err
-    assert main(["--store", root, "nodes", "set", OTHER_MAC, "--asset-key", UUID.upper()]) == 0
-    assert daemon.registry().get(OTHER_MAC).asset_key == UUID
+    assert main(["--store", root, "nodes", "set", OTHER_MAC, "--asset-key", KEY.upper()]) == 0
+    assert daemon.registry().get(OTHER_MAC).asset_key == KEY
     assert len(NodeSecrets(daemon.registry().conn).list(OTHER_MAC)) == 1

@@ -18,6 +18,16 @@ from server_daemon import MAC, Daemon, boot_profile, write_config
 from test_server_uploads import layer_upload
 
 UUID = "6c2b7a1e-3f4d-4b8e-9a10-5d7e2c1b0a99"
+SERIAL = "LB-0001 X"
+KEY = f"{UUID}:{SERIAL}".lower()
+
+
+def dmi_dir(path: Path, uuid: str, serial: str = SERIAL) -> Path:
+    """A stand-in for /sys/class/dmi/id."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "product_uuid").write_text(uuid + "\n")
+    (path / "product_serial").write_text(serial + "\n")
+    return path
 
 
 def test_the_hand_written_hmac_is_hmac_sha256() -> None:
@@ -25,16 +35,21 @@ def test_the_hand_written_hmac_is_hmac_sha256() -> None:
         for message in (b"", b"abc", os.urandom(1000)):
             assert hmac_sha256(key, message) == hmac.new(key, message, hashlib.sha256).hexdigest()
     token = "lbb1.525400123456.1.2." + "c" * 32
-    assert claim_proof(UUID, token) == server_claim.claim_proof(UUID, token)
+    assert claim_proof(KEY, token) == server_claim.claim_proof(KEY, token)
 
 
-def test_the_asset_key_is_the_dmi_uuid_and_placeholders_are_none(tmp_path: Path) -> None:
-    dmi = tmp_path / "product_uuid"
-    dmi.write_text(UUID.upper() + "\n")
-    assert read_asset_key(str(dmi)) == UUID
+def test_the_asset_key_is_dmi_uuid_and_serial_and_placeholder_uuids_are_none(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from layerboot.server.nodes import normalize_asset_key
+    from layerboot.tools.cli import main
+
+    dmi = dmi_dir(tmp_path / "id", UUID.upper())
+    assert read_asset_key(str(dmi)) == KEY == normalize_asset_key(KEY.upper())
+    assert main(["asset-key", "--dmi", str(dmi)]) == 0 and capsys.readouterr().out == KEY + "\n"
+    assert read_asset_key(str(dmi_dir(tmp_path / "noserial", UUID, ""))) == f"{UUID}:"
     for placeholder in ("00000000-0000-0000-0000-000000000000", "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF", ""):
-        dmi.write_text(placeholder + "\n")
-        assert read_asset_key(str(dmi)) == ""
+        assert read_asset_key(str(dmi_dir(tmp_path / "p", placeholder))) == ""
+    assert main(["asset-key", "--dmi", str(tmp_path / "p")]) == 1
+    assert "is a placeholder" in capsys.readouterr().err
     assert read_asset_key(str(tmp_path / "missing")) == ""
 
 
@@ -43,7 +58,7 @@ def daemon(profiles: Profiles, make_layer, tmp_path: Path):  # noqa: ANN001, ANN
     boot_profile(profiles, make_layer, tmp_path, "p1")
     daemon = Daemon(profiles.paths, write_config(tmp_path / "layerboot.toml", profiles.paths),
                     tmp_path / "layerbootd.log")
-    daemon.registry().register(MAC, "p1", asset_key=UUID)
+    daemon.registry().register(MAC, "p1", asset_key=KEY)
     daemon.start()
     try:
         yield daemon
@@ -53,8 +68,7 @@ def daemon(profiles: Profiles, make_layer, tmp_path: Path):  # noqa: ANN001, ANN
 
 def test_claim_stores_a_root_only_secret_that_uploads(daemon: Daemon, tmp_path: Path) -> None:
     lines: list[str] = []
-    dmi = tmp_path / "product_uuid"
-    dmi.write_text(UUID + "\n")
+    dmi = dmi_dir(tmp_path / "id", UUID)
     secret_file = tmp_path / "run" / "layerboot" / "node.secret"
     token = daemon.boot_token()
     assert claim_secret(daemon.url, MAC, token, timeout=5, say=lines.append, path=str(secret_file), dmi=str(dmi))
@@ -69,8 +83,7 @@ def test_claim_stores_a_root_only_secret_that_uploads(daemon: Daemon, tmp_path: 
 
 def test_every_refusal_is_one_line_and_a_read_only_boot(daemon: Daemon, tmp_path: Path) -> None:
     lines: list[str] = []
-    dmi = tmp_path / "product_uuid"
-    dmi.write_text("0badc0de-0000-4000-8000-000000000001\n")        # another machine's UUID
+    dmi = dmi_dir(tmp_path / "id", UUID, "ANOTHER-SERIAL")           # the UUID (seen in DHCP) is not enough
     path = str(tmp_path / "node.secret")
     token = daemon.boot_token()
     assert not claim_secret(daemon.url, MAC, token, timeout=5, say=lines.append, path=path, dmi=str(dmi))

@@ -24,9 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = actions.add_parser("register", help="register a node; prints its node secret (write credential) once")
     p.add_argument("mac")
     p.add_argument("--profile", required=True)
-    p.add_argument("--asset-key", metavar="UUID",
-                   help="the node's DMI product UUID (/sys/class/dmi/id/product_uuid): lets the diskless node "
-                        "claim its own node secret at boot")
+    p.add_argument("--asset-key", metavar="UUID:SERIAL",
+                   help="the node's SMBIOS identity as 'layerboot asset-key' prints it on the node: lets the "
+                        "diskless node claim its own node secret at boot")
     p.add_argument("--ssh-key", type=Path, action="append", default=[], metavar="FILE",
                    help="OpenSSH public key file allowed to upload over SFTP (repeatable)")
     p.add_argument("--replace", action="store_true",
@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("mac")
     p.add_argument("--profile", help="boot this profile from now on")
     key = p.add_mutually_exclusive_group()
-    key.add_argument("--asset-key", metavar="UUID", help="the node's DMI product UUID (what its claims prove)")
+    key.add_argument("--asset-key", metavar="UUID:SERIAL", help="the node's SMBIOS identity as 'layerboot "
+                     "asset-key' prints it on the node (what its claims prove)")
     key.add_argument("--no-asset-key", action="store_true", help="forget the asset key: no more claims")
     p.set_defaults(func=cmd_set)
 

@@ -1,4 +1,5 @@
-"""``layerboot upload``: send a captured layer (tar.zst) to layerbootd from a node; returns at once."""
+"""Node-side credentials and uploads: ``layerboot upload`` sends a captured layer (tar.zst) to layerbootd and
+returns at once; ``layerboot asset-key`` prints what the admin registers for this node."""
 
 from __future__ import annotations
 
@@ -32,6 +33,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="name on the server (default: the file's name)")
     p.add_argument("--wait", type=float, metavar="SECONDS", help="wait up to SECONDS for the bake to finish")
     p.set_defaults(func=cmd_upload)
+
+    p = sub.add_parser(
+        "asset-key", help="print this machine's asset key for 'layerboot nodes register --asset-key' (node, root)",
+        description="Print PRODUCT_UUID:PRODUCT_SERIAL from /sys/class/dmi/id, lowercased: what stage1 proves to "
+                    "claim the node secret at boot. Run it as root on the node (or on a machine of the same model "
+                    "to see the format) and register the value on the server. Treat it like a password: with "
+                    "it and a boot token, anyone could claim this node's write credential.")
+    p.add_argument("--dmi", type=Path, default=Path("/sys/class/dmi/id"), help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_asset_key)
 
 
 def boot_cmdline() -> dict[str, str]:
@@ -90,4 +100,24 @@ def cmd_upload(ctx: Context) -> int:
                         + (f" ({status['message']})" if status.get("message") else "")))
         if status["state"] == "failed":
             return 1
+    return 0
+
+
+def cmd_asset_key(ctx: Context) -> int:
+    from layerboot.initrd.stage1.claim import read_asset_key
+
+    directory = ctx.args.dmi
+    try:
+        (directory / "product_uuid").open("rb").close()
+    except PermissionError:
+        raise LayerbootError(f"{directory}/product_uuid is readable by root only",
+                             hint="run it as root (sudo layerboot asset-key)") from None
+    except OSError:
+        raise LayerbootError(f"this machine has no DMI identity ({directory}/product_uuid is missing)",
+                             hint="without one it cannot claim a node secret; place one with --secret-file") from None
+    key = read_asset_key(str(directory))
+    if not key:
+        raise LayerbootError("this machine's DMI UUID is a placeholder (all 0 or all F): no asset key",
+                             hint="set a real SMBIOS system UUID in the firmware, or place a node secret by hand")
+    print(key)
     return 0

@@ -1,9 +1,11 @@
 """Claim this node's secret (its write credential) from layerbootd, right after the network is up.
 
 ``POST <server>/nodes/<mac>/secret`` with the boot token from the kernel command line and, in the body,
-``{"proof": HMAC-SHA256(asset key, "layerboot-claim/1\\n" + boot token)}``. The asset key is the machine's DMI
-``product_uuid`` (``/sys/class/dmi/id/product_uuid``, mode 0400: root only, so an unprivileged user on the
-booted node cannot read it); the raw key never crosses the wire. The secret goes to /run/layerboot/node.secret,
+``{"proof": HMAC-SHA256(asset key, "layerboot-claim/1\\n" + boot token)}``. The asset key is the machine's
+SMBIOS identity as root reads it: ``<product_uuid>:<product_serial>`` from /sys/class/dmi/id, lowercased (both
+files are mode 0400, so an unprivileged user on the booted node cannot read them); the raw key never crosses
+the wire. The serial is part of it because PXE firmware and iPXE send the UUID in every DHCP request (option
+97) to the whole boot network: the UUID alone would be no secret there (docs/security.md). The secret goes to /run/layerboot/node.secret,
 mode 0600: /run moves into the new root (system.switch_root), where ``layerboot upload`` reads it, and it is
 not in the overlay's upper dir, so ``layerboot capture`` never packs it.
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 import os
 
 SECRET_FILE = "/run/layerboot/node.secret"
-DMI_UUID = "/sys/class/dmi/id/product_uuid"
+DMI_DIR = "/sys/class/dmi/id"
 CONTEXT = b"layerboot-claim/1\n"
 _BLOCK = 64
 _SECRET_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-_")
@@ -43,15 +45,22 @@ def hmac_sha256(key: bytes, message: bytes) -> str:
     return _sha256(bytes(b ^ 0x5C for b in key) + inner).hex()
 
 
-def read_asset_key(path: str = DMI_UUID) -> str:
-    """The DMI product UUID, lowercased; "" when the machine has none (or a placeholder of zeros or Fs)."""
+def _dmi(path: str) -> str:
     try:
         with open(path, "rb") as f:
-            value = f.read(256).decode("ascii", "replace").strip().lower()
+            value = f.read(256).decode("ascii", "replace").strip()
     except OSError:
         return ""
-    digits = {c for c in value if c not in "-:._"}
-    return "" if not digits or digits <= {"0"} or digits <= {"f"} else value
+    return "".join(c for c in value if " " <= c <= "~")
+
+
+def read_asset_key(dmi: str = DMI_DIR) -> str:
+    """``uuid:serial`` from DMI, lowercased; "" when the machine has no UUID (or a placeholder of 0s or Fs)."""
+    uuid = _dmi(dmi + "/product_uuid").lower()
+    digits = {c for c in uuid if c != "-"}
+    if not digits or digits <= {"0"} or digits <= {"f"}:
+        return ""
+    return f"{uuid}:{_dmi(dmi + '/product_serial')}".lower()
 
 
 def claim_proof(asset_key: str, token: str) -> str:
@@ -71,7 +80,7 @@ def _store(secret: str, path: str) -> None:
 
 
 def claim_secret(server: str, node: str, token: str, *, timeout: float, say,  # noqa: ANN001 - say(str)
-                 path: str = SECRET_FILE, dmi: str = DMI_UUID) -> bool:
+                 path: str = SECRET_FILE, dmi: str = DMI_DIR) -> bool:
     """Claim and store the node secret; True when stored. Never raises: one line says what happened."""
     from .console import StageError
     from .http import request

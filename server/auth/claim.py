@@ -2,8 +2,8 @@
 
 The request carries the node's boot token (``Authorization: Bearer``) and, in a JSON body, ``proof``: the hex
 HMAC-SHA256 of ``"layerboot-claim/1\\n" + boot token``, keyed with the node's asset key, which stage1 reads as
-root from DMI (``/sys/class/dmi/id/product_uuid``, mode 0400). The raw key never crosses the wire, and an
-unprivileged user on the node can read neither the key nor the secret.
+root from DMI (``product_uuid:product_serial`` in /sys/class/dmi/id, both mode 0400). The raw key never crosses
+the wire, and an unprivileged user on the node can read neither the key nor the secret.
 
 * a node with an asset key (``layerboot nodes register/set --asset-key``) gets a secret only with the right
   proof (403 otherwise);
@@ -66,20 +66,20 @@ async def handle_claim(request: web.Request) -> web.StreamResponse:
     assert node is not None
     if not node.created:
         raise AuthError(f"node {mac} boots the default profile without being registered: it gets no secret",
-                        status=403, hint=f"layerboot nodes register {mac} --profile P --asset-key UUID")
+                        status=403, hint=f"layerboot nodes register {mac} --profile P --asset-key UUID:SERIAL")
     proof = await _proof(request)
     token = request.headers["Authorization"].partition(" ")[2].strip()
     if node.asset_key:
         if not proof or not hmac.compare_digest(claim_proof(node.asset_key, token), proof.lower()):
             log.warning("node %s: secret claim refused: the asset key proof does not match", mac)
             raise AuthError(f"the asset key proof of {mac} does not match its registered asset key", status=403,
-                            hint="the key is the node's DMI product_uuid; see 'layerboot nodes show'")
+                            hint="compare 'layerboot asset-key' on the node (as root) with 'layerboot nodes show'")
         how = "asset key"
     elif state.config.server_node_secret_claim == "mac":
         how = "MAC only (server.node_secret_claim = mac)"
     else:
         raise AuthError(f"node {mac} has no asset key, so it cannot claim a secret", status=403,
-                        hint=f"layerboot nodes set {mac} --asset-key UUID, or trust the boot network with "
+                        hint=f"layerboot nodes set {mac} --asset-key UUID:SERIAL, or trust the boot network with "
                              "server.node_secret_claim = \"mac\"")
     try:
         secret = state.secrets.claim(mac, per_hour=state.config.server_node_secret_claims_per_hour)
