@@ -39,7 +39,7 @@ from layerboot.overlays.cmdline import CmdlineError
 from layerboot.server import negotiate
 from layerboot.server.auth.access import ADMIN, any_node_or_admin, bearer, for_node, identify
 from layerboot.server.ipxe import BootScript
-from layerboot.server.nodes import AuthError, Event, Registry, normalize_mac
+from layerboot.server.nodes import AuthError, Event, Node, Registry, normalize_mac
 from layerboot.server.objects import ProfileIndex, send_object
 
 log = logging.getLogger("layerboot.server.http")
@@ -113,8 +113,7 @@ async def handle_boot(request: web.Request) -> web.StreamResponse:
         state.profiles.current(profile)   # fail before registering anything
         node = state.registry.auto_register(mac, profile)
         log.info("unknown MAC %s boots the default profile %s%s", mac, profile, "" if node else " (not recorded)")
-        if node is None:
-            from layerboot.server.nodes import Node
+        if node is None:   # not recorded (a full disk?): it boots all the same
             node = Node(mac=mac, profile=profile, auto=True, created="")
     gen = state.profiles.current(node.profile)
     if not gen.kernel or not gen.initrd:

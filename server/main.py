@@ -113,8 +113,11 @@ async def serve(config: Any) -> None:
     from layerboot.server.objects import ProfileIndex
     from layerboot.server.queue import Uploads
 
-    if config.server_public_url and not config.server_public_url.startswith(("http://", "https://")):
-        raise LayerbootError(f"server.public_url = {config.server_public_url!r} must be an http:// URL")
+    if config.server_public_url:
+        from layerboot.overlays.cmdline import check_ipxe_word
+        if not config.server_public_url.startswith(("http://", "https://")):
+            raise LayerbootError(f"server.public_url = {config.server_public_url!r} must be an http:// URL")
+        check_ipxe_word(config.server_public_url.rstrip("/"), "server.public_url")   # it goes into iPXE scripts
     paths = Paths(Path(config.store_root))
     store = Store(paths, compression=config.store_compression, block_size=config.store_block_size)
     store.require_initialized()
