@@ -28,7 +28,8 @@ from layerboot.safetext import printable
 
 MAX_CMDLINE = 1536          # the kernel keeps 2048 bytes (x86); layerbootd appends ~250 of its own
 IPXE_SEPARATORS = ("||", "&&", ";")
-HINT = "layerboot profile set PROFILE --cmdline '...' (see docs/server.md, 'The iPXE script')"
+HINT = ("words like a||b, x;y or foo#bar are fine; '||', '&&', ';', '#...' alone, '${', tabs and newlines are not "
+        "(docs/server.md, 'The iPXE script')")
 
 
 class CmdlineError(LayerbootError):

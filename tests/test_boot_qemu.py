@@ -185,6 +185,10 @@ def test_pxe_boot_layers_capture_upload_bake_reboot(daemon: Daemon, node_store: 
     assert f"generation {generation + 1} " in text.split("NODE-UPLOADED", 1)[1]
     current = profiles.current("node")
     assert current.number == generation + 1 and len(current.layers) == 5
+    # the baked capture holds the node's change, never the node secret (it lives on /run, outside the overlay)
+    from layerboot.run import run
+    described = run(["rdsquashfs", "--describe", str(node_store["paths"].object(current.layers[-1]))]).text
+    assert "etc/captured" in described and "node.secret" not in described
     # The boot reports reached the server.
     events = daemon.get(f"/nodes/{MAC}", token=daemon.node_secret, headers={"Accept": "application/json"}).json()
     assert any(e["ok"] and e["generation"] == generation + 1 for e in events["events"])
