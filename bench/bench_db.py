@@ -5,8 +5,9 @@
 
 Per call, median of 5 rounds, on one registered node:
 
-* ``node_for_token``  — every manifest/object/event/upload request authenticates with it;
-* ``boot script``     — ``GET /boot/MAC.ipxe``: find + issue_boot_token (a write transaction) + saw_boot;
+* ``node_of secret``  — every upload / upload-status request checks the node secret with it (boot tokens are
+  HMAC tokens: checking them reads no database);
+* ``boot script``     — ``GET /boot/MAC.ipxe``: find + saw_boot (the boot token is minted without the database);
 * ``record_event``    — a boot report (write transaction: insert, update, trim);
 * ``claim``           — the bake queue's claim of an upload (write transaction).
 
@@ -35,7 +36,8 @@ from layerboot.overlays.layer import utc_now  # noqa: E402
 from layerboot.paths import Paths  # noqa: E402
 from layerboot.server.db import connect  # noqa: E402
 from layerboot.server.db.migrate import load_migrations  # noqa: E402
-from layerboot.server.nodes import Event, Registry, new_token, token_hash  # noqa: E402
+from layerboot.server.auth.nodesecret import NodeSecrets, secret_hash  # noqa: E402
+from layerboot.server.nodes import Event, Registry  # noqa: E402
 from layerboot.server.uploads import UploadRecords  # noqa: E402
 
 MAC = "52:54:00:12:34:56"
@@ -55,12 +57,12 @@ def per_call(fn: Callable[[], object], calls: int, rounds: int = 5) -> float:
 def layer_ops(url: str | Path, paths: Paths) -> dict[str, Callable[[], object]]:
     db = connect(url)
     registry = Registry(db)
-    _, token = registry.register(MAC, "p1", replace=True)
+    _, secret = registry.register(MAC, "p1", replace=True)
+    secrets = NodeSecrets(db)
     records = UploadRecords(db, paths)
 
     def boot() -> None:
         registry.find(MAC)
-        registry.issue_boot_token(MAC)
         registry.saw_boot(MAC)
 
     def claim() -> None:
@@ -69,7 +71,7 @@ def layer_ops(url: str | Path, paths: Paths) -> dict[str, Callable[[], object]]:
         records.claim()
 
     event = Event(stage="switch-root", ok=True, generation=2, elapsed=3.5)
-    return {"node_for_token": lambda: registry.node_for_token(token), "boot script": boot,
+    return {"node_of secret": lambda: secrets.node_of(secret), "boot script": boot,
             "record_event": lambda: registry.record_event(MAC, event), "claim": claim}
 
 
@@ -81,24 +83,18 @@ def sqlite3_ops(path: Path, paths: Paths) -> dict[str, Callable[[], object]]:
         conn.execute(pragma)
     for migration in load_migrations():
         conn.executescript(migration.sql)
-    token = new_token()
-    conn.execute("INSERT INTO nodes (mac, profile, token_hash, auto, created) VALUES (?, ?, ?, 0, ?)",
-                 (MAC, "p1", token_hash(token), utc_now()))
+    secret = "lbs1." + "ab" * 24
+    conn.execute("INSERT INTO nodes (mac, profile, auto, created) VALUES (?, ?, 0, ?)", (MAC, "p1", utc_now()))
+    conn.execute("INSERT INTO node_secrets (hash, mac, origin, created, last_used) VALUES (?, ?, 'register', ?, ?)",
+                 (secret_hash(secret), MAC, time.time(), time.time()))
     queue = paths.incoming / ".queue"
 
-    def node_for_token() -> object:
-        return conn.execute("SELECT * FROM nodes WHERE token_hash = ?", (token_hash(token),)).fetchone()
+    def node_of_secret() -> object:
+        return conn.execute("SELECT mac, last_used FROM node_secrets WHERE hash = ?",
+                            (secret_hash(secret),)).fetchone()
 
     def boot() -> None:
         conn.execute("SELECT * FROM nodes WHERE mac = ?", (MAC,)).fetchone()
-        now = time.time()
-        with conn:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("INSERT INTO boot_tokens (hash, mac, created) VALUES (?, ?, ?)",
-                         (token_hash(new_token()), MAC, now))
-            conn.execute("DELETE FROM boot_tokens WHERE mac = ? AND hash NOT IN "
-                         "(SELECT hash FROM boot_tokens WHERE mac = ? ORDER BY created DESC LIMIT ?)", (MAC, MAC, 8))
-            conn.execute("DELETE FROM boot_tokens WHERE created < ?", (now - 86400,))
         conn.execute("UPDATE nodes SET last_seen = ?, last_stage = 'ipxe', last_ok = 1, boots = boots + 1 "
                      "WHERE mac = ?", (utc_now(), MAC))
 
@@ -130,7 +126,7 @@ def sqlite3_ops(path: Path, paths: Paths) -> dict[str, Callable[[], object]]:
             conn.execute("UPDATE uploads SET state = 'baking', updated = ? WHERE id = ?", (utc_now(), row["id"]))
         conn.execute("SELECT * FROM uploads WHERE id = ?", (row["id"],)).fetchone()
 
-    return {"node_for_token": node_for_token, "boot script": boot, "record_event": record_event, "claim": claim}
+    return {"node_of secret": node_of_secret, "boot script": boot, "record_event": record_event, "claim": claim}
 
 
 def main() -> int:

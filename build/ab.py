@@ -192,7 +192,7 @@ class SlotSource:
 
 def source_from_store(profiles: Profiles, profile: str, generation: int | None, public_key: bytes) -> SlotSource:
     envelope = profiles.signed_manifest(profile, generation)
-    manifest = verify_manifest(envelope, public_key)
+    manifest = verify_manifest(envelope, public_key, profile=profile)
     if manifest.kernel is None or manifest.initrd is None:
         raise LayerbootError(f"generation {manifest.generation} of {profile} has no kernel or initrd to boot "
                              "from disk", hint=f"layerboot profile set {profile} --kernel REF --initrd REF")
@@ -311,7 +311,7 @@ class AbDisk:
                 except OSError as err:
                     raise LayerbootError(f"writing {rel} into slot {slot} failed: {err.strerror}") from None
             (root / "manifest.json").write_bytes(source.envelope)
-            entry = bootloader.slot_entry(layout.slot_uuids[slot], source.manifest.cmdline)
+            entry = bootloader.slot_entry(layout.slot_uuids[slot], source.manifest.cmdline, source.manifest.profile)
             (root / "boot" / "grub-entry.cfg").write_text(entry)
             expected = expected_files(source.manifest)
             for rel, digest in hashes.items():

@@ -1,8 +1,8 @@
 """A slot's content fetched from layerbootd, for a node that updates its own disk (``ab update --server``).
 
-The node asks for its manifest (``GET /nodes/<mac>/manifest`` with its token), verifies the signature with the
-public key it trusts and refuses a serial lower than the newest one already on its disk (anti-replay across
-reboots). Each object the new slot needs is taken from a slot already on the disk when it is there with the
+The node asks for its manifest (``GET /nodes/<mac>/manifest`` with its node secret), verifies the signature
+with the public key it trusts, refuses a manifest of another profile than the one it expects (or one made for
+another node) and a serial lower than the newest one already on its disk (anti-replay across reboots). Each object the new slot needs is taken from a slot already on the disk when it is there with the
 right hash (an update that adds one layer downloads one layer), otherwise downloaded and hashed while it
 streams. Nothing unverified ever reaches the slot writer.
 """
@@ -35,14 +35,14 @@ class FetchStats:
     reused_bytes: int = 0
 
 
-def _get(server: str, path: str, token: str, sink=None) -> bytes:  # noqa: ANN001 - sink: binary file
+def _get(server: str, path: str, secret: str, sink=None) -> bytes:  # noqa: ANN001 - sink: binary file
     """GET ``path``; the body is returned, or streamed into ``sink`` (then b"" is returned)."""
     url = parse_http_url(server)
     if url.scheme != "http":
         raise LayerbootError(f"server URL {server!r} must look like http://HOST:PORT")
     conn = http.client.HTTPConnection(url.host, url.port, timeout=TIMEOUT)
     try:
-        conn.request("GET", url.path + "/" + path, headers={"Authorization": f"Bearer {token}"})
+        conn.request("GET", url.path.rstrip("/") + "/" + path, headers={"Authorization": f"Bearer {secret}"})
         response = conn.getresponse()
         if response.status != 200:
             reason = response.read(300).decode("utf-8", "replace").strip()
@@ -58,9 +58,12 @@ def _get(server: str, path: str, token: str, sink=None) -> bytes:  # noqa: ANN00
         conn.close()
 
 
-def source_from_server(disk: AbDisk, server: str, mac: str, token: str, public_key: bytes, workdir: Path,
-                       *, target: str) -> tuple[SlotSource, FetchStats]:
-    """Everything slot ``target`` needs, verified, in ``workdir``; objects found in the other slot are reused."""
+def source_from_server(disk: AbDisk, server: str, mac: str, secret: str, public_key: bytes, workdir: Path,
+                       *, target: str, profile: str | None = None) -> tuple[SlotSource, FetchStats]:
+    """Everything slot ``target`` needs, verified, in ``workdir``; objects found in the other slot are reused.
+
+    The manifest must be for ``profile``; without one, for the profile of the newest slot on the disk.
+    """
     try:
         state = disk.state()
         live = [s for s in SLOTS if s != target and state.slots[s].state in ("good", "trial")]
@@ -68,8 +71,14 @@ def source_from_server(disk: AbDisk, server: str, mac: str, token: str, public_k
         live = []
     records = [r for r in (disk.read_record(s) for s in live) if r]
     newest = max((r.serial for r in records), default=0)
-    envelope = _get(server, f"nodes/{urllib.parse.quote(mac)}/manifest", token)
-    manifest = verify_manifest(envelope, public_key, min_serial=newest)
+    expected = profile
+    if expected is None and records:
+        expected = max(records, key=lambda r: r.serial).profile
+    if expected is None:
+        raise LayerbootError("which profile should this disk boot? Nothing is installed yet",
+                             hint="give --profile NAME: a manifest of another profile is refused")
+    envelope = _get(server, f"nodes/{urllib.parse.quote(mac)}/manifest", secret)
+    manifest = verify_manifest(envelope, public_key, min_serial=newest, profile=expected, node=mac)
     if manifest.kernel is None or manifest.initrd is None:
         raise LayerbootError(f"the manifest of {mac} names no kernel or initrd to boot from disk")
     artifacts = {a.digest: a for a in (*manifest.layers, manifest.kernel, manifest.initrd)}
@@ -93,7 +102,7 @@ def source_from_server(disk: AbDisk, server: str, mac: str, token: str, public_k
             continue
         part = workdir / f"{digest}.part"
         with open(part, "wb") as sink:
-            _get(server, artifact.path, token, sink)
+            _get(server, artifact.path, secret, sink)
         if part.stat().st_size != artifact.size or sha256_file(part)[0] != digest:
             part.unlink()
             raise LayerbootError(f"object {digest[:12]} from {server} does not match the signed manifest")

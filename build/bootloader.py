@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layerboot.errors import LayerbootError
+from layerboot.overlays.cmdline import grub_words
 from layerboot.run import require_tool, run, tool_path
 
 log = logging.getLogger("layerboot.bootloader")
@@ -214,12 +215,14 @@ def grub_cfg(slot_uuids: Mapping[str, str], *, timeout: int = 2) -> str:
 SLOT_DEFAULTS = "panic=10 layerboot.emergency=reboot"
 
 
-def slot_entry(slot_uuid: str, cmdline: str) -> str:
-    """``boot/grub-entry.cfg`` inside a slot: its kernel, initrd and the ``layerboot.slot=`` option for stage1."""
-    args = f"layerboot.slot=UUID={slot_uuid} {SLOT_DEFAULTS} {cmdline}".strip()
-    if "\n" in args or '"' in args:
-        raise LayerbootError("the kernel command line may not contain newlines or double quotes")
-    return f"linux /boot/vmlinuz {args}\ninitrd /boot/initrd.img\n"
+def slot_entry(slot_uuid: str, cmdline: str, profile: str) -> str:
+    """``boot/grub-entry.cfg`` inside a slot: its kernel, initrd, the ``layerboot.slot=`` option for stage1 and
+    ``layerboot.profile=`` (stage1 refuses a slot whose signed manifest is another profile's).
+
+    Every word is single-quoted for GRUB's script parser (overlays/cmdline.grub_words), so a profile's command
+    line cannot run GRUB commands or expand GRUB variables."""
+    args = f"layerboot.slot=UUID={slot_uuid} layerboot.profile={profile} {SLOT_DEFAULTS} {cmdline}".strip()
+    return f"linux /boot/vmlinuz {grub_words(args)}\ninitrd /boot/initrd.img\n"
 
 
 def early_cfg(esp_fs_uuid: str) -> str:

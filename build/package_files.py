@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 # Every package of the distribution (pyproject.toml [tool.setuptools] packages; a test keeps them equal).
-PACKAGES = ("layerboot", "layerboot.overlays", "layerboot.server", "layerboot.server.db",
+PACKAGES = ("layerboot", "layerboot.overlays", "layerboot.server", "layerboot.server.auth", "layerboot.server.db",
             "layerboot.server.db.migrations", "layerboot.server.guard", "layerboot.tools", "layerboot.build",
             "layerboot.initrd", "layerboot.initrd.stage1")
 

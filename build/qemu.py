@@ -42,6 +42,8 @@ class NodeConfig:
     tftp_dir: Path | None = None
     bootfile: str = ""
     mac: str = DEFAULT_MAC
+    uuid: str = ""                # SMBIOS system UUID (the guest's /sys/class/dmi/id/product_uuid); "" = QEMU's
+    serial: str = ""              # SMBIOS system serial (product_serial); with uuid, the node's asset key
     memory_mb: int = 1024
     cpus: int = 1
     no_reboot: bool = True
@@ -53,6 +55,10 @@ class NodeConfig:
                 "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", str(self.memory_mb), "-smp", str(self.cpus),
                 "-nodefaults", "-display", "none", "-monitor", "none", "-serial", "stdio",
                 "-device", "virtio-rng-pci"]
+        if self.uuid:
+            argv += ["-uuid", self.uuid]
+        if self.serial:
+            argv += ["-smbios", f"type=1,serial={self.serial.replace(',', ',,')}"]
         netdev = "user,id=n0"
         if self.tftp_dir is not None:
             netdev += f",tftp={self.tftp_dir},bootfile={self.bootfile}"

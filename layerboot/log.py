@@ -7,8 +7,28 @@ import sys
 from collections.abc import Callable
 
 from layerboot.errors import LayerbootError
+from layerboot.safetext import printable
 
 log = logging.getLogger("layerboot")
+
+
+class SafeFormatter(logging.Formatter):
+    """A formatter whose every record is one line with no terminal escapes (see layerboot.safetext).
+
+    Log messages carry text from nodes and HTTP clients (boot-event messages, paths, user agents, file names):
+    escaping them here, once, keeps a node from forging log lines or driving the admin's terminal. A traceback
+    keeps its lines, each escaped the same way and indented, so that a newline inside an exception's message
+    cannot start a line that passes for a record.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's API
+        return printable(super().formatMessage(record))
+
+    def formatException(self, ei) -> str:  # noqa: ANN001, N802
+        return "\n".join("  " + printable(line) for line in super().formatException(ei).splitlines())
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802
+        return "\n".join("  " + printable(line) for line in super().formatStack(stack_info).splitlines())
 
 
 def setup_logging(*, verbose: int = 0, debug: bool = False) -> None:
@@ -19,7 +39,7 @@ def setup_logging(*, verbose: int = 0, debug: bool = False) -> None:
     if verbose >= 2 or debug:
         level = logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(SafeFormatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("layerboot")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -34,9 +54,9 @@ def run_main(body: Callable[[], int | None], *, debug: bool, prog: str) -> int:
     try:
         return body() or 0
     except LayerbootError as err:
-        print(f"{prog}: error: {err.message}", file=sys.stderr)
+        print(f"{prog}: error: {printable(err.message)}", file=sys.stderr)
         if err.hint:
-            print(f"{prog}: hint: {err.hint}", file=sys.stderr)
+            print(f"{prog}: hint: {printable(err.hint)}", file=sys.stderr)
         if debug:
             raise
         return err.exit_code
@@ -48,6 +68,6 @@ def run_main(body: Callable[[], int | None], *, debug: bool, prog: str) -> int:
     except Exception as err:  # a bug: still one line unless --debug
         if debug:
             raise
-        print(f"{prog}: internal error: {type(err).__name__}: {err} (rerun with --debug for a traceback)",
+        print(f"{prog}: internal error: {type(err).__name__}: {printable(err)} (rerun with --debug for a traceback)",
               file=sys.stderr)
         return 70

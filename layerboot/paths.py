@@ -20,7 +20,8 @@ class Paths:
       manifests/<name>/<N>.json signed manifests, one per generation
       keys/                   the Ed25519 signing key pair
       incoming/               uploads waiting to be baked
-      state/                  counters and locks (manifest serial), the daemon's database
+      state/                  counters and locks (manifest serial), the daemon's database, admin token and
+                              boot-token key
       tmp/                    scratch space on the same filesystem, for atomic renames
     """
 
@@ -69,6 +70,15 @@ class Paths:
     @property
     def database(self) -> Path:
         return self.state / "layerbootd.sqlite"
+
+    @property
+    def admin_token(self) -> Path:
+        return self.state / "admin.token"
+
+    @property
+    def boot_token_key(self) -> Path:
+        """layerbootd's HMAC key for boot tokens (mode 0600; replacing it invalidates every boot token)."""
+        return self.state / "boot-token.key"
 
     @property
     def tmp(self) -> Path:

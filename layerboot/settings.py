@@ -135,9 +135,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.debug", _bool, False, "log every request"),
     Setting("server.public_url", _str, "",
             "base URL nodes are told to use (e.g. http://10.0.0.1:8080); empty: the Host the request came in on"),
-    Setting("server.boot_token_ttl", _int, 30 * 86400,
-            "seconds a boot token (minted by /boot/MAC.ipxe, on the node's kernel command line) stays valid "
-            "after its last use"),
+    Setting("server.boot_token_ttl", _int, 86400,
+            "seconds a boot token (read-only; minted by /boot/MAC.ipxe for the node's kernel command line) "
+            "stays valid after it was issued"),
+    Setting("server.boot_scripts_per_minute", _int, 60,
+            "boot scripts (each mints a boot token) one client address may fetch per minute (0: no limit)"),
+    Setting("server.node_secret_claim", _choice("asset-key", "mac"), "asset-key",
+            "which nodes may claim a node secret at boot: 'asset-key' (only with proof of the asset key set "
+            "with 'nodes register/set --asset-key') or 'mac' (also nodes without one: trusts the boot network)"),
+    Setting("server.node_secret_claims_per_hour", _int, 12,
+            "node secrets one node may claim per hour (0: no limit)"),
     Setting("server.database", _str, "",
             "where layerbootd keeps nodes and uploads: empty for the store's SQLite file "
             "(state/layerbootd.sqlite), or postgresql://USER@HOST/DBNAME (password in ~/.pgpass)"),

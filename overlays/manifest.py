@@ -5,6 +5,11 @@ On disk and on the wire a manifest is a JSON envelope::
     {"format": "layerboot-signed/1", "key_id": "...", "signature": "<base64>", "payload": "<manifest JSON>"}
 
 The signature covers the exact UTF-8 bytes of ``payload``, so no canonical re-serialisation is needed to verify.
+
+The signed payload says what it is for: ``profile`` always, ``node`` (a MAC) for a manifest made for one node
+only (null: every node of the profile). Whoever verifies one also checks it is the one asked for
+(:func:`check_binding`): a man in the middle cannot hand a node another profile's or another node's manifest,
+however new and validly signed.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 from layerboot import strictjson
 from layerboot.errors import LayerbootError
 from layerboot.overlays.keys import key_id, public_raw, verify_signature
-from layerboot.overlays.names import check_digest, check_profile_name
+from layerboot.overlays.names import check_digest, check_node_name, check_profile_name
 
 MANIFEST_FORMAT = "layerboot-manifest/1"
 ENVELOPE_FORMAT = "layerboot-signed/1"
@@ -62,10 +67,13 @@ class Manifest:
     cmdline: str = ""
     kernel: Artifact | None = None
     initrd: Artifact | None = None
+    node: str | None = None               # the one node (MAC) this manifest is for; None: any node of the profile
     format: str = field(default=MANIFEST_FORMAT)
 
     def __post_init__(self) -> None:
         check_profile_name(self.profile)
+        if self.node is not None:
+            check_node_name(self.node)
         if not self.layers:
             raise ManifestError("a manifest needs at least a base layer")
         for number in (self.generation, self.serial):
@@ -90,7 +98,7 @@ class Manifest:
                 profile=data["profile"], generation=data["generation"], serial=data["serial"],
                 created=data["created"], cmdline=data.get("cmdline", ""),
                 layers=tuple(Artifact(**item) for item in data["layers"]),
-                kernel=artifact(data.get("kernel")), initrd=artifact(data.get("initrd")),
+                kernel=artifact(data.get("kernel")), initrd=artifact(data.get("initrd")), node=data.get("node"),
             )
         except (KeyError, TypeError) as err:
             raise ManifestError(f"malformed manifest: {err}") from None
@@ -116,10 +124,24 @@ def sign_manifest(manifest: Manifest, private_key: Any) -> bytes:
     return (json.dumps(envelope, indent=1, sort_keys=True) + "\n").encode("utf-8")
 
 
-def verify_manifest(data: bytes, public_key: bytes, *, min_serial: int = 0) -> Manifest:
+def check_binding(manifest: Manifest, *, profile: str | None = None, node: str | None = None) -> Manifest:
+    """``manifest`` if it is for ``profile`` (when given) and for ``node`` (when given and the manifest names
+    one); ManifestError otherwise."""
+    if profile is not None and manifest.profile != profile:
+        raise ManifestError(f"the signed manifest is for profile {manifest.profile}, not {profile}: refusing "
+                            "another profile's manifest")
+    if node is not None and manifest.node is not None and manifest.node != node.lower():
+        raise ManifestError(f"the signed manifest is for node {manifest.node}, not {node.lower()}: refusing "
+                            "another node's manifest")
+    return manifest
+
+
+def verify_manifest(data: bytes, public_key: bytes, *, min_serial: int = 0, profile: str | None = None,
+                    node: str | None = None) -> Manifest:
     """Check the envelope's signature with ``public_key`` and return the manifest it carries.
 
-    Refuses a serial lower than ``min_serial`` (anti-replay: a node never goes back to an older manifest).
+    Refuses a serial lower than ``min_serial`` (anti-replay: a node never goes back to an older manifest), and
+    a manifest for another ``profile`` or ``node`` than the ones given (:func:`check_binding`).
     """
     try:
         envelope = strictjson.loads(data, what="signed manifest")
@@ -140,6 +162,7 @@ def verify_manifest(data: bytes, public_key: bytes, *, min_serial: int = 0) -> M
     if not verify_signature(public_key, signature, payload.encode("utf-8")):
         raise ManifestError("manifest signature does not verify: it was altered or signed by another key")
     manifest = Manifest.from_json(payload)
+    check_binding(manifest, profile=profile, node=node)
     if manifest.serial < min_serial:
         raise ManifestError(f"manifest serial {manifest.serial} is lower than the last accepted {min_serial} "
                             "(replay of an older manifest?)")

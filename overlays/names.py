@@ -8,6 +8,7 @@ from layerboot.errors import LayerbootError
 
 DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 PROFILE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+NODE_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
 def check_digest(digest: str) -> str:
@@ -23,3 +24,10 @@ def check_profile_name(name: str) -> str:
             hint="use 1-63 characters: lowercase letters, digits, '.', '_' and '-', starting with a letter or digit",
         )
     return name
+
+
+def check_node_name(mac: str) -> str:
+    """A node as a manifest names it: its MAC, lowercase hex pairs joined by colons (as iPXE prints it)."""
+    if not isinstance(mac, str) or not NODE_RE.match(mac):
+        raise LayerbootError(f"{mac!r} is not a node MAC in canonical form (like 52:54:00:12:34:56)")
+    return mac

@@ -17,6 +17,7 @@ from layerboot import strictjson
 from layerboot.atomic import create_exclusive, write_bytes
 from layerboot.errors import LayerbootError, NotFoundError
 from layerboot.overlays.keys import load_private_key
+from layerboot.overlays.cmdline import check_cmdline
 from layerboot.overlays.layer import Layer, utc_now
 from layerboot.overlays.manifest import Artifact, Manifest, sign_manifest
 from layerboot.overlays.names import check_digest, check_profile_name
@@ -130,6 +131,7 @@ class Profiles:
     def create(self, name: str, base_ref: str, *, cmdline: str = "", kernel: str | None = None,
                initrd: str | None = None) -> Generation:
         check_profile_name(name)
+        check_cmdline(cmdline, what=f"the command line of profile {name}")
         if self.numbers(name):
             raise LayerbootError(f"profile {name!r} already exists")
         base = self.store.get(base_ref)
@@ -191,7 +193,8 @@ class Profiles:
         gen = self.current(name)
         new_kernel = self._boot_ref(kernel, "kernel") if kernel else gen.kernel
         new_initrd = self._boot_ref(initrd, "initrd") if initrd else gen.initrd
-        new_cmdline = gen.cmdline if cmdline is None else cmdline
+        new_cmdline = gen.cmdline if cmdline is None else check_cmdline(cmdline, what=f"the command line of profile "
+                                                                                      f"{name}")
         if (new_kernel, new_initrd, new_cmdline) == (gen.kernel, gen.initrd, gen.cmdline):
             raise LayerbootError("nothing to change: kernel, initrd and cmdline are already as given")
         parts = [label for label, old, new in (("kernel", gen.kernel, new_kernel), ("initrd", gen.initrd, new_initrd),

@@ -2,6 +2,7 @@
 
 ``upload()`` streams a tar.zst with ``PUT /nodes/<mac>/uploads/<name>`` and returns as soon as the server
 answers 202 with the upload id; the bake happens later on the server. ``upload_status()`` polls one upload.
+Both send the node secret (the write credential; a boot token is refused with 403).
 """
 
 from __future__ import annotations
@@ -42,13 +43,13 @@ def _reply(response: http.client.HTTPResponse, what: str) -> dict[str, Any]:
     return data
 
 
-def _request(server: str, method: str, path: str, token: str, *, body: Any = None,
+def _request(server: str, method: str, path: str, secret: str, *, body: Any = None,
              headers: dict[str, str] | None = None, what: str) -> dict[str, Any]:
     conn, prefix = _connection(server)
     try:
         try:
             conn.request(method, prefix + path, body=body, headers={
-                "Authorization": f"Bearer {token}", "Accept": "application/json", **(headers or {})})
+                "Authorization": f"Bearer {secret}", "Accept": "application/json", **(headers or {})})
         except (BrokenPipeError, ConnectionResetError):
             pass   # the server refused early (quota, token) and closed: its answer may already be here
         return _reply(conn.getresponse(), what)
@@ -58,8 +59,9 @@ def _request(server: str, method: str, path: str, token: str, *, body: Any = Non
         conn.close()
 
 
-def upload(path: Path, *, server: str, mac: str, token: str, name: str | None = None) -> dict[str, Any]:
-    """Send a captured tar.zst; returns the server's answer ({"id", "state", "size", "status_url"})."""
+def upload(path: Path, *, server: str, mac: str, secret: str, name: str | None = None) -> dict[str, Any]:
+    """Send a captured tar.zst with the node secret; returns the server's answer ({"id", "state", "size",
+    "status_url"})."""
     name = name or path.name
     if not name.endswith(".tar.zst"):
         raise LayerbootError(f"{name}: uploads are tar.zst files ('layerboot capture' writes them)")
@@ -70,14 +72,14 @@ def upload(path: Path, *, server: str, mac: str, token: str, name: str | None = 
     with handle:
         size = os.fstat(handle.fileno()).st_size
         reply = _request(server, "PUT", f"/nodes/{urllib.parse.quote(mac)}/uploads/{urllib.parse.quote(name)}",
-                         token, body=handle, what=f"upload of {path.name}",
+                         secret, body=handle, what=f"upload of {path.name}",
                          headers={"Content-Length": str(size), "Content-Type": "application/zstd"})
     return _fields(reply, f"upload of {path.name}", id=str, state=str, size=int)
 
 
-def upload_status(upload_id: str, *, server: str, mac: str, token: str) -> dict[str, Any]:
+def upload_status(upload_id: str, *, server: str, mac: str, secret: str) -> dict[str, Any]:
     reply = _request(server, "GET", f"/nodes/{urllib.parse.quote(mac)}/uploads/{urllib.parse.quote(upload_id)}",
-                     token, what=f"status of upload {upload_id}")
+                     secret, what=f"status of upload {upload_id}")
     return _fields(reply, f"status of upload {upload_id}", state=str)
 
 

@@ -1,23 +1,24 @@
 """The HTTP side of layerbootd: per-MAC iPXE scripts, manifests, objects, boot reports, uploads, status.
 
-URL contract (stage1 and the PXE set-up code against it; docs/server.md has the long form):
+URL contract (stage1 and the PXE set-up code against it; docs/server.md and docs/security.md have the long
+form). "node" is that node's boot token (read-only) or its node secret; "secret" only the node secret:
 
     GET  /boot/{mac}.ipxe                 iPXE script (kernel + initrd URLs carrying a fresh boot token)
-    GET  /nodes/{mac}/manifest            signed manifest of the node's profile      (node token)
+    GET  /nodes/{mac}/manifest            signed manifest of the node's profile                  (node)
     GET  /objects/{digest}                a layer, kernel or initrd the node's profile names
-                                          (node token as Bearer or ?token=; admin token: any object)
-    GET  /profiles/{profile}/manifest     signed manifest                (admin, or a node of that profile)
-    POST /nodes/{mac}/events              boot report JSON                           (node token)
-    PUT  /nodes/{mac}/uploads/{name}.tar.zst   upload a captured layer; 202 + id  (node token)
-    GET  /nodes/{mac}/uploads/{id}        state of one upload                         (node or admin)
-    GET  /nodes/{mac}                     node status                                 (node or admin)
-    GET  /nodes                           every node with its last report             (admin)
+                                          (node, a boot token also as ?token=; admin: any object)
+    GET  /profiles/{profile}/manifest     signed manifest             (admin, or a node of that profile)
+    POST /nodes/{mac}/events              boot report JSON                                       (node)
+    POST /nodes/{mac}/secret              claim a node secret     (boot token + asset key proof: auth/claim.py)
+    PUT  /nodes/{mac}/uploads/{name}.tar.zst   upload a captured layer; 202 + id                (secret)
+    GET  /nodes/{mac}/uploads/{id}        state of one upload                          (secret or admin)
+    GET  /nodes/{mac}                     node status                                  (secret or admin)
+    GET  /nodes                           every node with its last report                       (admin)
     GET  /status                          daemon status (public, no secrets)
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 import time
@@ -32,12 +33,16 @@ from layerboot.overlays.names import DIGEST_RE
 from layerboot.overlays.profile import Profiles
 from layerboot.overlays.store import Store
 from layerboot.paths import Paths
+from layerboot.overlays.cmdline import CmdlineError
 from layerboot.server import negotiate
+from layerboot.server.auth.access import ADMIN, any_node_or_admin, bearer, for_node, identify
+from layerboot.server.db.errors import DatabaseError
 from layerboot.server.guard.body import read_body
 from layerboot.server.guard.connections import ConnectionGuard
 from layerboot.server.guard.limits import Limits, Slots, TooBusy
 from layerboot.server.guard.sender import Sender
-from layerboot.server.nodes import AuthError, Event, Node, Registry, normalize_mac, token_hash
+from layerboot.server.ipxe import BootScript
+from layerboot.server.nodes import AuthError, Event, Node, Registry, normalize_mac
 from layerboot.server.objects import ProfileIndex, send_object
 from layerboot.settings import Config
 
@@ -60,6 +65,9 @@ class ServerState:
     registry: Registry
     index: ProfileIndex
     admin_token_hash: str
+    tokens: Any = None           # auth.boottoken.BootTokens: mints and checks boot tokens (no database)
+    secrets: Any = None          # auth.nodesecret.NodeSecrets
+    boot_limiter: Any = None     # auth.ratelimit.RateLimiter: boot scripts per client address
     uploads: Any = None          # layerboot.server.uploads.Uploads, once started
     started: float = 0.0
     limits: Limits = field(default_factory=lambda: Limits.from_config(Config()))
@@ -69,30 +77,6 @@ class ServerState:
 
 
 STATE = web.AppKey("layerboot", ServerState)
-
-
-def bearer(request: web.Request, *, query: bool = False) -> str | None:
-    header = request.headers.get("Authorization", "")
-    if header:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return _token_text(value.strip())
-        raise AuthError("Authorization must be 'Bearer TOKEN'")
-    if query:
-        return _token_text(request.query.get("token") or "") or None
-    return None
-
-
-def _token_text(token: str) -> str:
-    """Tokens are printable ASCII; anything else (aiohttp passes undecodable bytes on as surrogates) is refused
-    before it is hashed."""
-    if not (token.isascii() and token.isprintable()):
-        raise AuthError("a token is printable ASCII")
-    return token
-
-
-def is_admin(state: ServerState, token: str | None) -> bool:
-    return bool(token) and hmac.compare_digest(token_hash(token or ""), state.admin_token_hash)
 
 
 def path_mac(request: web.Request) -> str:
@@ -110,44 +94,20 @@ def public_url(request: web.Request) -> str:
     return f"http://{host}"
 
 
-def node_or_admin(request: web.Request, mac: str) -> Node | None:
-    """The node itself (by its token) or the admin (returns None); AuthError otherwise."""
-    state = request.app[STATE]
-    token = bearer(request)
-    if is_admin(state, token):
-        return None
-    return state.registry.authenticate(mac, token)
-
-
-def any_node_or_admin(state: ServerState, token: str | None, missing: str) -> Node | None:
-    """The node holding ``token`` whatever its MAC, or None for the admin; AuthError otherwise."""
-    if is_admin(state, token):
-        return None
-    if not token:
-        raise AuthError(missing)
-    node = state.registry.node_for_token(token)
-    if node is None:
-        raise AuthError("unknown or expired token")
-    return node
-
-
 # -- iPXE --------------------------------------------------------------------------------------------------
-def boot_script(base: str, mac: str, token: str, kernel: str, initrd: str, cmdline: str) -> str:
-    args = " ".join(part for part in (cmdline.strip(), f"layerboot.server={base}", f"layerboot.node={mac}",
-                                      f"layerboot.token={token}") if part)
-    return ("#!ipxe\n"
-            f"echo layerboot: booting {mac}\n"
-            f"kernel {base}/objects/{kernel}?token={token} initrd=initrd {args}\n"
-            f"initrd --name initrd {base}/objects/{initrd}?token={token}\n"
-            "boot\n")
-
-
 async def handle_boot(request: web.Request) -> web.StreamResponse:
+    """The per-MAC iPXE script with a fresh boot token. Needs no disk write: the token is stateless, and the
+    bookkeeping (boot count, auto-registration) is best effort."""
     state = request.app[STATE]
     name = request.match_info["name"]
     if not name.endswith(".ipxe"):
         raise web.HTTPNotFound(text="boot scripts are /boot/MAC.ipxe")
     mac = normalize_mac(name.removesuffix(".ipxe"))
+    wait = state.boot_limiter.wait(request.remote or "-") if state.boot_limiter else 0.0
+    if wait:
+        log.warning("refused a boot script for %s to %s: over server.boot_scripts_per_minute", mac, request.remote)
+        return negotiate.error(request, 429, f"too many boot scripts for {request.remote}; try again in "
+                               f"{int(wait) + 1} s", headers={"Retry-After": str(int(wait) + 1)})
     node = state.registry.find(mac)
     if node is None:
         if state.config.server_unknown_mac != "default":
@@ -159,23 +119,26 @@ async def handle_boot(request: web.Request) -> web.StreamResponse:
             return negotiate.error(request, 503, "unknown MACs get the default profile, but none is set",
                                    hint="set server.default_profile")
         state.profiles.current(profile)   # fail before registering anything
-        node, _ = state.registry.register(mac, profile, auto=True)
-        log.info("auto-registered %s with the default profile %s", mac, profile)
+        node = state.registry.auto_register(mac, profile)
+        log.info("unknown MAC %s boots the default profile %s%s", mac, profile, "" if node else " (not recorded)")
+        if node is None:   # not recorded (a full disk?): it boots all the same
+            node = Node(mac=mac, profile=profile, auto=True, created="")
     gen = state.profiles.current(node.profile)
     if not gen.kernel or not gen.initrd:
         return negotiate.error(request, 409, f"profile {gen.profile} generation {gen.number} has no "
                                f"{'kernel' if not gen.kernel else 'initrd'}",
                                hint=f"layerboot profile set {gen.profile} --kernel REF --initrd REF")
-    if "$" in gen.cmdline or not gen.cmdline.isprintable():
-        return negotiate.error(request, 409, f"the command line of profile {gen.profile} has '$' or control "
-                               "characters, which iPXE would expand or cut", hint=f"layerboot profile set "
-                               f"{gen.profile} --cmdline ...")
-    base = public_url(request)
-    token = state.registry.issue_boot_token(mac)
-    state.registry.saw_boot(mac)
+    script = BootScript(base=public_url(request), mac=mac, profile=gen.profile, token=state.tokens.mint(mac),
+                        kernel=gen.kernel, initrd=gen.initrd, cmdline=gen.cmdline)
+    try:
+        text = script.render()
+    except CmdlineError as err:
+        log.warning("no boot script for %s: %s", mac, err.message)
+        return negotiate.error(request, 409, err.message, hint=err.hint)
+    if node.created:
+        state.registry.saw_boot(mac)
     log.info("boot script for %s: profile %s generation %d", mac, gen.profile, gen.number)
-    return web.Response(text=boot_script(base, mac, token, gen.kernel, gen.initrd, gen.cmdline),
-                        content_type="text/plain", headers=NO_STORE)
+    return web.Response(text=text, content_type="text/plain", headers=NO_STORE)
 
 
 # -- manifests and objects ---------------------------------------------------------------------------------
@@ -189,18 +152,19 @@ def manifest_response(state: ServerState, profile: str) -> web.Response:
 
 async def handle_node_manifest(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    node = state.registry.authenticate(path_mac(request), bearer(request))
+    mac = path_mac(request)
+    caller = for_node(state, request, mac, "the node's manifest", admin=True)
+    node = caller.node or state.registry.get(mac)
     return manifest_response(state, node.profile)
 
 
 async def handle_profile_manifest(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     profile = request.match_info["profile"]
-    node = any_node_or_admin(state, bearer(request), "this needs the admin token or the token of a node of "
-                             "this profile")
-    if node is not None:
-        if node.profile != profile:
-            raise AuthError(f"node {node.mac} boots profile {node.profile}, not {profile}", status=403)
+    caller = any_node_or_admin(state, request, "this needs the admin token or a credential of a node of "
+                               "this profile")
+    if caller.node is not None and caller.node.profile != profile:
+        raise AuthError(f"node {caller.node.mac} boots profile {caller.node.profile}, not {profile}", status=403)
     return manifest_response(state, profile)
 
 
@@ -209,8 +173,8 @@ async def handle_object(request: web.Request) -> web.StreamResponse:
     digest = request.match_info["digest"]
     if not DIGEST_RE.fullmatch(digest):
         raise LayerbootError(f"{digest[:80]!r} is not a sha256 digest (64 lowercase hex characters)")
-    node = any_node_or_admin(state, bearer(request, query=True),
-                             "objects need a token (Authorization: Bearer TOKEN or ?token=TOKEN)")
+    node = any_node_or_admin(state, request, "objects need a credential (Authorization: Bearer, or a boot "
+                             "token as ?token=)", query=True).node
     if node is not None:
         if not state.index.allows(node.profile, digest):
             raise AuthError(f"object {digest[:12]} is not named by any manifest of profile {node.profile}",
@@ -229,18 +193,26 @@ async def handle_object(request: web.Request) -> web.StreamResponse:
 # -- reports and status ------------------------------------------------------------------------------------
 async def handle_event(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    node = state.registry.authenticate(path_mac(request), bearer(request))
+    node = for_node(state, request, path_mac(request), "posting a boot event").node
+    assert node is not None
     raw = await read_body(request, MAX_EVENT_BYTES, state.limits.read_timeout)
     event = Event.from_json(strictjson.loads(raw, what="boot event"))
-    state.registry.record_event(node.mac, event)
     (log.info if event.ok else log.warning)("node %s: %s %s%s", node.mac, event.stage, "ok" if event.ok else "FAILED",
                                             f": {event.message}" if event.message else "")
+    if not node.created and state.registry.auto_register(node.mac, node.profile) is None:
+        raise web.HTTPServiceUnavailable(text=f"cannot record node {node.mac} now", headers={"Retry-After": "60"})
+    try:
+        state.registry.record_event(node.mac, event)
+    except DatabaseError as err:   # bookkeeping: the boot it reports goes on without it
+        log.warning("could not record the boot event of %s: %s", node.mac, err.message)
+        raise web.HTTPServiceUnavailable(text=f"cannot record the event now: {err.message}",
+                                         headers={"Retry-After": "60"}) from None
     return web.json_response({"recorded": True}, status=201)
 
 
 def node_status(state: ServerState, mac: str) -> dict[str, Any]:
     node = state.registry.get(mac)
-    data = node.to_dict()
+    data = node.public_dict()
     data["ssh_keys"] = len(state.registry.ssh_keys(mac))
     data["events"] = [e.__dict__ for e in state.registry.events(mac)]
     return data
@@ -249,16 +221,17 @@ def node_status(state: ServerState, mac: str) -> dict[str, Any]:
 async def handle_node(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     mac = path_mac(request)
-    node_or_admin(request, mac)
+    for_node(state, request, mac, "the node's status", boot=False, admin=True)
     return negotiate.respond(request, f"layerboot node {mac}", node_status(state, mac), headers=NO_STORE)
 
 
 async def handle_nodes(request: web.Request) -> web.StreamResponse:
     """Every node with its last report (admin token): what ``layerboot nodes`` shows, for tools and browsers."""
     state = request.app[STATE]
-    if not is_admin(state, bearer(request)):
-        raise AuthError("the node list needs the admin token (state/admin.token in the store)")
-    nodes = [node.to_dict() for node in state.registry.all()]
+    missing = "the node list needs the admin token (state/admin.token in the store)"
+    if identify(state, bearer(request), missing).kind != ADMIN:
+        raise AuthError(missing, status=403)
+    nodes = [node.public_dict() for node in state.registry.all()]
     return negotiate.respond(request, f"layerboot nodes ({len(nodes)})", {"nodes": nodes}, headers=NO_STORE)
 
 
@@ -306,8 +279,9 @@ async def errors_and_access_log(request: web.Request, handler: Any) -> web.Strea
         log.exception("internal error on %s %s", request.method, request.path)
         response = negotiate.error(request, 500, "internal server error (see the layerbootd log)")
     elapsed = (time.monotonic() - start) * 1000
-    access_log.info("%s %s %s %s %d %.1fms", request.remote, request.method, request.path, response.status,
-                    response.content_length or 0, elapsed)
+    # Path and user agent are the client's text: the log formatter (layerboot.log.SafeFormatter) escapes them.
+    access_log.info("%s %s %s %s %d %.1fms %r", request.remote, request.method, request.path, response.status,
+                    response.content_length or 0, elapsed, request.headers.get("User-Agent", "-")[:200])
     return response
 
 
@@ -323,6 +297,8 @@ def build_app(state: ServerState, *, client_max_size: int) -> web.Application:
     app.router.add_get("/nodes", handle_nodes)
     app.router.add_get("/status", handle_status)
     app.router.add_get("/", handle_status)
+    from layerboot.server.auth import claim
     from layerboot.server.receive import add_routes   # imports this module
     add_routes(app)
+    claim.add_routes(app)
     return app

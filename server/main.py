@@ -21,7 +21,7 @@ from typing import Any
 from layerboot import __version__
 from layerboot.atomic import write_text
 from layerboot.errors import LayerbootError
-from layerboot.log import run_main
+from layerboot.log import SafeFormatter, run_main
 from layerboot.overlays.profile import Profiles
 from layerboot.overlays.store import Store
 from layerboot.paths import Paths
@@ -33,8 +33,10 @@ log = logging.getLogger("layerboot.server")
 PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
-class JournalFormatter(logging.Formatter):
-    """``<priority>name: message`` for journald; ``time level name: message`` on a terminal."""
+class JournalFormatter(SafeFormatter):
+    """``<priority>name: message`` for journald; ``time level name: message`` on a terminal.
+
+    A SafeFormatter: text from nodes and clients cannot add lines or terminal escapes to the log."""
 
     def __init__(self, journal: bool) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s" if not journal else "%(name)s: %(message)s")
@@ -55,6 +57,8 @@ def setup_daemon_logging(*, debug: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     root.propagate = False
+    # aiohttp's and asyncssh's own records (bad requests, SSH clients) carry peer text too: same handler.
+    logging.getLogger().handlers[:] = [handler]
     logging.getLogger("layerboot.server.access").setLevel(logging.INFO if debug else logging.WARNING)
     for noisy in ("aiohttp.access", "asyncssh"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -62,7 +66,7 @@ def setup_daemon_logging(*, debug: bool) -> None:
 
 def admin_token(paths: Paths) -> str:
     """The admin bearer token in state/admin.token (mode 0600), created on first start."""
-    path = paths.state / "admin.token"
+    path = paths.admin_token
     try:
         token = path.read_text(encoding="utf-8").strip()
         if token:
@@ -111,13 +115,18 @@ async def serve(config: Any) -> None:
     from layerboot.server.guard.connections import ConnectionGuard, ProtocolLog, listen
     from layerboot.server.guard.limits import Limits, Slots
     from layerboot.server.guard.sender import Sender
+    from layerboot.server.auth.boottoken import open_boot_tokens
+    from layerboot.server.auth.nodesecret import NodeSecrets, secret_hash
+    from layerboot.server.auth.ratelimit import RateLimiter
     from layerboot.server.http import ServerState, build_app
-    from layerboot.server.nodes import Registry, token_hash
+    from layerboot.server.nodes import Registry
     from layerboot.server.objects import ProfileIndex
     from layerboot.server.queue import Uploads
 
     if config.server_public_url:
         parse_http_url(config.server_public_url, what="server.public_url")
+        from layerboot.overlays.cmdline import check_ipxe_word
+        check_ipxe_word(config.server_public_url.rstrip("/"), "server.public_url")   # it goes into iPXE scripts
     paths = Paths(Path(config.store_root))
     store = Store(paths, compression=config.store_compression, block_size=config.store_block_size)
     store.require_initialized()
@@ -128,14 +137,15 @@ async def serve(config: Any) -> None:
     profiles = Profiles(store)
     db = open_database(config, paths)
     log.info("database %s (schema version %d)", db.display_url, db.scalar("SELECT max(version) FROM schema_version"))
-    registry = Registry(db, boot_token_ttl=config.server_boot_token_ttl)
     limits, slots = Limits.from_config(config), Slots()
-    sender = Sender(send_timeout=limits.send_timeout)
-    state = ServerState(config=config, paths=paths, store=store, profiles=profiles, registry=registry,
-                        index=ProfileIndex(profiles), admin_token_hash=token_hash(admin_token(paths)),
+    per_minute = config.server_boot_scripts_per_minute
+    state = ServerState(config=config, paths=paths, store=store, profiles=profiles, registry=Registry(db),
+                        index=ProfileIndex(profiles), admin_token_hash=secret_hash(admin_token(paths)),
+                        tokens=open_boot_tokens(paths.boot_token_key, config.server_boot_token_ttl),
+                        secrets=NodeSecrets(db), boot_limiter=RateLimiter(per_minute, burst=per_minute),
                         started=time.monotonic(), limits=limits, slots=slots,
                         guard=ConnectionGuard(slots, limits.connections_per_client),
-                        sender=sender)
+                        sender=Sender(send_timeout=limits.send_timeout))
     state.uploads = Uploads(state)
     await state.uploads.start()
 
@@ -171,7 +181,7 @@ async def serve(config: Any) -> None:
             sftp.close()
         site.close()
         await runner.cleanup()
-        sender.stop()
+        state.sender.stop()
         await state.uploads.stop()
         db.close()
 

@@ -1,25 +1,19 @@
-"""The node registry: MAC -> profile, per-node secrets (hashed), SSH keys and boot reports.
+"""The node registry: MAC -> profile, asset key, SSH keys and boot reports (server/db.py holds the tables).
 
-Two kinds of bearer token authenticate a node, and the database keeps only their sha256:
+Credentials live next door in server/auth/: boot tokens are stateless (only ``tokens_not_before`` here revokes
+them), node secrets have their own table (auth/nodesecret.py). ``register`` makes a node's first secret.
 
-* the *registration token*, printed once by ``layerboot nodes register`` (for uploads from anywhere, e.g.
-  ``layerboot upload``);
-* *boot tokens*, minted by ``GET /boot/<mac>.ipxe`` and put on the kernel command line
-  (``layerboot.token=``), so a diskless node that remembers nothing still proves which node it is. They
-  expire ``server.boot_token_ttl`` seconds after their last use; the newest few per node stay valid.
-
-Anyone who can fetch ``/boot/<mac>.ipxe`` gets a boot token for that MAC: on a PXE network the MAC is the
-identity, exactly as with DHCP. The tokens stop one node reading another's manifest, layers or uploading
-as it; they do not make the boot network trusted.
+On a PXE network the MAC is what a node says it is, as with DHCP: whoever can fetch ``/boot/<mac>.ipxe`` gets
+that MAC's read-only boot token. Writing (uploads) needs the node secret, which is never handed out for a MAC
+alone unless the admin opts in (server.node_secret_claim = "mac"); see docs/security.md.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import math
 import re
-import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,13 +22,16 @@ from typing import TYPE_CHECKING, Any
 from layerboot.errors import LayerbootError, NotFoundError
 from layerboot.overlays.layer import utc_now
 from layerboot.overlays.names import check_profile_name
+from layerboot.safetext import printable
+from layerboot.server.db.errors import DatabaseError
+
+log = logging.getLogger("layerboot.server.nodes")
 
 if TYPE_CHECKING:
     from layerboot.server.db import Database
 
 MAC_RE = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
-BOOT_TOKENS_KEPT = 8
-TOKEN_REFRESH = 3600          # seconds between refreshes of a boot token's last-use time
+UUID_RE = re.compile(r"^[0-9a-f][0-9a-f-]{7,63}$")
 EVENTS_KEPT = 200
 STAGE_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")     # fullmatch: '$' would let a trailing newline in
 MAX_TIMINGS = 32
@@ -68,13 +65,24 @@ def mac_dirname(mac: str) -> str:
     return normalize_mac(mac).replace(":", "-")
 
 
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def new_token() -> str:
-    """A 192-bit secret in hex: safe in a URL, an iPXE script and a kernel command line without quoting."""
-    return secrets.token_hex(24)
+def normalize_asset_key(text: str) -> str:
+    """An asset key as stage1 reads it (initrd/stage1/claim.py): ``<product_uuid>:<product_serial>`` from the
+    node's /sys/class/dmi/id, lowercased; ``layerboot asset-key`` prints it on the node. The serial may be
+    empty (``UUID:``). Placeholder UUIDs that firmware ships on many boards (all 0 or all F) are refused."""
+    value = text.strip().lower()
+    uuid, sep, serial = value.partition(":")
+    hint = ("run 'layerboot asset-key' as root on the node: it prints PRODUCT_UUID:PRODUCT_SERIAL from "
+            "/sys/class/dmi/id (an empty serial is written UUID:)")
+    if not sep or not UUID_RE.match(uuid):
+        raise LayerbootError(f"{printable(text[:80])!r} is not an asset key", hint=hint)
+    if len(serial) > 128 or not all(" " <= c <= "~" for c in serial) or serial != serial.strip():
+        raise LayerbootError(f"the serial part of asset key {printable(value[:80])!r} is not printable ASCII",
+                             hint=hint)
+    digits = {c for c in uuid if c != "-"}
+    if digits <= {"0"} or digits <= {"f"}:
+        raise LayerbootError(f"{uuid} is a placeholder UUID that many machines share, not an asset key",
+                             hint="set the node's real SMBIOS system UUID in its firmware, or leave it out")
+    return value
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,8 @@ class Node:
     last_message: str | None = None
     failures: int = 0
     boots: int = 0
+    asset_key: str | None = None       # what a claim must prove (DMI "uuid:serial"); None: no claims
+    tokens_not_before: int = 0         # boot tokens issued at or before this Unix time are refused
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "Node":
@@ -98,10 +108,17 @@ class Node:
                    last_seen=row["last_seen"], last_stage=row["last_stage"],
                    last_ok=None if row["last_ok"] is None else bool(row["last_ok"]),
                    last_generation=row["last_generation"], last_serial=row["last_serial"],
-                   last_message=row["last_message"], failures=row["failures"], boots=row["boots"])
+                   last_message=row["last_message"], failures=row["failures"], boots=row["boots"],
+                   asset_key=row["asset_key"], tokens_not_before=row["tokens_not_before"])
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def public_dict(self) -> dict[str, Any]:
+        """For HTTP answers: whether an asset key is set, not the key itself."""
+        data = self.to_dict()
+        data["asset_key"] = self.asset_key is not None
+        return data
 
 
 @dataclass(frozen=True)
@@ -158,31 +175,49 @@ def _seconds(value: Any) -> bool:
 
 
 class Registry:
-    """Nodes, their secrets and their reports, in the daemon's database (layerboot.server.db)."""
+    """Nodes and their reports, in the daemon's database (layerboot.server.db)."""
 
-    def __init__(self, db: "Database", *, boot_token_ttl: int = 30 * 86400) -> None:
+    def __init__(self, db: "Database") -> None:
         self.db = db
-        self.boot_token_ttl = boot_token_ttl
 
     # -- registration ------------------------------------------------------------------------------------
     def register(self, mac: str, profile: str, *, ssh_keys: tuple[str, ...] = (), auto: bool = False,
-                 replace: bool = False) -> tuple[Node, str | None]:
-        """Register a node; returns it and its registration token (None for an auto-registered node)."""
+                 replace: bool = False, asset_key: str | None = None) -> tuple[Node, str | None]:
+        """Register a node; returns it and its first node secret (None for an auto-registered node).
+
+        Re-registering (``replace``) forgets the old record, its secrets, keys and reports, and revokes every
+        boot token issued so far for the MAC (taking over an auto-registered record revokes nothing).
+        """
+        from layerboot.server.auth.nodesecret import NodeSecrets
+
         mac = normalize_mac(mac)
         check_profile_name(profile)
-        token = None if auto else new_token()
+        key = normalize_asset_key(asset_key) if asset_key else None
         existing = self.find(mac)
         if existing and not (replace or existing.auto):
             raise LayerbootError(f"node {mac} is already registered (profile {existing.profile})",
-                                 hint="use 'layerboot nodes set-profile', or 'nodes register --replace' for a new token")
+                                 hint="use 'layerboot nodes set', or 'nodes register --replace' to start over")
+        secret = None
         with self.db.transaction() as tx:
             tx.execute("DELETE FROM nodes WHERE mac = ?", (mac,))
             tx.execute(
-                "INSERT INTO nodes (mac, profile, token_hash, auto, created) VALUES (?, ?, ?, ?, ?)",
-                (mac, profile, token_hash(token) if token else None, int(auto), utc_now()))
-            for key in ssh_keys:
-                tx.execute("INSERT INTO ssh_keys (mac, key) VALUES (?, ?) ON CONFLICT DO NOTHING", (mac, key))
-        return self.get(mac), token
+                "INSERT INTO nodes (mac, profile, auto, created, asset_key, tokens_not_before) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (mac, profile, int(auto), utc_now(), key,
+                                               int(time.time()) if existing and not existing.auto else 0))
+            for ssh_key in ssh_keys:
+                tx.execute("INSERT INTO ssh_keys (mac, key) VALUES (?, ?) ON CONFLICT DO NOTHING", (mac, ssh_key))
+            if not auto:
+                secret = NodeSecrets(tx).add(mac, "register")
+        return self.get(mac), secret
+
+    def auto_register(self, mac: str, profile: str) -> Node | None:
+        """Record an unknown MAC booting the default profile; best effort (None when the write fails)."""
+        try:
+            node, _ = self.register(mac, profile, auto=True)
+        except DatabaseError as err:
+            log.warning("could not record auto-registered node %s: %s", normalize_mac(mac), err.message)
+            return None
+        return node
 
     def find(self, mac: str) -> Node | None:
         row = self.db.one("SELECT * FROM nodes WHERE mac = ?", (normalize_mac(mac),))
@@ -207,6 +242,20 @@ class Registry:
                                                                                 node.mac))
         return self.get(mac)
 
+    def set_asset_key(self, mac: str, asset_key: str | None) -> Node:
+        """Set (or with None, clear) the asset key a node's secret claims must prove."""
+        node = self.get(mac)
+        key = normalize_asset_key(asset_key) if asset_key is not None else None
+        self.db.execute("UPDATE nodes SET asset_key = ?, auto = 0 WHERE mac = ?", (key, node.mac))
+        return self.get(mac)
+
+    def revoke_tokens(self, mac: str, *, now: float | None = None) -> Node:
+        """Refuse every boot token of ``mac`` issued until now (the node gets a new one at its next PXE boot)."""
+        node = self.get(mac)
+        self.db.execute("UPDATE nodes SET tokens_not_before = ? WHERE mac = ?",
+                          (int(time.time() if now is None else now), node.mac))
+        return self.get(mac)
+
     # -- ssh keys ----------------------------------------------------------------------------------------
     def add_ssh_key(self, mac: str, key: str) -> None:
         node = self.get(mac)
@@ -215,48 +264,6 @@ class Registry:
     def ssh_keys(self, mac: str) -> list[str]:
         return [r["key"] for r in self.db.all("SELECT key FROM ssh_keys WHERE mac = ? ORDER BY key",
                                               (normalize_mac(mac),))]
-
-    # -- tokens ------------------------------------------------------------------------------------------
-    def issue_boot_token(self, mac: str) -> str:
-        """Mint a boot token for the iPXE script; keeps only the newest few per node."""
-        node = self.get(mac)
-        token = new_token()
-        now = time.time()
-        with self.db.transaction() as tx:
-            tx.execute("INSERT INTO boot_tokens (hash, mac, created) VALUES (?, ?, ?)",
-                       (token_hash(token), node.mac, now))
-            tx.execute(
-                "DELETE FROM boot_tokens WHERE mac = ? AND hash NOT IN "
-                "(SELECT hash FROM boot_tokens WHERE mac = ? ORDER BY created DESC LIMIT ?)",
-                (node.mac, node.mac, BOOT_TOKENS_KEPT))
-            tx.execute("DELETE FROM boot_tokens WHERE created < ?", (now - self.boot_token_ttl,))
-        return token
-
-    def node_for_token(self, token: str) -> Node | None:
-        """The node a token belongs to (registration or unexpired boot token), or None."""
-        digest = token_hash(token)
-        row = self.db.one("SELECT * FROM nodes WHERE token_hash = ?", (digest,))
-        if row is None:
-            now = time.time()
-            row = self.db.one(
-                "SELECT nodes.*, boot_tokens.created AS used FROM boot_tokens JOIN nodes USING (mac) "
-                "WHERE hash = ? AND boot_tokens.created >= ?", (digest, now - self.boot_token_ttl))
-            if row is not None and row["used"] < now - min(TOKEN_REFRESH, self.boot_token_ttl / 10):
-                # sliding expiry: a node that keeps using its boot token (uptime of months) keeps it
-                self.db.execute("UPDATE boot_tokens SET created = ? WHERE hash = ?", (now, digest))
-        return Node.from_row(row) if row else None
-
-    def authenticate(self, mac: str, token: str | None) -> Node:
-        """The node ``mac`` if ``token`` is one of its tokens; AuthError 401/403 otherwise."""
-        if not token:
-            raise AuthError("this needs the node's token (Authorization: Bearer TOKEN)",
-                            hint="the token is on the kernel command line as layerboot.token=")
-        node = self.node_for_token(token)
-        if node is None:
-            raise AuthError("unknown or expired token")
-        if node.mac != mac:
-            raise AuthError(f"this token belongs to another node, not {mac}", status=403)
-        return node
 
     # -- reports -----------------------------------------------------------------------------------------
     def record_event(self, mac: str, event: Event) -> None:
@@ -278,9 +285,13 @@ class Registry:
                 "(SELECT id FROM events WHERE mac = ? ORDER BY id DESC LIMIT ?)", (mac, mac, EVENTS_KEPT))
 
     def saw_boot(self, mac: str) -> None:
-        """Count an iPXE script fetch as the start of a boot."""
-        self.db.execute("UPDATE nodes SET last_seen = ?, last_stage = 'ipxe', last_ok = 1, boots = boots + 1 "
-                        "WHERE mac = ?", (utc_now(), mac))
+        """Count an iPXE script fetch as the start of a boot. Best effort: a failing write (full disk) is logged
+        and the boot goes on, because booting must never need a disk write."""
+        try:
+            self.db.execute("UPDATE nodes SET last_seen = ?, last_stage = 'ipxe', last_ok = 1, "
+                            "boots = boots + 1 WHERE mac = ?", (utc_now(), mac))
+        except DatabaseError as err:
+            log.warning("could not record the boot of %s: %s", mac, err.message)
 
     def events(self, mac: str, limit: int = 20) -> list[Event]:
         rows = self.db.all("SELECT * FROM events WHERE mac = ? ORDER BY id DESC LIMIT ?", (normalize_mac(mac), limit))

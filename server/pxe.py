@@ -74,7 +74,8 @@ def check_server_url(url: str) -> str:
                              hint="nodes fetch <server-url>/boot/<mac>.ipxe")
     if any(c in url for c in ' ,"\n'):
         raise LayerbootError(f"--server-url {url!r} contains a space, comma or quote")
-    return url.rstrip("/")
+    from layerboot.overlays.cmdline import check_ipxe_word
+    return check_ipxe_word(url.rstrip("/"), "--server-url")     # it goes into the chain script
 
 
 def interface_address(interface: str) -> ipaddress.IPv4Interface:

@@ -17,8 +17,9 @@ from typing import Any
 from aiohttp import web
 
 from layerboot.atomic import fsync_dir
+from layerboot.server.auth.access import for_node
 from layerboot.server.guard.body import read_some
-from layerboot.server.http import STATE, bearer, node_or_admin, path_mac
+from layerboot.server.http import STATE, path_mac
 from layerboot.server.queue import QueueFull
 from layerboot.server.uploads import UploadRecords, check_upload_name
 
@@ -38,7 +39,8 @@ def _finish(handle: object, part: Path, final: Path) -> None:
 async def handle_upload(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     mac = path_mac(request)
-    node = state.registry.authenticate(mac, bearer(request))
+    node = for_node(state, request, mac, "uploading", boot=False).node
+    assert node is not None
     name = check_upload_name(request.match_info["name"])
     limit = state.config.bake_max_bytes
     if request.content_length is not None and request.content_length > limit:
@@ -91,7 +93,7 @@ async def handle_upload_status(request: web.Request) -> web.StreamResponse:
     from layerboot.server import negotiate
     state = request.app[STATE]
     mac = path_mac(request)
-    node_or_admin(request, mac)
+    for_node(state, request, mac, "an upload's status", boot=False, admin=True)
     upload = state.uploads.records.get(request.match_info["id"])
     if upload.mac != mac:
         raise web.HTTPNotFound(text=f"node {mac} has no upload {upload.id}")

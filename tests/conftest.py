@@ -3,6 +3,7 @@ database on both backends (SQLite in the store; a real PostgreSQL started once p
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -27,6 +28,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "root" in item.keywords or "qemu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _reset_layerboot_logging() -> Iterator[None]:
+    """A test that runs the CLI in-process (main([...])) configures the 'layerboot' logger for a terminal
+    (its own handler, propagate off); put it back so later tests' caplog sees layerboot's records."""
+    yield
+    logger = logging.getLogger("layerboot")
+    logger.handlers.clear()
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True
 
 
 @pytest.fixture

@@ -100,7 +100,8 @@ def test_install_update_fallback_and_mark_good(profiles, make_layer, public, tmp
         assert (record.generation, disk.verify_slot("A", public).generation) == (2, 1)
         entry = run(["debugfs", "-R", "cat /boot/grub-entry.cfg", disk.slot_device("B")]).text
         # Failing slots reboot by default (so GRUB's tries run out); the profile's own options come last and win.
-        assert f"layerboot.slot=UUID={uuids['B']} panic=10 layerboot.emergency=reboot console=ttyS0" in entry
+        assert (f"'layerboot.slot=UUID={uuids['B']}' 'layerboot.profile=node' 'panic=10' 'layerboot.emergency=reboot' "
+                "'console=ttyS0'") in entry
 
         # the new system never confirms: three attempts, then GRUB itself falls back to A and marks B bad
         assert [_grub_boot_checked(disk) for _ in range(4)] == ["B", "B", "B", "A"]
@@ -254,8 +255,13 @@ def test_a_node_updates_its_own_disk_from_the_server_fetching_only_the_new_layer
             assert main(update) == 0
             out = capsys.readouterr().out
             with loop_disk(tmp_path, name="fresh.img") as fresh:      # a netbooted node installing itself
-                assert main(["--store", store, "install", "--disk", fresh, "--server", daemon.url, "--node", MAC,
-                             "--token-file", str(tmp_path / "token"), "--slot-size", "64M"]) == 0
+                install = ["--store", store, "install", "--disk", fresh, "--server", daemon.url, "--node", MAC,
+                           "--secret-file", str(tmp_path / "token"), "--slot-size", "64M"]
+                assert main(install) == 1     # an empty disk: which profile it should hold must be said
+                assert "give --profile NAME: a manifest of another profile is refused" in capsys.readouterr().err
+                assert main([*install, "--profile", "web"]) == 1
+                assert "the signed manifest is for profile node, not web" in capsys.readouterr().err
+                assert main([*install, "--profile", "node"]) == 0
                 installed = capsys.readouterr().out
                 assert "fetched 4 object(s)" in installed and "reused 0 from the disk" in installed
                 assert "installed node generation 2 in slot A" in installed

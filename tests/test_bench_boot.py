@@ -176,13 +176,15 @@ def test_qemu_boots_under_tcg_with_rdrand_and_the_given_command_line() -> None:
 
 
 def test_layerboot_variant_reads_the_token_and_builds_its_command_line() -> None:
-    printed = ("registered 52:54:00:be:00:01 (profile bench-v1)\n"
-               "upload token (shown once, only its hash is stored): ab12cd\n")   # tools/cmd_nodes.py's output
+    token = "lbb1.525400be0001.1000.2000." + "a" * 32
+    printed = token + "\n"                                   # tools/cmd_nodes.py's 'nodes boot-token' output
     found = bench_layerboot._TOKEN.search(printed)
-    assert found is not None and found.group(1) == "ab12cd"
-    line = bench_layerboot.cmdline("http://10.0.2.2:1234", "52:54:00:be:00:01", "ab12cd")
+    assert found is not None and found.group(1) == token
+    assert bench_layerboot._TOKEN.search("node secret (shown once, only its hash is stored): lbs1.ab\n") is None
+    line = bench_layerboot.cmdline("http://10.0.2.2:1234", "52:54:00:be:00:01", token, "bench-v1")
     assert "layerboot.server=http://10.0.2.2:1234" in line and "layerboot.node=52:54:00:be:00:01" in line
-    assert "layerboot.token=ab12cd" in line and "layerboot.emergency=poweroff" in line
+    assert f"layerboot.token={token}" in line and "layerboot.emergency=poweroff" in line
+    assert "layerboot.profile=bench-v1" in line
     assert bench_layerboot.FAIL_CACHED.search("layerboot: cache: no device matches X; booting without a cache")
     assert not bench_layerboot.FAIL.search("layerboot: cache: no device matches X; booting without a cache")
 

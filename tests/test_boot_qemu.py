@@ -34,6 +34,11 @@ CACHE = Path(os.environ.get("LAYERBOOT_TEST_CACHE", "/var/cache/layerboot/test")
 # no_timer_check: under a loaded host, TCG can fail the kernel's IO-APIC timer check and panic at boot.
 CMDLINE = "console=ttyS0 quiet no_timer_check layerboot.emergency=poweroff layerboot.debug"
 # Later options win: tests append their own layerboot.emergency= etc.
+# In the profile's command line only (so it goes through iPXE): words that look like iPXE syntax but are one
+# word each; iPXE must hand them to the kernel unchanged (issue 11 item 4).
+IPXE_WORDS = "lbipxe=a||b;c#d&&e$HOME{x} lbipxe2=;#"
+NODE_UUID = "3f0e8a52-7c1d-4b6e-a9d2-5e4f3c2b1a07"     # QEMU -uuid / -smbios: DMI product_uuid and serial,
+NODE_SERIAL = "LB-TEST-0001"                            # the node's asset key
 WHITEOUT = 0o020000 | 0o600
 # The node's /sbin/init: prove every layer and the whiteout, then capture + upload a change once.
 NODE_INIT = r"""#!/bin/sh
@@ -44,8 +49,10 @@ for f in /etc/base-file /etc/layer1 /etc/layer2 /usr/bin/python3; do
 done
 [ -e /etc/doomed ] && { echo "NODE: /etc/doomed survived its whiteout"; ok=no; }
 [ "$ok" = yes ] && echo "ROOTFS-PASS base=$(cat /etc/base-file) l1=$(cat /etc/layer1) l2=$(cat /etc/layer2) whiteout=ok"
+echo "NODE-CMDLINE $(cat /proc/cmdline)"
 if grep -q lbtest=check /proc/cmdline; then
   echo "NODE-STATUS $(cat /run/layerboot/status)"
+  echo "NODE-SECRET $(stat -c '%a %u' /run/layerboot/node.secret 2>&1)"
   echo NODE-PID $$ $(ls /run/layerboot/rw)
   poweroff -f
 fi
@@ -111,7 +118,7 @@ def node_store(tmp_path_factory: pytest.TempPathFactory, kernel) -> dict:  # noq
     kernel_digest = store.import_boot_file(kernel.image, kind="kernel").digest
     initrd_digest = store.import_boot_file(initrd.path, kind="initrd").digest
     profiles = Profiles(store)
-    profiles.create("node", base, cmdline=CMDLINE, kernel=kernel_digest, initrd=initrd_digest)
+    profiles.create("node", base, cmdline=f"{CMDLINE} {IPXE_WORDS}", kernel=kernel_digest, initrd=initrd_digest)
     for layer in (layer1, layer2, client):
         profiles.add("node", layer)
     return {"paths": paths, "profiles": profiles, "work": work, "initrd": initrd, "layers": (base, layer1, layer2),
@@ -123,8 +130,8 @@ def daemon(node_store: dict) -> Iterator[Daemon]:
     paths: Paths = node_store["paths"]
     config = write_config(node_store["work"] / "layerboot.toml", paths, upload_policy="auto")
     daemon = Daemon(paths, config, node_store["work"] / "layerbootd.log")
-    _, token = daemon.registry().register(MAC, "node", replace=True)
-    daemon.node_token = token  # type: ignore[attr-defined]
+    _, secret = daemon.registry().register(MAC, "node", replace=True, asset_key=f"{NODE_UUID}:{NODE_SERIAL}")
+    daemon.node_secret = secret  # type: ignore[attr-defined]
     daemon.start()
     try:
         yield daemon
@@ -140,6 +147,10 @@ def pxe_dir(tmp_path: Path, port: int) -> Path:
     return tftp
 
 
+def node_text(tmp_path: Path) -> str:
+    return (tmp_path / "serial.log").read_text()
+
+
 def assert_clean(node: QemuNode) -> None:
     text = node.text()
     assert not TRACEBACK.search(text), f"traceback on the serial console ({node.log_path})"
@@ -149,13 +160,20 @@ def test_pxe_boot_layers_capture_upload_bake_reboot(daemon: Daemon, node_store: 
                                                     tmp_path: Path) -> None:
     profiles: Profiles = node_store["profiles"]
     generation = profiles.current("node").number
-    config = NodeConfig(tftp_dir=pxe_dir(tmp_path, daemon.port), bootfile="boot.ipxe", mac=MAC, no_reboot=False)
+    config = NodeConfig(tftp_dir=pxe_dir(tmp_path, daemon.port), bootfile="boot.ipxe", mac=MAC, uuid=NODE_UUID,
+                        serial=NODE_SERIAL, no_reboot=False)
     with QemuNode(config, tmp_path / "serial.log") as node:
         first = node.wait_for(r"ROOTFS-PASS", timeout=180, fail=(r"layerboot: FAILED", r"NODE: ", r"Kernel panic",
                                                                    r"Traceback"))
         assert first.text == "ROOTFS-PASS base=b l1=1 l2=2 whiteout=ok"
         manifest_line = node.wait_for(r"layerboot: manifest:")
         assert f"generation {generation} " in manifest_line.text
+        # the write credential was claimed with the DMI UUID; the upload below uses it, not the boot token
+        node.wait_for(r"layerboot: node secret: claimed with the asset key, stored in /run/layerboot/node.secret")
+        # real iPXE passed the iPXE-looking words on as they are, then layerbootd's own options
+        cmdline = node.wait_for(r"^NODE-CMDLINE ").text.split(" ", 1)[1]
+        assert f"{CMDLINE} {IPXE_WORDS} layerboot.server=http://10.0.2.2:{daemon.port} layerboot.node={MAC} " \
+               "layerboot.profile=node layerboot.token=lbb1." in cmdline
         uploaded = node.wait_for(r"NODE-UPLOADED", timeout=300, start=node.lines.index(first))
         second = node.wait_for(r"ROOTFS-PASS", timeout=180, start=node.lines.index(uploaded),
                                fail=(r"layerboot: FAILED", r"Kernel panic", r"Traceback"))
@@ -167,17 +185,23 @@ def test_pxe_boot_layers_capture_upload_bake_reboot(daemon: Daemon, node_store: 
     assert f"generation {generation + 1} " in text.split("NODE-UPLOADED", 1)[1]
     current = profiles.current("node")
     assert current.number == generation + 1 and len(current.layers) == 5
+    # the baked capture holds the node's change, never the node secret (it lives on /run, outside the overlay)
+    from layerboot.run import run
+    described = run(["rdsquashfs", "--describe", str(node_store["paths"].object(current.layers[-1]))]).text
+    assert "etc/captured" in described and "node.secret" not in described
     # The boot reports reached the server.
-    events = daemon.get(f"/nodes/{MAC}", token=daemon.node_token, headers={"Accept": "application/json"}).json()
+    events = daemon.get(f"/nodes/{MAC}", token=daemon.node_secret, headers={"Accept": "application/json"}).json()
     assert any(e["ok"] and e["generation"] == generation + 1 for e in events["events"])
     print(f"first boot: rootfs marker at {first.seconds:.1f}s after QEMU start")
 
 
 def direct(node_store: dict, kernel, tmp_path: Path, server: str, token: str, extra: str = "",  # noqa: ANN001
-           disks: tuple[Path, ...] = ()) -> QemuNode:
-    append = f"{CMDLINE} layerboot.server={server} layerboot.node={MAC} layerboot.token={token} {extra}"
+           disks: tuple[Path, ...] = (), uuid: str = "", serial: str = "") -> QemuNode:
+    """A direct kernel boot with the options layerbootd's iPXE script would give (``token``: a boot token)."""
+    append = (f"{CMDLINE} layerboot.server={server} layerboot.node={MAC} layerboot.profile=node "
+              f"layerboot.token={token} {extra}")
     config = NodeConfig(kernel=kernel.image, initrd=node_store["initrd"].path, append=append, mac=MAC,
-                        disks=list(disks))
+                        disks=list(disks), uuid=uuid, serial=serial)
     return QemuNode(config, tmp_path / "serial.log")
 
 
@@ -201,8 +225,11 @@ def test_tampered_layer_is_refused(daemon: Daemon, node_store: dict, kernel, tmp
     obj.chmod(0o644)
     try:
         obj.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
-        expect_failure(direct(node_store, kernel, tmp_path, f"http://10.0.2.2:{daemon.port}", daemon.node_token),
+        expect_failure(direct(node_store, kernel, tmp_path, f"http://10.0.2.2:{daemon.port}", daemon.boot_token()),
                        rf"layers: layer {digest[:12]} failed verification: got {len(original)} bytes with sha256 ")
+        # QEMU's own UUID is not the node's asset key: no secret, one line, and the boot went on read-only
+        assert re.search(r"layerboot: node secret: not claimed \(403 the asset key proof of .* does not match "
+                         r".*\); booting read-only", node_text(tmp_path))
     finally:
         obj.write_bytes(original)
         obj.chmod(0o444)
@@ -219,7 +246,7 @@ def test_manifest_with_a_wrong_signature_is_refused(daemon: Daemon, node_store: 
     path.chmod(0o644)
     try:
         path.write_text(json.dumps(envelope))
-        expect_failure(direct(node_store, kernel, tmp_path, f"http://10.0.2.2:{daemon.port}", daemon.node_token),
+        expect_failure(direct(node_store, kernel, tmp_path, f"http://10.0.2.2:{daemon.port}", daemon.boot_token()),
                        r"manifest: manifest signature does not verify")
     finally:
         path.write_bytes(original)
@@ -236,8 +263,9 @@ def test_server_down_is_a_clear_error(node_store: dict, kernel, tmp_path: Path) 
 def test_static_ip_break_shell_and_status_file(daemon: Daemon, node_store: dict, kernel,  # noqa: ANN001
                                                tmp_path: Path) -> None:
     """ip= skips DHCP; layerboot.break=mount opens a shell with the verified layers; the node sees its status."""
-    node = direct(node_store, kernel, tmp_path, f"http://10.0.2.2:{daemon.port}", daemon.node_token,
-                  "ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off layerboot.break=mount lbtest=check")
+    node = direct(node_store, kernel, tmp_path, f"http://10.0.2.2:{daemon.port}", daemon.boot_token(),
+                  "ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off layerboot.break=mount lbtest=check", uuid=NODE_UUID,
+                  serial=NODE_SERIAL)
     with node:
         configured = node.wait_for(r"layerboot: eth0 ", timeout=120, fail=(r"layerboot: FAILED", r"Kernel panic"))
         assert configured.text.endswith("10.0.2.15/255.255.255.0 via 10.0.2.2 (ip=)")
@@ -250,6 +278,8 @@ def test_static_ip_break_shell_and_status_file(daemon: Daemon, node_store: dict,
         status = json.loads(node.wait_for(r"^NODE-STATUS ", timeout=30).text.split(" ", 1)[1])
         assert status["ok"] is True and status["stage"] == "switch_root" and status["generation"] >= 1
         assert set(status["timings"]) == {"modules", "net", "manifest", "layers", "mount"}
+        # the claimed secret, as the booted system sees it: root's only, outside the overlay (never captured)
+        assert node.wait_for(r"^NODE-SECRET ", timeout=30).text == "NODE-SECRET 600 0"
         # PID 1 is the rootfs init; the rw dir is where docs/stage1.md says.
         assert node.wait_for(r"^NODE-PID ", timeout=30).text == "NODE-PID 1 upper work"
         node.wait_exit(60)
@@ -278,11 +308,17 @@ def test_emergency_shell_shows_the_status_then_reboots(node_store: dict, kernel,
 def test_missing_init_and_bad_options_stop_before_switching(daemon: Daemon, node_store: dict, kernel,  # noqa: ANN001
                                                             tmp_path: Path) -> None:
     server = f"http://10.0.2.2:{daemon.port}"
-    expect_failure(direct(node_store, kernel, tmp_path / "init", server, daemon.node_token, "init=/sbin/nope"),
+    expect_failure(direct(node_store, kernel, tmp_path / "init", server, daemon.boot_token(), "init=/sbin/nope"),
                    r"FAILED: mount: init=/sbin/nope is not an executable file in the new root")
     # An unknown option: the emergency action still comes from the raw command line.
-    expect_failure(direct(node_store, kernel, tmp_path / "opt", server, daemon.node_token, "layerboot.colour=red"),
+    expect_failure(direct(node_store, kernel, tmp_path / "opt", server, daemon.boot_token(), "layerboot.colour=red"),
                    r"FAILED: cmdline: kernel command line: unknown kernel option layerboot.colour$")
+    # Asked for another profile (as if a man in the middle swapped the manifest, issue 11 item 1): the server's
+    # valid, signed manifest of profile node is refused, in one line, before any layer is fetched.
+    expect_failure(direct(node_store, kernel, tmp_path / "bind", server, daemon.boot_token(),
+                          "layerboot.profile=other"),
+                   r"FAILED: manifest: the server's manifest is for profile node, but this boot is for profile "
+                   r"other \(layerboot.profile=\): refusing another profile's manifest$")
 
 
 def test_cache_disk_boots_offline_after_a_server_boot(daemon: Daemon, node_store: dict, kernel,  # noqa: ANN001
@@ -296,12 +332,12 @@ def test_cache_disk_boots_offline_after_a_server_boot(daemon: Daemon, node_store
         f.truncate(128 << 20)
     run(["mkfs.ext4", "-q", "-L", "layerboot-cache", disk])
     options = "layerboot.cache=LABEL=layerboot-cache lbtest=check"
-    with direct(node_store, kernel, tmp_path / "online", f"http://10.0.2.2:{daemon.port}", daemon.node_token,
+    with direct(node_store, kernel, tmp_path / "online", f"http://10.0.2.2:{daemon.port}", daemon.boot_token(),
                 options, disks=(disk,)) as node:
         node.wait_for(r"ROOTFS-PASS", timeout=120, fail=(r"layerboot: FAILED", r"Kernel panic", r"Traceback"))
         node.wait_exit(60)
     assert "without a cache" not in node.text()
-    with direct(node_store, kernel, tmp_path / "offline", f"http://10.0.2.2:{free_port()}", daemon.node_token,
+    with direct(node_store, kernel, tmp_path / "offline", f"http://10.0.2.2:{free_port()}", daemon.boot_token(),
                 options, disks=(disk,)) as node:
         node.wait_for(r"booting the cached manifest", timeout=120, fail=(r"layerboot: FAILED", r"Kernel panic"))
         node.wait_for(r"ROOTFS-PASS", timeout=60, fail=(r"layerboot: FAILED", r"Kernel panic", r"Traceback"))
@@ -317,12 +353,12 @@ def test_cache_disk_boots_offline_after_a_server_boot(daemon: Daemon, node_store
     try:
         path.write_bytes(profiles.signed_manifest("node", 1))
         expect_failure(direct(node_store, kernel, tmp_path / "replay", f"http://10.0.2.2:{daemon.port}",
-                              daemon.node_token, "layerboot.cache=LABEL=layerboot-cache", disks=(disk,)),
+                              daemon.boot_token(), "layerboot.cache=LABEL=layerboot-cache", disks=(disk,)),
                        rf"manifest: manifest serial 1 is lower than the last accepted {current.serial} ")
     finally:
         path.write_bytes(original)
     # No network at all (an interface that never appears): the cached chain boots after a bounded wait.
-    with direct(node_store, kernel, tmp_path / "nonet", f"http://10.0.2.2:{daemon.port}", daemon.node_token,
+    with direct(node_store, kernel, tmp_path / "nonet", f"http://10.0.2.2:{daemon.port}", daemon.boot_token(),
                 options + " layerboot.interface=eth9 layerboot.timeout=2", disks=(disk,)) as node:
         node.wait_for(r"no network; booting the cached manifest", timeout=120, fail=(r"layerboot: FAILED",))
         node.wait_for(r"ROOTFS-PASS", timeout=60, fail=(r"layerboot: FAILED", r"Kernel panic", r"Traceback"))

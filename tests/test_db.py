@@ -20,7 +20,8 @@ from layerboot.run import run
 from layerboot.server.db import (Database, DatabaseAuthError, DatabaseFull, DatabaseUnreachable, SchemaError,
                                  connect)
 from layerboot.server.db.migrate import load_migrations, postgres_ddl, status
-from layerboot.server.nodes import EVENTS_KEPT, Event, Registry, token_hash
+from layerboot.server.auth.nodesecret import NodeSecrets
+from layerboot.server.nodes import EVENTS_KEPT, Event, Registry
 from layerboot.server.uploads import UploadRecords
 from layerboot.tools.cli import main
 from pgserver import PASSWORD, PASSWORD_USER, PostgresServer
@@ -82,7 +83,7 @@ def test_empty_database_is_migrated_by_the_command_and_status_shows_it(
             "SELECT tablename AS t FROM pg_tables WHERE schemaname = 'public'")}
     finally:
         db.close()
-    assert {"nodes", "boot_tokens", "ssh_keys", "events", "uploads", "profile_policy", "schema_version"} <= tables
+    assert {"nodes", "node_secrets", "ssh_keys", "events", "uploads", "profile_policy", "schema_version"} <= tables
 
 
 @pytest.mark.parametrize("before_timings", [False, True], ids=["current", "before-timings"])
@@ -102,12 +103,14 @@ def test_store_made_before_migrations_is_adopted_without_loss(tmp_path: Path, be
     db = connect(paths.database)
     assert status(db).version == len(load_migrations())
     registry = Registry(db)
-    assert registry.authenticate(MAC, LEGACY_TOKEN).profile == "p1"
+    secrets = NodeSecrets(db)
+    assert secrets.node_of(LEGACY_TOKEN) == MAC and registry.get(MAC).profile == "p1"   # a node secret now
+    assert [r.origin for r in secrets.list(MAC)] == ["migrated"]
     assert [n.mac for n in registry.all()] == [MAC, OTHER_MAC] and registry.get(OTHER_MAC).auto
     node = registry.get(MAC)
     assert (node.boots, node.failures, node.last_stage, node.last_generation) == (1, 1, "layers", 2)
     assert len(registry.ssh_keys(MAC)) == 1
-    assert db.scalar("SELECT count(*) FROM boot_tokens") == 1
+    assert "boot_tokens" not in sqlite_schema(paths.database)          # boot tokens are never stored now
     events = registry.events(MAC)
     assert [e.stage for e in events] == ["switch-root", "layers"] and events[0].elapsed == 4.25
     assert events[0].timings == ({} if before_timings else {"fetch": 1.5})
@@ -120,9 +123,11 @@ def test_store_made_before_migrations_is_adopted_without_loss(tmp_path: Path, be
     # migration 1 adds only its bookkeeping; later migrations add their own tables and indexes
     later = {name for m in load_migrations()[1:] for name in re.findall(r"CREATE (?:TABLE|INDEX) (\w+)", m.sql)}
     assert set(schema_after) - set(schema_before) == {"schema_version"} | later
+    # what migration 3 (credentials) changes on purpose: the nodes' token column and the stored boot tokens
+    assert set(schema_before) - set(schema_after) == {"boot_tokens", "nodes_token"}
     for name, sql in schema_before.items():
-        if not (before_timings and name == "events"):
-            assert schema_after[name] == sql, name     # the tables are those of the old code, untouched
+        if name not in ("nodes", "boot_tokens", "nodes_token") and not (before_timings and name == "events"):
+            assert schema_after[name] == sql, name     # the other tables are those of the old code, untouched
 
 
 def test_database_newer_than_the_code_is_refused(profiles: Profiles, make_layer, tmp_path: Path, database_url: str,
@@ -174,9 +179,10 @@ def test_registry_and_upload_records_behave_the_same_on_both(store, database_url
     assert len(events) == EVENTS_KEPT and events[-1].generation == EVENTS_KEPT + 2
     assert events[-1].elapsed == 0.125 * (EVENTS_KEPT + 2)
     assert registry.get(MAC).failures == (EVENTS_KEPT + 3) // 2
-    boot = registry.issue_boot_token(MAC)
-    assert registry.node_for_token(boot).mac == MAC and registry.node_for_token(token).mac == OTHER_MAC
-    created = db.scalar("SELECT created FROM boot_tokens WHERE hash = ?", (token_hash(boot),))
+    secrets = NodeSecrets(db)
+    claimed = secrets.claim(MAC, per_hour=0)
+    assert secrets.node_of(claimed) == MAC and secrets.node_of(token) == OTHER_MAC
+    created = secrets.list(MAC)[-1].created
     assert created != int(created)                                     # a float time survives (DOUBLE PRECISION)
 
     records = UploadRecords(db, store.paths)
@@ -190,9 +196,9 @@ def test_registry_and_upload_records_behave_the_same_on_both(store, database_url
     records.set_policy("p1", "hold")
     assert records.policy("p1") == "hold" and records.policy("p9") == "hold"
 
-    registry.remove(MAC)                                               # its keys, tokens and events go with it
+    registry.remove(MAC)                                               # its keys, secrets and events go with it
     assert db.scalar("SELECT count(*) FROM events") == 0
-    assert registry.node_for_token(boot) is None
+    assert secrets.node_of(claimed) is None
     db.close()
 
 

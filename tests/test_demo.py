@@ -18,6 +18,8 @@ def test_demo_netboots_a_node_and_bakes_its_change(tmp_path: Path, capsys: pytes
     # First boot: every layer is there, layer 2 shadows layer 1, the whiteout hides the base's /etc/issue.
     assert ("DEMO: booted generation 4 with 4 layers; motd: hello from layer 2; /etc/issue: gone (whiteout)"
             in out)
+    # stage1 claimed the node's write secret with the asset key the demo registered (QEMU's UUID and serial).
+    assert "layerboot: node secret: claimed with the asset key" in out
     # The node's change was captured, uploaded, baked into generation 5 and seen after the reboot.
     assert "DEMO: booted generation 5 with 5 layers" in out
     assert "DEMO: the change made on the last boot is here: written on the node during generation 4" in out

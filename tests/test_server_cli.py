@@ -16,7 +16,8 @@ from layerboot.overlays.profile import Profiles
 from layerboot.run import run, tool_path
 from layerboot.server.db import connect
 from layerboot.server.main import JournalFormatter
-from layerboot.server.nodes import AuthError, Event, Registry, token_hash
+from layerboot.server.auth.nodesecret import NodeSecrets
+from layerboot.server.nodes import Event, Registry
 from layerboot.tools.cli import main
 from server_daemon import MAC, Daemon, boot_profile, write_config
 from test_server_uploads import layer_upload
@@ -41,8 +42,7 @@ def test_nodes_register_list_show_set_profile_remove(profiles: Profiles, make_la
     out = capsys.readouterr().out
     token = out.split("stored): ")[1].split()[0]
     registry = Registry(connect(database_url))
-    assert registry.authenticate(MAC, token).profile == "p1"
-    assert registry.db.scalar("SELECT count(*) FROM nodes WHERE token_hash = ?", (token_hash(token),)) == 1
+    assert NodeSecrets(registry.db).node_of(token) == MAC and registry.get(MAC).profile == "p1"
     if database_url.startswith("sqlite:"):
         assert token not in profiles.paths.database.read_bytes().decode("latin-1")   # only its hash is stored
     assert len(registry.ssh_keys(MAC)) == 1
@@ -73,8 +73,7 @@ def test_nodes_register_list_show_set_profile_remove(profiles: Profiles, make_la
     assert cli(root, "nodes", "set-profile", MAC, "p2") == 0
     assert registry.get(MAC).profile == "p2"
     assert cli(root, "nodes", "remove", MAC) == 0
-    with pytest.raises(AuthError):
-        registry.authenticate(MAC, token)
+    assert NodeSecrets(registry.db).node_of(token) is None
     assert cli(root, "nodes", "show", MAC) == 1
     assert "no node 52:54:00:12:34:56 is registered" in capsys.readouterr().err
 
@@ -90,12 +89,20 @@ def test_upload_command_waits_for_the_bake(profiles: Profiles, make_layer, tmp_p
     try:
         upload = tmp_path / "change.tar.zst"
         upload.write_bytes(layer_upload({"etc/cli": b"cli\n"}))
-        assert main(["upload", str(upload), "--server", daemon.url, "--node", MAC, "--token", token,
+        secret = tmp_path / "node.secret"
+        secret.write_text(token + "\n")
+        assert main(["upload", str(upload), "--server", daemon.url, "--node", MAC, "--secret-file", str(secret),
                      "--wait", "30"]) == 0
         out = capsys.readouterr().out
         assert "bytes received, received" in out and ": baked, layer " in out and "generation 3" in out
-        assert main(["upload", str(upload), "--server", daemon.url, "--node", MAC, "--token", "0" * 48]) == 1
-        assert "refused by the server: 401 unknown or expired token" in capsys.readouterr().err
+        secret.write_text("lbs1." + "0" * 48)
+        assert main(["upload", str(upload), "--server", daemon.url, "--node", MAC, "--secret-file", str(secret)]) == 1
+        assert "refused by the server: 401 unknown token or node secret" in capsys.readouterr().err
+        # the boot token of the kernel command line is read-only: 403, and the message says what is needed
+        secret.write_text(daemon.boot_token())
+        assert main(["upload", str(upload), "--server", daemon.url, "--node", MAC, "--secret-file", str(secret)]) == 1
+        err = capsys.readouterr().err
+        assert "403 boot tokens are read-only: uploading needs the node secret" in err and "hint: " in err
         assert cli(profiles.paths.root, "uploads", "list") == 0
         assert "change.tar.zst" in capsys.readouterr().out
     finally:
@@ -159,24 +166,6 @@ def test_journald_lines_carry_syslog_priorities() -> None:
     record = logging.LogRecord("layerboot.server", logging.WARNING, __file__, 1, "disk %s", ("full",), None)
     assert JournalFormatter(journal=True).format(record) == "<4>layerboot.server: disk full"
     assert JournalFormatter(journal=False).format(record).endswith(" WARNING layerboot.server: disk full")
-
-
-def test_boot_tokens_expire_unless_used_and_only_the_newest_stay(store, tmp_path: Path, database_url: str) -> None:
-    from layerboot.server import nodes
-    registry = Registry(connect(database_url), boot_token_ttl=1000)
-    registry.register(MAC, "p1")
-    first = registry.issue_boot_token(MAC)
-    hashed = nodes.token_hash(first)
-    now = time.time()
-    registry.db.execute("UPDATE boot_tokens SET created = ? WHERE hash = ?", (now - 900, hashed))
-    assert registry.node_for_token(first).mac == MAC          # still valid, and its use refreshes it
-    used = registry.db.scalar("SELECT created FROM boot_tokens WHERE hash = ?", (hashed,))
-    assert used > now - 5
-    registry.db.execute("UPDATE boot_tokens SET created = ? WHERE hash = ?", (now - 1001, hashed))
-    assert registry.node_for_token(first) is None              # unused for longer than the TTL
-    tokens = [registry.issue_boot_token(MAC) for _ in range(nodes.BOOT_TOKENS_KEPT + 1)]
-    assert registry.node_for_token(tokens[0]) is None
-    assert all(registry.node_for_token(t).mac == MAC for t in tokens[1:])
 
 
 @pytest.mark.skipif(not tool_path("systemd-analyze"), reason="systemd-analyze not installed")

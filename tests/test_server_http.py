@@ -55,7 +55,7 @@ def test_ipxe_script_names_kernel_initrd_cmdline_and_a_working_token(daemon: Dae
     base = daemon.url
     kernel = next(line for line in script.splitlines() if line.startswith("kernel "))
     assert kernel == (f"kernel {base}/objects/{setup['kernel']}?token={token} initrd=initrd console=ttyS0 quiet "
-                      f"layerboot.server={base} layerboot.node={MAC} layerboot.token={token}")
+                      f"layerboot.server={base} layerboot.node={MAC} layerboot.profile=p1 layerboot.token={token}")
     assert f"initrd --name initrd {base}/objects/{setup['initrd']}?token={token}" in script.splitlines()
     assert script.rstrip().endswith("boot")
     # the kernel URL works as iPXE would fetch it
@@ -101,10 +101,16 @@ def test_profile_without_kernel_gets_a_clear_ipxe_error(profiles: Profiles, make
         reply = daemon.get(f"/boot/{MAC}.ipxe", headers={"User-Agent": "iPXE/1.21.1"})
         assert "echo layerboot: profile bare generation 1 has no kernel" in reply.text
         assert "\nkernel " not in reply.text
-        profiles.set_boot("p1", cmdline="console=ttyS0 root=${root}")
+        # A command line stored before it was checked (set_boot refuses it now): no script, one clear line.
+        gen = profiles.current("p1")
+        profiles._commit("p1", gen.layers, "legacy", cmdline="console=ttyS0 root=${root}", kernel=gen.kernel,
+                         initrd=gen.initrd, expect_number=gen.number)
         daemon.registry().set_profile(MAC, "p1")
         reply = daemon.get(f"/boot/{MAC}.ipxe", headers={"User-Agent": "iPXE/1.21.1"})
-        assert "command line of profile p1 has" in reply.text and "\nkernel " not in reply.text
+        assert "command line of profile p1 is refused: word 'root=" in reply.text
+        assert "\nkernel " not in reply.text
+        plain = daemon.get(f"/boot/{MAC}.ipxe")
+        assert plain.status == 409 and "word 'root=${root}' contains '${'" in plain.text
 
 
 def test_manifest_is_the_signed_envelope_for_the_node_only(daemon: Daemon, profiles: Profiles) -> None:
@@ -114,7 +120,7 @@ def test_manifest_is_the_signed_envelope_for_the_node_only(daemon: Daemon, profi
     assert reply.body == profiles.signed_manifest("p1")
     manifest = verify_manifest(reply.body, load_public_key(daemon.paths.public_key))
     assert manifest.profile == "p1" and manifest.generation == 2
-    # the registration token works too
+    # the node secret from registration works too
     assert daemon.get(f"/nodes/{MAC}/manifest", token=daemon.node_token).body == reply.body  # type: ignore[attr-defined]
     # wrong, missing, another node's MAC
     assert daemon.get(f"/nodes/{MAC}/manifest", token="0" * 48).status == 401
@@ -207,7 +213,8 @@ def test_node_list_for_the_admin_only(daemon: Daemon) -> None:
     listing = daemon.get("/nodes", token=admin, headers={"Accept": "application/json"}).json()
     assert sorted(n["mac"] for n in listing["nodes"]) == sorted([MAC, OTHER_MAC])
     assert "<td>52:54:00:12:34:56</td>" in daemon.get("/nodes", token=admin, headers={"Accept": "text/html"}).text
-    assert daemon.get("/nodes", token=daemon.boot_token()).status == 401
+    assert daemon.get("/nodes", token=daemon.boot_token()).status == 403
+    assert daemon.get("/nodes", token=daemon.node_token).status == 403  # type: ignore[attr-defined]
     assert daemon.get("/nodes").status == 401
 
 
@@ -233,9 +240,9 @@ def test_negotiation_on_status_and_errors(daemon: Daemon) -> None:
     missing = daemon.get("/nowhere", headers={"Accept": "application/json"})
     assert missing.status == 404 and missing.json()["status"] == 404
     err_html = daemon.get(f"/nodes/{MAC}", headers={"Accept": "text/html"})
-    assert err_html.status == 401 and "<h1>layerboot: this needs the node" in err_html.text
+    assert err_html.status == 401 and "<h1>layerboot: the node&#x27;s status needs a credential" in err_html.text
     err_ipxe = daemon.get(f"/nodes/{MAC}", headers={"User-Agent": "iPXE/1.21.1"})
-    assert err_ipxe.status == 200 and err_ipxe.text.startswith("#!ipxe\necho layerboot: this needs the node")
+    assert err_ipxe.status == 200 and err_ipxe.text.startswith("#!ipxe\necho layerboot: the node's status needs")
 
 
 def test_boot_events_are_recorded_and_shown(daemon: Daemon) -> None:
@@ -248,7 +255,8 @@ def test_boot_events_are_recorded_and_shown(daemon: Daemon) -> None:
                "message": "sha256 mismatch on layer 1", "timings": {"network": 0.8, "manifest": 0.1},
                "profile": "p1", "stage1_started": 1.5}
     daemon.request("POST", f"/nodes/{MAC}/events", token=token, body=json.dumps(failure).encode())
-    status = daemon.get(f"/nodes/{MAC}", token=token, headers={"Accept": "application/json"}).json()
+    status = daemon.get(f"/nodes/{MAC}", token=daemon.node_token,  # type: ignore[attr-defined]
+                        headers={"Accept": "application/json"}).json()
     assert status["last_generation"] == 2 and status["failures"] == 1 and status["last_stage"] == "layers"
     assert [e["stage"] for e in status["events"]] == ["manifest", "layers"]
     assert status["events"][1]["timings"] == {"network": 0.8, "manifest": 0.1}

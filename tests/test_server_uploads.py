@@ -72,7 +72,7 @@ class Setup:
         assert self.daemon is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            status = upload_status(upload_id, server=self.daemon.url, mac=MAC, token=self.token)
+            status = upload_status(upload_id, server=self.daemon.url, mac=MAC, secret=self.token)
             if status["state"] in states:
                 return status
             time.sleep(0.05)
@@ -109,7 +109,7 @@ def test_upload_is_accepted_at_once_then_baked_and_appended(setup: Setup) -> Non
     data = layer_upload({"etc/hello": b"from the node\n"})
     path = setup.tmp / "change.tar.zst"
     path.write_bytes(data)
-    reply = upload(path, server=daemon.url, mac=MAC.replace(":", "-"), token=setup.token)
+    reply = upload(path, server=daemon.url, mac=MAC.replace(":", "-"), secret=setup.token)
     assert reply["state"] == "received" and reply["size"] == len(data)
     status = setup.wait_state(reply["id"], ("baked", "failed"))
     assert status["state"] == "baked", status
@@ -168,6 +168,11 @@ def test_upload_auth_names_and_quota(setup: Setup) -> None:
     assert setup.put("a.tar.zst", data, token="0" * 48).status == 401
     other = setup.put("a.tar.zst", data, token=setup.other_token)
     assert other.status == 403 and "another node" in other.json()["error"]
+    # the boot token (on the kernel command line, readable by every user of the node) cannot upload
+    read_only = setup.put("a.tar.zst", data, token=daemon.boot_token())
+    assert read_only.status == 403 and "boot tokens are read-only: uploading needs the node secret" in \
+        read_only.json()["error"] and "node.secret" in read_only.json()["hint"]
+    assert setup.records().list() == []
     for name in ("..%2F..%2Fkeys%2Fsigning.key.tar.zst", ".hidden.tar.zst", "a.tar", "a%00b.tar.zst",
                  "x" * 200 + ".tar.zst"):
         reply = setup.put(name, data)
@@ -197,7 +202,7 @@ def test_oversized_uploads_are_refused(profiles: Profiles, make_layer, tmp_path:
         huge = tmp_path / "huge.tar.zst"
         huge.write_bytes(os.urandom(8_000_000))
         with pytest.raises(LayerbootError, match="413 .*quota"):
-            upload(huge, server=s.daemon.url, mac=MAC, token=s.token)
+            upload(huge, server=s.daemon.url, mac=MAC, secret=s.token)
         assert not [p for p in (profiles.paths.incoming / ".queue").iterdir()]
         assert {u.state for u in s.records().list()} == {"failed"}
     finally:

@@ -13,10 +13,19 @@ def test_split_like_the_kernel() -> None:
 
 def test_typical_ipxe_cmdline() -> None:
     opts = parse_cmdline("console=ttyS0 quiet ip=dhcp layerboot.server=http://10.0.2.2:8080/ "
-                         "layerboot.node=52:54:00:AB:CD:EF layerboot.token=tok3n layerboot.emergency=poweroff "
-                         "layerboot.debug init=/bin/sh root=ignored")
-    assert opts == Options(server="http://10.0.2.2:8080", node="52:54:00:ab:cd:ef", token="tok3n",
+                         "layerboot.node=52:54:00:AB:CD:EF layerboot.profile=web layerboot.token=tok3n "
+                         "layerboot.emergency=poweroff layerboot.debug init=/bin/sh root=ignored")
+    assert opts == Options(server="http://10.0.2.2:8080", node="52:54:00:ab:cd:ef", profile="web", token="tok3n",
                            emergency="poweroff", debug=True, init="/bin/sh", ip="dhcp")
+
+
+def test_a_network_boot_names_the_profile_it_is_for() -> None:
+    """Without it stage1 could not refuse another profile's manifest (issue 11 item 1)."""
+    with pytest.raises(CmdlineError, match="layerboot.server= without layerboot.profile="):
+        parse_cmdline("layerboot.server=http://10.0.2.2:8080 layerboot.token=t")
+    # a disk slot boots by itself (the server only takes boot events): its GRUB entry names the profile anyway
+    assert parse_cmdline("layerboot.slot=UUID=x layerboot.server=http://a").profile == ""
+    assert parse_cmdline("layerboot.profile=a layerboot.server=http://b layerboot.profile=c").profile == "c"
 
 
 def test_defaults() -> None:
@@ -47,11 +56,12 @@ def test_bad_values_are_one_clear_error(cmdline: str, message: str) -> None:
 
 
 def test_options_are_frozen_records() -> None:
-    opts = parse_cmdline("layerboot.server=http://a")
+    opts = parse_cmdline("layerboot.server=http://a layerboot.profile=p")
     with pytest.raises(AttributeError, match="frozen"):
         opts.server = "http://b"  # type: ignore[misc]
-    assert opts == Options(server="http://a") and hash(opts) == hash(Options(server="http://a"))
-    assert opts != Options(server="http://b")
+    same = Options(server="http://a", profile="p")
+    assert opts == same and hash(opts) == hash(same)
+    assert opts != Options(server="http://b", profile="p")
     assert repr(opts).startswith("Options(server='http://a', node=''")
     with pytest.raises(TypeError, match="unexpected or repeated field 'colour'"):
         Options(colour="red")  # type: ignore[call-arg]

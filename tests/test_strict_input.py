@@ -348,8 +348,12 @@ def test_config_and_store_records_with_out_of_range_numbers_are_one_line_errors(
         assert status == 2 and lines[-1].startswith(f"layerboot capture: error: argument {option}: ") and \
             "is not a whole number from" in lines[-1], lines
     (tmp_path / "c.tar.zst").write_bytes(b"x")
+    secret = tmp_path / "node.secret"
+    secret.write_text("lbs1." + "ab" * 24 + "\n")
+    secret.chmod(0o600)
     for url in ("http://x:99999", "http://[::1", "ftp://x"):
-        status, lines = layerboot("upload", tmp_path / "c.tar.zst", "--server", url, "--node", MAC, "--token", "t")
+        status, lines = layerboot("upload", tmp_path / "c.tar.zst", "--server", url, "--node", MAC,
+                                  "--secret-file", secret)
         assert status == 1 and len(lines) == 1 and lines[0].startswith(f"layerboot: error: server URL '{url}'"), lines
     for record in (Layer, Generation):
         with pytest.raises(LayerbootError, match="record is refused"):

@@ -135,7 +135,7 @@ def test_http_uploads_are_refused_by_class_then_allowed_per_profile(setup: Setup
     other = setup.put("caps.tar.zst", archives["caps"].read_bytes(), token=setup.other_token, mac=OTHER_MAC).json()
     deadline = time.monotonic() + 30
     while (status := upload_status(other["id"], server=daemon.url, mac=OTHER_MAC,
-                                   token=setup.other_token))["state"] not in ("baked", "failed"):
+                                   secret=setup.other_token))["state"] not in ("baked", "failed"):
         assert time.monotonic() < deadline, status
         time.sleep(0.05)
     assert status["message"] == refusal("caps")

@@ -173,10 +173,12 @@ def _netboot(paths: Paths, profiles: Profiles, workdir: Path) -> int:
     from layerboot.server.nodes import Registry
 
     node = DemoNode()
-    Registry(connect(paths.database)).register(node.mac, "demo", replace=True)
+    # The asset key is the DMI UUID and serial QEMU gives the node: stage1 proves it to claim its secret.
+    Registry(connect(paths.database)).register(node.mac, "demo", replace=True, asset_key=node.asset_key)
     before = profiles.current("demo").number
     with running_daemon(paths, workdir) as port:
-        step(f"layerbootd serving the store on 127.0.0.1:{port}; node {node.mac} registered for profile 'demo'")
+        step(f"layerbootd serving the store on 127.0.0.1:{port}; node {node.mac} registered for profile 'demo' "
+             f"with asset key {node.asset_key}")
         step("PXE-booting the node in QEMU (TCG): iPXE ROM -> TFTP -> /boot/<mac>.ipxe -> kernel + initrd -> "
              "stage1")
         serial_log = boot_node(port, workdir, node)

@@ -45,7 +45,8 @@ def tries(text: str) -> int:
 def _install_options(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     # 'install plan --disk ...' must parse: the parent's copies are checked by hand in cmd_install
     p.add_argument("--disk", required=required, help="block device to install on (all of it), e.g. /dev/vda")
-    p.add_argument("--profile", help="profile whose signed chain (from the local store) goes into the slot")
+    p.add_argument("--profile", help="profile whose signed chain (from the local store) goes into the slot; with "
+                                    "--server, the profile the node's manifest must be for")
     p.add_argument("-g", "--generation", type=int, help="default: the profile's current generation")
     _server_options(p)
     p.add_argument("--slot-size", type=size_mib, metavar="SIZE", help="size of each slot (default: 40%% of the "
@@ -56,10 +57,12 @@ def _install_options(p: argparse.ArgumentParser, *, required: bool = True) -> No
 
 
 def _server_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", metavar="URL", help="instead of --profile: fetch this node's manifest and objects "
-                                                  "from layerbootd")
-    p.add_argument("--node", metavar="MAC", help="with --server: this node's MAC (as registered)")
-    p.add_argument("--token-file", type=Path, help="with --server: file holding the node's token")
+    p.add_argument("--server", metavar="URL", help="fetch this node's manifest and objects from layerbootd instead "
+                                                  "of the local store")
+    p.add_argument("--node", metavar="MAC", help="with --server: this node's MAC (default layerboot.node= on "
+                                                "/proc/cmdline)")
+    p.add_argument("--secret-file", "--token-file", dest="secret_file", type=Path, metavar="FILE",
+                   help="with --server: file holding the node secret (default /run/layerboot/node.secret)")
     p.add_argument("--key", type=Path, help="with --server: the trusted public key (default: the store's)")
 
 
@@ -112,21 +115,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _source(ctx: Context, disk: ab.AbDisk, target: str, scratch: Path) -> tuple[ab.SlotSource, bytes]:
     """The slot's content: from the local store (--profile) or from layerbootd (--server) into ``scratch``."""
     a = ctx.args
-    if bool(a.profile) == bool(a.server):
-        raise LayerbootError("give --profile NAME (local store) or --server URL (fetch from layerbootd)")
-    if a.profile:
+    if not a.server:
+        if not a.profile:
+            raise LayerbootError("give --profile NAME (local store) or --server URL (fetch from layerbootd)")
         public = load_public_key(ctx.paths.public_key)
         return ab.source_from_store(ctx.profiles, a.profile, a.generation, public), public
     from layerboot.build.ab_fetch import source_from_server
+    from layerboot.tools.cmd_upload import boot_cmdline, read_secret
 
-    if not a.node or not a.token_file:
-        raise LayerbootError("--server needs --node MAC and --token-file FILE")
-    try:
-        token = a.token_file.read_text().strip()
-    except OSError as err:
-        raise LayerbootError(f"cannot read {a.token_file}: {err.strerror}") from None
+    booted = boot_cmdline()
+    node = a.node or booted.get("node")
+    if not node:
+        raise LayerbootError("--server needs --node MAC (or run it on a node that layerboot booted)")
+    if a.generation:
+        raise LayerbootError("--generation is for --profile from the local store; the server sends the node's "
+                             "current generation")
+    secret = read_secret(a.secret_file)
     public = load_public_key(a.key or ctx.paths.public_key)
-    source, stats = source_from_server(disk, a.server, a.node, token, public, scratch, target=target)
+    source, stats = source_from_server(disk, a.server, node, secret, public, scratch, target=target,
+                                       profile=a.profile or booted.get("profile"))
     print(f"fetched {stats.downloaded} object(s), {stats.downloaded_bytes} bytes; reused {stats.reused} "
           f"from the disk, {stats.reused_bytes} bytes")
     return source, public

@@ -20,12 +20,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.add_argument("-g", "--generation", type=int, help="default: the current generation")
     show.add_argument("--payload", action="store_true", help="print only the manifest inside the envelope")
     show.set_defaults(func=cmd_show)
-    verify = actions.add_parser("verify", help="check a signed manifest's signature (and serial)",
+    verify = actions.add_parser("verify", help="check a signed manifest's signature (and serial, profile, node)",
                                 description="Exit 0 when FILE (or - for stdin) carries a valid signature by "
-                                            "the trusted key and, with --min-serial, a serial at least that high.")
+                                            "the trusted key and, with --min-serial, a serial at least that high; "
+                                            "with --profile/--node, only if it is that profile's (and not made "
+                                            "for another node).")
     verify.add_argument("file", help="signed manifest file, or - for standard input")
     verify.add_argument("--key", type=Path, help="public key file (default: the store's public key)")
     verify.add_argument("--min-serial", type=int, default=0, help="refuse a lower serial (anti-replay)")
+    verify.add_argument("--profile", help="refuse a manifest of another profile")
+    verify.add_argument("--node", metavar="MAC", help="refuse a manifest made for another node")
     verify.set_defaults(func=cmd_verify)
 
 
@@ -33,7 +37,7 @@ def cmd_show(ctx: Context) -> int:
     data = ctx.profiles.signed_manifest(ctx.args.profile, ctx.args.generation)
     if ctx.args.payload:
         public = load_public_key(ctx.paths.public_key)
-        print(verify_manifest(data, public).to_json())
+        print(verify_manifest(data, public, profile=ctx.args.profile).to_json())
     else:
         sys.stdout.write(data.decode("utf-8"))
     return 0
@@ -46,7 +50,7 @@ def cmd_verify(ctx: Context) -> int:
     except OSError as err:
         raise LayerbootError(f"cannot read {a.file}: {err.strerror}") from None
     public = load_public_key(a.key or ctx.paths.public_key)
-    manifest = verify_manifest(data, public, min_serial=a.min_serial)
+    manifest = verify_manifest(data, public, min_serial=a.min_serial, profile=a.profile, node=a.node)
     print(f"OK: {manifest.profile} generation {manifest.generation}, serial {manifest.serial}, "
           f"{len(manifest.layers)} layer(s)")
     return 0

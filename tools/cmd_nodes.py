@@ -16,18 +16,51 @@ from layerboot.tools.output import table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("nodes", help="register nodes (MAC -> profile, token, SSH key) and see their boots",
-                            description="Without an action: list the nodes with their last boot report.")
+    parser = sub.add_parser("nodes", help="register nodes (MAC -> profile, asset key, secret, SSH key) and see "
+                            "their boots", description="Without an action: list the nodes with their last boot "
+                            "report. Credentials (boot tokens, node secrets, asset keys): docs/security.md.")
     parser.set_defaults(func=cmd_list)
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
 
-    p = actions.add_parser("register", help="register a node; prints its upload token once")
+    p = actions.add_parser("register", help="register a node; prints its node secret (write credential) once")
     p.add_argument("mac")
     p.add_argument("--profile", required=True)
+    p.add_argument("--asset-key", metavar="UUID:SERIAL",
+                   help="the node's SMBIOS identity as 'layerboot asset-key' prints it on the node: lets the "
+                        "diskless node claim its own node secret at boot")
     p.add_argument("--ssh-key", type=Path, action="append", default=[], metavar="FILE",
                    help="OpenSSH public key file allowed to upload over SFTP (repeatable)")
-    p.add_argument("--replace", action="store_true", help="re-register: new token, forget old keys and reports")
+    p.add_argument("--replace", action="store_true",
+                   help="re-register: new secret, forget old secrets, keys and reports, revoke boot tokens")
     p.set_defaults(func=cmd_register)
+
+    p = actions.add_parser("set", help="change a node's profile or asset key")
+    p.add_argument("mac")
+    p.add_argument("--profile", help="boot this profile from now on")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--asset-key", metavar="UUID:SERIAL", help="the node's SMBIOS identity as 'layerboot "
+                     "asset-key' prints it on the node (what its claims prove)")
+    key.add_argument("--no-asset-key", action="store_true", help="forget the asset key: no more claims")
+    p.set_defaults(func=cmd_set)
+
+    p = actions.add_parser("secret", help="node secrets (write credentials): rotate or list them")
+    secret = p.add_subparsers(dest="secret_action", metavar="ACTION", required=True)
+    q = secret.add_parser("rotate", help="forget every secret of the node and print a new one (once)")
+    q.add_argument("mac")
+    q.set_defaults(func=cmd_secret_rotate)
+    q = secret.add_parser("list", help="the node's secrets: origin, created, last used (never the secrets)")
+    q.add_argument("mac")
+    q.set_defaults(func=cmd_secret_list)
+
+    p = actions.add_parser("revoke-tokens", help="refuse every boot token the node was given so far")
+    p.add_argument("mac")
+    p.set_defaults(func=cmd_revoke_tokens)
+
+    p = actions.add_parser("boot-token", help="print a read-only boot token for a node (e.g. for the command "
+                           "line of an A/B disk that reports boot events)")
+    p.add_argument("mac")
+    p.add_argument("--ttl", type=int, metavar="SECONDS", help="valid this long (default server.boot_token_ttl)")
+    p.set_defaults(func=cmd_boot_token)
 
     actions.add_parser("list", help="list nodes with last seen, generation booted, failures").set_defaults(
         func=cmd_list)
@@ -83,7 +116,12 @@ def _registry(ctx: Context):  # noqa: ANN202
     from layerboot.server.db import open_database
     from layerboot.server.nodes import Registry
     ctx.ready_store()
-    return Registry(open_database(ctx.config, ctx.paths), boot_token_ttl=ctx.config.server_boot_token_ttl)
+    return Registry(open_database(ctx.config, ctx.paths))
+
+
+def _secrets(ctx: Context):  # noqa: ANN202
+    from layerboot.server.auth.nodesecret import NodeSecrets
+    return NodeSecrets(_registry(ctx).db)
 
 
 def _records(ctx: Context):  # noqa: ANN202
@@ -104,10 +142,64 @@ def cmd_register(ctx: Context) -> int:
     a = ctx.args
     ctx.profiles.current(a.profile)   # the profile must exist
     keys = tuple(_read_key(p) for p in a.ssh_key)
-    node, token = _registry(ctx).register(a.mac, a.profile, ssh_keys=keys, replace=a.replace)
-    print(f"registered {node.mac} with profile {node.profile}" + (f" and {len(keys)} SSH key(s)" if keys else ""))
-    print(f"upload token (shown once, only its hash is stored): {token}")
+    node, secret = _registry(ctx).register(a.mac, a.profile, ssh_keys=keys, replace=a.replace,
+                                           asset_key=a.asset_key)
+    print(f"registered {node.mac} with profile {node.profile}" + (f" and {len(keys)} SSH key(s)" if keys else "")
+          + (", asset key set: it claims its own secret at boot" if node.asset_key else ""))
+    print(f"node secret (shown once, only its hash is stored): {secret}")
     return 0
+
+
+def cmd_set(ctx: Context) -> int:
+    a = ctx.args
+    if not (a.profile or a.asset_key or a.no_asset_key):
+        raise LayerbootError("nothing to change", hint="give --profile, --asset-key or --no-asset-key")
+    registry = _registry(ctx)
+    node = registry.get(a.mac)
+    if a.profile:
+        ctx.profiles.current(a.profile)
+        node = registry.set_profile(node.mac, a.profile)
+    if a.asset_key or a.no_asset_key:
+        node = registry.set_asset_key(node.mac, None if a.no_asset_key else a.asset_key)
+    print(f"{node.mac}: profile {node.profile}, asset key {node.asset_key or 'none (no secret claims)'}")
+    return 0
+
+
+def cmd_secret_rotate(ctx: Context) -> int:
+    node = _registry(ctx).get(ctx.args.mac)
+    secret = _secrets(ctx).rotate(node.mac)
+    print(f"{node.mac}: every earlier secret is revoked")
+    print(f"node secret (shown once, only its hash is stored): {secret}")
+    return 0
+
+
+def cmd_secret_list(ctx: Context) -> int:
+    node = _registry(ctx).get(ctx.args.mac)
+    rows = [[r.hash[:12], r.origin, _epoch(r.created), _epoch(r.last_used)] for r in _secrets(ctx).list(node.mac)]
+    print(table(["HASH", "ORIGIN", "CREATED", "LAST USED"], rows) if rows else f"{node.mac} has no node secret")
+    return 0
+
+
+def cmd_revoke_tokens(ctx: Context) -> int:
+    node = _registry(ctx).revoke_tokens(ctx.args.mac)
+    print(f"{node.mac}: boot tokens issued until {_epoch(node.tokens_not_before)} are refused; the node gets a new "
+          "one at its next PXE boot")
+    return 0
+
+
+def cmd_boot_token(ctx: Context) -> int:
+    from layerboot.server.auth.boottoken import open_boot_tokens
+    if ctx.args.ttl is not None and ctx.args.ttl <= 0:
+        raise LayerbootError(f"--ttl {ctx.args.ttl}: a boot token must stay valid for at least one second")
+    node = _registry(ctx).get(ctx.args.mac)
+    tokens = open_boot_tokens(ctx.paths.boot_token_key, ctx.config.server_boot_token_ttl)
+    print(tokens.mint(node.mac, ttl=ctx.args.ttl))
+    return 0
+
+
+def _epoch(value: float | None) -> str:
+    import time
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value)) if value else "never"
 
 
 def _when(value: str | None) -> str:
@@ -137,7 +229,11 @@ def cmd_show(ctx: Context) -> int:
           f"registered {_when(node.created)}")
     print(f"last seen: {_when(node.last_seen)}; generation booted: {node.last_generation or '-'}; "
           f"boots: {node.boots}; failures: {node.failures}")
-    print(f"ssh keys: {len(registry.ssh_keys(node.mac))}")
+    from layerboot.server.auth.nodesecret import NodeSecrets
+    secrets = NodeSecrets(registry.db).list(node.mac)
+    print(f"ssh keys: {len(registry.ssh_keys(node.mac))}; node secrets: {len(secrets)}; asset key: "
+          f"{node.asset_key or 'none'}"
+          + (f"; boot tokens until {_epoch(node.tokens_not_before)} revoked" if node.tokens_not_before else ""))
     if events:
         rows = [[_when(e.time), e.stage, "ok" if e.ok else "FAILED", e.generation if e.generation is not None else "-",
                  f"{e.elapsed:.2f}s" if e.elapsed is not None else "-", e.message,

@@ -1,4 +1,5 @@
-"""``layerboot upload``: send a captured layer (tar.zst) to layerbootd from a node; returns at once."""
+"""Node-side credentials and uploads: ``layerboot upload`` sends a captured layer (tar.zst) to layerbootd and
+returns at once; ``layerboot asset-key`` prints what the admin registers for this node."""
 
 from __future__ import annotations
 
@@ -8,26 +9,43 @@ import time
 from pathlib import Path
 
 from layerboot.errors import LayerbootError
+from layerboot.safetext import printable
 from layerboot.tools.context import Context
+
+NODE_SECRET = Path("/run/layerboot/node.secret")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "upload", help="send a tar.zst from 'layerboot capture' to layerbootd (node side)",
         description="PUT FILE to the server as this node's upload. Returns as soon as the server has the whole "
-                    "file (202 + upload id); the server bakes it later. --wait polls until it is baked. Server, "
-                    "node and token default to layerboot.server=, layerboot.node= and layerboot.token= on "
-                    "/proc/cmdline, or $LAYERBOOT_SERVER, $LAYERBOOT_NODE, $LAYERBOOT_TOKEN.")
+                    "file (202 + upload id); the server bakes it later. --wait polls until it is baked. Server and "
+                    "node default to layerboot.server= and layerboot.node= on /proc/cmdline (or $LAYERBOOT_SERVER, "
+                    f"$LAYERBOOT_NODE). The credential is the node secret, read from {NODE_SECRET} (root only; "
+                    "stage1 claims it at boot) or --secret-file; the boot token on the command line is read-only "
+                    "and is never used for uploads.")
     p.add_argument("file", type=Path)
     p.add_argument("--server", metavar="URL")
     p.add_argument("--node", metavar="MAC")
-    p.add_argument("--token")
+    p.add_argument("--secret-file", type=Path, metavar="FILE",
+                   help=f"file holding the node secret (default {NODE_SECRET}; 'layerboot nodes register' and "
+                        "'nodes secret rotate' print one)")
     p.add_argument("--name", help="name on the server (default: the file's name)")
     p.add_argument("--wait", type=float, metavar="SECONDS", help="wait up to SECONDS for the bake to finish")
     p.set_defaults(func=cmd_upload)
 
+    p = sub.add_parser(
+        "asset-key", help="print this machine's asset key for 'layerboot nodes register --asset-key' (node, root)",
+        description="Print PRODUCT_UUID:PRODUCT_SERIAL from /sys/class/dmi/id, lowercased: what stage1 proves to "
+                    "claim the node secret at boot. Run it as root on the node (or on a machine of the same model "
+                    "to see the format) and register the value on the server. Treat it like a password: with "
+                    "it and a boot token, anyone could claim this node's write credential.")
+    p.add_argument("--dmi", type=Path, default=Path("/sys/class/dmi/id"), help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_asset_key)
 
-def _cmdline() -> dict[str, str]:
+
+def boot_cmdline() -> dict[str, str]:
+    """``layerboot.KEY=VALUE`` words of /proc/cmdline as {KEY: VALUE} (the last one wins, as in stage1)."""
     try:
         words = Path("/proc/cmdline").read_text().split()
     except OSError:
@@ -36,28 +54,70 @@ def _cmdline() -> dict[str, str]:
                 if w.startswith("layerboot.") and "=" in w)
 
 
+def read_secret(path: Path | None) -> str:
+    """The node secret from ``path`` (default /run/layerboot/node.secret); one clear line when it cannot be."""
+    explicit = path is not None
+    path = path or NODE_SECRET
+    try:
+        secret = path.read_text(encoding="ascii").strip()
+    except PermissionError:
+        raise LayerbootError(f"{path} is readable by root only: uploading needs root",
+                             hint="run it as root (sudo layerboot upload ...)") from None
+    except FileNotFoundError:
+        if explicit:
+            raise LayerbootError(f"no such file: {path}") from None
+        raise LayerbootError(f"no node secret at {path}: this boot did not claim one (see the boot log's "
+                             "'node secret' line)", hint="pass --secret-file with a secret from 'layerboot nodes "
+                             "register' or 'nodes secret rotate' on the server") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise LayerbootError(f"cannot read the node secret {path}: {getattr(err, 'strerror', None) or err}") from None
+    if not secret or not secret.isascii() or not secret.isprintable() or " " in secret:
+        raise LayerbootError(f"{path} does not hold a node secret")
+    return secret
+
+
 def cmd_upload(ctx: Context) -> int:
     from layerboot.server.client import upload, upload_status
-    a, boot = ctx.args, _cmdline()
+    a, boot = ctx.args, boot_cmdline()
     server = a.server or os.environ.get("LAYERBOOT_SERVER") or boot.get("server")
     node = a.node or os.environ.get("LAYERBOOT_NODE") or boot.get("node")
-    token = a.token or os.environ.get("LAYERBOOT_TOKEN") or boot.get("token")
-    missing = [label for label, value in (("--server", server), ("--node", node), ("--token", token)) if not value]
+    missing = [label for label, value in (("--server", server), ("--node", node)) if not value]
     if missing:
         raise LayerbootError(f"missing {', '.join(missing)}", hint="pass them, or run on a node booted by layerboot")
-    reply = upload(a.file, server=server, mac=node, token=token, name=a.name)
-    print(f"upload {reply['id']}: {reply['size']} bytes received, {reply['state']}")
+    secret = read_secret(a.secret_file)
+    reply = upload(a.file, server=server, mac=node, secret=secret, name=a.name)
+    print(f"upload {printable(reply['id'])}: {reply['size']} bytes received, {printable(reply['state'])}")
     if a.wait:
         deadline = time.monotonic() + a.wait
         while True:
-            status = upload_status(reply["id"], server=server, mac=node, token=token)
+            status = upload_status(reply["id"], server=server, mac=node, secret=secret)
             if status["state"] in ("baked", "failed") or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        print(f"upload {reply['id']}: {status['state']}"
-              + (f", layer {status['layer'][:12]}" if status.get("layer") else "")
-              + (f", generation {status['generation']}" if status.get("generation") else "")
-              + (f" ({status['message']})" if status.get("message") else ""))
+        print(printable(f"upload {reply['id']}: {status['state']}"
+                        + (f", layer {status['layer'][:12]}" if status.get("layer") else "")
+                        + (f", generation {status['generation']}" if status.get("generation") else "")
+                        + (f" ({status['message']})" if status.get("message") else "")))
         if status["state"] == "failed":
             return 1
+    return 0
+
+
+def cmd_asset_key(ctx: Context) -> int:
+    from layerboot.initrd.stage1.claim import read_asset_key
+
+    directory = ctx.args.dmi
+    try:
+        (directory / "product_uuid").open("rb").close()
+    except PermissionError:
+        raise LayerbootError(f"{directory}/product_uuid is readable by root only",
+                             hint="run it as root (sudo layerboot asset-key)") from None
+    except OSError:
+        raise LayerbootError(f"this machine has no DMI identity ({directory}/product_uuid is missing)",
+                             hint="without one it cannot claim a node secret; place one with --secret-file") from None
+    key = read_asset_key(str(directory))
+    if not key:
+        raise LayerbootError("this machine's DMI UUID is a placeholder (all 0 or all F): no asset key",
+                             hint="set a real SMBIOS system UUID in the firmware, or place a node secret by hand")
+    print(key)
     return 0

@@ -1,8 +1,9 @@
 """The netboot half of ``layerboot demo``: a real layerbootd on loopback and a QEMU node PXE-booting from it.
 
 The node's NIC ROM (QEMU's iPXE) gets a one-line script over QEMU's built-in TFTP that chains to layerbootd's
-per-MAC script; stage1 in the initramfs verifies the signed manifest and every layer, stacks them and
-switch_roots into the demo's /sbin/init. That init proves what it sees, changes a file, captures the change
+per-MAC script; stage1 in the initramfs claims the node's secret (proving its DMI UUID and serial, which QEMU
+sets with ``-uuid`` and ``-smbios``),
+verifies the signed manifest and every layer, stacks them and switch_roots into the demo's /sbin/init. That init proves what it sees, changes a file, captures the change
 and uploads it; the server bakes it into a new generation, the node reboots and shows the change.
 """
 
@@ -49,12 +50,20 @@ echo "DEMO-FAILED: the change was not captured, uploaded and baked (see the line
 poweroff -f
 """
 PROGRESS = r"^(layerboot: |DEMO)"
+DEMO_UUID = "1b6f0c2e-5d3a-4e8f-9c71-2a4b6d8e0f13"
 FAILURES = (r"layerboot: FAILED", r"Kernel panic", r"Traceback \(most recent call last\)")
 
 
 @dataclass(frozen=True)
 class DemoNode:
     mac: str = DEFAULT_MAC
+    uuid: str = DEMO_UUID         # DMI product UUID and serial (QEMU -uuid, -smbios): the node's asset key
+    serial: str = "LB-DEMO-0001"
+
+    @property
+    def asset_key(self) -> str:
+        """What stage1 reads from DMI and proves (layerboot asset-key prints it on a node)."""
+        return f"{self.uuid}:{self.serial}".lower()
     boot_timeout: float = 600.0   # PXE to the rootfs under TCG takes tens of seconds on a loaded host
 
 
@@ -102,7 +111,8 @@ def _relay_until(node: QemuNode, pattern: str, start: int, timeout: float) -> in
 def boot_node(port: int, workdir: Path, demo: DemoNode = DemoNode()) -> Path:
     """PXE-boot the node twice (change, capture, upload; then see the baked change). Returns the serial log."""
     tftp = workdir / "tftp"
-    config = NodeConfig(tftp_dir=tftp, bootfile=pxe_script(tftp, port), mac=demo.mac, no_reboot=False)
+    config = NodeConfig(tftp_dir=tftp, bootfile=pxe_script(tftp, port), mac=demo.mac, uuid=demo.uuid,
+                        serial=demo.serial, no_reboot=False)
     log = workdir / "node-serial.log"
     try:
         with QemuNode(config, log) as node:

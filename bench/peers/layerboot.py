@@ -36,7 +36,7 @@ CACHE_MB = 128
 FAIL = re.compile(r"layerboot: FAILED:|layerboot: emergency action")
 # A cached boot that fell back to no cache would be measured as an uncached one: count it as failed.
 FAIL_CACHED = re.compile(FAIL.pattern + r"|layerboot: cache: .*without a cache")
-_TOKEN = re.compile(r"token[^:]*:\s*(\S+)\s*$", re.M)
+_TOKEN = re.compile(r"^(lbb1\.\S+)\s*$", re.M)      # what 'layerboot nodes boot-token' prints
 
 
 def missing_parts() -> list[str]:
@@ -53,9 +53,10 @@ def make_cache_disk(path: Path) -> Path:
     return path
 
 
-def cmdline(server: str, mac: str, token: str) -> str:
-    return (f"console=ttyS0 layerboot.server={server} layerboot.node={mac} layerboot.token={token} "
-            "layerboot.emergency=poweroff panic=-1")
+def cmdline(server: str, mac: str, token: str, profile: str) -> str:
+    """What layerbootd's iPXE script would pass (direct kernel boot: no iPXE in the measured path)."""
+    return (f"console=ttyS0 layerboot.server={server} layerboot.node={mac} layerboot.profile={profile} "
+            f"layerboot.token={token} layerboot.emergency=poweroff panic=-1")
 
 
 def _signing_key(cache: Path, private: Path, public: Path) -> None:
@@ -84,7 +85,8 @@ def _script(name: str) -> str:
 
 
 def prepare_store(bench: Bench, root: Path) -> tuple[Path, dict[str, str]]:
-    """Store, key, layers, profiles and nodes for the benchmark; returns the initrd path and the node tokens."""
+    """Store, key, layers, profiles and nodes for the benchmark; returns the initrd path and each node's boot
+    token (read-only, as layerbootd's iPXE script would hand out)."""
     from layerboot.build.initrd import DEFAULT_CACHE as INITRD_CACHE
     from layerboot.build.initrd import build_initrd
     from layerboot.overlays.profile import Profiles
@@ -111,10 +113,11 @@ def prepare_store(bench: Bench, root: Path) -> tuple[Path, dict[str, str]]:
     layerboot = _script("layerboot")
     tokens = {}
     for version, mac in MACS.items():
-        out = run([layerboot, "--store", root, "nodes", "register", mac, "--profile", f"bench-{version}"]).text
+        run([layerboot, "--store", root, "nodes", "register", mac, "--profile", f"bench-{version}"])
+        out = run([layerboot, "--store", root, "nodes", "boot-token", mac, "--ttl", "86400"]).text
         found = _TOKEN.search(out)
         if not found:
-            raise LayerbootError(f"'layerboot nodes register' printed no token: {out.strip()!r}")
+            raise LayerbootError(f"'layerboot nodes boot-token' printed no token: {out.strip()!r}")
         tokens[version] = found.group(1)
     return initrd, tokens
 
@@ -139,10 +142,11 @@ def system(bench: Bench) -> Iterator[System]:
             cached = None
             if importlib.util.find_spec("layerboot.initrd.stage1.cache") is not None:
                 with_cache = f" layerboot.cache=LABEL={CACHE_LABEL}"
-                cached = System("layerboot-cache", initrd, lambda v: cmdline(server, MACS[v], tokens[v]) + with_cache,
+                cached = System("layerboot-cache", initrd,
+                                lambda v: cmdline(server, MACS[v], tokens[v], f"bench-{v}") + with_cache,
                                 FAIL_CACHED, relay.traffic, mac=MACS)
-            yield System("layerboot", initrd, lambda v: cmdline(server, MACS[v], tokens[v]), FAIL, relay.traffic,
-                         mac=MACS, cache_variant=cached)
+            yield System("layerboot", initrd, lambda v: cmdline(server, MACS[v], tokens[v], f"bench-{v}"), FAIL,
+                         relay.traffic, mac=MACS, cache_variant=cached)
     finally:
         daemon.terminate()
         log.close()

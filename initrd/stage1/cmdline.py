@@ -17,8 +17,8 @@ class CmdlineError(Exception):
 class Options(Record):
     server: str = ""                  # layerboot.server=http://host:port (required unless layerboot.slot=)
     node: str = ""                    # layerboot.node=<mac>; default: the boot interface's MAC
-    profile: str = ""                 # layerboot.profile=NAME fetches the profile's manifest instead
-    token: str = ""                   # layerboot.token=... sent as "Authorization: Bearer"
+    profile: str = ""                 # layerboot.profile=NAME: the profile this boot is for (required with server=)
+    token: str = ""                   # layerboot.token=...: the read-only boot token, "Authorization: Bearer"
     emergency: str = "shell"          # layerboot.emergency=shell|reboot|poweroff
     breaks: tuple[str, ...] = ()      # layerboot.break=net,layers (a shell before each named stage)
     debug: bool = False               # layerboot.debug
@@ -100,6 +100,9 @@ def parse_cmdline(text: str) -> Options:
         if not server.startswith("http://"):
             raise CmdlineError(f"layerboot.server={server!r} must be an http:// URL")
         values["server"] = server.rstrip("/")
+        if not values.get("profile") and not values.get("slot"):
+            raise CmdlineError("layerboot.server= without layerboot.profile= (layerbootd's iPXE script sets both): "
+                               "stage1 boots only a manifest of the profile it was asked for")
     init = str(values.get("init", DEFAULT_INIT))
     if not init.startswith("/"):
         raise CmdlineError(f"init={init!r} must be an absolute path")

@@ -25,6 +25,16 @@ def set_debug(on: bool) -> None:
     _debug = on
 
 
+def one_line(text: str) -> str:
+    """``text`` with control characters and escape sequences written as ``\\xNN``/``\\uNNNN``: messages carry
+    text from the server (HTTP error bodies), which must not drive the console or add lines to it."""
+    if text.isprintable():
+        return text
+    return "".join(c if c == " " or c.isprintable() else
+                   f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}" if ord(c) < 0x10000 else
+                   f"\\U{ord(c):08x}" for c in text)
+
+
 def _write(fd: int, text: str) -> None:
     data = text.encode("utf-8", "replace")
     while data:
@@ -41,24 +51,24 @@ def kmsg(level: int, text: str) -> None:
     except OSError:
         return
     try:
-        _write(fd, f"<{level}>layerboot: {text}\n")
+        _write(fd, f"<{level}>layerboot: {one_line(text)}\n")
     finally:
         os.close(fd)
 
 
 def say(text: str) -> None:
     """One line on the console (stderr of PID 1 is the kernel console)."""
-    _write(2, f"layerboot: {text}\n")
+    _write(2, f"layerboot: {one_line(text)}\n")
 
 
 def debug(text: str) -> None:
     if _debug:
-        _write(2, f"layerboot[{time.monotonic() - _t0:7.3f}]: {text}\n")
+        _write(2, f"layerboot[{time.monotonic() - _t0:7.3f}]: {one_line(text)}\n")
 
 
 def error(text: str) -> None:
     """The one clear failure line: console and kernel log."""
-    _write(2, f"layerboot: FAILED: {text}\n")
+    _write(2, f"layerboot: FAILED: {one_line(text)}\n")
     kmsg(3, f"FAILED: {text}")
 
 

@@ -116,6 +116,10 @@ def run_stages(boot: Boot) -> None:
         boot.node = options.node
 
     stage("manifest")
+    if boot.network_up and not options.slot:   # the write credential, before anything else; best effort
+        from .claim import claim_secret
+
+        claim_secret(options.server, boot.node, options.token, timeout=min(options.timeout, 5.0), say=say)
     from .verify import VerifyError, load_public_key, verify_envelope
 
     cache = None
@@ -130,16 +134,18 @@ def run_stages(boot: Boot) -> None:
         from .slot import SlotError, open_boot_slot
 
         try:
-            slot = open_boot_slot(options.slot, PUBLIC_KEY, cache, say=say)
+            slot = open_boot_slot(options.slot, PUBLIC_KEY, cache, say=say, profile=options.profile,
+                                  node=boot.node)
         except (SlotError, *cache_errors) as err:
             raise StageError(str(err)) from None
         boot.manifest = manifest = slot.manifest
     else:
-        envelope = fetch_manifest(options, boot.node, cache, online=boot.network_up)
+        envelope, source = fetch_manifest(options, boot.node, cache, online=boot.network_up)
         try:
             min_serial = cache.last_serial() if cache is not None else 0
             public = load_public_key(PUBLIC_KEY)
-            boot.manifest = manifest = verify_envelope(envelope, public, min_serial=min_serial)
+            boot.manifest = manifest = verify_envelope(envelope, public, min_serial=min_serial,
+                                                       profile=options.profile, node=boot.node, source=source)
             if cache is not None:
                 cache.accept(manifest.serial, envelope)
         except (VerifyError, *cache_errors) as err:
@@ -177,23 +183,22 @@ def run_stages(boot: Boot) -> None:
     raise StageError(f"switch_root to {options.init} failed")
 
 
-def fetch_manifest(options, node: str, cache, *, online: bool = True) -> bytes:  # noqa: ANN001
-    """The signed envelope from the server; the cache's last verified one if the server cannot be reached."""
+def fetch_manifest(options, node: str, cache, *, online: bool = True) -> tuple[bytes, str]:  # noqa: ANN001
+    """The signed envelope from the server, or the cache's last verified one if the server cannot be reached;
+    and where it came from, for errors. The caller verifies it, and its profile and node, either way."""
     from .http import HttpError, get_bytes
 
+    cached = "the cached manifest"
     if not online:
         last = cache.last_manifest() if cache is not None else None
         if last is None:
             raise StageError("no network and no manifest in the cache")
         say("no network; booting the cached manifest")
-        return last
+        return last, cached
 
-    if options.profile:   # the server allows it for nodes registered with that profile
-        url = f"{options.server}/profiles/{options.profile}/manifest"
-    else:
-        url = f"{options.server}/nodes/{node}/manifest"
+    url = f"{options.server}/nodes/{node}/manifest"
     try:
-        return get_bytes(url, token=options.token, timeout=options.timeout, limit=1 << 20)
+        return get_bytes(url, token=options.token, timeout=options.timeout, limit=1 << 20), "the server's manifest"
     except HttpError as err:
         if err.status or cache is None:
             raise
@@ -201,7 +206,7 @@ def fetch_manifest(options, node: str, cache, *, online: bool = True) -> bytes: 
         if last is None:
             raise
         say(f"server unreachable ({err}); booting the cached manifest")
-        return last
+        return last, cached
 
 
 def _status(boot: Boot, ok: bool, message: str = "") -> str:

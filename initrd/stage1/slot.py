@@ -136,8 +136,10 @@ class Slot:
             self.device = None
 
 
-def read_manifest(root: str, public: bytes, *, min_serial: int = 0):  # noqa: ANN201 - (BootManifest, bytes)
-    """Verify ``root/manifest.json`` with the trusted key; SlotError names what is wrong."""
+def read_manifest(root: str, public: bytes, *, min_serial: int = 0, profile: str = "",  # noqa: ANN201
+                  node: str = ""):
+    """Verify ``root/manifest.json`` with the trusted key (and its profile/node binding: verify.check_binding);
+    returns (BootManifest, envelope bytes); SlotError names what is wrong."""
     from .verify import VerifyError, verify_envelope
 
     path = os.path.join(root, MANIFEST_FILE)
@@ -152,13 +154,14 @@ def read_manifest(root: str, public: bytes, *, min_serial: int = 0):  # noqa: AN
     if len(envelope) > MANIFEST_LIMIT:
         raise SlotError(f"{path} is larger than {MANIFEST_LIMIT} bytes: not a signed manifest")
     try:
-        return verify_envelope(envelope, public, min_serial=min_serial), envelope
+        return verify_envelope(envelope, public, min_serial=min_serial, profile=profile, node=node,
+                               source="the slot's manifest"), envelope
     except VerifyError as err:
         raise SlotError(f"{MANIFEST_FILE} in the slot: {err}") from None
 
 
 def open_slot(spec: str, public: bytes, mountpoint: str = SLOT_MOUNTPOINT, *, min_serial: int = 0,
-              wait: float = 10.0, say=_say) -> Slot:  # noqa: ANN001 - say(str) -> None
+              wait: float = 10.0, say=_say, profile: str = "", node: str = "") -> Slot:  # noqa: ANN001
     """Find, mount read-only and verify the slot named by ``layerboot.slot=``; SlotError (one line) if it can't.
 
     Waits up to ``wait`` seconds for the device (disk drivers probe asynchronously). Never writes to the slot.
@@ -179,7 +182,7 @@ def open_slot(spec: str, public: bytes, mountpoint: str = SLOT_MOUNTPOINT, *, mi
     if code:
         raise SlotError(f"mounting {device} read-only failed: {output or code}")
     try:
-        manifest, envelope = read_manifest(mountpoint, public, min_serial=min_serial)
+        manifest, envelope = read_manifest(mountpoint, public, min_serial=min_serial, profile=profile, node=node)
     except BaseException:
         _spawn(_mount_argv("umount", mountpoint))
         raise
@@ -187,8 +190,10 @@ def open_slot(spec: str, public: bytes, mountpoint: str = SLOT_MOUNTPOINT, *, mi
     return Slot(mountpoint, manifest, envelope, device=device)
 
 
-def open_boot_slot(spec: str, key_path: str, cache=None, *, say=_say) -> Slot:  # noqa: ANN001 - LayerCache
-    """What stage1 does for ``layerboot.slot=``: the trusted key, the cache's serial floor when there is a cache.
+def open_boot_slot(spec: str, key_path: str, cache=None, *, say=_say, profile: str = "",  # noqa: ANN001
+                   node: str = "") -> Slot:
+    """What stage1 does for ``layerboot.slot=``: the trusted key, the cache's serial floor when there is a cache,
+    the profile named by ``layerboot.profile=`` (the slot's GRUB entry sets it).
 
     The slot's serial is checked against the cache but not recorded in it: GRUB falling back to the older slot
     after a failed update must still boot (anti-replay across slots is ``layerboot ab update``'s job, which
@@ -201,4 +206,4 @@ def open_boot_slot(spec: str, key_path: str, cache=None, *, say=_say) -> Slot:  
     except VerifyError as err:
         raise SlotError(str(err)) from None
     min_serial = cache.last_serial() if cache is not None else 0
-    return open_slot(spec, public, min_serial=min_serial, say=say)
+    return open_slot(spec, public, min_serial=min_serial, say=say, profile=profile, node=node)

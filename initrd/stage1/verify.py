@@ -1,7 +1,9 @@
 """Check a signed manifest (the envelope of layerboot.overlays.manifest) with the key baked into the initrd.
 
 Stdlib only: the envelope is JSON, the key file one line of base64 (raw 32 bytes), the signature Ed25519
-over the exact UTF-8 bytes of ``payload``. A serial lower than the last accepted one is refused.
+over the exact UTF-8 bytes of ``payload``. A serial lower than the last accepted one is refused, and so is a
+manifest of another profile than ``layerboot.profile=`` or one made for another node (:func:`check_binding`),
+wherever it comes from: the server, the cache or a disk slot.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class BootManifest(Record):
     serial: int
     layers: tuple[Layer, ...]   # base first
     cmdline: str = ""
+    node: str = ""              # the one node (MAC) it was made for; "" for every node of the profile
 
 
 def key_id(public: bytes) -> str:
@@ -92,14 +95,30 @@ def parse_payload(payload: str) -> BootManifest:
     layers = data.get("layers")
     if not isinstance(layers, list) or not layers:
         raise VerifyError("manifest lists no layers")
-    profile, cmdline = data.get("profile"), data.get("cmdline", "")
-    if not isinstance(profile, str) or not isinstance(cmdline, str):
-        raise VerifyError("manifest profile/cmdline are not strings")
-    return BootManifest(profile, generation, serial, tuple(_layer(item) for item in layers), cmdline)
+    profile, cmdline, node = data.get("profile"), data.get("cmdline", ""), data.get("node") or ""
+    if not isinstance(profile, str) or not isinstance(cmdline, str) or not isinstance(node, str):
+        raise VerifyError("manifest profile/cmdline/node are not strings")
+    return BootManifest(profile, generation, serial, tuple(_layer(item) for item in layers), cmdline, node.lower())
 
 
-def verify_envelope(data: bytes, public: bytes, *, min_serial: int = 0) -> BootManifest:
-    """Return the manifest inside a signed envelope, or raise VerifyError naming what is wrong."""
+def check_binding(manifest: BootManifest, profile: str, node: str, source: str = "the manifest") -> BootManifest:
+    """``manifest`` if it is for ``profile`` (when one is expected) and not made for a node other than ``node``.
+
+    ``source`` names where it came from for the error ("the cached manifest", ...).
+    """
+    if profile and manifest.profile != profile:
+        raise VerifyError(f"{source} is for profile {manifest.profile}, but this boot is for profile {profile} "
+                          "(layerboot.profile=): refusing another profile's manifest")
+    if manifest.node and node and manifest.node != node.lower():
+        raise VerifyError(f"{source} was made for node {manifest.node}, not for this node {node.lower()}: "
+                          "refusing another node's manifest")
+    return manifest
+
+
+def verify_envelope(data: bytes, public: bytes, *, min_serial: int = 0, profile: str = "", node: str = "",
+                    source: str = "the manifest") -> BootManifest:
+    """Return the manifest inside a signed envelope, or raise VerifyError naming what is wrong (a bad
+    signature, another profile or node than expected, a serial below ``min_serial``)."""
     try:
         envelope = loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
@@ -118,7 +137,7 @@ def verify_envelope(data: bytes, public: bytes, *, min_serial: int = 0) -> BootM
         raise VerifyError("manifest signature is not valid base64") from None
     if not verify(public, payload.encode("utf-8"), signature):
         raise VerifyError("manifest signature does not verify: it was altered or signed by another key")
-    manifest = parse_payload(payload)
+    manifest = check_binding(parse_payload(payload), profile, node, source)
     if manifest.serial < min_serial:
         raise VerifyError(f"manifest serial {manifest.serial} is lower than the last accepted {min_serial} "
                           "(replay of an older manifest?)")
