@@ -97,6 +97,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.boot_token_ttl", _int, 30 * 86400,
             "seconds a boot token (minted by /boot/MAC.ipxe, on the node's kernel command line) stays valid "
             "after its last use"),
+    Setting("server.retry_initial", _int, 15,
+            "seconds before a bake that failed for a reason other than the upload's content (full or failing "
+            "disk, a killed tool) is tried again; doubled after each failure"),
+    Setting("server.retry_max", _int, 600, "longest wait in seconds between two tries of such a bake"),
+    Setting("server.node_max_uploads", _int, 8,
+            "uploads a node may keep on the server: queued + failed (kept) + held for approval (0: no limit)"),
+    Setting("server.node_max_bytes", _int, 32 * GiB,
+            "bytes a node may keep on the server: queued and failed files, held layers (0: no limit)"),
+    Setting("server.failed_upload_keep", _int, 86400,
+            "seconds a refused upload's file is kept for inspection (it counts against the node's quota)"),
+    Setting("server.verify_objects", _bool, True,
+            "hash each object before serving it for the first time (again after it changes on disk); a damaged "
+            "object is moved to quarantine/ and never served"),
     Setting("server.upload_policy", _choice("hold", "auto"), "hold",
             "default for profiles without their own policy: 'auto' appends a baked upload as a new generation, "
             "'hold' waits for 'layerboot uploads approve'"),

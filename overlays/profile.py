@@ -266,7 +266,7 @@ class Profiles:
         for digest in layers:
             if not self.store.objects.exists(digest):
                 raise LayerbootError(f"layer {digest[:12]} is missing from the store (run 'layerboot store fsck')")
-        with locked(self.paths.state / "store.lock"):
+        with locked(self.paths.store_lock):
             numbers = self.numbers(name)
             last = numbers[-1] if numbers else 0
             if last != expect_number:
@@ -292,3 +292,18 @@ class Profiles:
             cmdline=gen.cmdline, layers=tuple(artifact(d) for d in gen.layers),  # type: ignore[misc]
             kernel=artifact(gen.kernel), initrd=artifact(gen.initrd),
         )
+
+    # -- checks ------------------------------------------------------------------------------------------
+    def check(self) -> list[str]:
+        """Cross-check every generation: its signed manifest exists, every digest it names is recorded."""
+        problems = []
+        recorded = set(self.store.digests())
+        for name in self.names():
+            for number in self.numbers(name):
+                gen = self.generation(name, number)
+                if not self.manifest_path(name, number).is_file():
+                    problems.append(f"profile {name} generation {number}: its signed manifest is missing")
+                for digest in (*gen.layers, gen.kernel, gen.initrd):
+                    if digest and digest not in recorded:
+                        problems.append(f"profile {name} generation {number}: {digest[:12]} is not in the store")
+        return problems

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from layerboot.diskspace import note_database, storage_error
 from layerboot.errors import LayerbootError
 
 SCHEMA = """
@@ -64,7 +65,11 @@ CREATE TABLE IF NOT EXISTS uploads (
     updated TEXT NOT NULL,
     layer TEXT,
     generation INTEGER,
-    message TEXT NOT NULL DEFAULT ''
+    message TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try REAL,
+    last_error TEXT NOT NULL DEFAULT '',
+    keep_until REAL
 );
 CREATE INDEX IF NOT EXISTS uploads_state ON uploads(state, received);
 CREATE TABLE IF NOT EXISTS profile_policy (
@@ -74,8 +79,24 @@ CREATE TABLE IF NOT EXISTS profile_policy (
 """
 
 
+UPLOAD_RETRY_COLUMNS = {
+    "attempts": "INTEGER NOT NULL DEFAULT 0",
+    "next_try": "REAL",
+    "last_error": "TEXT NOT NULL DEFAULT ''",
+    "keep_until": "REAL",
+}
+
+
+def _add_columns(conn: sqlite3.Connection, table: str, wanted: dict[str, str]) -> None:
+    columns = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
+    for name, declaration in wanted.items():
+        if name not in columns:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """Open (and create) the database with the schema applied; autocommit, WAL, foreign keys on."""
+    note_database(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, timeout=15, isolation_level=None, check_same_thread=False)
@@ -87,9 +108,11 @@ def connect(path: Path) -> sqlite3.Connection:
         columns = {row["name"] for row in conn.execute("PRAGMA table_info(events)")}
         if "timings" not in columns:   # databases made before boot reports carried timings
             conn.execute("ALTER TABLE events ADD COLUMN timings TEXT NOT NULL DEFAULT '{}'")
+        _add_columns(conn, "uploads", UPLOAD_RETRY_COLUMNS)   # databases made before bake retries
     except sqlite3.Error as err:
-        raise LayerbootError(f"cannot open the node database {path}: {err}",
-                             hint="is the store directory writable (run as root)?") from None
+        raise storage_error(err, path, doing="opening") or LayerbootError(
+            f"cannot open the node database {path}: {err}",
+            hint="is the store directory writable (run as root)?") from None
     except OSError as err:
         raise LayerbootError(f"cannot create {path.parent}: {err.strerror}") from None
     return conn

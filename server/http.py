@@ -28,14 +28,15 @@ from typing import Any
 from aiohttp import web
 
 from layerboot import __version__
-from layerboot.errors import LayerbootError, NotFoundError
+from layerboot.diskspace import storage_error
+from layerboot.errors import LayerbootError
 from layerboot.overlays.names import DIGEST_RE
 from layerboot.overlays.profile import Profiles
 from layerboot.overlays.store import Store
 from layerboot.paths import Paths
 from layerboot.server import negotiate
 from layerboot.server.nodes import AuthError, Event, Node, Registry, normalize_mac, token_hash
-from layerboot.server.objects import ProfileIndex, send_object
+from layerboot.server.objects import ProfileIndex, etag_matches, send_object
 
 log = logging.getLogger("layerboot.server.http")
 access_log = logging.getLogger("layerboot.server.access")
@@ -57,6 +58,7 @@ class ServerState:
     index: ProfileIndex
     admin_token_hash: str
     uploads: Any = None          # layerboot.server.uploads.Uploads, once started
+    verifier: Any = None         # layerboot.server.verify.ObjectVerifier (None: objects are sent unchecked)
     started: float = 0.0
 
 
@@ -201,8 +203,14 @@ async def handle_object(request: web.Request) -> web.StreamResponse:
                             status=403)
     path = state.paths.object(digest)
     if not path.is_file():
+        if state.verifier is not None and state.verifier.quarantined(digest):
+            raise state.verifier.damaged(digest)
         raise web.HTTPNotFound(text=f"object {digest[:12]} is not in the store")
-    return await send_object(request, path, digest)
+    if state.verifier is None or request.method == "HEAD" or etag_matches(request.headers.get("If-None-Match", ""),
+                                                                           digest):
+        return await send_object(request, path, digest)   # no bytes of it go out
+    handle = await state.verifier.open(path, digest)
+    return await send_object(request, path, digest, handle=handle)
 
 
 # -- reports and status ------------------------------------------------------------------------------------
@@ -271,7 +279,9 @@ async def errors_and_access_log(request: web.Request, handler: Any) -> web.Strea
         response = negotiate.error(request, err.status, err.message, hint=err.hint,
                                    headers={"WWW-Authenticate": "Bearer"} if err.status == 401 else None)
     except LayerbootError as err:
-        status = 404 if isinstance(err, NotFoundError) else 400
+        status = err.http_status
+        if status >= 500:
+            log.error("%s %s: %s", request.method, request.path, err.message)
         response = negotiate.error(request, status, err.message, hint=err.hint)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -281,9 +291,14 @@ async def errors_and_access_log(request: web.Request, handler: Any) -> web.Strea
         response = negotiate.error(request, exc.status, message, headers=kept or None)
     except (ConnectionResetError, ConnectionError):
         raise
-    except Exception:
-        log.exception("internal error on %s %s", request.method, request.path)
-        response = negotiate.error(request, 500, "internal server error (see the layerbootd log)")
+    except Exception as err:
+        storage = storage_error(err)   # a full or failing disk under a database write, ...: one line
+        if storage is None:
+            log.exception("internal error on %s %s", request.method, request.path)
+            response = negotiate.error(request, 500, "internal server error (see the layerbootd log)")
+        else:
+            log.error("%s %s: %s", request.method, request.path, storage.message)
+            response = negotiate.error(request, storage.http_status, storage.message, hint=storage.hint)
     elapsed = (time.monotonic() - start) * 1000
     access_log.info("%s %s %s %s %d %.1fms", request.remote, request.method, request.path, response.status,
                     response.content_length or 0, elapsed)

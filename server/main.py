@@ -100,11 +100,13 @@ async def serve(config: Any) -> None:
     """Run until SIGTERM/SIGINT: open the store and database, start the bake queue, HTTP and SFTP."""
     from aiohttp import web
 
+    from layerboot.server.daemonlock import DaemonLock
     from layerboot.server.db import connect
     from layerboot.server.http import ServerState, build_app
     from layerboot.server.nodes import Registry, token_hash
     from layerboot.server.objects import ProfileIndex
     from layerboot.server.queue import Uploads
+    from layerboot.server.verify import ObjectVerifier
 
     if config.server_public_url and not config.server_public_url.startswith(("http://", "https://")):
         raise LayerbootError(f"server.public_url = {config.server_public_url!r} must be an http:// URL")
@@ -115,6 +117,7 @@ async def serve(config: Any) -> None:
         raise LayerbootError(f"the store at {paths.root} has no signing key", hint="run 'layerboot key generate'")
     for directory in (paths.incoming, paths.state, paths.tmp):
         directory.mkdir(parents=True, exist_ok=True)
+    lock = DaemonLock(paths).acquire()   # held for the daemon's life; the kernel drops it when we exit
     profiles = Profiles(store)
     conn = connect(paths.database)
     registry = Registry(conn, boot_token_ttl=config.server_boot_token_ttl)
@@ -122,6 +125,7 @@ async def serve(config: Any) -> None:
                         index=ProfileIndex(profiles), admin_token_hash=token_hash(admin_token(paths)),
                         started=time.monotonic())
     state.uploads = Uploads(state)
+    state.verifier = ObjectVerifier(store.objects, enabled=config.server_verify_objects)
     await state.uploads.start()
 
     app = build_app(state, client_max_size=1 << 20)
@@ -153,7 +157,9 @@ async def serve(config: Any) -> None:
             sftp.close()
         await runner.cleanup()
         await state.uploads.stop()
+        state.verifier.close()
         conn.close()
+        lock.release()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,6 +16,7 @@ as it; they do not make the boot network trusted.
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import re
 import secrets
@@ -24,9 +25,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from layerboot.diskspace import storage_error
 from layerboot.errors import LayerbootError, NotFoundError
 from layerboot.overlays.layer import utc_now
 from layerboot.overlays.names import check_profile_name
+
+log = logging.getLogger("layerboot.server.nodes")
 
 MAC_RE = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 BOOT_TOKENS_KEPT = 8
@@ -268,9 +272,16 @@ class Registry:
                 "(SELECT id FROM events WHERE mac = ? ORDER BY id DESC LIMIT ?)", (mac, mac, EVENTS_KEPT))
 
     def saw_boot(self, mac: str) -> None:
-        """Count an iPXE script fetch as the start of a boot."""
-        self.conn.execute("UPDATE nodes SET last_seen = ?, last_stage = 'ipxe', last_ok = 1, boots = boots + 1 "
-                          "WHERE mac = ?", (utc_now(), mac))
+        """Count an iPXE script fetch as the start of a boot. Best effort: a full or failing disk under the
+        database must not stop nodes from booting, so that failure is logged, not raised."""
+        try:
+            self.conn.execute("UPDATE nodes SET last_seen = ?, last_stage = 'ipxe', last_ok = 1, "
+                              "boots = boots + 1 WHERE mac = ?", (utc_now(), mac))
+        except sqlite3.Error as err:
+            problem = storage_error(err)
+            if problem is None:
+                raise
+            log.warning("cannot record the boot of %s: %s", mac, problem.message)
 
     def events(self, mac: str, limit: int = 20) -> list[Event]:
         rows = self.conn.execute("SELECT * FROM events WHERE mac = ? ORDER BY id DESC LIMIT ?",

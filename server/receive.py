@@ -16,8 +16,10 @@ from pathlib import Path
 from aiohttp import web
 
 from layerboot.atomic import fsync_dir
+from layerboot.diskspace import require_space, storage_error
 from layerboot.server.http import STATE, bearer, node_or_admin, path_mac
 from layerboot.server.queue import QueueFull
+from layerboot.server.quota import over
 from layerboot.server.uploads import UploadRecords, check_upload_name
 
 log = logging.getLogger("layerboot.server.receive")
@@ -44,35 +46,54 @@ async def handle_upload(request: web.Request) -> web.StreamResponse:
                                             text=f"upload of {request.content_length} bytes is over the "
                                                  f"{limit}-byte quota (bake.max_bytes)")
     try:
-        state.uploads.admit()
+        left = state.uploads.admit(node.mac)   # 503 when the queue is full, 507 when the node is at its quota
     except QueueFull as err:
         return_error = web.HTTPServiceUnavailable(text=err.message, headers={"Retry-After": "30"})
         raise return_error from None
+    declared = request.content_length
+    if declared is not None:
+        if (too_much := over(node.mac, declared, left)) is not None:
+            raise too_much
+        require_space(state.paths.incoming, declared, what=f"an upload from {node.mac}")
     records: UploadRecords = state.uploads.records
     upload = records.begin(node.mac, node.profile, name, via="http")
     part, final = records.part_path(upload), Path(upload.path)
     loop = asyncio.get_running_loop()
     size = 0
-    handle = open(part, "wb")
+    inflight = state.uploads.inflight
+    inflight[upload.id] = 0
     try:
-        async for chunk in request.content.iter_chunked(CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size,
-                                                    text=f"upload is over the {limit}-byte quota (bake.max_bytes)")
-            handle.write(chunk)
-        if request.content_length is not None and size != request.content_length:
-            raise web.HTTPBadRequest(text=f"upload ended after {size} of {request.content_length} bytes")
-        if size == 0:
-            raise web.HTTPBadRequest(text="empty upload")
-        await loop.run_in_executor(None, _finish, handle, part, final)
+        handle = open(part, "wb")
+        try:
+            async for chunk in request.content.iter_chunked(CHUNK):
+                size += len(chunk)
+                inflight[upload.id] = size
+                if size > limit:
+                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size,
+                                                        text=f"upload is over the {limit}-byte quota (bake.max_bytes)")
+                if (too_much := over(node.mac, size, left)) is not None:
+                    raise too_much
+                handle.write(chunk)
+            if request.content_length is not None and size != request.content_length:
+                raise web.HTTPBadRequest(text=f"upload ended after {size} of {request.content_length} bytes")
+            if size == 0:
+                raise web.HTTPBadRequest(text="empty upload")
+            await loop.run_in_executor(None, _finish, handle, part, final)
+        except BaseException:
+            handle.close()
+            raise
     except BaseException as exc:
-        handle.close()
         part.unlink(missing_ok=True)
-        reason = getattr(exc, "text", None) or f"{type(exc).__name__}: connection lost mid-upload"
+        problem = storage_error(exc, part, doing="writing") if isinstance(exc, OSError) else None
+        reason = (problem.message if problem else getattr(exc, "text", None) or getattr(exc, "message", None)
+                  or f"{type(exc).__name__}: connection lost mid-upload")
         records.failed(upload.id, f"not received: {reason}")
         log.warning("upload %s from %s not received: %s", upload.id, node.mac, reason)
+        if problem is not None:
+            raise problem from None   # 507 naming the full filesystem, not a 500
         raise
+    finally:
+        inflight.pop(upload.id, None)
     upload = records.complete(upload, size)
     state.uploads.wake.set()
     log.info("upload %s from %s via http: %s (%d bytes) queued", upload.id, node.mac, name, size)
