@@ -175,5 +175,5 @@ def sweep(paths: Paths, *, repair: bool) -> tuple[list[Leftover], list[Leftover]
                 removed += [item for item in later if remove(item)]
         found += later
     for item in removed:
-        log.warning("removed %s", item.describe(paths.root))
+        log.info("removed %s", item.describe(paths.root))
     return found, removed

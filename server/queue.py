@@ -87,13 +87,11 @@ class Uploads:
     def clean_leftovers(self) -> None:
         """Remove what a killed process left in the store and the queue (overlays.leftovers), and log it."""
         found, removed = leftovers.sweep(self.paths, repair=True)
-        for item in self.records.queue_leftovers():
-            if leftovers.remove(item):
-                removed.append(item)
-                log.warning("removed %s", item.describe(self.paths.root))
+        queue = self.records.queue_leftovers()
+        found += queue
+        removed += [item for item in queue if leftovers.remove(item)]
         for item in found:
-            if item not in removed:
-                log.warning("cannot remove %s", item.describe(self.paths.root))
+            log.warning("%s %s", "removed" if item in removed else "cannot remove", item.describe(self.paths.root))
         if removed:
             log.warning("start-up clean-up: removed %d leftover(s) of an interrupted run (%.1f MB)",
                         len(removed), sum(item.size for item in removed) / 1e6)

@@ -242,9 +242,12 @@ def test_kill_9_during_bake_then_restart_finishes_the_bake(setup: Setup) -> None
     daemon.kill9()
     assert set(setup.profiles.store.digests()) == layers_before   # no half layer
     assert setup.records().get(reply["id"]).state == "baking"
+    assert [p.name[:5] for p in setup.profiles.paths.tmp.iterdir()] == ["bake."]   # the killed bake's scratch
     setup.start(upload_policy="auto")
     status = setup.wait_state(reply["id"], ("baked", "failed"), timeout=60)
     assert status["state"] == "baked", status
+    assert "removed scratch tmp/bake." in daemon.log.read_text()   # at once, not an hour later
+    assert not any(setup.profiles.paths.tmp.iterdir())
     new = set(setup.profiles.store.digests()) - layers_before
     assert new == {status["layer"]}
     assert setup.profiles.current("p1").number == generation_before + 1

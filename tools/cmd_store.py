@@ -46,11 +46,11 @@ def cmd_init(ctx: Context) -> int:
 
 def _queue_leftovers(ctx: Context, *, repair: bool) -> tuple[list[Leftover], list[Leftover], str]:
     """Upload-queue leftovers (found, removed), checked only while no layerbootd holds the store."""
-    if not ctx.paths.database.exists():
-        return [], [], ""
     from layerboot.server.daemonlock import DaemonLock
     from layerboot.server.db import connect
-    from layerboot.server.uploads import UploadRecords
+    from layerboot.server.uploads import UploadRecords, queue_dir
+    if not ctx.paths.database.exists() and not (queue_dir(ctx.paths).is_dir() and any(queue_dir(ctx.paths).iterdir())):
+        return [], [], ""   # no daemon ever ran here: nothing to check (and no database to create)
     try:
         lock = DaemonLock(ctx.paths, purpose="layerboot store fsck").acquire()
     except LayerbootError as err:
