@@ -126,13 +126,14 @@ def filesystem(path: Path) -> Filesystem:
 
 def describe(code: int, path: Path | None, *, doing: str = "") -> StorageError:
     """A StorageError for ``code`` (an errno in CAUSES) at ``path``: cause, device, mount point, file."""
-    fs = filesystem(path or Path("/"))
-    detail = []
-    if path is not None:
-        detail.append(f"{doing} {path}".strip())
+    if path is None:   # e.g. a write() error: the kernel does not say which file
+        return StorageError(f"{CAUSES.get(code, os.strerror(code))} on a filesystem this command writes to",
+                            errno=code, hint="see 'df -h' (and dmesg for I/O errors), fix it, then try again")
+    fs = filesystem(path)
+    detail = [f"{doing} {path}".strip()]
     if code in (errno.ENOSPC, errno.EDQUOT):
         detail.append(f"{mb(fs.usable)} free of {mb(fs.total)}")
-    message = f"{CAUSES.get(code, os.strerror(code))} on {fs}" + (f" ({'; '.join(detail)})" if detail else "")
+    message = f"{CAUSES.get(code, os.strerror(code))} on {fs} ({'; '.join(detail)})"
     hint = HINTS.get(code, "").format(mount=fs.mountpoint, device=fs.device) or None
     return StorageError(message, errno=code, hint=hint)
 

@@ -110,6 +110,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.verify_objects", _bool, True,
             "hash each object before serving it for the first time (again after it changes on disk); a damaged "
             "object is moved to quarantine/ and never served"),
+    Setting("server.scrub_interval", _int, 7 * 86400,
+            "seconds between two re-hashings of every object in the store by layerbootd, for damage that leaves "
+            "a file's size and times alone (0: never)"),
     Setting("server.upload_policy", _choice("hold", "auto"), "hold",
             "default for profiles without their own policy: 'auto' appends a baked upload as a new generation, "
             "'hold' waits for 'layerboot uploads approve'"),

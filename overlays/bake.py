@@ -97,7 +97,7 @@ def _run_tar2sqfs(fill: Callable[[TarWriter], None], image: Path, *, compression
     stderr = errors.read_text(encoding="utf-8", errors="replace")
     if rc != 0 or not done:
         image.unlink(missing_ok=True)
-        raise CommandError(argv, rc if rc != 0 else None, stderr or "stopped reading its input early")
+        raise CommandError(argv, rc if rc != 0 else None, stderr or ("" if rc else "stopped reading its input early"))
 
 
 def write_member(writer: TarWriter, member: Member, data: Reader | None) -> None:

@@ -106,7 +106,7 @@ async def serve(config: Any) -> None:
     from layerboot.server.nodes import Registry, token_hash
     from layerboot.server.objects import ProfileIndex
     from layerboot.server.queue import Uploads
-    from layerboot.server.verify import ObjectVerifier
+    from layerboot.server.verify import ObjectVerifier, keep_verified
 
     if config.server_public_url and not config.server_public_url.startswith(("http://", "https://")):
         raise LayerbootError(f"server.public_url = {config.server_public_url!r} must be an http:// URL")
@@ -144,6 +144,7 @@ async def serve(config: Any) -> None:
         sftp = await start_sftp(state, config.server_listen, config.server_ssh_port)
     log.info("layerbootd %s serving %s on http://%s:%d%s", __version__, paths.root, config.server_listen,
              config.server_port, f" and sftp port {config.server_ssh_port}" if sftp else "")
+    verifying = asyncio.create_task(keep_verified(state.verifier, profiles, scrub_interval=config.server_scrub_interval))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -153,6 +154,7 @@ async def serve(config: Any) -> None:
         await stop.wait()
     finally:
         log.info("stopping")
+        verifying.cancel()
         if sftp is not None:
             sftp.close()
         await runner.cleanup()

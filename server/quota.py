@@ -15,7 +15,6 @@ is stored; an upload that grows past the byte quota while it streams is cut off 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from layerboot.errors import LayerbootError
@@ -116,7 +115,3 @@ def over(mac: str, size: int, left: int | None) -> QuotaExceeded | None:
 HINT = ("wait for its queued uploads to bake; approve or reject held ones ('layerboot uploads list'); "
         "failed uploads' files expire after server.failed_upload_keep")
 
-
-def area_files(paths: Any, mac: str) -> list[Path]:
-    area = node_dir(paths, mac)
-    return sorted(area.iterdir()) if area.is_dir() else []

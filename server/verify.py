@@ -22,9 +22,10 @@ import asyncio
 import hashlib
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from layerboot.diskspace import storage_error
 from layerboot.errors import LayerbootError
@@ -104,6 +105,33 @@ class ObjectVerifier:
             handle.close()
             raise
 
+    async def check(self, digest: str, *, force: bool = False) -> str | None:
+        """Verify one stored object now (``force``: even if verified before); returns a problem or None.
+
+        Used by :meth:`sweep`: right after start for what nodes will ask for first, and periodically (a
+        scrub, server.scrub_interval) for bit rot that leaves a file's stamps alone.
+        """
+        path = self.objects.path(digest)
+        if force:
+            self.verified.pop(digest, None)
+        try:
+            handle = await self.open(path, digest)
+        except FileNotFoundError:
+            return None
+        except LayerbootError as err:
+            return err.message
+        handle.close()
+        return None
+
+    async def sweep(self, digests: list[str], *, force: bool, what: str) -> None:
+        """Verify ``digests`` one after another (one hashing thread, so serving keeps the other)."""
+        started, damaged = time.monotonic(), 0
+        for digest in digests:
+            if await self.check(digest, force=force) is not None:
+                damaged += 1
+        log.info("%s: %d object(s) checked in %.0fs, %d with a problem", what, len(digests),
+                 time.monotonic() - started, damaged)
+
     def _quarantine(self, path: Path, digest: str, key: Stamp, actual: str) -> None:
         """Move the damaged file aside, unless it was replaced meanwhile (a repair by re-import)."""
         try:
@@ -120,3 +148,19 @@ class ObjectVerifier:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def keep_verified(verifier: ObjectVerifier, profiles: Any, *, scrub_interval: int) -> None:
+    """Layerbootd's background task: right after start, verify what the profiles' current generations name
+    (what booting nodes ask for first, so they need not wait for the hash); then every ``scrub_interval``
+    seconds re-hash every object in the store (0: never)."""
+    if not verifier.enabled:
+        return
+    current = []
+    for name in profiles.names():
+        gen = profiles.current(name)
+        current += [d for d in (*gen.layers, gen.kernel, gen.initrd) if d and d not in current]
+    await verifier.sweep(current, force=False, what="start-up verification of the current generations")
+    while scrub_interval:
+        await asyncio.sleep(scrub_interval)
+        await verifier.sweep(profiles.store.digests(), force=True, what="scrub")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from layerboot.overlays.profile import Profiles
 from layerboot.overlays.store import Store
 from layerboot.tools.cli import main
 from server_daemon import Daemon, boot_profile, write_config
-from smallfs import BrokenTail, small_ext4
+from smallfs import BLOCK, BrokenTail, physical_extents, small_ext4
 
 
 def damage(path: Path, *, keep_mtime: bool = False) -> None:
@@ -94,7 +95,10 @@ def test_a_damaged_object_is_refused_quarantined_and_served_again_after_reimport
         assert len(reply.body) < 1000 and good[:64] not in reply.body and "immutable" not in reply.headers.get(
             "cache-control", "")
     assert not path.exists() and len(list(daemon.paths.quarantine.glob(f"{kernel}.*"))) == 1
-    assert f"object {kernel[:12]} failed its hash check before serving" in daemon.log.read_text()
+    deadline = time.monotonic() + 10   # (the start-up verification may be the one that moved it: it logs after)
+    while f"object {kernel[:12]} failed its hash check before serving" not in daemon.log.read_text():
+        assert time.monotonic() < deadline, daemon.log.read_text()
+        time.sleep(0.05)
     (tmp_path / "vmlinuz-again").write_bytes(good)
     assert main(["--store", str(daemon.paths.root), "layer", "import", str(tmp_path / "vmlinuz-again"),
                  "--kind", "kernel"]) == 0
@@ -124,12 +128,12 @@ def test_a_read_error_is_a_503_naming_the_disk_and_quarantines_nothing(tmp_path:
     with small_ext4(tmp_path / "objects.img", objects, mb=16) as device:
         for item in moved.iterdir():
             shutil.copy2(item, objects / item.name)
+        kernel = digests["kernel"]
+        broken = BrokenTail(tmp_path / "objects.img", objects / kernel)   # before the daemon first reads it
         daemon = Daemon(profiles.paths, write_config(tmp_path / "layerboot.toml", profiles.paths),
                         tmp_path / "layerbootd.log").start()
         try:
             token = (profiles.paths.state / "admin.token").read_text().strip()
-            kernel = digests["kernel"]
-            broken = BrokenTail(tmp_path / "objects.img", objects / kernel)
             reply = daemon.get(f"/objects/{kernel}", token=token, headers={"Accept": "application/json"})
             assert reply.status == 503, reply.text
             assert reply.json()["error"].startswith(f"I/O error on {device} mounted at {objects} (reading "
@@ -138,5 +142,40 @@ def test_a_read_error_is_a_503_naming_the_disk_and_quarantines_nothing(tmp_path:
             broken.heal()
             reply = daemon.get(f"/objects/{kernel}", token=token)
             assert reply.status == 200 and reply.body == (moved / kernel).read_bytes()
+        finally:
+            daemon.stop()
+
+
+@pytest.mark.root
+def test_bit_rot_under_the_filesystem_is_found_by_the_scrub(tmp_path: Path, make_layer, profiles: Profiles) -> None:
+    """Bytes changed on the disk itself: size, mtime and ctime stay as they were, only a re-hash can tell."""
+    digests = boot_profile(profiles, make_layer, tmp_path)
+    objects = profiles.paths.objects
+    saved = {p.name: p.read_bytes() for p in objects.iterdir()}
+    with small_ext4(tmp_path / "objects.img", objects, mb=16):
+        for name, data in saved.items():
+            with open(objects / name, "wb") as handle:
+                handle.write(data)
+                os.fsync(handle.fileno())   # on the device now: nothing cached will overwrite the rot below
+        kernel = digests["kernel"]
+        config = write_config(tmp_path / "layerboot.toml", profiles.paths, scrub_interval=1)
+        daemon = Daemon(profiles.paths, config, tmp_path / "layerbootd.log").start()
+        try:
+            token = (profiles.paths.state / "admin.token").read_text().strip()
+            assert daemon.get(f"/objects/{kernel}", token=token).status == 200
+            [(block, _), *_] = physical_extents(objects / kernel)
+            with open(tmp_path / "objects.img", "r+b") as image:   # below the filesystem
+                image.seek(block * BLOCK + 100)
+                byte = image.read(1)
+                image.seek(block * BLOCK + 100)
+                image.write(bytes([byte[0] ^ 0xFF]))
+            with open(objects / kernel, "rb") as handle:
+                os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            deadline = time.monotonic() + 20
+            while (objects / kernel).exists():
+                assert time.monotonic() < deadline, daemon.log.read_text()
+                time.sleep(0.1)
+            assert daemon.get(f"/objects/{kernel}", token=token).status == 500
+            assert "scrub: " in daemon.log.read_text()
         finally:
             daemon.stop()
