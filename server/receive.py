@@ -1,9 +1,10 @@
 """``PUT /nodes/{mac}/uploads/{name}.tar.zst``: stream an upload to disk, then hand it to the bake queue.
 
-The body goes to ``incoming/.queue/<id>.part`` (never into memory), counted against ``bake.max_bytes``;
-only after the last byte is fsynced is it renamed to ``<id>.tar.zst`` and marked ``received``. The reply is
-202 with the upload id as soon as the file is in place: the client does not wait for the bake, and can poll
-``GET /nodes/{mac}/uploads/{id}``.
+The body goes to ``incoming/.queue/<id>.part`` (never into memory), counted against ``bake.max_bytes`` and
+the node's quota (server.quota: 507 beyond it, before a byte is stored when Content-Length says so); only
+after the last byte is fsynced is it renamed to ``<id>.tar.zst`` and marked ``received``. The reply is 202
+with the upload id as soon as the file is in place: the client does not wait for the bake, and can poll
+``GET /nodes/{mac}/uploads/{id}``. A full disk under incoming/ is a 507 naming it, never a 500.
 """
 
 from __future__ import annotations
