@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,11 +54,13 @@ def locked_tmp(directory: Path, *, prefix: str, suffix: str = TMP_SUFFIX) -> tup
 def in_use(path: Path) -> bool:
     """True when a live process holds the flock of this temp file or scratch directory."""
     try:
+        if not stat.S_ISREG(mode := os.lstat(path).st_mode) and not stat.S_ISDIR(mode):
+            return False   # a symlink, fifo or device node is never ours (and is not opened)
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     except OSError as err:
-        if err.errno == errno.ELOOP:   # a symlink is never ours
+        if err.errno == errno.ELOOP:   # replaced by a symlink meanwhile
             return False
         raise
     try:

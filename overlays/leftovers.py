@@ -76,6 +76,8 @@ def mounts_inside(path: Path) -> list[Path]:
     """Mount points below ``path`` (a scratch dir a killed ``squash`` left with squashfs images mounted)."""
     if not path.is_dir() or path.is_symlink():
         return []
+    if os.path.ismount(path):
+        return [path]
     found = []
     top = os.lstat(path).st_dev
     for dirpath, dirnames, _ in os.walk(path):

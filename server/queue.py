@@ -55,6 +55,7 @@ class Uploads:
         self.sweeper: asyncio.Task[None] | None = None
         self.inflight: dict[str, int] = {}   # upload id -> bytes received so far (uploads in 'receiving')
         self.active: set[str] = set()        # uploads a worker of this process is baking
+        self.ignored: set[Path] = set()      # files in areas of nodes that are not registered
 
     # -- life cycle --------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -139,7 +140,9 @@ class Uploads:
             mac = normalize_mac(path.parent.name)
             node = self.state.registry.find(mac)
             if node is None:
-                log.warning("ignoring %s: no registered node %s", path, mac)
+                if path not in self.ignored:   # once, not at every sweep; removed at the next start
+                    self.ignored.add(path)
+                    log.warning("ignoring %s: no registered node %s", path, mac)
                 return
             if not path.is_file():
                 return

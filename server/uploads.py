@@ -39,7 +39,7 @@ from layerboot.overlays.layer import utc_now
 from layerboot.overlays.leftovers import Leftover, tree_size
 from layerboot.overlays.names import check_profile_name
 from layerboot.paths import Paths
-from layerboot.server.nodes import mac_dirname
+from layerboot.server.nodes import mac_dirname, normalize_mac
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}\.tar\.zst$")
 ID_RE = re.compile(r"^[0-9]{14}-[0-9a-f]{8}$")
@@ -278,6 +278,17 @@ class UploadRecords:
             for part in sorted(self.paths.incoming.glob("*/.*.part")):
                 if part.parent.name != QUEUE_DIR and not in_use(part):
                     found.append(Leftover("sftp part", part, tree_size(part), "a transfer that was cut off"))
+            registered = {row["mac"] for row in self.conn.execute("SELECT mac FROM nodes")}
+            for area in sorted(self.paths.incoming.iterdir()):
+                try:
+                    mac = normalize_mac(area.name)
+                except LayerbootError:
+                    continue
+                if area.is_dir() and mac not in registered:
+                    for path in sorted(area.iterdir()):
+                        if not path.name.endswith(".part"):
+                            found.append(Leftover("sftp upload", path, tree_size(path),
+                                                  f"node {mac} is not registered (any more)"))
         return found
 
     # -- policy ------------------------------------------------------------------------------------------
@@ -303,12 +314,18 @@ class UploadRecords:
         self._set(upload.id, "baked", generation=gen, message="approved")
         return self.get(upload_id)
 
-    def reject(self, upload_id: str) -> Upload:
-        """Drop a held upload (never appended; its layer stays in the store, in no profile), or one waiting
-        in the queue (its file is removed)."""
+    def reject(self, upload_id: str, profiles: Any = None) -> Upload:
+        """Drop a held upload (never appended; with ``profiles``, its layer is removed from the store unless
+        something else uses it), or one waiting in the queue (its file is removed)."""
         upload = self.get(upload_id)
         if upload.held:
             self.failed(upload.id, "rejected by the admin")
+            if profiles is not None and upload.layer:
+                others = {row["layer"] for row in self.conn.execute(
+                    "SELECT layer FROM uploads WHERE layer = ? AND id != ? AND state = 'baked'",
+                    (upload.layer, upload.id))}
+                if profiles.drop_unused_layer(upload.layer, keep=others):
+                    self._set(upload.id, "failed", message="rejected by the admin; its layer was removed")
             return self.get(upload_id)
         changed = self.conn.execute("UPDATE uploads SET state = 'failed', updated = ?, message = ?, next_try = NULL "
                                     "WHERE id = ? AND state IN ('received', 'retry')",

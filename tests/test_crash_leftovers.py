@@ -53,6 +53,9 @@ def crash_everywhere(profiles: Profiles, make_layer, tmp_path: Path) -> dict[str
     stray = profiles.paths.incoming / ".queue" / "20200101000000-0badc0de.tar.zst"
     stray.parent.mkdir(parents=True, exist_ok=True)
     stray.write_bytes(b"an upload file no record needs")
+    gone = profiles.paths.incoming / "02-00-00-00-00-99"   # the SFTP area of a node that was removed
+    gone.mkdir()
+    (gone / "old.tar.zst").write_bytes(b"x")
     return {"overlay": overlay}
 
 
@@ -72,14 +75,16 @@ def test_fsck_reports_what_killed_commits_left_and_layerbootd_start_removes_it(
     for line in EXPECTED:
         assert line in out, (line, out)
     assert "LEFTOVER queue file incoming/.queue/20200101000000-0badc0de.tar.zst" in out
+    assert "LEFTOVER sftp upload incoming/02-00-00-00-00-99/old.tar.zst (1 B): node 02:00:00:00:00:99 is not " \
+           "registered" in out
     assert "BAD" not in out
-    assert "fsck found 9 leftover(s)" in err and "fsck --repair" in err
+    assert "fsck found 10 leftover(s)" in err and "fsck --repair" in err
 
     daemon = Daemon(profiles.paths, write_config(tmp_path / "layerboot.toml", profiles.paths),
                     tmp_path / "layerbootd.log").start()
     daemon.stop()
     log = daemon.log.read_text()
-    assert log.count("removed ") >= 9 and "start-up clean-up: removed 9 leftover(s)" in log, log
+    assert log.count("removed ") >= 10 and "start-up clean-up: removed 10 leftover(s)" in log, log
     assert fsck(capsys, root)[0] == 0
     # the profile works on: the number the crashed commit had reserved is reused, with a new manifest
     assert profiles.add("p1", made["overlay"]).number == generation + 1
@@ -105,7 +110,7 @@ def test_fsck_repair_removes_leftovers_but_nothing_in_use_or_mounted(
             (mounted / "precious").write_text("on another filesystem")
             code, out, err = fsck(capsys, root, "--repair")
             assert code == 1 and "1 leftover(s)" in err, out + err
-            assert out.count("REMOVED ") == 9, out
+            assert out.count("REMOVED ") == 10, out
             assert f"LEFTOVER scratch tmp/squash.dead0000" in out and f"umount {mounted}" in out
             assert in_use.is_dir() and in_use.name not in out
             assert (mounted / "precious").read_text() == "on another filesystem"

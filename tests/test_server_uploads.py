@@ -124,8 +124,13 @@ def test_hold_policy_waits_for_approval(setup: Setup) -> None:
         setup.records().approve(reply["id"], setup.profiles)
     other = setup.put("nope.tar.zst", layer_upload({"etc/nope": b"2"})).json()
     assert setup.wait_state(other["id"], ("baked", "failed"))["message"] == "held for approval"
+    rejected_layer = setup.records().get(other["id"]).layer
+    assert rejected_layer and setup.profiles.store.objects.exists(rejected_layer)
     assert main(["--store", str(daemon.paths.root), "uploads", "reject", other["id"]]) == 0
     assert setup.records().get(other["id"]).state == "failed"
+    # nothing else uses the rejected layer: its bytes do not stay in the store, counted against nobody
+    assert not setup.profiles.store.objects.exists(rejected_layer)
+    assert rejected_layer not in setup.profiles.store.digests()
     assert setup.profiles.current("p1").layers[-1] == status["layer"]
 
 

@@ -218,9 +218,13 @@ def cmd_uploads_approve(ctx: Context) -> int:
 
 
 def cmd_uploads_reject(ctx: Context) -> int:
-    upload = _records(ctx).reject(ctx.args.id)
-    print(f"upload {upload.id}: rejected" + (f" (layer {upload.layer[:12]} stays unused)" if upload.layer
-                                             else "; its file is removed"))
+    upload = _records(ctx).reject(ctx.args.id, ctx.profiles)
+    if not upload.layer:
+        print(f"upload {upload.id}: rejected; its file is removed")
+    elif ctx.store.paths.object_meta(upload.layer).exists():
+        print(f"upload {upload.id}: rejected; layer {upload.layer[:12]} stays (something else uses it)")
+    else:
+        print(f"upload {upload.id}: rejected; layer {upload.layer[:12]} is removed from the store")
     return 0
 
 
