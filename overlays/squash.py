@@ -103,6 +103,10 @@ def squash_layers(store: Store, digests_base_first: Sequence[str], *, base: str,
     for layer in layers:
         if not layer.is_squashfs:
             raise LayerbootError(f"{layer.short} is a {layer.kind}, not a squashfs layer")
+        if problem := store.objects.verify(layer.digest):   # else the damage would live on, validly hashed
+            raise LayerbootError(f"layer {layer.short} is damaged ({problem}); squashing it would bake the damage "
+                                 "into a new layer", hint="repair it first: import its good bytes again "
+                                 "(layerboot layer import FILE); see 'layerboot store fsck'")
     store.paths.tmp.mkdir(parents=True, exist_ok=True)
     with scratch_dir(store.paths.tmp, prefix="squash.") as scratch_name:
         scratch = Path(scratch_name)

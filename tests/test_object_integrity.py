@@ -179,3 +179,18 @@ def test_bit_rot_under_the_filesystem_is_found_by_the_scrub(tmp_path: Path, make
             assert "scrub: " in daemon.log.read_text()
         finally:
             daemon.stop()
+
+
+def test_squash_refuses_a_damaged_layer_instead_of_laundering_it(profiles: Profiles, make_layer,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    base = make_layer({"etc/os-release": "base\n"}, kind="base")
+    profiles.create("p", base)
+    first = make_layer({"etc/a": "a\n"}, base=base)
+    profiles.add("p", first)
+    profiles.add("p", make_layer({"etc/b": "b\n"}, base=base))
+    damage(profiles.store.path(first))
+    assert main(["--store", str(profiles.paths.root), "squash", "p", "--from", "1", "--to", "2"]) == 1
+    err = capsys.readouterr().err
+    assert f"layer {first[:12]} is damaged (content hash is" in err and "squashing it would bake" in err
+    assert profiles.current("p").number == 3 and set(profiles.store.digests()) == {base, first,
+                                                                                   profiles.current("p").layers[2]}
