@@ -144,7 +144,8 @@ async def serve(config: Any) -> None:
         sftp = await start_sftp(state, config.server_listen, config.server_ssh_port)
     log.info("layerbootd %s serving %s on http://%s:%d%s", __version__, paths.root, config.server_listen,
              config.server_port, f" and sftp port {config.server_ssh_port}" if sftp else "")
-    verifying = asyncio.create_task(keep_verified(state.verifier, profiles, scrub_interval=config.server_scrub_interval))
+    verifying = asyncio.create_task(keep_verified(state.verifier, profiles,
+                                                  scrub_interval=config.server_scrub_interval))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

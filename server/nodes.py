@@ -16,8 +16,8 @@ as it; they do not make the boot network trusted.
 from __future__ import annotations
 
 import hashlib
-import logging
 import json
+import logging
 import re
 import secrets
 import sqlite3

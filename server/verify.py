@@ -156,11 +156,17 @@ async def keep_verified(verifier: ObjectVerifier, profiles: Any, *, scrub_interv
     seconds re-hash every object in the store (0: never)."""
     if not verifier.enabled:
         return
-    current = []
-    for name in profiles.names():
-        gen = profiles.current(name)
-        current += [d for d in (*gen.layers, gen.kernel, gen.initrd) if d and d not in current]
-    await verifier.sweep(current, force=False, what="start-up verification of the current generations")
+    try:
+        current: list[str] = []
+        for name in profiles.names():
+            gen = profiles.current(name)
+            current += [d for d in (*gen.layers, gen.kernel, gen.initrd) if d and d not in current]
+        await verifier.sweep(current, force=False, what="start-up verification of the current generations")
+    except Exception as err:   # a broken profile record: serving verifies on demand all the same
+        log.warning("start-up verification stopped: %s", err)
     while scrub_interval:
         await asyncio.sleep(scrub_interval)
-        await verifier.sweep(profiles.store.digests(), force=True, what="scrub")
+        try:
+            await verifier.sweep(profiles.store.digests(), force=True, what="scrub")
+        except Exception as err:
+            log.warning("scrub stopped: %s; next one in %ds", err, scrub_interval)

@@ -8,7 +8,9 @@ the same upload bakes once space is freed or the disk is healed.
 
 from __future__ import annotations
 
+import http.client
 import io
+import json
 import os
 import tarfile
 import time
@@ -237,3 +239,27 @@ def test_a_read_error_under_a_queued_upload_is_retried_not_refused(tmp_path: Pat
             assert done.state == "baked", done
         finally:
             daemon.stop()
+
+
+def test_an_upload_that_does_not_fit_is_a_507_naming_the_disk_and_leaves_nothing(queue: Queue) -> None:
+    mounted, daemon = queue.mounted, queue.daemon
+    filler = fill(mounted.mountpoint, leave=10 * 10**6)
+    where = f"no space left on {mounted.device} mounted at {mounted.mountpoint}"
+    data = os.urandom(12 * 10**6)
+    declared = daemon.request("PUT", f"/nodes/{MAC}/uploads/big.tar.zst", body=data, token=queue.token,
+                              headers={"Accept": "application/json"})
+    assert declared.status == 507 and declared.json()["error"].startswith(f"{where} for an upload from {MAC}")
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)   # no Content-Length: runs out
+    conn.request("PUT", f"/nodes/{MAC}/uploads/chunked.tar.zst", body=iter([data[i:i + 10**6]
+                                                                           for i in range(0, len(data), 10**6)]),
+                 headers={"Authorization": f"Bearer {queue.token}", "Accept": "application/json"},
+                 encode_chunked=True)
+    response = conn.getresponse()
+    body = json.loads(response.read())
+    conn.close()
+    assert response.status == 507 and body["error"].startswith(where), body
+    [cut] = queue.records().list()
+    assert cut.state == "failed" and cut.message.startswith(f"not received: {where}")
+    assert not list((mounted.paths.incoming / ".queue").iterdir())
+    assert "Traceback" not in daemon.log.read_text()
+    filler.unlink()
