@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from layerboot import strictjson
+from layerboot.atomic import scratch_dir
 from layerboot.build import bootloader
 from layerboot.build.bootloader import SLOTS, Esp
 from layerboot.build.disk_actions import (TYPE_BIOS_BOOT, TYPE_ESP, TYPE_LINUX, Action, DiskContext, DiskLabel,
@@ -279,7 +280,7 @@ class AbDisk:
     @contextlib.contextmanager
     def mounted(self, slot: str, *, writable: bool) -> Iterator[Path]:
         with contextlib.ExitStack() as stack:
-            target = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=self.workdir, prefix="slot.")))
+            target = Path(stack.enter_context(scratch_dir(self.workdir, prefix="slot.")))
             (target / "mnt").mkdir()
             mount(stack, self.slot_device(slot), target / "mnt", fstype="ext4",
                   options="rw" if writable else "ro,noload")
@@ -487,7 +488,7 @@ class InstallBootloader(Action):
     def apply(self, ctx: DiskContext) -> None:
         esp = Esp(ctx.partition(PART_ESP))
         with contextlib.ExitStack() as stack:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=ctx.workdir, prefix="grub.")))
+            workdir = Path(stack.enter_context(scratch_dir(ctx.workdir, prefix="grub.")))
             (workdir / "data").mkdir()
             data = mount(stack, ctx.partition(PART_DATA), workdir / "data", fstype="ext4")
             stack.callback(shutil.rmtree, data / ".layerboot-grub", ignore_errors=True)

@@ -32,6 +32,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from layerboot.atomic import scratch_dir
 from layerboot.build.package_files import copy_package
 from layerboot.errors import CommandError, LayerbootError
 from layerboot.overlays.layer import Layer
@@ -213,7 +214,7 @@ def debootstrap_base(store: Store, spec: DebootstrapSpec, *, cache: Path = DEFAU
     store.require_initialized()
     check_spec(spec)
     store.paths.tmp.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=store.paths.tmp, prefix="debootstrap.") as tmp:
+    with scratch_dir(store.paths.tmp, prefix="debootstrap.") as tmp:
         root = Path(tmp) / "root"
         build_tree(spec, root, cache=cache)
         extra = sorted(set(spec.include) - set(NODE_PACKAGES))

@@ -20,11 +20,11 @@ import contextlib
 import fnmatch
 import logging
 import posixpath
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from layerboot.atomic import scratch_dir
 from layerboot.errors import LayerbootError
 from layerboot.overlays.layer import Layer
 from layerboot.overlays.squashfs import SQUASHFS_MAGIC
@@ -245,7 +245,7 @@ def import_iso(store: Store, iso: Path, *, description: str = "", squashfs: str 
     try:
         layout = find_layout(reader, squashfs=squashfs, kernel=kernel, initrd=initrd)
         store.paths.tmp.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=store.paths.tmp, prefix="iso.") as tmp:
+        with scratch_dir(store.paths.tmp, prefix="iso.") as tmp:
             scratch = Path(tmp)
             parts = {}
             for name, path in (("squashfs", layout.squashfs), ("kernel", layout.kernel), ("initrd", layout.initrd)):

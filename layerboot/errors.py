@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno as errnos
+from typing import NoReturn
+
 
 class LayerbootError(Exception):
     """An expected failure. The CLI prints it as one line (plus its hint) and exits with ``exit_code``."""
 
     exit_code = 1
+    http_status = 400   # what layerbootd answers when a request ends in this error
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -19,6 +23,25 @@ class LayerbootError(Exception):
 
 class NotFoundError(LayerbootError):
     """The named thing (profile, layer, node, upload) does not exist: layerbootd answers 404 for it."""
+
+    http_status = 404
+
+
+class StorageError(LayerbootError):
+    """A full, read-only or failing filesystem (``errno`` is ENOSPC, EDQUOT, EROFS or EIO).
+
+    Nothing is wrong with the input: the same operation succeeds once the disk is fixed, so the bake queue
+    retries it. The message names the file and the filesystem (layerboot.diskspace builds it).
+    """
+
+    def __init__(self, message: str, *, errno: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.errno = errno
+
+    @property
+    def http_status(self) -> int:  # type: ignore[override]
+        """507 Insufficient Storage for a full disk or quota, 503 for a read-only or failing one."""
+        return 507 if self.errno in (errnos.ENOSPC, errnos.EDQUOT) else 503
 
 
 class CommandError(LayerbootError):
@@ -39,6 +62,6 @@ class CommandError(LayerbootError):
         super().__init__(message, hint="command line: " + " ".join(self.argv))
 
 
-def die(message: str, *, hint: str | None = None) -> "NoReturn":  # noqa: F821 - typing only
+def die(message: str, *, hint: str | None = None) -> NoReturn:
     """Abort the current operation with a one-line user-facing error."""
     raise LayerbootError(message, hint=hint)

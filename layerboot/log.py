@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Callable
 
+from layerboot.diskspace import storage_error
 from layerboot.errors import LayerbootError
 from layerboot.safetext import printable
 
@@ -49,25 +50,37 @@ def setup_logging(*, verbose: int = 0, debug: bool = False) -> None:
 def run_main(body: Callable[[], int | None], *, debug: bool, prog: str) -> int:
     """Run a CLI body; expected errors print ``prog: error: ...`` (and a hint) and return their exit code.
 
+    A full, read-only or failing disk (an OSError with ENOSPC, EDQUOT, EROFS or EIO, or SQLite's "database or
+    disk is full" / I/O error) is an expected failure too: one line naming the file and the filesystem.
     Unexpected exceptions are bugs: they print one line too, and the traceback only with --debug.
     """
     try:
         return body() or 0
     except LayerbootError as err:
-        print(f"{prog}: error: {printable(err.message)}", file=sys.stderr)
-        if err.hint:
-            print(f"{prog}: hint: {printable(err.hint)}", file=sys.stderr)
-        if debug:
-            raise
-        return err.exit_code
+        return _expected(err, debug=debug, prog=prog)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
     except Exception as err:  # a bug: still one line unless --debug
+        storage = storage_error(err)
+        if storage is not None:
+            try:
+                return _expected(storage, debug=debug, prog=prog)
+            except LayerbootError:
+                raise err from None   # --debug: the original traceback
         if debug:
             raise
         print(f"{prog}: internal error: {type(err).__name__}: {printable(err)} (rerun with --debug for a traceback)",
               file=sys.stderr)
         return 70
+
+
+def _expected(err: LayerbootError, *, debug: bool, prog: str) -> int:
+    print(f"{prog}: error: {printable(err.message)}", file=sys.stderr)
+    if err.hint:
+        print(f"{prog}: hint: {printable(err.hint)}", file=sys.stderr)
+    if debug:
+        raise err
+    return err.exit_code

@@ -20,9 +20,10 @@ class Paths:
       manifests/<name>/<N>.json signed manifests, one per generation
       keys/                   the Ed25519 signing key pair
       incoming/               uploads waiting to be baked
-      state/                  counters and locks (manifest serial), the daemon's database, admin token and
-                              boot-token key
+      state/                  counters and locks (manifest serial, layerbootd.lock), the daemon's database,
+                              admin token and boot-token key
       tmp/                    scratch space on the same filesystem, for atomic renames
+      quarantine/             objects that failed their hash check, moved aside (never served)
     """
 
     root: Path
@@ -81,8 +82,20 @@ class Paths:
         return self.state / "boot-token.key"
 
     @property
+    def store_lock(self) -> Path:
+        return self.state / "store.lock"
+
+    @property
+    def daemon_lock(self) -> Path:
+        return self.state / "layerbootd.lock"
+
+    @property
     def tmp(self) -> Path:
         return self.root / "tmp"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
 
     def object(self, digest: str) -> Path:
         return self.objects / digest

@@ -151,6 +151,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.auto_migrate", _bool, True,
             "apply pending schema migrations when layerbootd (or a layerboot command) opens the database; "
             "false: refuse until 'layerboot db migrate'"),
+    Setting("server.retry_initial", _int, 15,
+            "seconds before a bake that failed for a reason other than the upload's content (full or failing "
+            "disk, a killed tool) is tried again; doubled after each failure"),
+    Setting("server.retry_max", _int, 600, "longest wait in seconds between two tries of such a bake"),
+    Setting("server.node_max_uploads", _int, 8,
+            "uploads a node may keep on the server: queued + failed (kept) + held for approval (0: no limit)"),
+    Setting("server.node_max_bytes", _int, 32 * GiB,
+            "bytes a node may keep on the server: queued and failed files, held layers (0: no limit)"),
+    Setting("server.failed_upload_keep", _int, 86400,
+            "seconds a refused upload's file is kept for inspection (it counts against the node's quota)"),
+    Setting("server.verify_objects", _bool, True,
+            "hash each object before serving it for the first time (again after it changes on disk); a damaged "
+            "object is moved to quarantine/ and never served"),
+    Setting("server.scrub_interval", _int, 7 * 86400,
+            "seconds between two re-hashings of every object in the store by layerbootd, for damage that leaves "
+            "a file's size and times alone (0: never)"),
     Setting("server.upload_policy", _choice("hold", "auto"), "hold",
             "default for profiles without their own policy: 'auto' appends a baked upload as a new generation, "
             "'hold' waits for 'layerboot uploads approve'"),

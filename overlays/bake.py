@@ -20,13 +20,15 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from layerboot.atomic import scratch_dir
+from layerboot.diskspace import require_space, storage_error, watch_output
 from layerboot.errors import CommandError, LayerbootError
 from layerboot.overlays.layer import Layer
+from layerboot.overlays.objects import sha256_file
 from layerboot.overlays.squashfs import threads as default_threads
 from layerboot.overlays.store import Store
 from layerboot.overlays.tarscan import BakeLimits, Member, UploadRejected, scan_tar
@@ -48,9 +50,20 @@ class BakeStats:
 
 
 def build_squashfs(fill: Callable[[TarWriter], None], image: Path, *, compression: str, block_size: int,
-                   threads: int = 0, scratch: Path) -> None:
-    """Run tar2sqfs on a pipe and let ``fill`` write the members; any failure removes the image."""
+                   threads: int = 0, scratch: Path, needed: int = 0, what: str = "a squashfs image") -> None:
+    """Run tar2sqfs on a pipe and let ``fill`` write the members; any failure removes the image.
+
+    A failure on a full filesystem is a StorageError naming it (``needed``: the expected image size,
+    ``what``: the job, for that message).
+    """
     require_tool("tar2sqfs", package="squashfs-tools-ng")
+    with watch_output(image, needed=needed, what=what):
+        _run_tar2sqfs(fill, image, compression=compression, block_size=block_size, threads=threads,
+                      scratch=scratch)
+
+
+def _run_tar2sqfs(fill: Callable[[TarWriter], None], image: Path, *, compression: str, block_size: int,
+                  threads: int, scratch: Path) -> None:
     argv = ["tar2sqfs", "--quiet", "--no-skip", "--force", "--compressor", compression,
             "--block-size", str(block_size), "--num-jobs", str(default_threads(threads)), str(image)]
     errors = scratch / "tar2sqfs.err"
@@ -84,7 +97,7 @@ def build_squashfs(fill: Callable[[TarWriter], None], image: Path, *, compressio
     stderr = errors.read_text(encoding="utf-8", errors="replace")
     if rc != 0 or not done:
         image.unlink(missing_ok=True)
-        raise CommandError(argv, rc if rc != 0 else None, stderr or "stopped reading its input early")
+        raise CommandError(argv, rc if rc != 0 else None, stderr or ("" if rc else "stopped reading its input early"))
 
 
 def write_member(writer: TarWriter, member: Member, data: Reader | None) -> None:
@@ -140,6 +153,8 @@ class _Unzstd:
         self.total += len(data)
         if not data:
             rc = self.proc.wait(timeout=60)
+            if rc < 0:   # killed (OOM killer, an admin): nothing to do with the upload
+                raise CommandError(self.proc.argv, rc, self.errors.read_text(encoding="utf-8", errors="replace"))
             if rc != 0:
                 tail = self.errors.read_text(encoding="utf-8", errors="replace").strip().splitlines()
                 reason = tail[-1].strip() if tail else f"zstd exited with status {rc}"
@@ -152,7 +167,8 @@ def check_zstd_magic(archive: Path) -> None:
         with open(archive, "rb") as handle:
             head = handle.read(4)
     except OSError as err:
-        raise LayerbootError(f"cannot read upload {archive}: {err.strerror}") from None
+        raise storage_error(err, archive, doing="reading") or LayerbootError(
+            f"cannot read upload {archive}: {err.strerror}") from None
     if head != ZSTD_MAGIC:
         raise UploadRejected(f"upload rejected: {archive.name} is not zstd-compressed data (bad magic)")
 
@@ -175,9 +191,31 @@ def convert_upload(archive: Path, image: Path, *, limits: BakeLimits, compressio
                 write_member(writer, member, data)
                 counts["members"] += 1
 
-        build_squashfs(fill, image, compression=compression, block_size=block_size, threads=threads,
-                       scratch=scratch)
+        try:
+            build_squashfs(fill, image, compression=compression, block_size=block_size, threads=threads,
+                           scratch=scratch, needed=expected_image_size(archive), what=f"baking {archive.name}")
+        except UploadRejected:
+            rc = unzstd.poll()
+            if rc is not None and rc < 0:   # zstd was killed: its output ended early, the upload is not at fault
+                raise CommandError(unzstd.argv, rc, zstd_errors.read_text(errors="replace")) from None
+            raise
     return BakeStats(members=counts["members"], stream_bytes=stream.total)
+
+
+def expected_image_size(archive: Path) -> int:
+    """Room a bake of ``archive`` needs in the store: about the upload's size (a zstd tar and a zstd squashfs
+    of the same files are of a size), plus a tenth and 8 MB for squashfs tables and poorly compressed files."""
+    size = archive.stat().st_size
+    return size + size // 10 + 8 * 10**6
+
+
+def check_readable(archive: Path) -> None:
+    """Read the whole upload: a disk error reading it (EIO) is a StorageError, not a refusal of its content."""
+    try:
+        sha256_file(archive)
+    except OSError as err:
+        raise storage_error(err, archive, doing="reading") or LayerbootError(
+            f"cannot read upload {archive}: {err.strerror}") from None
 
 
 def bake_archive(store: Store, archive: Path, *, base: str, parent: str | None, description: str,
@@ -189,11 +227,15 @@ def bake_archive(store: Store, archive: Path, *, base: str, parent: str | None, 
         raise LayerbootError(f"{base_layer.short} is a {base_layer.kind} layer, not a base layer")
     parent_digest = store.get(parent).digest if parent else None
     store.paths.tmp.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=store.paths.tmp, prefix="bake.") as scratch_name:
-        scratch = Path(scratch_name)
+    require_space(store.paths.tmp, expected_image_size(archive), what=f"baking {archive.name}")
+    with scratch_dir(store.paths.tmp, prefix="bake.") as scratch:
         image = scratch / "layer.squashfs"
-        stats = convert_upload(archive, image, limits=limits, compression=store.compression,
-                               block_size=store.block_size, threads=threads, scratch=scratch)
+        try:
+            stats = convert_upload(archive, image, limits=limits, compression=store.compression,
+                                   block_size=store.block_size, threads=threads, scratch=scratch)
+        except UploadRejected:
+            check_readable(archive)   # zstd stops at a read error too: make sure the bytes were really bad
+            raise
         log.info("baked %s: %d members, %d bytes of tar", archive.name, stats.members, stats.stream_bytes)
         return store.import_squashfs(image, kind="overlay", source=f"upload:{archive.name}",
                                      description=description, base=base_layer.digest, parent=parent_digest,

@@ -12,7 +12,7 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from layerboot.atomic import create_exclusive
+from layerboot.atomic import create_exclusive, write_text
 from layerboot.errors import LayerbootError
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def generate_key(private_path: Path, public_path: Path) -> str:
     raw = public_raw(key.public_key())
     if not create_exclusive(private_path, pem, mode=0o600):
         raise LayerbootError(f"a signing key already exists at {private_path}")
-    public_path.write_text(base64.b64encode(raw).decode() + "\n", encoding="ascii")
+    write_text(public_path, base64.b64encode(raw).decode() + "\n")
     return key_id(raw)
 
 

@@ -1,31 +1,51 @@
-"""Content-addressed immutable objects: each file is stored once under the sha256 of its bytes."""
+"""Content-addressed immutable objects: each file is stored once under the sha256 of its bytes.
+
+Importing bytes whose digest is already stored checks the stored file first: a damaged copy (wrong hash,
+unreadable) is replaced atomically by the good bytes being imported, so re-importing is how a corrupt
+object is repaired. :meth:`ObjectStore.quarantine` moves a damaged object out of ``objects/`` into
+``quarantine/`` (never served, kept for inspection) so nothing can hand its bytes out again.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import os
 import shutil
-import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO
 
-from layerboot.atomic import fsync_dir
+from layerboot.atomic import fsync_dir, locked_tmp
+from layerboot.diskspace import require_space, storage_error
 from layerboot.errors import LayerbootError
 from layerboot.overlays.names import check_digest
 from layerboot.paths import Paths
+
+log = logging.getLogger("layerboot.objects")
 
 CHUNK = 1 << 20
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
     """Return (hex digest, size) of a file, read in 1 MiB chunks."""
+    with open(path, "rb") as handle:
+        return sha256_stream(handle)
+
+
+def sha256_stream(handle: BinaryIO) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
+    while chunk := handle.read(CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
     return digest.hexdigest(), size
+
+
+def _read_error(err: OSError, source: Path | str) -> LayerbootError:
+    return storage_error(err, Path(source), doing="reading") or LayerbootError(
+        f"cannot read {source}: {err.strerror}")
 
 
 class ObjectStore:
@@ -38,22 +58,33 @@ class ObjectStore:
     def exists(self, digest: str) -> bool:
         return self.path(digest).is_file()
 
-    def put_stream(self, source: BinaryIO) -> tuple[str, int]:
+    def put_stream(self, source: BinaryIO, *, name: str = "the input") -> tuple[str, int]:
         """Copy a stream into the store while hashing it; returns (digest, size). Atomic and idempotent."""
         self.paths.tmp.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix="object.", dir=self.paths.tmp)
-        tmp = Path(tmp_name)
+        fd, tmp = locked_tmp(self.paths.tmp, prefix="object.", suffix="")
         try:
             digest = hashlib.sha256()
             size = 0
             with os.fdopen(fd, "wb") as out:
-                while chunk := source.read(CHUNK):
+                while True:
+                    try:
+                        chunk = source.read(CHUNK)
+                    except OSError as err:
+                        raise _read_error(err, name) from None
+                    if not chunk:
+                        break
                     digest.update(chunk)
-                    out.write(chunk)
+                    try:
+                        out.write(chunk)
+                    except OSError as err:
+                        raise storage_error(err, tmp, doing="writing") or err from None
                     size += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            return self._publish(tmp, digest.hexdigest()), size
+                try:
+                    out.flush()
+                    os.fsync(out.fileno())
+                except OSError as err:
+                    raise storage_error(err, tmp, doing="writing") or err from None
+                return self._publish(tmp, digest.hexdigest()), size   # published while still locked
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -68,15 +99,20 @@ class ObjectStore:
             finally:
                 source.unlink(missing_ok=True)
         try:
-            with open(source, "rb") as handle:
-                return self.put_stream(handle)
+            handle = open(source, "rb")
         except OSError as err:
-            raise LayerbootError(f"cannot read {source}: {err.strerror}") from None
+            raise _read_error(err, source) from None
+        with handle:
+            require_space(self.paths.tmp, os.fstat(handle.fileno()).st_size, what=f"importing {source}")
+            return self.put_stream(handle, name=str(source))
 
     def _publish(self, tmp: Path, digest: str) -> str:
         target = self.path(digest)
         if target.exists():
-            return digest
+            problem = self.verify(digest)
+            if problem is None:
+                return digest
+            self.quarantine(digest, reason=f"was damaged ({problem}) and is replaced by the imported copy")
         tmp.chmod(0o444)
         self.paths.objects.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, target)
@@ -88,10 +124,32 @@ class ObjectStore:
         path = self.path(digest)
         if not path.is_file():
             return "object file is missing"
-        actual, _ = sha256_file(path)
+        try:
+            actual, _ = sha256_file(path)
+        except OSError as err:
+            return f"cannot be read: {_read_error(err, path).message}"
         if actual != digest:
             return f"content hash is {actual[:16]}…, not its name"
         return None
+
+    def quarantine(self, digest: str, *, reason: str) -> Path | None:
+        """Move a damaged object to quarantine/<digest>.<UTC time>; returns where (None if it was gone)."""
+        source = self.path(digest)
+        self.paths.quarantine.mkdir(parents=True, exist_ok=True)
+        target = self.paths.quarantine / f"{digest}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        try:
+            try:
+                os.rename(source, target)
+            except OSError as err:
+                if err.errno != errno.EXDEV:
+                    raise
+                shutil.move(source, target)   # objects/ on its own filesystem
+        except FileNotFoundError:
+            return None
+        fsync_dir(self.paths.quarantine)
+        fsync_dir(self.paths.objects)
+        log.error("object %s %s; the damaged file is kept as %s", digest[:12], reason, target)
+        return target
 
     def remove(self, digest: str) -> None:
         self.path(digest).unlink(missing_ok=True)

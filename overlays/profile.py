@@ -267,10 +267,10 @@ class Profiles:
                 initrd: str | None, expect_number: int) -> Generation:
         """Write generation N+1 and its signed manifest, under the store lock."""
         private_key = load_private_key(self.paths.signing_key)
-        for digest in layers:
-            if not self.store.objects.exists(digest):
-                raise LayerbootError(f"layer {digest[:12]} is missing from the store (run 'layerboot store fsck')")
-        with locked(self.paths.state / "store.lock"):
+        with locked(self.paths.store_lock):   # (checked under the lock: drop_unused_layer removes under it)
+            for digest in layers:
+                if not self.store.objects.exists(digest):
+                    raise LayerbootError(f"layer {digest[:12]} is missing from the store (run 'layerboot store fsck')")
             numbers = self.numbers(name)
             last = numbers[-1] if numbers else 0
             if last != expect_number:
@@ -296,3 +296,39 @@ class Profiles:
             cmdline=gen.cmdline, layers=tuple(artifact(d) for d in gen.layers),  # type: ignore[misc]
             kernel=artifact(gen.kernel), initrd=artifact(gen.initrd),
         )
+
+    # -- checks ------------------------------------------------------------------------------------------
+    def referenced(self) -> set[str]:
+        """Every digest named by some generation of some profile, or as base/parent of a stored layer."""
+        found: set[str] = set()
+        for name in self.names():
+            for number in self.numbers(name):
+                gen = self.generation(name, number)
+                found.update(d for d in (*gen.layers, gen.kernel, gen.initrd) if d)
+        for layer in self.store.layers():
+            found.update(d for d in (layer.base, layer.parent) if d)
+        return found
+
+    def drop_unused_layer(self, digest: str, *, keep: set[str] = frozenset()) -> bool:  # type: ignore[assignment]
+        """Remove a layer (record and object) that nothing refers to; False when something does."""
+        with locked(self.paths.store_lock):
+            if digest in keep or digest in self.referenced() or not self.paths.object_meta(digest).exists():
+                return False
+            self.paths.object_meta(digest).unlink()
+            self.store.objects.remove(digest)
+        log.info("removed layer %s: nothing refers to it", digest[:12])
+        return True
+
+    def check(self) -> list[str]:
+        """Cross-check every generation: its signed manifest exists, every digest it names is recorded."""
+        problems = []
+        recorded = set(self.store.digests())
+        for name in self.names():
+            for number in self.numbers(name):
+                gen = self.generation(name, number)
+                if not self.manifest_path(name, number).is_file():
+                    problems.append(f"profile {name} generation {number}: its signed manifest is missing")
+                for digest in (*gen.layers, gen.kernel, gen.initrd):
+                    if digest and digest not in recorded:
+                        problems.append(f"profile {name} generation {number}: {digest[:12]} is not in the store")
+        return problems

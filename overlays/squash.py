@@ -24,11 +24,11 @@ import errno
 import logging
 import os
 import stat
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from layerboot.atomic import scratch_dir
 from layerboot.errors import LayerbootError
 from layerboot.overlays.bake import build_squashfs
 from layerboot.overlays.capture import EntryWriter
@@ -133,8 +133,12 @@ def squash_layers(store: Store, digests_base_first: Sequence[str], *, below: Seq
     for layer in layers + beneath:
         if not layer.is_squashfs:
             raise LayerbootError(f"{layer.short} is a {layer.kind}, not a squashfs layer")
+        if problem := store.objects.verify(layer.digest):   # else the damage would live on, validly hashed
+            raise LayerbootError(f"layer {layer.short} is damaged ({problem}); squashing it would bake the damage "
+                                 "into a new layer", hint="repair it first: import its good bytes again "
+                                 "(layerboot layer import FILE); see 'layerboot store fsck'")
     store.paths.tmp.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=store.paths.tmp, prefix="squash.") as scratch_name:
+    with scratch_dir(store.paths.tmp, prefix="squash.") as scratch_name:
         scratch = Path(scratch_name)
         image = scratch / "layer.squashfs"
         with contextlib.ExitStack() as stack:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from layerboot.atomic import write_text
+from layerboot.atomic import scratch_dir, write_text
+from layerboot.diskspace import watch_output
 from layerboot.errors import LayerbootError, NotFoundError
 from layerboot.overlays.layer import SQUASHFS_KINDS, Layer
+from layerboot.overlays.leftovers import tree_size
 from layerboot.overlays.names import DIGEST_RE
 from layerboot.overlays.objects import ObjectStore
+from layerboot.overlays.serial import locked
 from layerboot.overlays.squashfs import is_squashfs, mksquashfs, require_squashfs
 from layerboot.paths import Paths
 
@@ -23,6 +25,7 @@ log = logging.getLogger("layerboot.store")
 class FsckProblem:
     digest: str
     problem: str
+    damaged: bool = False     # the object file exists but its bytes are wrong or unreadable
 
     def __str__(self) -> str:
         return f"{self.digest[:12]}: {self.problem}"
@@ -103,12 +106,12 @@ class Store:
     def import_tree(self, tree: Path, *, kind: str = "base", description: str = "", base: str | None = None,
                     parent: str | None = None, all_root: bool = False, processors: int = 0) -> Layer:
         """Pack a directory tree with mksquashfs and add it."""
-        self.paths.tmp.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.paths.tmp, prefix="import.") as scratch:
-            image = Path(scratch) / "layer.squashfs"
+        with scratch_dir(self.paths.tmp, prefix="import.") as scratch:
+            image = scratch / "layer.squashfs"
             log.info("packing %s with mksquashfs (%s)", tree, self.compression)
-            mksquashfs(tree, image, compression=self.compression, block_size=self.block_size,
-                       processors=processors, all_root=all_root)
+            with watch_output(image, needed=0, what=f"packing {tree}"):
+                mksquashfs(tree, image, compression=self.compression, block_size=self.block_size,
+                           processors=processors, all_root=all_root)
             return self.import_squashfs(image, kind=kind, source=f"tree:{tree}", description=description,
                                         base=base, parent=parent, move=True)
 
@@ -127,7 +130,11 @@ class Store:
             known = self.get(layer.digest)
             log.info("layer %s is already in the store", known.short)
             return known
-        self.record(layer)
+        with locked(self.paths.store_lock):   # 'store fsck --repair' removes unrecorded objects under this lock
+            if not self.objects.exists(layer.digest):
+                raise LayerbootError(f"object {layer.short} vanished before its record was written",
+                                     hint="was 'layerboot store fsck --repair' running? import it again")
+            self.record(layer)
         log.info("stored %s layer %s (%d bytes)", layer.kind, layer.short, layer.size)
         return layer
 
@@ -136,18 +143,20 @@ class Store:
 
     # -- checks ------------------------------------------------------------------------------------------
     def fsck(self, digests: Iterable[str] | None = None) -> list[FsckProblem]:
-        """Re-hash every object and cross-check records; return the problems found (empty when healthy)."""
+        """Re-hash every recorded object and cross-check records; return the problems (empty when healthy).
+
+        Objects without a record are crash leftovers: overlays.leftovers finds (and removes) them.
+        """
         self.require_initialized()
         problems: list[FsckProblem] = []
         recorded = set(self.digests())
-        stored = set(self.objects.digests())
-        for digest in sorted(digests if digests is not None else recorded | stored):
+        for digest in sorted(digests if digests is not None else recorded):
             if digest not in recorded:
                 problems.append(FsckProblem(digest, "object has no metadata record"))
                 continue
             problem = self.objects.verify(digest)
             if problem:
-                problems.append(FsckProblem(digest, problem))
+                problems.append(FsckProblem(digest, problem, damaged=self.objects.exists(digest)))
                 continue
             layer = self.get(digest)
             if layer.is_squashfs and not is_squashfs(self.objects.path(digest)):
@@ -158,3 +167,9 @@ class Store:
                 if ref and ref not in recorded:
                     problems.append(FsckProblem(digest, f"its {label} {ref[:12]} is not in the store"))
         return problems
+
+    def quarantined(self) -> list[tuple[Path, int]]:
+        """Files in quarantine/ (damaged objects moved aside) with their sizes."""
+        if not self.paths.quarantine.is_dir():
+            return []
+        return [(p, tree_size(p)) for p in sorted(self.paths.quarantine.iterdir())]

@@ -28,7 +28,8 @@ from typing import Any
 from aiohttp import web
 
 from layerboot import __version__, strictjson
-from layerboot.errors import LayerbootError, NotFoundError
+from layerboot.diskspace import storage_error
+from layerboot.errors import LayerbootError
 from layerboot.overlays.names import DIGEST_RE
 from layerboot.overlays.profile import Profiles
 from layerboot.overlays.store import Store
@@ -43,7 +44,7 @@ from layerboot.server.guard.limits import Limits, Slots, TooBusy
 from layerboot.server.guard.sender import Sender
 from layerboot.server.ipxe import BootScript
 from layerboot.server.nodes import AuthError, Event, Node, Registry, normalize_mac
-from layerboot.server.objects import ProfileIndex, send_object
+from layerboot.server.objects import ProfileIndex, etag_matches, send_object
 from layerboot.settings import Config
 
 log = logging.getLogger("layerboot.server.http")
@@ -69,6 +70,7 @@ class ServerState:
     secrets: Any = None          # auth.nodesecret.NodeSecrets
     boot_limiter: Any = None     # auth.ratelimit.RateLimiter: boot scripts per client address
     uploads: Any = None          # layerboot.server.uploads.Uploads, once started
+    verifier: Any = None         # layerboot.server.verify.ObjectVerifier (None: objects are sent unchecked)
     started: float = 0.0
     limits: Limits = field(default_factory=lambda: Limits.from_config(Config()))
     slots: Slots = field(default_factory=Slots)
@@ -181,13 +183,23 @@ async def handle_object(request: web.Request) -> web.StreamResponse:
                             status=403)
     path = state.paths.object(digest)
     if not path.is_file():
+        if state.verifier is not None and state.verifier.quarantined(digest):
+            raise state.verifier.damaged(digest)
         raise web.HTTPNotFound(text=f"object {digest[:12]} is not in the store")
     assert state.sender is not None
+
+    async def send() -> web.StreamResponse:
+        handle = None
+        if state.verifier is not None and request.method != "HEAD" and \
+                not etag_matches(request.headers.get("If-None-Match", ""), digest):
+            handle = await state.verifier.open(path, digest)   # verified before a byte of it goes out
+        return await send_object(request, path, digest, state.sender, handle=handle)
+
     if node is None:
-        return await send_object(request, path, digest, state.sender)
+        return await send()
     with state.slots.hold("download", node.mac, state.limits.downloads_per_node,
                           setting="server.max_downloads_per_node"):
-        return await send_object(request, path, digest, state.sender)
+        return await send()
 
 
 # -- reports and status ------------------------------------------------------------------------------------
@@ -262,9 +274,9 @@ async def errors_and_access_log(request: web.Request, handler: Any) -> web.Strea
         response = negotiate.error(request, err.status, err.message, hint=err.hint,
                                    headers={"Retry-After": str(err.retry_after)})
     except LayerbootError as err:
-        status = 404 if isinstance(err, NotFoundError) else getattr(err, "http_status", 400)
+        status = err.http_status
         if status >= 500:
-            log.warning("%s %s: %s", request.method, request.path, err.message)
+            log.error("%s %s: %s", request.method, request.path, err.message)
         response = negotiate.error(request, status, err.message, hint=err.hint)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -275,9 +287,14 @@ async def errors_and_access_log(request: web.Request, handler: Any) -> web.Strea
         response = negotiate.error(request, exc.status, message, headers=kept or None)
     except (ConnectionResetError, ConnectionError):
         raise
-    except Exception:
-        log.exception("internal error on %s %s", request.method, request.path)
-        response = negotiate.error(request, 500, "internal server error (see the layerbootd log)")
+    except Exception as err:
+        storage = storage_error(err)   # a full or failing disk under a database write, ...: one line
+        if storage is None:
+            log.exception("internal error on %s %s", request.method, request.path)
+            response = negotiate.error(request, 500, "internal server error (see the layerbootd log)")
+        else:
+            log.error("%s %s: %s", request.method, request.path, storage.message)
+            response = negotiate.error(request, storage.http_status, storage.message, hint=storage.hint)
     elapsed = (time.monotonic() - start) * 1000
     # Path and user agent are the client's text: the log formatter (layerboot.log.SafeFormatter) escapes them.
     access_log.info("%s %s %s %s %d %.1fms %r", request.remote, request.method, request.path, response.status,

@@ -111,17 +111,19 @@ async def serve(config: Any) -> None:
     """Run until SIGTERM/SIGINT: open the store and database, start the bake queue, HTTP and SFTP."""
     from aiohttp import web
 
+    from layerboot.server.auth.boottoken import open_boot_tokens
+    from layerboot.server.auth.nodesecret import NodeSecrets, secret_hash
+    from layerboot.server.auth.ratelimit import RateLimiter
+    from layerboot.server.daemonlock import DaemonLock
     from layerboot.server.db import open_database
     from layerboot.server.guard.connections import ConnectionGuard, ProtocolLog, listen
     from layerboot.server.guard.limits import Limits, Slots
     from layerboot.server.guard.sender import Sender
-    from layerboot.server.auth.boottoken import open_boot_tokens
-    from layerboot.server.auth.nodesecret import NodeSecrets, secret_hash
-    from layerboot.server.auth.ratelimit import RateLimiter
     from layerboot.server.http import ServerState, build_app
     from layerboot.server.nodes import Registry
     from layerboot.server.objects import ProfileIndex
     from layerboot.server.queue import Uploads
+    from layerboot.server.verify import ObjectVerifier, keep_verified
 
     if config.server_public_url:
         parse_http_url(config.server_public_url, what="server.public_url")
@@ -134,6 +136,7 @@ async def serve(config: Any) -> None:
         raise LayerbootError(f"the store at {paths.root} has no signing key", hint="run 'layerboot key generate'")
     for directory in (paths.incoming, paths.state, paths.tmp):
         directory.mkdir(parents=True, exist_ok=True)
+    lock = DaemonLock(paths).acquire()   # held for the daemon's life; the kernel drops it when we exit
     profiles = Profiles(store)
     db = open_database(config, paths)
     log.info("database %s (schema version %d)", db.display_url, db.scalar("SELECT max(version) FROM schema_version"))
@@ -147,6 +150,7 @@ async def serve(config: Any) -> None:
                         guard=ConnectionGuard(slots, limits.connections_per_client),
                         sender=Sender(send_timeout=limits.send_timeout))
     state.uploads = Uploads(state)
+    state.verifier = ObjectVerifier(store.objects, enabled=config.server_verify_objects)
     await state.uploads.start()
 
     app = build_app(state, client_max_size=1 << 20)
@@ -168,6 +172,8 @@ async def serve(config: Any) -> None:
         sftp = await start_sftp(state, config.server_listen, config.server_ssh_port)
     log.info("layerbootd %s serving %s on http://%s:%d%s", __version__, paths.root, config.server_listen,
              config.server_port, f" and sftp port {config.server_ssh_port}" if sftp else "")
+    verifying = asyncio.create_task(keep_verified(state.verifier, profiles,
+                                                  scrub_interval=config.server_scrub_interval))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -177,13 +183,16 @@ async def serve(config: Any) -> None:
         await stop.wait()
     finally:
         log.info("stopping")
+        verifying.cancel()
         if sftp is not None:
             sftp.close()
         site.close()
         await runner.cleanup()
         state.sender.stop()
         await state.uploads.stop()
+        state.verifier.close()
         db.close()
+        lock.release()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,6 +30,8 @@ log = logging.getLogger("layerboot.server.nodes")
 if TYPE_CHECKING:
     from layerboot.server.db import Database
 
+log = logging.getLogger("layerboot.server.nodes")
+
 MAC_RE = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 UUID_RE = re.compile(r"^[0-9a-f][0-9a-f-]{7,63}$")
 EVENTS_KEPT = 200

@@ -20,6 +20,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import web
 
@@ -93,18 +94,25 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     return start, end - start + 1
 
 
-def _etag_matches(header: str, digest: str) -> bool:
+def etag_matches(header: str, digest: str) -> bool:
     tags = [t.strip().removeprefix("W/").strip('"') for t in header.split(",")]
     return "*" in tags or digest in tags
 
 
-async def send_object(request: web.Request, path: Path, digest: str, sender: Sender) -> web.StreamResponse:
-    """Send one object (200, 206 for a Range, 304 for a matching If-None-Match, 416 for a bad range)."""
+async def send_object(request: web.Request, path: Path, digest: str, sender: Sender, *,
+                      handle: BinaryIO | None = None) -> web.StreamResponse:
+    """Send one object (200, 206 for a Range, 304 for a matching If-None-Match, 416 for a bad range).
+
+    ``handle``: the object already open (and verified: server.verify); it is closed when done.
+    """
     headers = {"ETag": f'"{digest}"', "Cache-Control": CACHE_CONTROL, "Accept-Ranges": "bytes",
                "Content-Type": "application/octet-stream"}
-    if _etag_matches(request.headers.get("If-None-Match", ""), digest):
+    if etag_matches(request.headers.get("If-None-Match", ""), digest):
+        if handle is not None:
+            handle.close()
         return web.Response(status=304, headers=headers)
-    handle = await asyncio.get_running_loop().run_in_executor(None, open, path, "rb")
+    if handle is None:
+        handle = await asyncio.get_running_loop().run_in_executor(None, open, path, "rb")
     try:
         size = os.fstat(handle.fileno()).st_size
         rng_header = request.headers.get("Range", "")

@@ -2,37 +2,42 @@
 
 Workers bake in a thread pool (bake_archive spends its time in zstd and tar2sqfs child processes), so the
 event loop keeps serving HTTP while a bake runs. ``server.bake_workers`` bakes run at once; at most
-``server.queue_size`` uploads may be pending (receiving, received or baking) before new ones are refused with
-503. Completed files in the nodes' SFTP areas are picked up by the watcher (watchdog) and by a sweep every
-few seconds, so a missed file-system event only delays a bake.
+``server.queue_size`` uploads may be pending (receiving, received, baking or waiting to retry) before new ones
+are refused with 503, and each node may keep at most its quota (server.quota). Completed files in the nodes'
+SFTP areas are picked up by the watcher (watchdog) and by a sweep every few seconds, so a missed file-system
+event only delays a bake.
+
+A bake that fails for a reason other than the upload's content (server.retry) leaves the upload queued as
+``retry`` and is tried again after a backoff; nothing is ever lost to a full or failing disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from layerboot.diskspace import storage_error
 from layerboot.errors import LayerbootError
-from layerboot.server.db import DatabaseError
+from layerboot.overlays import leftovers
 from layerboot.overlays.bake import BakeLimits, bake_archive
+from layerboot.server.db import DatabaseError
 from layerboot.server.guard.limits import TooBusy
 from layerboot.server.nodes import normalize_mac
+from layerboot.server.quota import node_usage, room
+from layerboot.server.retry import backoff, classify
 from layerboot.server.uploads import (UploadRecords, append_layer, is_complete_name, move_into_queue, queue_dir)
 
 log = logging.getLogger("layerboot.server.queue")
 
 SWEEP_SECONDS = 5.0
-DATABASE_RETRY_SECONDS = 5.0
-STALE_SCRATCH_SECONDS = 3600
 
 
 class QueueFull(LayerbootError):
-    pass
+    http_status = 503
 
 
 class Uploads:
@@ -50,14 +55,19 @@ class Uploads:
                                        thread_name_prefix="bake")
         self.watcher: Any = None
         self.sweeper: asyncio.Task[None] | None = None
+        self.inflight: dict[str, int] = {}   # upload id -> bytes received so far (uploads in 'receiving')
+        self.active: set[str] = set()        # uploads a worker of this process is baking
+        self.ignored: set[Path] = set()      # files in areas of nodes that are not registered
 
     # -- life cycle --------------------------------------------------------------------------------------
     async def start(self) -> None:
+        """Clean what a crash left, recover the queue, start the workers (the caller holds the daemon lock)."""
         queue_dir(self.paths).mkdir(parents=True, exist_ok=True)
-        self._clean_stale_scratch()
+        self.clean_leftovers()
         requeued, failed = self.records.recover()
         if requeued or failed:
             log.info("recovered the upload queue: %d re-queued, %d failed", requeued, failed)
+        self.records.expire_failed()
         self.sweep()
         self.workers = [asyncio.create_task(self._worker(n)) for n in range(max(1, self.config.server_bake_workers))]
         self.sweeper = asyncio.create_task(self._sweep_forever())
@@ -77,36 +87,43 @@ class Uploads:
         await asyncio.gather(*self.workers, *([self.sweeper] if self.sweeper else []), return_exceptions=True)
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    def _clean_stale_scratch(self) -> None:
-        """Remove what a killed daemon left: SFTP parts in the nodes' areas (those transfers were cut off)
-        and bake scratch dirs (old enough not to belong to a 'layerboot bake' running beside us)."""
-        for part in self.paths.incoming.glob("*/.*.part"):
-            if part.parent.name != ".queue":
-                part.unlink(missing_ok=True)
-                log.info("removed %s, left by a transfer that was cut off", part)
-        cutoff = time.time() - STALE_SCRATCH_SECONDS
-        for scratch in self.paths.tmp.glob("bake.*"):
-            try:
-                if scratch.is_dir() and scratch.stat().st_mtime < cutoff:
-                    shutil.rmtree(scratch, ignore_errors=True)
-            except OSError:
-                pass
+    def clean_leftovers(self) -> None:
+        """Remove what a killed process left in the store and the queue (overlays.leftovers), and log it."""
+        found, removed = leftovers.sweep(self.paths, repair=True)
+        queue = self.records.queue_leftovers()
+        found += queue
+        removed += [item for item in queue if leftovers.remove(item)]
+        for item in found:
+            log.warning("%s %s", "removed" if item in removed else "cannot remove", item.describe(self.paths.root))
+        if removed:
+            log.warning("start-up clean-up: removed %d leftover(s) of an interrupted run (%.1f MB)",
+                        len(removed), sum(item.size for item in removed) / 1e6)
 
     # -- admission ---------------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
         return self.records.counts()
 
-    def admit(self, mac: str | None = None) -> None:
-        """Refuse a new upload when the queue is full (QueueFull: 503), or when node ``mac`` has its share of
-        it waiting already (TooBusy: 429), so one node cannot fill the queue for every other."""
+    def admit(self, mac: str | None = None) -> int | None:
+        """Refuse a new upload when the queue is full (QueueFull: 503), when node ``mac`` has its share of it
+        waiting already (TooBusy: 429, so one node cannot fill the queue for every other), or when the node is
+        at its quota (507).
+
+        Returns the bytes the node may still upload (None: no byte limit).
+        """
         pending = self.records.pending()
         if pending >= self.config.server_queue_size:
             raise QueueFull(f"the bake queue is full ({pending} uploads waiting); try again later",
                             hint="raise server.queue_size or server.bake_workers")
+        if mac is None:
+            return None
         share = self.config.server_max_queued_per_node
-        if mac is not None and share and self.records.pending(mac) >= share:
+        if share and self.records.pending(mac) >= share:
             raise TooBusy(f"node {mac} has {share} uploads waiting for a bake already; try again when one is "
                           "baked", retry_after=30, hint="the limit is server.max_queued_per_node")
+        return room(self.usage(mac), self.config)
+
+    def usage(self, mac: str) -> Any:
+        return node_usage(self.records, self.state.store, mac, inflight=self.inflight)
 
     def notice(self, path: Path) -> None:
         """A file appeared or was renamed in incoming/ (called on the loop by the watcher)."""
@@ -123,17 +140,22 @@ class Uploads:
                     self.take_sftp_file(path)
 
     def take_sftp_file(self, path: Path) -> None:
-        """Move a completed file from a node's area into the queue (unless the queue is full)."""
+        """Move a completed file from a node's area into the queue (unless the queue is full).
+
+        Its bytes were counted against the node's quota while they were written (server.sftp).
+        """
         try:
             mac = normalize_mac(path.parent.name)
             node = self.state.registry.find(mac)
             if node is None:
-                log.warning("ignoring %s: no registered node %s", path, mac)
+                if path not in self.ignored:   # once, not at every sweep; removed at the next start
+                    self.ignored.add(path)
+                    log.warning("ignoring %s: no registered node %s", path, mac)
                 return
             if not path.is_file():
                 return
-            self.admit(mac)
-        except (QueueFull, TooBusy):
+            self.admit()
+        except (QueueFull, DatabaseError):
             return   # stays in the node's area; a later sweep takes it
         except LayerbootError as err:
             log.warning("ignoring %s: %s", path, err.message)
@@ -161,58 +183,97 @@ class Uploads:
             await asyncio.sleep(SWEEP_SECONDS)
             try:
                 self.sweep()
-            except (OSError, DatabaseError) as err:
-                log.warning("sweep of %s failed: %s", self.paths.incoming, err)
+                for upload in self.records.expire_failed():
+                    log.info("upload %s: removed the file of the refused upload (kept %ds for inspection)",
+                             upload.id, self.config.server_failed_upload_keep)
+                stuck = self.records.requeue_stuck(self.active)
+                if stuck:
+                    log.warning("re-queued %d upload(s) whose bake outcome could not be recorded", stuck)
+            except Exception as err:   # a full disk or a failing sqlite write: try again next time
+                problem = storage_error(err)
+                log.warning("queue sweep failed: %s", problem.message if problem else err)
+            self.wake.set()   # retries that came due, 'layerboot uploads retry' from the CLI
 
     # -- baking ------------------------------------------------------------------------------------------
     async def _worker(self, number: int) -> None:
-        """Drain the queue; outlive a database that is away for a while (a PostgreSQL restart)."""
-        while True:
-            try:
-                await self._drain()
-            except DatabaseError as err:   # an upload it had claimed stays 'baking' and is re-queued at restart
-                log.warning("bake worker %d: %s; trying again in %.0f s", number, err.message,
-                            DATABASE_RETRY_SECONDS)
-                await asyncio.sleep(DATABASE_RETRY_SECONDS)
-
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self.wake.wait()
-            upload = self.records.claim()
-            if upload is None:
+            try:
+                upload = self.records.claim()
+            except Exception as err:   # the database cannot be written (full disk): wait for the next sweep
+                problem = storage_error(err)
+                log.error("cannot take an upload from the queue: %s", problem.message if problem else err)
                 self.wake.clear()
                 continue
+            if upload is None:
+                self.wake.clear()
+                await self._sleep_until_due()
+                continue
             self.wake.set()   # let a sibling look for more work
-            log.info("baking upload %s (%s from %s, profile %s)", upload.id, upload.name, upload.mac, upload.profile)
-            started = time.monotonic()
+            self.active.add(upload.id)
             try:
-                allow = self.records.allowed(upload.profile)   # read here: the database stays on the loop thread
-                digest = await loop.run_in_executor(self.pool, self._bake, upload, allow)
-                generation = None
-                if self.records.policy(upload.profile) == "auto":
-                    async with self.append_lock:   # one new generation at a time
-                        generation = await loop.run_in_executor(self.pool, append_layer, self.state.profiles,
-                                                                upload.profile, digest)
-            except DatabaseError:
-                raise                      # not the upload's fault: it is baked again after a restart
-            except LayerbootError as err:
-                log.warning("upload %s failed: %s", upload.id, err.message)
-                self.records.failed(upload.id, err.message)
-                Path(upload.path).unlink(missing_ok=True)
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # a bug: keep the worker alive, keep the file for a retry after restart
+                await self._bake_one(upload)
+            finally:
+                self.active.discard(upload.id)
+
+    async def _sleep_until_due(self) -> None:
+        due = self.records.next_due()
+        if due is None:
+            return
+        try:
+            await asyncio.wait_for(self.wake.wait(), timeout=max(0.05, due - time.time()))
+        except asyncio.TimeoutError:
+            self.wake.set()
+
+    async def _bake_one(self, upload: Any) -> None:
+        loop = asyncio.get_running_loop()
+        log.info("baking upload %s (%s from %s, profile %s, attempt %d)", upload.id, upload.name, upload.mac,
+                 upload.profile, upload.attempts)
+        started = time.monotonic()
+        try:
+            allow = self.records.allowed(upload.profile)   # read here: the database stays on the loop thread
+            digest = await loop.run_in_executor(self.pool, self._bake, upload, allow)
+            generation = None
+            if self.records.policy(upload.profile) == "auto":
+                async with self.append_lock:   # one new generation at a time
+                    generation = await loop.run_in_executor(self.pool, append_layer, self.state.profiles,
+                                                            upload.profile, digest)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            outcome = classify(err)
+            if not isinstance(err, LayerbootError) and storage_error(err) is None:
                 log.exception("upload %s: internal error", upload.id)
-                self.records.failed(upload.id, f"internal error: {type(err).__name__}: {err}")
-                continue
-            held = generation is None
-            self.records.baked(upload.id, digest, generation, "held for approval" if held else "")
+            self._record(self._failure, upload, outcome.retry, outcome.message)
+            return
+        held = generation is None
+        if self._record(self.records.baked, upload.id, digest, generation, "held for approval" if held else ""):
             Path(upload.path).unlink(missing_ok=True)
-            log.info("upload %s baked into layer %s in %.1fs%s", upload.id, digest[:12], time.monotonic() - started,
-                     f"; held for 'layerboot uploads approve {upload.id}'" if held
-                     else f"; profile {upload.profile} generation {generation}")
+        log.info("upload %s baked into layer %s in %.1fs%s", upload.id, digest[:12], time.monotonic() - started,
+                 f"; held for 'layerboot uploads approve {upload.id}'" if held
+                 else f"; profile {upload.profile} generation {generation}")
+
+    def _failure(self, upload: Any, retry: bool, message: str) -> None:
+        if retry:
+            delay = backoff(upload.attempts, initial=self.config.server_retry_initial,
+                            maximum=self.config.server_retry_max)
+            self.records.retry(upload.id, message, delay=delay)
+            log.warning("upload %s: bake attempt %d failed, retrying in %.0fs: %s", upload.id, upload.attempts,
+                        delay, message)
+        else:
+            self.records.failed(upload.id, message, keep=self.config.server_failed_upload_keep)
+            log.warning("upload %s refused: %s", upload.id, message)
+
+    def _record(self, action: Any, *args: Any) -> bool:
+        """Write a bake's outcome; when the database cannot be written the row stays 'baking' and the
+        sweep re-queues it (a re-bake finds its layer already stored and its generation already made)."""
+        try:
+            action(*args)
+            return True
+        except Exception as err:
+            problem = storage_error(err)
+            log.error("cannot record the outcome of a bake: %s", problem.message if problem else err)
+            return False
 
     def _bake(self, upload: Any, allow: frozenset[str]) -> str:
         """In a pool thread: check and bake the upload on its profile's current chain (its content policy

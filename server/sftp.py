@@ -8,8 +8,8 @@
   closes it with an SFTP CLOSE. When the session ends with the file still open (connection lost, client
   killed) the part is deleted, so a cut-off upload is never baked. A completed ``*.tar.zst`` goes straight
   into the bake queue.
-* Writes past ``bake.max_bytes`` fail, and new uploads are refused while the bake queue is full or the node
-  has its share of it (``server.max_queued_per_node``).
+* Writes past ``bake.max_bytes`` or the node's quota (server.quota) fail, and new uploads are refused while
+  the bake queue is full, the node has its share of it (``server.max_queued_per_node``) or is at its quota.
 * Availability, as for HTTP: connections count against ``server.max_connections_per_client`` (HTTP and SSH
   together; one more is closed at once), a login must finish within ``server.header_timeout``, and a session
   with no SFTP request for ``server.read_timeout`` seconds is closed (a partial file is discarded).
@@ -29,12 +29,14 @@ from typing import Any
 
 import asyncssh
 
-from layerboot.atomic import fsync_dir
+from layerboot.atomic import fsync_dir, write_bytes
+from layerboot.diskspace import storage_error
 from layerboot.errors import LayerbootError
 from layerboot.server.guard.connections import client_key
 from layerboot.server.guard.limits import TooBusy
 from layerboot.server.nodes import normalize_mac
 from layerboot.server.queue import QueueFull
+from layerboot.server.quota import QuotaExceeded, over
 from layerboot.server.sshkeys import normalize
 from layerboot.server.uploads import is_complete_name, node_dir
 
@@ -48,13 +50,8 @@ def host_key(state_dir: Path) -> asyncssh.SSHKey:
     path = state_dir / "ssh_host_ed25519_key"
     if not path.exists():
         key = asyncssh.generate_private_key("ssh-ed25519")
-        fd = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(key.export_private_key())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(path.with_suffix(".tmp"), path)
-        path.with_name(path.name + ".pub").write_bytes(key.export_public_key())
+        write_bytes(path.with_name(path.name + ".pub"), key.export_public_key())
+        write_bytes(path, key.export_private_key(), mode=0o600)
         log.info("created SSH host key %s", path)
     return asyncssh.read_private_key(str(path))
 
@@ -127,6 +124,7 @@ class _Upload:
     part: Path
     final: Path
     size: int = 0
+    left: int | None = None   # bytes left in the node's quota when the file was opened (None: no limit)
 
 
 def _denied(what: str) -> asyncssh.SFTPPermissionDenied:
@@ -161,12 +159,12 @@ class NodeSFTPServer(asyncssh.SFTPServer):
             raise _denied("reading")
         final = self._target(path)
         try:
-            self.state.uploads.admit(self.mac)
-        except (QueueFull, TooBusy) as err:
+            left = self.state.uploads.admit(self.mac)   # queue full, its share of it, or the node at its quota
+        except (QueueFull, TooBusy, QuotaExceeded) as err:
             raise asyncssh.SFTPFailure(err.message) from None
         part = final.with_name(f".{final.name}.part")
         fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        upload = _Upload(os.fdopen(fd, "r+b"), part, final)
+        upload = _Upload(os.fdopen(fd, "r+b"), part, final, left=left)
         log.info("sftp: %s is uploading %s", self.mac, final.name)
         return upload
 
@@ -176,8 +174,17 @@ class NodeSFTPServer(asyncssh.SFTPServer):
         self._touch()
         if offset + len(data) > self.max_bytes:
             raise asyncssh.SFTPFailure(f"upload is over the {self.max_bytes}-byte quota (bake.max_bytes)")
+        if (too_much := over(self.mac, offset + len(data), upload.left)) is not None:
+            raise asyncssh.SFTPFailure(too_much.message)
         upload.handle.seek(offset)
-        upload.handle.write(data)
+        try:
+            upload.handle.write(data)
+        except OSError as err:
+            problem = storage_error(err, upload.part, doing="writing")
+            if problem is None:
+                raise
+            log.error("sftp: %s: %s", self.mac, problem.message)
+            raise asyncssh.SFTPFailure(problem.message) from None
         upload.size = max(upload.size, offset + len(data))
         return len(data)
 

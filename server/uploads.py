@@ -1,6 +1,7 @@
 """Upload records: every upload's state lives in the database, so a crash or restart loses nothing.
 
     receiving -> received -> baking -> baked | failed
+                             baking -> retry -> baking     (a failure not caused by the upload)
 
 * ``receiving``: a row exists before the first byte is written (HTTP) or before a completed SFTP file is moved
   in; the data goes to ``incoming/.queue/<id>.part`` and is renamed to ``<id>.tar.zst`` only when complete and
@@ -8,7 +9,12 @@
   off mid-transfer: the part is deleted and the row marked failed (the HTTP client never got its 202).
 * ``received``: complete on disk, waiting for a bake worker.
 * ``baking``: a worker is on it. Baking publishes a layer only when complete (overlays.bake), so on restart a
-  ``baking`` row simply goes back to ``received``.
+  ``baking`` row simply goes back to ``received``. ``attempts`` counts the bakes started.
+* ``retry``: the last bake failed for a reason that is not the upload's content (a full or failing disk, a
+  tool killed by a signal, an internal error): the file stays queued and is baked again at ``next_try``
+  (exponential backoff, server.retry_initial .. server.retry_max); ``last_error`` says why.
+* ``failed``: refused for its content (or cut off while receiving). Its file is kept until ``keep_until``
+  (server.failed_upload_keep) for inspection, counted against the node's quota, then removed.
 * ``baked``: the layer digest is recorded; ``generation`` is set once it was appended to the profile (policy
   ``auto``, or ``layerboot uploads approve``), and NULL while held for an admin.
 
@@ -27,21 +33,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from layerboot.atomic import fsync_dir
+from layerboot.atomic import fsync_dir, in_use
 from layerboot.errors import LayerbootError, NotFoundError
 from layerboot.overlays.content import format_classes, parse_classes
 from layerboot.overlays.layer import utc_now
+from layerboot.overlays.leftovers import Leftover, tree_size
 from layerboot.overlays.names import check_profile_name
 from layerboot.paths import Paths
-from layerboot.server.nodes import mac_dirname
+from layerboot.server.nodes import mac_dirname, normalize_mac
 
 if TYPE_CHECKING:
     from layerboot.server.db import Database
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}\.tar\.zst$")
 ID_RE = re.compile(r"^[0-9]{14}-[0-9a-f]{8}$")
-STATES = ("receiving", "received", "baking", "baked", "failed")
-PENDING = ("receiving", "received", "baking")
+STATES = ("receiving", "received", "baking", "retry", "baked", "failed")
+PENDING = ("receiving", "received", "baking", "retry")
 POLICIES = ("auto", "hold")
 QUEUE_DIR = ".queue"
 
@@ -86,6 +93,10 @@ class Upload:
     layer: str | None = None
     generation: int | None = None
     message: str = ""
+    attempts: int = 0
+    next_try: float | None = None      # epoch seconds, for state ``retry``
+    last_error: str = ""
+    keep_until: float | None = None    # epoch seconds: a failed upload's file is kept until then
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "Upload":
@@ -159,26 +170,76 @@ class UploadRecords:
             "SELECT count(*) FROM uploads WHERE state = 'baked' AND generation IS NULL")
         return counts
 
-    def claim(self) -> Upload | None:
-        """Take the oldest ``received`` upload and mark it ``baking`` (atomically).
+    def claim(self, now: float | None = None) -> Upload | None:
+        """Take the oldest ``received`` upload, or ``retry`` one that is due, and mark it ``baking`` (atomically).
 
         Safe from several threads or processes at once: on PostgreSQL a claimer skips the rows another one
         has locked (FOR UPDATE SKIP LOCKED); on SQLite BEGIN IMMEDIATE lets one claimer in at a time.
         """
+        now = time.time() if now is None else now
         with self.db.transaction() as tx:
-            row = tx.one("SELECT * FROM uploads WHERE state = 'received' ORDER BY received, id "
-                         "LIMIT 1" + tx.for_update(skip_locked=True))
+            row = tx.one("SELECT * FROM uploads WHERE state = 'received' OR (state = 'retry' AND next_try <= ?) "
+                         "ORDER BY received, id LIMIT 1" + tx.for_update(skip_locked=True), (now,))
             if row is None:
                 return None
-            tx.execute("UPDATE uploads SET state = 'baking', updated = ? WHERE id = ?",
-                       (utc_now(), row["id"]))
+            tx.execute("UPDATE uploads SET state = 'baking', updated = ?, attempts = attempts + 1, "
+                       "next_try = NULL WHERE id = ?", (utc_now(), row["id"]))
         return self.get(row["id"])
+
+    def next_due(self) -> float | None:
+        """When the earliest ``retry`` upload is due (epoch seconds), or None."""
+        return self.db.scalar("SELECT min(next_try) FROM uploads WHERE state = 'retry'")
 
     def baked(self, upload_id: str, layer: str, generation: int | None, message: str = "") -> None:
         self._set(upload_id, "baked", layer=layer, generation=generation, message=message)
 
-    def failed(self, upload_id: str, message: str) -> None:
-        self._set(upload_id, "failed", message=message)
+    def failed(self, upload_id: str, message: str, *, keep: float = 0) -> None:
+        """Mark an upload failed; its file (if any) is kept ``keep`` seconds for inspection, else removed."""
+        upload = self.get(upload_id)
+        kept = keep > 0 and Path(upload.path).is_file()
+        self._set(upload_id, "failed", message=message, next_try=None,
+                  keep_until=time.time() + keep if kept else None)
+        if not kept:
+            Path(upload.path).unlink(missing_ok=True)
+
+    def retry(self, upload_id: str, error: str, *, delay: float) -> None:
+        """A failure that is not the upload's fault: keep it queued and bake it again in ``delay`` seconds."""
+        when = time.time() + delay
+        self._set(upload_id, "retry", next_try=when, last_error=error,
+                  message=f"retry at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(when))}")
+
+    def retry_now(self, upload_id: str | None = None) -> int:
+        """Make ``retry`` uploads (one, or all) due at once; returns how many."""
+        query, args = "UPDATE uploads SET next_try = ? WHERE state = 'retry'", [time.time()]
+        if upload_id is not None:
+            self.get(upload_id)
+            query += " AND id = ?"
+            args.append(upload_id)
+        return self.db.execute(query, tuple(args))
+
+    def requeue_stuck(self, active: set[str]) -> int:
+        """Put ``baking`` rows no worker is on (their outcome could not be written) back in the queue."""
+        stuck = [u for u in self.list(state="baking", limit=1_000_000) if u.id not in active]
+        for upload in stuck:
+            self._set(upload.id, "retry", next_try=time.time(), message="re-queued",
+                      last_error="the outcome of its last bake could not be recorded")
+        return len(stuck)
+
+    def expire_failed(self, now: float | None = None) -> list[Upload]:
+        """Remove the files of failed uploads whose inspection time is over; returns those uploads."""
+        now = time.time() if now is None else now
+        expired = [Upload.from_row(r) for r in self.db.all(
+            "SELECT * FROM uploads WHERE state = 'failed' AND keep_until IS NOT NULL AND keep_until <= ?", (now,))]
+        for upload in expired:
+            Path(upload.path).unlink(missing_ok=True)
+            self.db.execute("UPDATE uploads SET keep_until = NULL WHERE id = ?", (upload.id,))
+        return expired
+
+    def retained(self, mac: str) -> list[Upload]:
+        """A node's uploads that still hold bytes on the server: pending, failed with a kept file, held."""
+        return [Upload.from_row(r) for r in self.db.all(
+            f"SELECT * FROM uploads WHERE mac = ? AND (state IN {PENDING} OR (state = 'failed' AND keep_until "
+            "IS NOT NULL) OR (state = 'baked' AND generation IS NULL)) ORDER BY received, id", (mac,))]
 
     def _set(self, upload_id: str, state: str, **fields: Any) -> None:
         names = "".join(f", {key} = ?" for key in fields)
@@ -202,11 +263,43 @@ class UploadRecords:
         for upload in self.list(state="baking"):
             self._set(upload.id, "received", message="re-queued after a restart")
             requeued += 1
-        for upload in self.list(state="received"):
+        for upload in [*self.list(state="received"), *self.list(state="retry")]:
             if not Path(upload.path).is_file():
                 self.failed(upload.id, "its file vanished from the queue directory")
                 failed += 1
         return requeued, failed
+
+    def queue_leftovers(self) -> list[Leftover]:
+        """Files in the queue directory no upload needs any more, and cut-off SFTP parts in nodes' areas.
+
+        Call only while no layerbootd runs on the store (layerbootd itself, at its start, holding its lock).
+        """
+        found = []
+        directory = queue_dir(self.paths)
+        if directory.is_dir():
+            wanted = {row["path"] for row in self.db.all(
+                f"SELECT path FROM uploads WHERE state IN {PENDING} OR (state = 'failed' AND keep_until IS NOT NULL)")}
+            receiving = {str(self.part_path(u)) for u in self.list(state="receiving", limit=1_000_000)}
+            for path in sorted(directory.iterdir()):
+                if str(path) in wanted or str(path) in receiving:
+                    continue
+                found.append(Leftover("queue file", path, tree_size(path), "no pending upload needs it"))
+        if self.paths.incoming.is_dir():
+            for part in sorted(self.paths.incoming.glob("*/.*.part")):
+                if part.parent.name != QUEUE_DIR and not in_use(part):
+                    found.append(Leftover("sftp part", part, tree_size(part), "a transfer that was cut off"))
+            registered = {row["mac"] for row in self.db.all("SELECT mac FROM nodes")}
+            for area in sorted(self.paths.incoming.iterdir()):
+                try:
+                    mac = normalize_mac(area.name)
+                except LayerbootError:
+                    continue
+                if area.is_dir() and mac not in registered:
+                    for path in sorted(area.iterdir()):
+                        if not path.name.endswith(".part"):
+                            found.append(Leftover("sftp upload", path, tree_size(path),
+                                                  f"node {mac} is not registered (any more)"))
+        return found
 
     # -- policy ------------------------------------------------------------------------------------------
     def policy(self, profile: str) -> str:
@@ -241,13 +334,26 @@ class UploadRecords:
         self._set(upload.id, "baked", generation=gen, message="approved")
         return self.get(upload_id)
 
-    def reject(self, upload_id: str) -> Upload:
-        """Drop a held upload: it is never appended (its layer stays in the store, in no profile)."""
+    def reject(self, upload_id: str, profiles: Any = None) -> Upload:
+        """Drop a held upload (never appended; with ``profiles``, its layer is removed from the store unless
+        something else uses it), or one waiting in the queue (its file is removed)."""
         upload = self.get(upload_id)
-        if not upload.held:
-            raise LayerbootError(f"upload {upload_id} is {upload.state}; only baked uploads waiting for approval "
-                                 "can be rejected")
-        self.failed(upload.id, "rejected by the admin")
+        if upload.held:
+            self.failed(upload.id, "rejected by the admin")
+            if profiles is not None and upload.layer:
+                others = {row["layer"] for row in self.db.all(
+                    "SELECT layer FROM uploads WHERE layer = ? AND id != ? AND state = 'baked'",
+                    (upload.layer, upload.id))}
+                if profiles.drop_unused_layer(upload.layer, keep=others):
+                    self._set(upload.id, "failed", message="rejected by the admin; its layer was removed")
+            return self.get(upload_id)
+        changed = self.db.execute("UPDATE uploads SET state = 'failed', updated = ?, message = ?, next_try = NULL "
+                                  "WHERE id = ? AND state IN ('received', 'retry')",
+                                  (utc_now(), "rejected by the admin", upload.id))
+        if not changed:
+            raise LayerbootError(f"upload {upload_id} is {upload.state}; only uploads waiting in the queue "
+                                 "(received, retry) or held for approval can be rejected")
+        Path(upload.path).unlink(missing_ok=True)
         return self.get(upload_id)
 
 

@@ -220,19 +220,36 @@ def expect_failure(node: QemuNode, message: str) -> str:
 
 def test_tampered_layer_is_refused(daemon: Daemon, node_store: dict, kernel, tmp_path: Path) -> None:  # noqa: ANN001
     digest = node_store["layers"][1]
-    obj = node_store["paths"].object(digest)
+    paths: Paths = node_store["paths"]
+    obj = paths.object(digest)
     original = obj.read_bytes()
+    tampered = original[:-1] + bytes([original[-1] ^ 1])
+    # layerbootd itself hashes an object before serving it: it refuses the tampered layer and quarantines it
     obj.chmod(0o644)
     try:
-        obj.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
-        expect_failure(direct(node_store, kernel, tmp_path, f"http://10.0.2.2:{daemon.port}", daemon.boot_token()),
-                       rf"layers: layer {digest[:12]} failed verification: got {len(original)} bytes with sha256 ")
-        # QEMU's own UUID is not the node's asset key: no secret, one line, and the boot went on read-only
-        assert re.search(r"layerboot: node secret: not claimed \(403 the asset key proof of .* does not match "
-                         r".*\); booting read-only", node_text(tmp_path))
+        obj.write_bytes(tampered)
+        reply = daemon.get(f"/objects/{digest}", token=daemon.boot_token(), headers={"Accept": "application/json"})
+        assert reply.status == 500 and f"object {digest[:12]} is damaged" in reply.json()["error"]
+        assert not obj.exists() and list(paths.quarantine.glob(f"{digest}.*"))
     finally:
         obj.write_bytes(original)
         obj.chmod(0o444)
+    # stage1 checks every byte itself: a copy of the store served without that check stands in for a man in
+    # the middle who alters the layer on the way
+    copy = Paths(tmp_path / "mitm-store")
+    shutil.copytree(paths.root, copy.root)
+    copy.object(digest).chmod(0o644)
+    copy.object(digest).write_bytes(tampered)
+    config = write_config(tmp_path / "mitm.toml", copy, verify_objects=False)
+    mitm = Daemon(copy, config, tmp_path / "mitm.log").start()
+    try:
+        expect_failure(direct(node_store, kernel, tmp_path, f"http://10.0.2.2:{mitm.port}", daemon.boot_token()),
+                       rf"layers: layer {digest[:12]} failed verification: got {len(original)} bytes with sha256 ")
+    finally:
+        mitm.stop()
+    # QEMU's own UUID is not the node's asset key: no secret, one line, and the boot went on read-only
+    assert re.search(r"layerboot: node secret: not claimed \(403 the asset key proof of .* does not match "
+                     r".*\); booting read-only", node_text(tmp_path))
 
 
 def test_manifest_with_a_wrong_signature_is_refused(daemon: Daemon, node_store: dict, kernel,  # noqa: ANN001

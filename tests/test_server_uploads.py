@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import io
 import os
+import signal
 import socket
 import tarfile
 import threading
@@ -136,8 +137,13 @@ def test_hold_policy_waits_for_approval(setup: Setup) -> None:
         setup.records().approve(reply["id"], setup.profiles)
     other = setup.put("nope.tar.zst", layer_upload({"etc/nope": b"2"})).json()
     assert setup.wait_state(other["id"], ("baked", "failed"))["message"] == "held for approval"
+    rejected_layer = setup.records().get(other["id"]).layer
+    assert rejected_layer and setup.profiles.store.objects.exists(rejected_layer)
     assert main(["--store", str(daemon.paths.root), "uploads", "reject", other["id"]]) == 0
     assert setup.records().get(other["id"]).state == "failed"
+    # nothing else uses the rejected layer: its bytes do not stay in the store, counted against nobody
+    assert not setup.profiles.store.objects.exists(rejected_layer)
+    assert rejected_layer not in setup.profiles.store.digests()
     assert setup.profiles.current("p1").layers[-1] == status["layer"]
 
 
@@ -262,9 +268,12 @@ def test_kill_9_during_bake_then_restart_finishes_the_bake(setup_each_db: Setup)
     daemon.kill9()
     assert set(setup.profiles.store.digests()) == layers_before   # no half layer
     assert setup.records().get(reply["id"]).state == "baking"
+    assert [p.name[:5] for p in setup.profiles.paths.tmp.iterdir()] == ["bake."]   # the killed bake's scratch
     setup.start(upload_policy="auto")
     status = setup.wait_state(reply["id"], ("baked", "failed"), timeout=60)
     assert status["state"] == "baked", status
+    assert "removed scratch tmp/bake." in daemon.log.read_text()   # at once, not an hour later
+    assert not any(setup.profiles.paths.tmp.iterdir())
     new = set(setup.profiles.store.digests()) - layers_before
     assert new == {status["layer"]}
     assert setup.profiles.current("p1").number == generation_before + 1
@@ -283,3 +292,39 @@ def test_sigterm_during_bake_stops_promptly_and_the_bake_is_redone(setup: Setup)
     daemon.proc = None
     setup.start(upload_policy="auto")
     assert setup.wait_state(reply["id"], ("baked", "failed"), timeout=60)["state"] == "baked"
+
+
+def _child(pid: int, name: str, timeout: float = 20) -> int:
+    """The PID of the daemon's child process called ``name`` (zstd, tar2sqfs), waiting for it to appear."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            comm, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+            if comm == name and int(fields[1]) == pid:
+                return int(entry.name)
+        time.sleep(0.02)
+    raise AssertionError(f"no {name} child of {pid}")
+
+
+def test_a_tool_killed_by_a_signal_keeps_the_upload_queued_and_it_is_retried(setup: Setup) -> None:
+    daemon = setup.start(upload_policy="auto", retry_initial=1, retry_max=1)
+    assert daemon.proc is not None
+    reply = setup.put("killed.tar.zst", layer_upload({"etc/a": os.urandom(48_000_000), "etc/b": b"b\n"})).json()
+    errors = []
+    for tool in ("zstd", "tar2sqfs"):   # the OOM killer or an admin: nothing to do with the upload
+        os.kill(_child(daemon.proc.pid, tool), signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while (upload := setup.records().get(reply["id"])).state != "retry" or len(errors) == upload.attempts:
+            assert time.monotonic() < deadline and upload.state not in ("failed", "baked"), upload
+            time.sleep(0.02)
+        errors.append(upload.last_error)
+    assert errors == ["command zstd was killed by signal 9", "command tar2sqfs was killed by signal 9"], errors
+    status = setup.wait_state(reply["id"], ("baked", "failed"), timeout=60)
+    assert status["state"] == "baked" and status["attempts"] == 3, status
+    assert top_layer_file(setup.profiles, "etc/b") == b"b\n"

@@ -109,7 +109,7 @@ def test_http_uploads_are_refused_by_class_then_allowed_per_profile(setup: Setup
         status = setup.wait_state(reply["id"], ("baked", "failed"))
         assert (status["state"], status["message"]) == ("failed", refusal(case)), case
     assert setup.profiles.current("p1").number == before, "no refused upload reached the profile"
-    assert f"upload {reply['id']} failed: {refusal('blockdev')}" in daemon.log.read_text()
+    assert f"upload {reply['id']} refused: {refusal('blockdev')}" in daemon.log.read_text()
 
     reply = setup.put("harmless.tar.zst", captured(tmp_path, "harmless", lambda u: None).read_bytes()).json()
     assert setup.wait_state(reply["id"], ("baked", "failed"))["state"] == "baked", "setgid dirs, whiteouts are fine"

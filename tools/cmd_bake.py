@@ -64,9 +64,13 @@ def cmd_bake(ctx: Context) -> int:
         base, parent = a.base, a.parent
     allow = parse_classes(a.allow)
     if a.profile:
-        from layerboot.server.db import connect
+        from layerboot.server.db import open_database
         from layerboot.server.uploads import UploadRecords
-        allow |= UploadRecords(connect(ctx.paths.database), ctx.paths).allowed(a.profile)
+        db = open_database(ctx.config, ctx.paths)
+        try:
+            allow |= UploadRecords(db, ctx.paths).allowed(a.profile)
+        finally:
+            db.close()
     layer = bake_archive(store, a.file, base=base, parent=parent, description=a.description or a.file.name,
                          limits=BakeLimits.from_config(ctx.config, allow=allow), threads=_threads(ctx))
     print(layer.digest)

@@ -11,9 +11,9 @@ import argparse
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
+from layerboot.atomic import scratch_dir
 from layerboot.build import ab
 from layerboot.build.bootloader import MAX_TRIES, SLOTS
 from layerboot.build.disk_actions import DiskContext, execute
@@ -159,7 +159,7 @@ def _install_target(disk: ab.AbDisk) -> str:
 def cmd_plan(ctx: Context) -> int:
     a = ctx.args
     disk = ab.AbDisk(a.disk, workdir=_scratch(ctx))
-    with tempfile.TemporaryDirectory(dir=_scratch(ctx), prefix="fetch.") as scratch:
+    with scratch_dir(_scratch(ctx), prefix="fetch.") as scratch:
         source, public = _source(ctx, disk, _install_target(disk), Path(scratch))
         actions = ab.plan_install(a.disk, source, public, slot_mib=a.slot_size, tries=a.tries, wipe=a.wipe)
     for action in actions:
@@ -177,7 +177,7 @@ def cmd_install(ctx: Context) -> int:
                              hint="'layerboot install plan --disk DEV --profile NAME' shows what it would do")
     _check_disk(a.disk)
     disk = ab.AbDisk(a.disk, workdir=_scratch(ctx))
-    with tempfile.TemporaryDirectory(dir=_scratch(ctx), prefix="fetch.") as scratch:
+    with scratch_dir(_scratch(ctx), prefix="fetch.") as scratch:
         source, public = _source(ctx, disk, _install_target(disk), Path(scratch))
         actions = ab.plan_install(a.disk, source, public, slot_mib=a.slot_size, tries=a.tries, wipe=a.wipe)
         context = DiskContext(a.disk, wipe=a.wipe, workdir=_scratch(ctx))
@@ -260,7 +260,7 @@ def cmd_update(ctx: Context) -> int:
     disk = _disk(ctx)
     booted = disk.booted_slot()
     slot = ab.choose_target(disk.state(), booted)
-    with tempfile.TemporaryDirectory(dir=_scratch(ctx), prefix="fetch.") as scratch:
+    with scratch_dir(_scratch(ctx), prefix="fetch.") as scratch:
         source, public = _source(ctx, disk, slot, Path(scratch))
         disk.update(source, public, tries=a.tries, slot=slot, progress=print)
     print(f"slot {slot} holds {source.manifest.profile} generation {source.manifest.generation}; it boots next "

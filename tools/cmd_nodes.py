@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from layerboot.errors import LayerbootError
@@ -87,15 +88,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     uploads = sub.add_parser("uploads", help="uploads received by layerbootd: list, approve held ones, policy")
     uploads.set_defaults(func=cmd_uploads_list, state=None)
     uactions = uploads.add_subparsers(dest="action", metavar="ACTION")
-    p = uactions.add_parser("list", help="list uploads and their states")
-    p.add_argument("--state", choices=("receiving", "received", "baking", "baked", "failed", "held"))
+    p = uactions.add_parser("list", help="list uploads: state, bake attempts, next try, last error")
+    p.add_argument("--state", choices=("receiving", "received", "baking", "retry", "baked", "failed", "held"))
     p.set_defaults(func=cmd_uploads_list)
     p = uactions.add_parser("approve", help="append a held upload's layer to its profile (new generation)")
     p.add_argument("id")
     p.set_defaults(func=cmd_uploads_approve)
-    p = uactions.add_parser("reject", help="drop a held upload (its layer is not appended)")
+    p = uactions.add_parser("reject", help="drop a held upload (its layer is not appended), or a queued one")
     p.add_argument("id")
     p.set_defaults(func=cmd_uploads_reject)
+    p = uactions.add_parser("retry", help="bake uploads waiting to retry now (after fixing what failed)",
+                            description="Make one upload (ID) or every upload in state 'retry' due at once; "
+                                        "a running layerbootd takes them within a few seconds.")
+    p.add_argument("id", nargs="?")
+    p.set_defaults(func=cmd_uploads_retry)
+    p = uactions.add_parser("usage", help="what each node keeps on the server against its quota")
+    p.set_defaults(func=cmd_uploads_usage)
     p = uactions.add_parser(
         "policy", help="show or set a profile's upload policy (auto/hold, and the content it may carry)",
         description="Without options: show the profile's policy. 'auto' appends each baked upload as a new "
@@ -198,7 +206,6 @@ def cmd_boot_token(ctx: Context) -> int:
 
 
 def _epoch(value: float | None) -> str:
-    import time
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value)) if value else "never"
 
 
@@ -272,10 +279,31 @@ def cmd_uploads_list(ctx: Context) -> int:
     uploads = records.list(state=None if state == "held" else state)
     if state == "held":
         uploads = [u for u in uploads if u.held]
-    rows = [[u.id, u.mac, u.profile, u.name, u.size, "held" if u.held else u.state, (u.layer or "-")[:12],
-             u.generation or "-", u.message] for u in uploads]
-    print(table(["ID", "NODE", "PROFILE", "NAME", "BYTES", "STATE", "LAYER", "GEN", "MESSAGE"], rows)
-          if rows else "no uploads")
+    rows = [[u.id, u.mac, u.profile, u.name, u.size, "held" if u.held else u.state, u.attempts,
+             _epoch(u.next_try) if u.state == "retry" else "-", (u.layer or "-")[:12], u.generation or "-",
+             u.last_error if u.state == "retry" else u.message] for u in uploads]
+    print(table(["ID", "NODE", "PROFILE", "NAME", "BYTES", "STATE", "ATTEMPTS", "NEXT TRY", "LAYER", "GEN",
+                 "MESSAGE"], rows) if rows else "no uploads")
+    return 0
+
+
+def cmd_uploads_retry(ctx: Context) -> int:
+    count = _records(ctx).retry_now(ctx.args.id)
+    print(f"{count} upload(s) due now" + ("" if count else " (only uploads in state 'retry' wait for a retry)"))
+    return 0
+
+
+def cmd_uploads_usage(ctx: Context) -> int:
+    from layerboot.server.quota import node_usage
+    records = _records(ctx)
+    cfg = ctx.config
+    rows = []
+    for node in _registry(ctx).all():
+        usage = node_usage(records, ctx.store, node.mac)
+        rows.append([node.mac, usage.pending, usage.failed, usage.held, usage.area, usage.count,
+                     cfg.server_node_max_uploads or "-", usage.bytes, cfg.server_node_max_bytes or "-"])
+    print(table(["NODE", "QUEUED", "FAILED", "HELD", "SFTP", "UPLOADS", "MAX", "BYTES", "MAX BYTES"], rows)
+          if rows else "no nodes registered")
     return 0
 
 
@@ -287,8 +315,13 @@ def cmd_uploads_approve(ctx: Context) -> int:
 
 
 def cmd_uploads_reject(ctx: Context) -> int:
-    upload = _records(ctx).reject(ctx.args.id)
-    print(f"upload {upload.id}: rejected (layer {upload.layer[:12] if upload.layer else '-'} stays unused)")
+    upload = _records(ctx).reject(ctx.args.id, ctx.profiles)
+    if not upload.layer:
+        print(f"upload {upload.id}: rejected; its file is removed")
+    elif ctx.store.paths.object_meta(upload.layer).exists():
+        print(f"upload {upload.id}: rejected; layer {upload.layer[:12]} stays (something else uses it)")
+    else:
+        print(f"upload {upload.id}: rejected; layer {upload.layer[:12]} is removed from the store")
     return 0
 
 

@@ -1,11 +1,29 @@
-"""``layerboot store``: create the store and check it."""
+"""``layerboot store``: create the store and check it (``fsck``, ``fsck --repair``)."""
 
 from __future__ import annotations
 
 import argparse
 
 from layerboot.errors import LayerbootError
+from layerboot.overlays import leftovers
+from layerboot.overlays.leftovers import Leftover
 from layerboot.tools.context import Context
+
+FSCK_HELP = """\
+Re-hash every object against its name, cross-check the metadata records and every profile generation, and
+look for what an interrupted run left behind: temp files of atomic writes, scratch in tmp/, signed manifests
+whose generation was never committed, objects without a record, and upload-queue files no upload needs.
+
+Output: one line per finding -- BAD (damage: an object whose bytes are wrong, unreadable or missing; a
+generation naming a missing layer), LEFTOVER (removable) -- then a summary. Exit status 0 when the store is
+healthy, 1 when anything was found.
+
+With --repair: leftovers are removed (REMOVED lines; scratch with a filesystem still mounted inside is left
+and named), and damaged objects are moved to quarantine/ (QUARANTINED lines) so nothing serves them. Importing
+the same bytes again ('layerboot layer import FILE') then restores a quarantined or damaged object. The exit
+status is 1 while damage remains. The upload queue is only checked while no layerbootd runs on the store
+(layerbootd cleans it itself at every start).
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,7 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     init = actions.add_parser("init", help="create an empty store (directories only; see 'key generate')")
     init.set_defaults(func=cmd_init)
-    fsck = actions.add_parser("fsck", help="re-hash every object and cross-check the records")
+    fsck = actions.add_parser("fsck", help="re-hash every object, cross-check records, find crash leftovers",
+                              description=FSCK_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fsck.add_argument("--repair", action="store_true",
+                      help="remove leftovers and move damaged objects to quarantine/")
     fsck.set_defaults(func=cmd_fsck)
 
 
@@ -23,14 +44,67 @@ def cmd_init(ctx: Context) -> int:
     return 0
 
 
+def _queue_leftovers(ctx: Context, *, repair: bool) -> tuple[list[Leftover], list[Leftover], str]:
+    """Upload-queue leftovers (found, removed), checked only while no layerbootd holds the store."""
+    from layerboot.server.daemonlock import DaemonLock
+    from layerboot.server.db import open_database
+    from layerboot.server.uploads import UploadRecords, queue_dir
+    if not ctx.config.server_database and not ctx.paths.database.exists() and not (queue_dir(ctx.paths).is_dir() and any(queue_dir(ctx.paths).iterdir())):
+        return [], [], ""   # no daemon ever ran here: nothing to check (and no database to create)
+    try:
+        lock = DaemonLock(ctx.paths, purpose="layerboot store fsck").acquire()
+    except LayerbootError as err:
+        return [], [], f"upload queue not checked: {err.message}"
+    try:
+        db = open_database(ctx.config, ctx.paths)
+        try:
+            found = UploadRecords(db, ctx.paths).queue_leftovers()
+        finally:
+            db.close()
+        removed = [item for item in found if repair and leftovers.remove(item)]
+    finally:
+        lock.release()
+    return found, removed, ""
+
+
 def cmd_fsck(ctx: Context) -> int:
     store = ctx.ready_store()
+    repair = ctx.args.repair
+    root = ctx.paths.root
     problems = store.fsck()
-    checked = len(set(store.digests()) | set(store.objects.digests()))
+    profile_problems = ctx.profiles.check()
+    found, removed = leftovers.sweep(ctx.paths, repair=repair)
+    queue_found, queue_removed, note = _queue_leftovers(ctx, repair=repair)
+    found, removed = found + queue_found, removed + queue_removed
     for problem in problems:
         print(f"BAD {problem}")
-    if problems:
-        raise LayerbootError(f"fsck found {len(problems)} problem(s) in {checked} object(s)",
-                             hint="a corrupt object must be re-imported or removed from the profiles using it")
-    print(f"fsck: {checked} object(s) checked, all intact")
+    for line in profile_problems:
+        print(f"BAD {line}")
+    quarantined = 0
+    if repair:
+        for problem in problems:
+            if problem.damaged and store.objects.quarantine(problem.digest, reason=problem.problem):
+                print(f"QUARANTINED {problem.digest[:12]}: moved to quarantine/")
+                quarantined += 1
+    for item in found:
+        print(f"{'REMOVED' if item in removed else 'LEFTOVER'} {item.describe(root)}")
+    if note:
+        print(f"note: {note}")
+    for path, size in store.quarantined():
+        print(f"note: {path.relative_to(root)} ({size} bytes) is a damaged object kept for inspection; "
+              "delete it when done")
+    checked = len(store.digests())
+    remaining = [item for item in found if item not in removed]
+    damage = len(problems) + len(profile_problems)
+    if damage or remaining:
+        parts = ([f"{damage} problem(s)"] if damage else []) + ([f"{len(remaining)} leftover(s)"] if remaining else [])
+        hints = [] if repair else ["run 'layerboot store fsck --repair' to remove the leftovers and quarantine "
+                                   "damaged objects"]
+        if damage:
+            hints.append("importing the good bytes again ('layerboot layer import FILE') restores a damaged "
+                         "object; or remove it from the profiles that use it")
+        done = f" (removed {len(removed)} leftover(s), quarantined {quarantined} object(s))" if repair else ""
+        raise LayerbootError(f"fsck found {' and '.join(parts)} in {checked} object(s){done}",
+                             hint="; ".join(hints) or None)
+    print(f"fsck: {checked} object(s) checked, all intact" + (f"; removed {len(removed)} leftover(s)" if removed else ""))
     return 0

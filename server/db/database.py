@@ -174,7 +174,7 @@ class Database(Queries):
         try:
             yield
         except DBAPIError as err:
-            found = translate(err, self.name)
+            found = translate(err, self.name, Path(self.url.database) if self.dialect == "sqlite" else None)
             if found is err:
                 raise
             raise found from None

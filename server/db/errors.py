@@ -7,8 +7,11 @@ SQLSTATE, only libpq's message, so those are told apart by the words libpq uses.
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
 from typing import Any
 
+from layerboot.diskspace import describe
 from layerboot.errors import LayerbootError
 
 
@@ -27,7 +30,9 @@ class DatabaseAuthError(DatabaseError):
 
 
 class DatabaseFull(DatabaseError):
-    """No space left for the database."""
+    """No space left for the database: 507 Insufficient Storage, like every full disk (layerboot.diskspace)."""
+
+    http_status = 507
 
 
 class DatabaseBusy(DatabaseError):
@@ -96,8 +101,13 @@ SQLITE_MESSAGES = {
 }
 
 
-def _sqlite(orig: Any, name: str) -> DatabaseError | None:
+def _sqlite(orig: Any, name: str, path: Path | None) -> DatabaseError | None:
     code = getattr(orig, "sqlite_errorname", "") or ""
+    disk = errno.ENOSPC if code == "SQLITE_FULL" or "database or disk is full" in str(orig) else \
+        errno.EIO if code.startswith("SQLITE_IOERR") else None
+    if disk is not None and path is not None:   # name the filesystem as every other full or failing disk is named
+        problem = describe(disk, path, doing="writing the node database")
+        return (DatabaseFull if disk == errno.ENOSPC else DatabaseUnreachable)(problem.message, hint=problem.hint)
     for prefix, (kind, message, hint) in SQLITE_MESSAGES.items():
         # extended codes carry a suffix: SQLITE_IOERR_WRITE, SQLITE_READONLY_DBMOVED, SQLITE_CONSTRAINT_UNIQUE
         if code == prefix or code.startswith(prefix + "_"):
@@ -107,14 +117,16 @@ def _sqlite(orig: Any, name: str) -> DatabaseError | None:
     return None
 
 
-def translate(err: Exception, name: str) -> Exception:
-    """The LayerbootError for a SQLAlchemy/driver error, or ``err`` itself when it is a bug (bad SQL, ...)."""
+def translate(err: Exception, name: str, path: Path | None = None) -> Exception:
+    """The LayerbootError for a SQLAlchemy/driver error, or ``err`` itself when it is a bug (bad SQL, ...).
+
+    ``path``: the SQLite file, so a full or failing disk is named by device and mount point."""
     from sqlalchemy import exc
 
     if isinstance(err, exc.DBAPIError):
         orig = err.orig
         module = type(orig).__module__
-        found = _sqlite(orig, name) if module.startswith("sqlite3") else _pg(orig, name)
+        found = _sqlite(orig, name, path) if module.startswith("sqlite3") else _pg(orig, name)
         if found is not None:
             return found
         if err.connection_invalidated:
