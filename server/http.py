@@ -116,9 +116,13 @@ def any_node_or_admin(state: ServerState, token: str | None, missing: str) -> No
 
 
 # -- iPXE --------------------------------------------------------------------------------------------------
+# The NIC iPXE booted from (netX: the last one it opened), pxelinux/dracut style: stage1 configures that one.
+BOOTIF = "BOOTIF=01-${netX/mac:hexhyp}"
+
+
 def boot_script(base: str, mac: str, token: str, kernel: str, initrd: str, cmdline: str) -> str:
-    args = " ".join(part for part in (cmdline.strip(), f"layerboot.server={base}", f"layerboot.node={mac}",
-                                      f"layerboot.token={token}") if part)
+    args = " ".join(part for part in (cmdline.strip(), BOOTIF, f"layerboot.server={base}",
+                                      f"layerboot.node={mac}", f"layerboot.token={token}") if part)
     return ("#!ipxe\n"
             f"echo layerboot: booting {mac}\n"
             f"kernel {base}/objects/{kernel}?token={token} initrd=initrd {args}\n"
