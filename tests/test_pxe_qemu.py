@@ -1,7 +1,7 @@
 """A QEMU guest PXE-boots through `layerboot pxe` on a namespace-only network and reaches the per-MAC URL.
 
 The guest's NIC ROM is iPXE (ipxe-qemu). Its DHCP request carries user class "iPXE", so in full-DHCP mode it
-is handed layerbootd's URL ``http://HOST:PORT/boot/${net0/mac}.ipxe`` directly; in proxy mode (a second plain
+is handed layerbootd's URL ``http://HOST:PORT/boot/${netX/mac}.ipxe`` directly; in proxy mode (a second plain
 dnsmasq hands out the address) it fetches our TFTP chain script first. A small HTTP server stands in for
 layerbootd: it answers ``/boot/<mac>.ipxe`` with a script that fetches a marker URL and powers the guest off.
 The test passes when the server saw both requests, in order, with the guest's MAC expanded by iPXE. (Debian's
@@ -115,7 +115,7 @@ def test_qemu_ipxe_rom_chains_to_the_per_mac_url(tmp_path: Path, mode: str) -> N
             assert requests()[:2] == [f"/boot/{MAC}.ipxe", f"/marker/{MAC}"], requests()
             # dnsmasq's log lines reach us through a pipe: give the last ones a moment
             # (dnsmasq logs the boot file as "bootfile name: F" or, sent as option 67, "bootfile-name  F")
-            boot_file = f"{url}/boot/${{net0/mac}}.ipxe" if mode == "full" else "layerboot.ipxe"
+            boot_file = f"{url}/boot/${{netX/mac}}.ipxe" if mode == "full" else "layerboot.ipxe"
             expected = [r"user class: iPXE", r"bootfile.name:?\s+" + re.escape(boot_file)]
             if mode == "proxy":
                 expected.append(r"dnsmasq-tftp.*sent \S*/layerboot\.ipxe to")
