@@ -61,11 +61,11 @@ def start_guest(lan: Lan, tmp_path: Path, *, mac: str = MAC, memory_mb: int = 25
         "-device", f"virtio-net-pci,netdev=n0,mac={mac}"], log=open(tmp_path / "qemu.log", "wb"))
 
 
-def start_daemon(lan: Lan, ns: str, config: Path, url: str, log: Path) -> None:
+def start_daemon(lan: Lan, ns: str, config: Path, url: str, log: Path, listen: str = "0.0.0.0") -> None:
     """The real layerbootd inside the server namespace, listening on every address there; waits until it answers."""
     port = url.rsplit(":", 1)[1]
     lan.spawn(ns, [sys.executable, "-m", "layerboot.server.main", "--config", str(config), "--port", port,
-                   "--listen", "0.0.0.0"], log=open(log, "wb"))
+                   "--listen", listen], log=open(log, "wb"))
     answers = [sys.executable, "-c", "import sys, urllib.request as u, urllib.error as e\n"
                "try: u.urlopen(sys.argv[1], timeout=2)\nexcept e.HTTPError: pass", url + "/"]
     assert wait_for(lambda: lan.run(ns, answers, check=False).returncode == 0, 20), log.read_text()

@@ -143,6 +143,40 @@ def test_dhcp_options_decode() -> None:
     assert lease_from("10.0.0.9", {12: b"bad name;rm"}).hostname == ""  # not a host name: dropped
 
 
+def test_malformed_dhcp_options_are_dropped_not_fatal() -> None:
+    lease = lease_from("10.0.0.9", {1: b"\xff\xff", 3: b"\x0a", 6: b"\x0a\x00\x00\x02\x0a", 26: b"\x05",
+                                    119: b"\x09truncated", 15: "lab\u00e9".encode()})
+    assert (lease.prefix, lease.router, lease.dns, lease.mtu, lease.search, lease.domain) == (
+        24, "", ("10.0.0.2",), 0, (), "")
+
+
+def test_dhcpv6_replies_are_matched_and_decoded() -> None:
+    from layerboot.initrd.stage1 import dhcp6
+
+    client = dhcp6.duid(MAC)
+    solicit = dhcp6.build_message(dhcp6.SOLICIT, 0xABCDEF, MAC, ia_na=b"")
+    assert solicit[0] == dhcp6.SOLICIT and solicit[1:4] == bytes.fromhex("abcdef")
+    assert dhcp6.parse_options(solicit[4:])[dhcp6.OPT_CLIENTID] == [client]
+    address = bytes.fromhex("fd770000000000000000000000000123")
+    iaaddr = dhcp6.option(dhcp6.OPT_IAADDR, address + (3600).to_bytes(4, "big") + (7200).to_bytes(4, "big"))
+    ntp = dhcp6.option(1, bytes.fromhex("fd770000000000000000000000000001")) + dhcp6.option(3, b"\x03ntp\x03lab\x00")
+    reply = ((dhcp6.REPLY << 24) | 0xABCDEF).to_bytes(4, "big") + b"".join([
+        dhcp6.option(dhcp6.OPT_CLIENTID, client), dhcp6.option(dhcp6.OPT_SERVERID, b"\x00\x01srv"),
+        dhcp6.option(dhcp6.OPT_IA_NA, b"\x00" * 12 + iaaddr),
+        dhcp6.option(dhcp6.OPT_DNS, bytes.fromhex("fd770000000000000000000000000053")),
+        dhcp6.option(dhcp6.OPT_DOMAINS, b"\x03lab\x07example\x00"), dhcp6.option(dhcp6.OPT_NTP, ntp),
+        dhcp6.option(dhcp6.OPT_FQDN, b"\x01\x05node7\x03lab\x07example\x00")])
+    kind, options = dhcp6.parse_reply(reply, 0xABCDEF, client)
+    lease = dhcp6.lease_from(options)
+    assert (kind, lease.address, lease.prefix, lease.lifetime) == (dhcp6.REPLY, "fd77::123", 128, 7200)
+    assert (lease.dns, lease.search, lease.ntp) == (("fd77::53",), ("lab.example",), ("fd77::1", "ntp.lab"))
+    assert (lease.hostname, lease.domain, lease.server) == ("node7", "lab.example", b"\x00\x01srv".hex())
+    assert dhcp6.parse_reply(reply, 0x123456, client) is None                  # another transaction
+    assert dhcp6.parse_reply(reply, 0xABCDEF, dhcp6.duid(MAC2)) is None        # another client
+    assert dhcp6.parse_reply(reply[:3], 0xABCDEF, client) is None              # truncated
+    assert dhcp6.lease_from(dhcp6.parse_options(b"\x00\x03\x00\x04abcd")).address == ""   # short IA_NA
+
+
 # -- against dnsmasq ---------------------------------------------------------------------------------------------
 @pytest.mark.root
 def test_dhcpv4_options_reach_the_record_resolv_conf_and_host_name(netns: Netns) -> None:

@@ -134,8 +134,8 @@ def dns_names(data: bytes) -> tuple[str, ...]:
 
 
 def lease_from(address: str, options: dict[int, bytes]) -> Lease:
-    mask = addresses(options.get(1, b"\xff\xff\xff\x00"))[0]
-    prefix = bin(struct.unpack("!I", bytes(int(x) for x in mask.split(".")))[0]).count("1")
+    mask = options.get(1, b"")
+    prefix = bin(int.from_bytes(mask, "big")).count("1") if len(mask) == 4 else 24   # no (valid) mask: a /24
     routers = addresses(options.get(3, b""))
     mtu = struct.unpack("!H", options[26])[0] if len(options.get(26, b"")) == 2 else 0
     lifetime = struct.unpack("!I", options[51])[0] if len(options.get(51, b"")) == 4 else 0
