@@ -46,6 +46,7 @@ echo "NET-HOSTNAME $(hostname)"
 echo "NET-ETC-HOSTNAME $(readlink /etc/hostname) $(cat /etc/hostname)"
 echo "NET-RESOLV $(readlink /etc/resolv.conf) $(grep -v '^#' /etc/resolv.conf | tr '\n' ';')"
 echo "NET-JSON $(cat /run/layerboot/net.json)"
+echo "NET-STATUS $(cat /run/layerboot/status)"
 . /run/layerboot/net.env && echo "NET-ENV ntp=$LAYERBOOT_NTP log=$LAYERBOOT_LOG_SERVERS boot=$LAYERBOOT_BOOT_INTERFACE"
 for b in /proc/net/bonding/*; do [ -e "$b" ] && echo "NET-BOND $(basename $b) $(tr '\n' ';' < $b)"; done
 if grep -q lbtest=failover /proc/cmdline; then
@@ -116,7 +117,9 @@ def net_json(node: QemuNode) -> dict:
 
 def boot_and_check(node: QemuNode, tmp: Path, timeout: float = 360) -> None:
     done = node.wait_for(r"^ROOTFS-NET-DONE", timeout=timeout, fail=FAILS)
-    print(f"{tmp.name}: booted system reached its pass line {done.seconds:.1f}s after QEMU started")
+    timings = json.loads(line(node, "NET-STATUS"))["timings"]
+    print(f"{tmp.name}: pass line {done.seconds:.1f}s after QEMU started; stage1's net stage {timings['net']:.2f}s, "
+          f"modules {timings['modules']:.2f}s")
 
 
 def test_pxe_on_the_second_nic_active_backup_bond_and_dhcp_options(net_store: dict, tmp_path: Path) -> None:
