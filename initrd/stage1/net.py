@@ -346,12 +346,13 @@ class Bringup:
 
 def bring_up(plan: NetPlan, *, interface: str = "", node: str = "", timeout: float = 10.0) -> NetResult:
     """Run the whole net stage; StageError (one line) when the boot network cannot come up."""
-    from . import net6
+    net6 = None
+    if any(c.v6 for c in plan.configs):   # net6.py (and dhcp6.py) only when an ip= asks for IPv6
+        from . import net6
 
+        net6.prepare([])   # optimistic DAD for the bonds and VLANs about to be made
     run = Bringup(plan, interface=interface, node=node, timeout=timeout)
     try:
-        if any(c.v6 for c in plan.configs):
-            net6.prepare([])   # optimistic DAD for the bonds and VLANs about to be made
         run.wait_for_nics()
         for bond in plan.bonds:
             run.build_bond(bond)
@@ -363,7 +364,8 @@ def bring_up(plan: NetPlan, *, interface: str = "", node: str = "", timeout: flo
         configs = [c for c in plan.configs if c.device and c.device != boot]
         own = plan.config_for(boot) or plan.config_for("") or IfaceConfig(v4="dhcp")
         configs.insert(0, IfaceConfig(**{**{f: getattr(own, f) for f in IfaceConfig._fields}, "device": boot}))
-        net6.prepare([c.device for c in configs if c.v6])
+        if net6 is not None:
+            net6.prepare([c.device for c in configs if c.v6])
         for config in configs:
             run.prepare(config)
         for config in configs:
@@ -375,12 +377,13 @@ def bring_up(plan: NetPlan, *, interface: str = "", node: str = "", timeout: flo
             if lease is not None:
                 leases.append((config.device, lease))
                 say(f"{config.device} {mac_of(config.device)}: {lease}")
-            lease6 = net6.configure(run, config, metric)
+            lease6 = net6.configure(run, config, metric) if net6 is not None else None
             if lease6 is not None:
                 leases.append((config.device, lease6))
                 say(f"{config.device}: {lease6}")
         run.add_routes()
-        net6.check_duplicates(run, configs)
+        if net6 is not None:
+            net6.check_duplicates(run, configs)
         hostname = own.hostname or next((lease.hostname for dev, lease in leases if dev == boot and lease.hostname),
                                         "")
         node_mac = plan.bootif or permanent_mac(nic)
