@@ -141,6 +141,9 @@ class Bringup:
         self.nl.close()
 
     def wait_for(self, name: str) -> float:
+        """rd.net.timeout.NAME, else layerboot.timeout (the carrier wait also answers to dracut's ``ifup``)."""
+        if name == "carrier":
+            return self.plan.timeout("carrier", self.plan.timeout("ifup", self.timeout))
         return self.plan.timeout(name, self.timeout)
 
     # -- 1. the NICs -----------------------------------------------------------------------------------------
