@@ -5,7 +5,8 @@
    domain, search list, DNS, NTP and log server, plus SLAAC and stateless DHCPv6; the booted system sees all of
    it (host name, /etc/hostname, /etc/resolv.conf, /run/layerboot/net.json and net.env) and survives a failover.
 2. Direct kernel boot whose two NICs form an 802.3ad bond with a second QEMU guest playing the switch (a Linux
-   802.3ad bond: tests/netswitch.py), VLAN 42 on top, static IPv4 and IPv6, and the server reached over IPv6.
+   802.3ad bond: tests/netswitch.py), VLAN 42 on top with MTU 9000, static IPv4 and IPv6, and the server
+   reached over IPv6.
 3. An IPv6-only boot network: iPXE (Debian's ROM has IPv6) gets its address and boot URL by DHCPv6 and
    fetches kernel and initrd over IPv6; stage1 uses DHCPv6 (address, DNS, search, NTP, FQDN) and router
    advertisements.
@@ -179,7 +180,7 @@ def test_lacp_bond_with_a_vlan_static_dual_stack_and_an_ipv6_server(net_store: d
     switch_image = switch_initrd(kernel, tmp_path / "switch-initrd.img")
     config = write_config(tmp_path / "layerbootd.toml", net_store["paths"], debug=True)
     append = (f"{CMDLINE} bond=bond0:eth0,eth1:mode=802.3ad,lacp_rate=fast,miimon=100,xmit_hash_policy=layer3+4 "
-              "vlan=bond0.42:bond0 ip=10.72.42.5::10.72.42.1:24:static-node:bond0.42:none "
+              "vlan=bond0.42:bond0 ip=10.72.42.5::10.72.42.1:24:static-node:bond0.42:none:9000 "
               "ip=[fd72::5]::[fd72::1]:64::bond0.42:none nameserver=10.72.42.1 "
               f"layerboot.server=http://[fd72::1]:{port} layerboot.node={mac} layerboot.token={token}")
     with Lan() as lan:
@@ -210,6 +211,7 @@ def test_lacp_bond_with_a_vlan_static_dual_stack_and_an_ipv6_server(net_store: d
     assert set(interfaces["bond0.42"]["addresses"]) == {"10.72.42.5/24", "fd72::5/64"}
     assert (interfaces["bond0.42"]["gateway"], interfaces["bond0.42"]["gateway6"]) == ("10.72.42.1", "fd72::1")
     assert interfaces["bond0"]["mode"] == "802.3ad"
+    assert interfaces["bond0.42"]["mtu"] == interfaces["bond0"]["mtu"] == 9000   # the VLAN's MTU raised its bond's
     # LACP came up with the switch's bond on both links: each side names the other as its partner
     assert f"Partner Mac Address: {switch_mac}" in bond and "Number of ports: 2" in bond, bond
     assert partner == interfaces["bond0"]["mac"]

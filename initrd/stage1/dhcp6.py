@@ -145,8 +145,10 @@ class _Client:
                                     **fields)  # type: ignore[arg-type]
             try:
                 self.sock.sendto(message, (ALL_SERVERS, 547, 0, self.index))
-            except OSError as err:   # the link-local address may still be tentative: try again shortly
+            except OSError as err:   # no usable source address yet: try again shortly, not after ``wait``
                 debug(f"DHCPv6 send on {self.interface}: {err.strerror}")
+                time.sleep(0.1)
+                continue
             until = min(time.monotonic() + wait, deadline)
             while True:
                 left = until - time.monotonic()

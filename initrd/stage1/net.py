@@ -20,7 +20,7 @@ import time
 from .console import StageError, debug, say, spawn
 from .dhcp import Lease
 from .netcmd import IfaceConfig, NetPlan
-from .netlink import Netlink, NetlinkError
+from .netlink import IFF_UP, Netlink, NetlinkError
 from .record import Record
 
 SYS_NET = "/sys/class/net"
@@ -241,8 +241,10 @@ class Bringup:
         return name
 
     def with_carrier(self) -> str:
-        """The first NIC (by name) with carrier, after bringing every NIC up; the others go back down."""
+        """The first NIC (by name) with carrier, after bringing every NIC up; those it brought up that no option
+        uses (not a bond slave, VLAN parent or named interface) go back down."""
         names = ethernet_interfaces()
+        keep = self.physical_names() | {n for n in names if int(_read(f"{SYS_NET}/{n}/flags"), 16) & IFF_UP}
         for name in names:
             self.nl.set_link(ifindex(name), up=True, what=f"bringing {name} up")
         timeout = self.wait_for("carrier")
@@ -256,7 +258,7 @@ class Bringup:
             raise StageError(f"no network interface has a link (carrier) after {timeout:g}s "
                              f"(tried: {', '.join(names) or 'none'})")
         for name in names:
-            if name != found[0]:
+            if name != found[0] and name not in keep:
                 self.nl.set_link(ifindex(name), up=False, what=f"taking {name} down")
         return found[0]
 
@@ -287,6 +289,10 @@ class Bringup:
     def prepare(self, config: IfaceConfig) -> None:
         """MTU and MAC from ip=, then the link up."""
         index = ifindex(config.device)
+        parent = next((v.parent for v in self.plan.vlans if v.name == config.device), "")
+        if parent and config.mtu > int(_read(f"{SYS_NET}/{parent}/mtu")):   # a VLAN cannot outgrow its parent
+            self.nl.set_link(ifindex(parent), mtu=config.mtu, what=f"{parent}: setting MTU {config.mtu} for "
+                             f"{config.device}")
         if config.mac:
             self.nl.set_link(index, up=False, what=f"{config.device}: setting MAC {config.mac}")
             self.nl.set_link(index, mac=config.mac, what=f"{config.device}: setting MAC {config.mac}")
@@ -373,6 +379,7 @@ def bring_up(plan: NetPlan, *, interface: str = "", node: str = "", timeout: flo
             run.prepare(config)
         for config in configs:
             run.wait_carrier(config.device)
+        debug(f"links up with carrier: {', '.join(c.device for c in configs)}")
         leases: list[tuple[str, Lease]] = []
         for position, config in enumerate(configs):
             metric = 0 if position == 0 else 100 * position

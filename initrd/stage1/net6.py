@@ -4,7 +4,8 @@ DHCPv6 (``dhcp6``: dhcp6.py), ``either6`` (SLAAC, else DHCPv6) and ``link6`` (li
 Optimistic DAD (RFC 4429, ``optimistic_dad`` + ``use_optimistic``) is switched on for the interfaces stage1
 configures, so link-local and new addresses are usable at once instead of after the ~1-2 s of duplicate address
 detection; a duplicate found later still marks the address ``dadfailed``, which :func:`check_duplicates` turns
-into a clear error at the end of the net stage.
+into a clear error at the end of the net stage. The first router solicitation goes out without the kernel's
+1 s ``router_solicitation_delay``.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ def _sysctl(device: str, key: str, value: str) -> bool:
 
 
 def prepare(devices: list[str]) -> None:
-    """Before links come up: optimistic DAD for new devices and these ones (best effort: the kernel may lack it)."""
+    """Before links come up, for new devices and these ones (best effort: a kernel may lack a knob): optimistic
+    DAD, and the first router solicitation at once instead of after the kernel's fixed 1 s delay (as
+    systemd-networkd's own solicitations do); the router's answer brings SLAAC addresses and routes."""
     for device in ["default", *devices]:
         _sysctl(device, "optimistic_dad", "1")
         _sysctl(device, "use_optimistic", "1")
+        _sysctl(device, "router_solicitation_delay", "0")
 
 
 def usable(flags: int) -> bool:
@@ -97,8 +101,10 @@ def dhcp6(run, name: str, index: int) -> Lease:  # noqa: ANN001
     from .net import mac_of
 
     wait_link_local(run, name, index)
+    debug(f"{name}: link-local address usable; DHCPv6 solicit")
     lease = request_lease6(name, index, mac_of(name), total=run.plan.timeout("dhcp", max(run.timeout, 4.0) * 3))
     add_address(run, name, index, lease.address, 128)
+    debug(f"{name}: {lease.address}/128 added; waiting for a router advertisement")
     # DHCPv6 has no routes: the on-link prefix and the default route come from router advertisements.
     timeout = run.wait_for("ipv6auto")
     if not _wait(lambda: any(r[3] == index and r[4] == RTPROT_RA for r in run.nl.routes(AF_INET6)), timeout):
