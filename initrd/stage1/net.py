@@ -86,8 +86,11 @@ def ifindex(name: str) -> int:
 
 
 def has_carrier(name: str) -> bool:
+    """Carrier, and the kernel's link watcher has acted on it (operstate up): until then the link's queue
+    drops what is sent (a DHCP request) and IPv6 has no link-local address; the watcher runs up to 1 s late."""
     try:
-        return _read(f"{SYS_NET}/{name}/carrier") == "1"
+        return _read(f"{SYS_NET}/{name}/carrier") == "1" and \
+            _read(f"{SYS_NET}/{name}/operstate") in ("up", "unknown")
     except OSError:   # reading carrier of a down link fails with EINVAL
         return False
 
@@ -359,7 +362,7 @@ def bring_up(plan: NetPlan, *, interface: str = "", node: str = "", timeout: flo
     if any(c.v6 for c in plan.configs):   # net6.py (and dhcp6.py) only when an ip= asks for IPv6
         from . import net6
 
-        net6.prepare([])   # optimistic DAD for the bonds and VLANs about to be made
+        net6.prepare(ethernet_interfaces())   # before any link comes up; "default" covers bonds and VLANs
     run = Bringup(plan, interface=interface, node=node, timeout=timeout)
     try:
         run.wait_for_nics()

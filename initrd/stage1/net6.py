@@ -109,6 +109,8 @@ def dhcp6(run, name: str, index: int) -> Lease:  # noqa: ANN001
     timeout = run.wait_for("ipv6auto")
     if not _wait(lambda: any(r[3] == index and r[4] == RTPROT_RA for r in run.nl.routes(AF_INET6)), timeout):
         say(f"{name}: no IPv6 router advertisement within {timeout:g}s: {lease.address} reaches only its link")
+    else:
+        debug(f"{name}: routes from a router advertisement")
     return Lease(lease.address, 128, router=ra_gateway(run, index), dns=lease.dns, hostname=lease.hostname,
                  domain=lease.domain, search=lease.search, ntp=lease.ntp, server=lease.server,
                  lifetime=lease.lifetime, source="dhcp6")
