@@ -167,6 +167,7 @@ def test_rd_bootif_0_ignores_bootif() -> None:
     ("bond=bond0:eth0:mode=1:1500:extra", "expected bond="), ("bond=b0:eth0 bond=b1:eth0", "already a slave"),
     ("bond=b0:eth0 bond=b0:eth1", "defined twice"), ("bond=b0:eth0 ip=eth0:dhcp", "configure b0 instead"),
     ("bond=b0:vlan5 vlan=vlan5:eth0", "not a physical interface"),
+    ("bond=b0:eth0,eth1 vlan=eth0.5:eth0", "eth0 is a slave of b0; put the VLAN on b0"),
     ("bond=bond0:eth0:arp_ip_target=10.0.0.1;x", "not an IPv4 address"),
     ("ifname=bootnet", "expected ifname=<interface>:<MAC>"), ("ifname=bootnet:52:54:00", "not a MAC"),
     ("ifname=ib0:" + ":".join(["00"] * 20), "InfiniBand"),

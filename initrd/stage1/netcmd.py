@@ -544,6 +544,10 @@ def parse_network(words: list[tuple[str, str | None]]) -> NetPlan:
                 raise NetOptionError(f"ip={configs[slave].text}: {slave} is a slave of {bond.name}; configure "
                                      f"{bond.name} instead")
             enslaved[slave] = bond.name
+    for vlan in vlans.values():
+        if vlan.parent in enslaved:
+            raise NetOptionError(f"vlan={vlan.name}:{vlan.parent}: {vlan.parent} is a slave of "
+                                 f"{enslaved[vlan.parent]}; put the VLAN on {enslaved[vlan.parent]}")
     if not bootif_enabled:
         values.pop("bootif", None)
     return NetPlan(configs=tuple(configs.values()), vlans=tuple(vlans.values()), bonds=tuple(bonds.values()),
