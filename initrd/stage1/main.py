@@ -165,8 +165,11 @@ def run_stages(boot: Boot) -> None:
     if written:   # /etc/resolv.conf and /etc/hostname of the new root (netstate.py: who wins)
         from .netstate import link_into_root
 
-        for path in link_into_root(NEWROOT, [f"{LOWER_DIR}/{i}" for i in range(len(files))], written):
-            debug(f"{path} -> /run/layerboot{path[4:]}")
+        try:
+            for path in link_into_root(NEWROOT, [f"{LOWER_DIR}/{i}" for i in range(len(files))], written):
+                debug(f"{path} -> /run/layerboot/{os.path.basename(path)}")
+        except OSError as err:   # the node still boots; /run/layerboot has the files
+            say(f"cannot point /etc/resolv.conf or /etc/hostname at /run/layerboot: {err.strerror or err}")
 
     stage("switch_root")
     boot.report(True)
