@@ -49,6 +49,8 @@ class NodeConfig:
     no_reboot: bool = True
     disks: list[Path] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
+    nics: list[str] | None = None   # -netdev/-device arguments instead of the user-mode NIC (taps, sockets)
+    namespace: str = ""             # run QEMU in this network namespace (where its taps are)
 
     def argv(self) -> list[str]:
         argv = [require_tool("qemu-system-x86_64", package="qemu-system-x86"),
@@ -59,22 +61,26 @@ class NodeConfig:
             argv += ["-uuid", self.uuid]
         if self.serial:
             argv += ["-smbios", f"type=1,serial={self.serial.replace(',', ',,')}"]
-        netdev = "user,id=n0"
-        if self.tftp_dir is not None:
-            netdev += f",tftp={self.tftp_dir},bootfile={self.bootfile}"
-        argv += ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=n0,mac={self.mac}"]
+        if self.nics is not None:
+            argv += self.nics
+        else:
+            netdev = "user,id=n0"
+            if self.tftp_dir is not None:
+                netdev += f",tftp={self.tftp_dir},bootfile={self.bootfile}"
+            argv += ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=n0,mac={self.mac}"]
         if self.kernel is not None:
             argv += ["-kernel", str(self.kernel)]
             if self.initrd is not None:
                 argv += ["-initrd", str(self.initrd)]
             argv += ["-append", self.append]
         else:
-            argv += ["-boot", "n"]
+            argv += ["-boot", "n"]   # PXE: the NIC's iPXE ROM (a NIC with romfile= in nics has none)
         for index, disk in enumerate(self.disks):
             argv += ["-drive", f"file={disk},if=virtio,format=raw,index={index}"]
         if self.no_reboot:
             argv.append("-no-reboot")
-        return argv + self.extra
+        prefix = ["ip", "netns", "exec", self.namespace] if self.namespace else []
+        return prefix + argv + self.extra
 
 
 class QemuNode:

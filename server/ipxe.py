@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from layerboot.overlays.cmdline import IPXE_SEPARATORS, CmdlineError, check_cmdline, check_ipxe_word
 
 _SPACE = " \t\n\v\f\r"          # C isspace() in the "C" locale, which is what iPXE uses
+# The NIC iPXE booted from (netX: the last one it opened), pxelinux/dracut style: stage1 configures that one.
+BOOTIF = "BOOTIF=01-${netX/mac:hexhyp}"
 
 
 def ipxe_commands(script: str) -> list[list[str]]:
@@ -57,7 +59,7 @@ class BootScript:
     cmdline: str         # the profile's
 
     def kernel_args(self) -> list[str]:
-        return [*self.cmdline.split(), f"layerboot.server={self.base}", f"layerboot.node={self.mac}",
+        return [*self.cmdline.split(), BOOTIF, f"layerboot.server={self.base}", f"layerboot.node={self.mac}",
                 f"layerboot.profile={self.profile}", f"layerboot.token={self.token}"]
 
     def render(self) -> str:

@@ -2,9 +2,10 @@
 
 A PXE ROM first gets an iPXE binary over TFTP (BIOS: undionly.kpxe, UEFI: snponly.efi or ipxe.efi). iPXE then
 asks DHCP again, this time sending user class "iPXE" (and option 175), and is pointed at layerbootd's per-MAC
-script ``http://HOST:PORT/boot/${net0/mac}.ipxe`` — the URL itself in full-DHCP mode, or a small TFTP-served
+script ``http://HOST:PORT/boot/${netX/mac}.ipxe`` — the URL itself in full-DHCP mode, or a small TFTP-served
 chain script in proxy mode, where the boot file has to be a file on our TFTP server. iPXE expands
-``${net0/mac}`` itself, so one config serves every node. This module has no daemon in it; server/dnsmasq.py
+``${netX/mac}`` itself (the MAC of the NIC it booted from: ``net0`` would be the first NIC even when
+another one booted), so one config serves every node. This module has no daemon in it; server/dnsmasq.py
 turns a :class:`PxePlan` into a dnsmasq config and keeps dnsmasq running.
 """
 
@@ -26,7 +27,7 @@ IPXE_DIR = Path("/usr/lib/ipxe")
 BIOS_BINARY = "undionly.kpxe"
 EFI_BINARIES = ("snponly.efi", "ipxe.efi")
 CHAIN_SCRIPT = "layerboot.ipxe"
-MAC_PATH = "/boot/${net0/mac}.ipxe"
+MAC_PATH = "/boot/${netX/mac}.ipxe"
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class PxePlan:
 
     @property
     def boot_url(self) -> str:
-        """The per-MAC script URL as iPXE sees it (iPXE expands ${net0/mac})."""
+        """The per-MAC script URL as iPXE sees it (iPXE expands ${netX/mac})."""
         return self.server_url + MAC_PATH
 
     @property

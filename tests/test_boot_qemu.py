@@ -285,7 +285,7 @@ def test_static_ip_break_shell_and_status_file(daemon: Daemon, node_store: dict,
                   serial=NODE_SERIAL)
     with node:
         configured = node.wait_for(r"layerboot: eth0 ", timeout=120, fail=(r"layerboot: FAILED", r"Kernel panic"))
-        assert configured.text.endswith("10.0.2.15/255.255.255.0 via 10.0.2.2 (ip=)")
+        assert configured.text.endswith("10.0.2.15/24 via 10.0.2.2 (static)")
         node.wait_for(r"layerboot.break=mount: starting a shell", timeout=60)
         node.send("echo LAYERS $(ls /run/layerboot/layers | wc -l) MOUNTED $(grep -c squashfs /proc/mounts)\n")
         layers = len(node_store["profiles"].current("node").layers)

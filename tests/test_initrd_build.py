@@ -45,6 +45,7 @@ def test_image_holds_stage1_python_busybox_modules_and_the_key(kernel, store, tm
         assert files.get(node, "").startswith("c"), f"{node} is not a device node in the image"
     modules = {Path(p).name for p in files if p.endswith(".ko")}
     assert {"virtio_net.ko", "virtio_pci.ko", "loop.ko", "squashfs.ko", "overlay.ko"} <= modules
+    assert {"8021q.ko", "bonding.ko"} <= modules   # vlan= and bond= (with their dependencies: dracut resolves)
     assert not [p for p in files if p.endswith(".py") and p.startswith("usr/lib/")], "sources shipped"
     assert not [p for p in files if "libcrypto" in p or "libssl" in p], "OpenSSL crept into the initramfs"
     # The key in the image is the store's public key.

@@ -75,7 +75,7 @@ def test_a_valid_hostile_looking_cmdline_renders_to_exactly_the_intended_command
     assert [c[0] for c in commands] == ["echo", "kernel", "initrd", "boot"]
     kernel = commands[1]
     assert kernel[1] == f"http://10.0.0.1:8080/objects/{D1}?token={TOKEN}" and kernel[2] == "initrd=initrd"
-    assert kernel[3:] == [*ACCEPTED.split(), "layerboot.server=http://10.0.0.1:8080",
+    assert kernel[3:] == [*ACCEPTED.split(), "BOOTIF=01-${netX/mac:hexhyp}", "layerboot.server=http://10.0.0.1:8080",
                           "layerboot.node=52:54:00:12:34:56", "layerboot.profile=web", f"layerboot.token={TOKEN}"]
     assert " ".join(kernel[3:]).startswith(ACCEPTED)        # what iPXE hands the kernel: the same text
 

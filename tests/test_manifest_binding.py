@@ -130,6 +130,8 @@ def test_stage1_refuses_another_profiles_newer_manifest_from_a_man_in_the_middle
     daemon, proxy, _ = mitm
     script = daemon.get(f"/boot/{MAC}.ipxe").text           # what iPXE got: the real script, from the server
     kernel_args = next(line for line in script.splitlines() if line.startswith("kernel ")).split()[3:]
+    # as iPXE expands it: the MAC of the NIC it booted from
+    kernel_args = [arg.replace("${netX/mac:hexhyp}", MAC.replace(":", "-")) for arg in kernel_args]
     options = parse_cmdline(" ".join(kernel_args).replace(daemon.url, proxy.url))
     assert options.profile == "p1" and options.node == MAC
     public = load_public_key(profiles.paths.public_key)

@@ -66,7 +66,7 @@ def test_rendered_config_per_mode() -> None:
                 "dhcp-match=set:ipxe,175"} <= set(lines)
     assert "dhcp-range=10.7.0.100,10.7.0.200,255.255.255.0,1h" in full
     assert [line for line in full if line.startswith("dhcp-boot=")] == [
-        "dhcp-boot=tag:ipxe,http://10.7.0.1:8080/boot/${net0/mac}.ipxe",
+        "dhcp-boot=tag:ipxe,http://10.7.0.1:8080/boot/${netX/mac}.ipxe",
         "dhcp-boot=tag:!ipxe,tag:efi64,snponly.efi",
         "dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe"]
     assert not any(line.startswith("pxe-service") for line in full)
@@ -150,17 +150,17 @@ def test_full_dhcp_boot_file_per_client_and_tftp_bytes(tmp_path: Path, script: P
 
         # iPXE: user class "iPXE" -> straight to layerbootd's per-MAC script, whatever the arch
         ipxe = udhcpc(lan, cli, script, "-x", "0x5d:0000", "-x", "0x4d:69505845")
-        assert ipxe["boot_file"] == "http://10.91.0.1:8080/boot/${net0/mac}.ipxe"
+        assert ipxe["boot_file"] == "http://10.91.0.1:8080/boot/${netX/mac}.ipxe"
         # iPXE also recognised by option 175 alone
         ipxe175 = udhcpc(lan, cli, script, "-x", "0x5d:0007", "-x", "0xaf:b10101")
-        assert ipxe175["boot_file"] == "http://10.91.0.1:8080/boot/${net0/mac}.ipxe"
+        assert ipxe175["boot_file"] == "http://10.91.0.1:8080/boot/${netX/mac}.ipxe"
 
         lan.ip(cli, "addr", "add", f"{bios['ip']}/24", "dev", "eth0")
         for name in ("undionly.kpxe", "snponly.efi", "ipxe.efi", "layerboot.ipxe"):
             local = tmp_path / f"got-{name}"
             lan.run(cli, ["busybox", "tftp", "-g", "-r", name, "-l", str(local), "10.91.0.1"], timeout=60)
             if name == "layerboot.ipxe":
-                assert "chain --autofree http://10.91.0.1:8080/boot/${net0/mac}.ipxe" in local.read_text()
+                assert "chain --autofree http://10.91.0.1:8080/boot/${netX/mac}.ipxe" in local.read_text()
             else:
                 assert local.read_bytes() == (IPXE / name).read_bytes(), name
 
@@ -301,7 +301,7 @@ def test_config_file_drives_pxe_and_flags_override(tmp_path: Path, tftp_cleanup:
         base = [sys.executable, "-m", "layerboot", "-c", str(config), "pxe", "--print-config"]
         full = lan.run(srv, base, timeout=30).text
         assert "interface=eth0" in full and "dhcp-range=10.95.0.100,10.95.0.110,255.255.255.0,1h" in full
-        assert "dhcp-boot=tag:ipxe,http://10.95.0.1:8080/boot/${net0/mac}.ipxe" in full   # server.public_url
+        assert "dhcp-boot=tag:ipxe,http://10.95.0.1:8080/boot/${netX/mac}.ipxe" in full   # server.public_url
         assert "dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi" in full
         proxy = lan.run(srv, [*base, "--proxy", "--server-url", "http://10.95.0.1:9000"], timeout=30).text
         assert "dhcp-range=10.95.0.0,proxy,255.255.255.0" in proxy and "dhcp-boot" not in proxy

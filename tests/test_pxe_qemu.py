@@ -1,7 +1,7 @@
 """A QEMU guest PXE-boots through `layerboot pxe` on a namespace-only network and reaches the per-MAC URL.
 
 The guest's NIC ROM is iPXE (ipxe-qemu). Its DHCP request carries user class "iPXE", so in full-DHCP mode it
-is handed layerbootd's URL ``http://HOST:PORT/boot/${net0/mac}.ipxe`` directly; in proxy mode (a second plain
+is handed layerbootd's URL ``http://HOST:PORT/boot/${netX/mac}.ipxe`` directly; in proxy mode (a second plain
 dnsmasq hands out the address) it fetches our TFTP chain script first. A small HTTP server stands in for
 layerbootd: it answers ``/boot/<mac>.ipxe`` with a script that fetches a marker URL and powers the guest off.
 The test passes when the server saw both requests, in order, with the guest's MAC expanded by iPXE. (Debian's
@@ -61,11 +61,11 @@ def start_guest(lan: Lan, tmp_path: Path, *, mac: str = MAC, memory_mb: int = 25
         "-device", f"virtio-net-pci,netdev=n0,mac={mac}"], log=open(tmp_path / "qemu.log", "wb"))
 
 
-def start_daemon(lan: Lan, ns: str, config: Path, url: str, log: Path) -> None:
+def start_daemon(lan: Lan, ns: str, config: Path, url: str, log: Path, listen: str = "0.0.0.0") -> None:
     """The real layerbootd inside the server namespace, listening on every address there; waits until it answers."""
     port = url.rsplit(":", 1)[1]
     lan.spawn(ns, [sys.executable, "-m", "layerboot.server.main", "--config", str(config), "--port", port,
-                   "--listen", "0.0.0.0"], log=open(log, "wb"))
+                   "--listen", listen], log=open(log, "wb"))
     answers = [sys.executable, "-c", "import sys, urllib.request as u, urllib.error as e\n"
                "try: u.urlopen(sys.argv[1], timeout=2)\nexcept e.HTTPError: pass", url + "/"]
     assert wait_for(lambda: lan.run(ns, answers, check=False).returncode == 0, 20), log.read_text()
@@ -115,7 +115,7 @@ def test_qemu_ipxe_rom_chains_to_the_per_mac_url(tmp_path: Path, mode: str) -> N
             assert requests()[:2] == [f"/boot/{MAC}.ipxe", f"/marker/{MAC}"], requests()
             # dnsmasq's log lines reach us through a pipe: give the last ones a moment
             # (dnsmasq logs the boot file as "bootfile name: F" or, sent as option 67, "bootfile-name  F")
-            boot_file = f"{url}/boot/${{net0/mac}}.ipxe" if mode == "full" else "layerboot.ipxe"
+            boot_file = f"{url}/boot/${{netX/mac}}.ipxe" if mode == "full" else "layerboot.ipxe"
             expected = [r"user class: iPXE", r"bootfile.name:?\s+" + re.escape(boot_file)]
             if mode == "proxy":
                 expected.append(r"dnsmasq-tftp.*sent \S*/layerboot\.ipxe to")

@@ -54,7 +54,9 @@ def test_ipxe_script_names_kernel_initrd_cmdline_and_a_working_token(daemon: Dae
     token = script.split("layerboot.token=")[1].split()[0]
     base = daemon.url
     kernel = next(line for line in script.splitlines() if line.startswith("kernel "))
+    # BOOTIF: iPXE expands it to the MAC of the NIC it booted from (01-52-54-...), stage1 configures that NIC.
     assert kernel == (f"kernel {base}/objects/{setup['kernel']}?token={token} initrd=initrd console=ttyS0 quiet "
+                      "BOOTIF=01-${netX/mac:hexhyp} "
                       f"layerboot.server={base} layerboot.node={MAC} layerboot.profile=p1 layerboot.token={token}")
     assert f"initrd --name initrd {base}/objects/{setup['initrd']}?token={token}" in script.splitlines()
     assert script.rstrip().endswith("boot")

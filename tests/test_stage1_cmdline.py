@@ -3,6 +3,7 @@
 import pytest
 
 from layerboot.initrd.stage1.cmdline import CmdlineError, Options, parse_cmdline, raw_emergency, split_cmdline
+from layerboot.initrd.stage1.netcmd import IfaceConfig, NetPlan
 
 
 def test_split_like_the_kernel() -> None:
@@ -16,7 +17,8 @@ def test_typical_ipxe_cmdline() -> None:
                          "layerboot.node=52:54:00:AB:CD:EF layerboot.profile=web layerboot.token=tok3n "
                          "layerboot.emergency=poweroff layerboot.debug init=/bin/sh root=ignored")
     assert opts == Options(server="http://10.0.2.2:8080", node="52:54:00:ab:cd:ef", profile="web", token="tok3n",
-                           emergency="poweroff", debug=True, init="/bin/sh", ip="dhcp")
+                           emergency="poweroff", debug=True, init="/bin/sh",
+                           net=NetPlan(configs=(IfaceConfig(v4="dhcp", text="dhcp"),)))
 
 
 def test_a_network_boot_names_the_profile_it_is_for() -> None:

@@ -209,6 +209,8 @@ def test_get_bytes_post_json_and_url_parsing(server: Server) -> None:
     assert server.posted == [b'{"stage": "net", "ok": true}']
     assert split_url("http://10.0.2.2:8080/a/b?x=1") == ("10.0.2.2", 8080, "/a/b?x=1")
     assert split_url("http://server") == ("server", 80, "/")
+    assert split_url("http://[fd00::1]:8080/nodes/x") == ("fd00::1", 8080, "/nodes/x")   # IPv6 boot networks
+    assert split_url("http://[fd00::1]") == ("fd00::1", 80, "/")
     with pytest.raises(Exception, match="only http://"):
         split_url("https://x/")
 

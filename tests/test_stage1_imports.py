@@ -8,9 +8,10 @@ import pytest
 from layerboot.build.initrd import PYTHON, collect_payload
 
 # Big or risky packages PID 1 must not drag into the initramfs (each costs time under TCG and image size).
+# pyroute2 and ipaddress: the net stage speaks rtnetlink itself (stage1/netlink.py; figures in docs/stage1.md).
 FORBIDDEN = ("asyncio", "email", "http", "urllib", "ssl", "_ssl", "_hashlib", "hashlib", "subprocess", "socket",
              "selectors", "threading", "logging", "pyroute2", "ctypes", "argparse", "typing", "layerboot",
-             "cryptography", "zipfile", "tarfile", "dataclasses", "inspect")
+             "cryptography", "zipfile", "tarfile", "dataclasses", "inspect", "ipaddress")
 
 needs_python = pytest.mark.skipif(not os.path.exists(PYTHON), reason=f"{PYTHON} (python3-minimal) missing")
 
@@ -21,6 +22,9 @@ def test_stage1_import_set_is_small_and_lean(tmp_path: Path) -> None:
     info = collect_payload(tmp_path / "payload", tmp_path / "k.pub")
     modules = set(info["boot_modules"])   # what importing every stage1 module loads (the boot path)
     assert {"stage1.main", "stage1.fetch", "stage1.http", "stage1.dhcp", "stage1.verify"} <= modules
+    # The net stage: dracut's syntax, rtnetlink, DHCPv4/v6, IPv6 methods, the record for the booted system.
+    assert {"stage1.netcmd", "stage1.net", "stage1.netlink", "stage1.dhcp6", "stage1.net6", "stage1.netstate"} \
+        <= modules
     for name in FORBIDDEN + ("json", "re"):
         assert not any(m == name or m.startswith(name + ".") for m in modules), f"stage1 imports {name}"
     stdlib = [m for m in modules if not m.startswith("stage1")]
@@ -46,7 +50,8 @@ def test_importing_stage1_does_nothing(tmp_path: Path) -> None:
 
     src = Path(__file__).resolve().parent.parent / "initrd"
     code = ("import os, sys; sys.path.insert(0, sys.argv[1]); before = set(os.listdir('.'));"
-            "import stage1.main, stage1.fetch, stage1.net, stage1.dhcp, stage1.system, stage1.http;"
+            "import stage1.main, stage1.fetch, stage1.net, stage1.dhcp, stage1.system, stage1.http, stage1.netcmd,"
+            " stage1.netlink, stage1.dhcp6, stage1.net6, stage1.netstate;"
             "assert set(os.listdir('.')) == before; print('ok')")
     result = run([PYTHON, "-S", "-I", "-B", "-c", code, src], cwd=tmp_path)
     assert result.text.strip() == "ok"

@@ -1,7 +1,9 @@
-"""Parse the kernel command line into stage1's options (``layerboot.*`` keys plus ``init=`` and ``ip=``)."""
+"""Parse the kernel command line into stage1's options: ``layerboot.*`` keys, ``init=``, and dracut's network
+options (``ip=``, ``vlan=``, ``bond=``, ``BOOTIF=``, ...; parsed by netcmd.py)."""
 
 from __future__ import annotations
 
+from .netcmd import NetOptionError, NetPlan, is_network_key, parse_network
 from .record import Record
 
 
@@ -24,12 +26,12 @@ class Options(Record):
     debug: bool = False               # layerboot.debug
     cache: str = ""                   # layerboot.cache=/dev/vdb (ext4/vfat; remembers the last serial)
     slot: str = ""                    # layerboot.slot=UUID=...|PARTLABEL=...|LABEL=...|/dev/X: boot an A/B disk slot
-    interface: str = ""               # layerboot.interface=eth0 (default: first ethernet, or the node MAC's)
+    interface: str = ""               # layerboot.interface=eth0 (default: BOOTIF=, the node MAC's, first with carrier)
     retries: int = 4                  # layerboot.retries=N per download
     timeout: float = 10.0             # layerboot.timeout=SECONDS per network operation
     upper_size: str = "50%"           # layerboot.upper_size=SIZE of the tmpfs for the writable layer
     init: str = DEFAULT_INIT          # init=/path of the real init in the new root
-    ip: str = ""                      # ip=... (kernel syntax; static config or dhcp)
+    net: NetPlan = NetPlan()          # ip= vlan= bond= ifname= nameserver= BOOTIF= rd.* (dracut syntax, netcmd.py)
 
 
 def split_cmdline(text: str) -> list[str]:
@@ -67,12 +69,13 @@ def _positive(key: str, value: str, kind: type) -> int | float:
 def parse_cmdline(text: str) -> Options:
     """Return the options; unknown ``layerboot.*`` keys and bad values raise CmdlineError (one clear line)."""
     values: dict[str, object] = {}
+    network: list[tuple[str, str | None]] = []
     for word in split_cmdline(text):
         key, sep, value = word.partition("=")
         if key == "init" and sep:
             values["init"] = value
-        elif key == "ip" and sep:
-            values["ip"] = value
+        elif is_network_key(key):
+            network.append((key, value if sep else None))
         elif key.startswith("layerboot."):
             name = key[len("layerboot."):]
             if name == "debug":
@@ -109,6 +112,10 @@ def parse_cmdline(text: str) -> Options:
     node = str(values.get("node", "")).lower()
     if node:
         values["node"] = node
+    try:
+        values["net"] = parse_network(network)
+    except NetOptionError as err:
+        raise CmdlineError(str(err)) from None
     return Options(**values)  # type: ignore[arg-type]
 
 

@@ -93,10 +93,14 @@ def split_url(url: str) -> tuple[str, int, str]:
         raise StageError(f"{url}: only http:// URLs are supported")
     rest = url[len("http://"):]
     hostport, slash, path = rest.partition("/")
-    host, _, port = hostport.rpartition(":") if hostport.count(":") == 1 else (hostport, "", "80")
-    if not host:
-        host, port = hostport, "80"
-    return host.strip("[]"), int(port or 80), "/" + path if slash else "/"
+    if hostport.startswith("["):   # an IPv6 literal: http://[fd00::1]:8080/
+        host, _, after = hostport[1:].partition("]")
+        port = after[1:] if after.startswith(":") else ""
+    else:
+        host, _, port = hostport.partition(":")
+    if not host or not port.isdigit() and port:
+        raise StageError(f"{url}: cannot tell the host and port apart")
+    return host, int(port or 80), "/" + path if slash else "/"
 
 
 def request(method: str, url: str, *, token: str = "", headers: dict[str, str] | None = None,
@@ -105,7 +109,7 @@ def request(method: str, url: str, *, token: str = "", headers: dict[str, str] |
     import _socket
 
     host, port, path = split_url(url)
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close",
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {f'[{host}]' if ':' in host else host}:{port}", "Connection: close",
              "User-Agent: layerboot-stage1"]
     if token:
         lines.append(f"Authorization: Bearer {token}")

@@ -69,8 +69,8 @@ def _emergency_from_raw_cmdline() -> str:
 
 def run_stages(boot: Boot) -> None:
     from .cmdline import CmdlineError, read_options
-    from .system import (CACHE_MODULES, LAYER_DIR, check_init, load_modules, mount_api_filesystems, stack,
-                         switch_root)
+    from .system import (CACHE_MODULES, LAYER_DIR, LOWER_DIR, NEWROOT, check_init, load_modules,
+                         mount_api_filesystems, stack, switch_root)
 
     boot.stage = "mounts"
     mount_api_filesystems()
@@ -99,18 +99,13 @@ def run_stages(boot: Boot) -> None:
     load_modules(optional=CACHE_MODULES if options.cache or options.slot else ())
 
     stage("net")
-    from .net import bring_up, mac_of
-
+    written: list[str] = []
     try:
-        if not options.server:   # layerboot.slot= alone: the disk holds everything
+        if not options.server and not options.net.neednet:   # layerboot.slot= alone: the disk holds everything
             raise StageError("not used (no layerboot.server=)")
-        # With a slot the network only carries boot events: a short wait, never fatal.
-        timeout = min(options.timeout, SLOT_NET_TIMEOUT) if options.slot else options.timeout
-        interface, _ = bring_up(options.interface, options.node, options.ip, timeout)
-        boot.node = options.node or mac_of(interface)
-        boot.network_up = True
+        written = bring_up_network(options, boot)
     except StageError as err:
-        if not options.cache and not options.slot:
+        if options.net.neednet or (not options.cache and not options.slot):
             raise
         say(f"network: {err}; {'booting the slot' if options.slot else 'trying the cache'}")
         boot.node = options.node
@@ -173,6 +168,14 @@ def run_stages(boot: Boot) -> None:
     stage("mount")
     stack(files, options.upper_size)
     check_init(options.init)
+    if written:   # /etc/resolv.conf and /etc/hostname of the new root (netstate.py: who wins)
+        from .netstate import link_into_root
+
+        try:
+            for path in link_into_root(NEWROOT, [f"{LOWER_DIR}/{i}" for i in range(len(files))], written):
+                debug(f"{path} -> /run/layerboot/{os.path.basename(path)}")
+        except OSError as err:   # the node still boots; /run/layerboot has the files
+            say(f"cannot point /etc/resolv.conf or /etc/hostname at /run/layerboot: {err.strerror or err}")
 
     stage("switch_root")
     boot.report(True)
@@ -181,6 +184,31 @@ def run_stages(boot: Boot) -> None:
         f"exec {options.init}")
     switch_root(options.init)
     raise StageError(f"switch_root to {options.init} failed")
+
+
+def bring_up_network(options, boot: Boot, *, run_dir: str = "/run/layerboot", etc: str = "/etc") -> list[str]:  # noqa: ANN001
+    """The net stage proper: interfaces up (net.py), then the host name and /run/layerboot/net.json & co.
+    Returns the files written to ``run_dir`` (netstate.link_into_root points the new root at some)."""
+    from .net import bring_up
+    from .netstate import set_hostname, summary, write_run_files
+
+    # With a slot the network only carries boot events: a short wait, never fatal (unless rd.neednet=1).
+    timeout = options.timeout
+    if options.slot and not options.net.neednet:
+        timeout = min(timeout, SLOT_NET_TIMEOUT)
+    result = bring_up(options.net, interface=options.interface, node=options.node, timeout=timeout)
+    boot.node = options.node or result.node_mac
+    boot.network_up = True
+    record = summary(options.net, result, options.server)
+    try:
+        set_hostname(record["hostname"])
+        written = write_run_files(record, run_dir, etc)
+    except OSError as err:
+        raise StageError(f"recording the boot network in {run_dir}: {err.strerror or err}") from None
+    say(f"boot interface {result.boot_interface} ({result.reason})"
+        + (f", host name {record['hostname']}" if record["hostname"] else "")
+        + (f", DNS {' '.join(record['dns'])}" if record["dns"] else ""))
+    return written
 
 
 def fetch_manifest(options, node: str, cache, *, online: bool = True) -> tuple[bytes, str]:  # noqa: ANN001

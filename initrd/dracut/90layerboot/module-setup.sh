@@ -23,6 +23,8 @@ installkernel() {
     # disk drivers and ext4 for an optional layerboot.cache= disk.
     hostonly='' instmods virtio_pci virtio_net net_failover failover loop squashfs overlay \
         virtio_blk nvme ahci sd_mod ext4 vfat
+    # vlan= and bond= on the kernel command line (stage1/net.py loads them only when asked for).
+    hostonly='' instmods 8021q bonding
 }
 
 install() {
