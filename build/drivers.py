@@ -26,14 +26,14 @@ from layerboot.errors import LayerbootError
 from layerboot.run import run
 
 STACK = ("loop", "squashfs", "overlay")
-DISK = ("sd_mod", "ext4", "vfat")
+DISK = ("sd_mod", "ext4", "crc32c_generic", "vfat")   # ext4 asks the crypto API for crc32c: no symbol dependency
 VIRTIO = ("virtio_pci", "virtio_net", "virtio_blk", "virtio_scsi", "ahci", "nvme")
 SERVER_NICS = ("e1000", "e1000e", "igb", "ixgbe", "i40e", "ice",          # Intel
                "mlx4_en", "mlx5_core",                                     # Mellanox/NVIDIA
                "bnxt_en", "tg3", "bnx2x",                                  # Broadcom
                "r8169", "8139cp", "8139too",                               # Realtek
                "vmxnet3")                                                  # VMware
-SERVER_STORAGE = ("megaraid_sas", "mpt3sas")
+SERVER_STORAGE = ("megaraid_sas", "mpt3sas", "ata_piix")   # ata_piix: SATA in IDE/legacy mode
 DRIVER_SETS = {
     "virtio": STACK + DISK + VIRTIO,
     "hardware": STACK + DISK + VIRTIO + SERVER_NICS + SERVER_STORAGE,

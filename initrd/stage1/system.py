@@ -14,7 +14,9 @@ import time
 from .console import BUSYBOX, StageError, busybox, debug, spawn
 
 MODULES = ("loop", "squashfs", "overlay")   # the layer stack; hardware drivers come from modaliases (drivers.py)
-CACHE_MODULES = ("sd_mod", "ext4")           # layerboot.cache=/slot=: SCSI/SATA disks appear late; ext4 may be a module
+# layerboot.cache=/slot=: SCSI/SATA disks appear late; ext4 may be a module, and it needs crc32c (a crypto API
+# lookup the kernel cannot resolve without a usermode modprobe)
+CACHE_MODULES = ("sd_mod", "crc32c_generic", "ext4")
 RUN_DIR = "/run/layerboot"
 RW_DIR = RUN_DIR + "/rw"          # tmpfs with upper/ and work/; the node sees it at the same path
 LAYER_DIR = RUN_DIR + "/layers"    # verified layer files, on the /run tmpfs
