@@ -176,3 +176,57 @@ def prepare_tftp_root(plan: PxePlan, *, ipxe_dir: Path = IPXE_DIR) -> list[Path]
     write_text(script, chain_script(plan))
     served.append(script)
     return served
+
+
+# -- Secure Boot: Debian's signed shim + signed GRUB network image ----------------------------------------
+# Found by experiment (docs/hardware.md): shim loads grubx64.efi from the directory it was itself loaded from;
+# grubnetx64.efi.signed has the prefix /grub and an embedded config that sources $prefix/x86_64-efi/grub.cfg,
+# else $prefix/grub.cfg, from the TFTP server that sent shim. It has no http module (and under Secure Boot GRUB
+# loads no module from outside its image), so everything it reads comes over TFTP.
+SHIM = Path("/usr/lib/shim/shimx64.efi.signed")
+GRUB_NET = Path("/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed")
+SHIM_BINARY = "shimx64.efi"
+GRUB_BINARY = "grubx64.efi"
+GRUB_NODE_DIR = "grub/nodes"
+GRUB_OBJECT_DIR = "layerboot"
+
+
+def grub_main_config() -> str:
+    """grub/grub.cfg: hand over to the node's own file, grub/nodes/<mac>.cfg, or say why not and reboot."""
+    return ("# written by 'layerboot pxe': Debian's signed GRUB network image reads this over TFTP\n"
+            "set timeout=0\n"
+            "set node_cfg=$prefix/nodes/${net_default_mac}.cfg\n"
+            "source $node_cfg\n"   # returns only when there is no such file ('[ -e ]' is always false over TFTP)
+            'echo "layerboot: no boot entry for $net_default_mac ($node_cfg); rebooting in 30 s"\n'
+            "sleep 30\n"
+            "reboot\n")
+
+
+def grub_node_config(mac: str, kernel: str, initrd: str, cmdline: str) -> str:
+    """grub/nodes/<mac>.cfg: GRUB's 'linux' checks the kernel's signature through shim under Secure Boot."""
+    for value, what in ((cmdline, "command line"), (kernel, "kernel path"), (initrd, "initrd path")):
+        if any(c in value for c in '$"\'\\;\n') or not value.isprintable():
+            raise LayerbootError(f"the {what} {value!r} has characters GRUB would expand or cut")
+    return (f"# written by layerboot for {mac}\n"
+            f'echo "layerboot: booting {mac}"\n'
+            f"linux /{kernel} {cmdline}\n"
+            f"initrd /{initrd}\n"
+            "boot\n")
+
+
+def install_secure_boot_loaders(root: Path, *, shim: Path = SHIM, grub: Path = GRUB_NET) -> list[Path]:
+    """Copy Debian's signed shim and GRUB network image into the TFTP root and write grub/grub.cfg."""
+    missing = [str(p) for p in (shim, grub) if not p.is_file()]
+    if missing:
+        raise LayerbootError(f"missing {', '.join(missing)}", hint="apt-get install shim-signed grub-efi-amd64-signed")
+    served = []
+    for source, name in ((shim, SHIM_BINARY), (grub, GRUB_BINARY)):
+        tmp = root / f".{name}.tmp"
+        shutil.copyfile(source, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, root / name)
+        served.append(root / name)
+    (root / GRUB_NODE_DIR).mkdir(parents=True, exist_ok=True)
+    write_text(root / "grub" / "grub.cfg", grub_main_config())
+    served.append(root / "grub" / "grub.cfg")
+    return served
