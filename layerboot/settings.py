@@ -114,8 +114,9 @@ SETTINGS: tuple[Setting, ...] = (
             "layerbootd as PXE nodes reach it; empty: server.public_url (--server-url overrides)"),
     Setting("pxe.range", _str, "",
             "FIRST,LAST: 'layerboot pxe' is the DHCP server for this range; empty: proxy-DHCP (--range/--proxy)"),
-    Setting("pxe.efi_binary", _choice("snponly.efi", "ipxe.efi"), "snponly.efi",
-            "iPXE build sent to UEFI PXE ROMs (snponly.efi drives the NIC through the firmware)"),
+    Setting("pxe.efi_binary", _choice("snponly.efi", "ipxe.efi", "shimx64.efi"), "snponly.efi",
+            "what UEFI PXE ROMs get: an iPXE build (snponly.efi drives the NIC through the firmware), or "
+            "shimx64.efi for Secure Boot (Debian's signed shim -> signed GRUB over TFTP; docs/hardware.md)"),
 )
 
 Config = dataclasses.make_dataclass(

@@ -24,7 +24,7 @@ from layerboot.run import require_tool, run
 
 IPXE_DIR = Path("/usr/lib/ipxe")
 BIOS_BINARY = "undionly.kpxe"
-EFI_BINARIES = ("snponly.efi", "ipxe.efi")
+EFI_BINARIES = ("snponly.efi", "ipxe.efi", "shimx64.efi")   # shimx64.efi: the Secure Boot chain (below)
 CHAIN_SCRIPT = "layerboot.ipxe"
 MAC_PATH = "/boot/${net0/mac}.ipxe"
 
@@ -152,8 +152,11 @@ def _readable_by_all(path: Path) -> bool:
 
 
 def prepare_tftp_root(plan: PxePlan, *, ipxe_dir: Path = IPXE_DIR) -> list[Path]:
-    """Copy Debian's iPXE binaries and write the chain script into the TFTP root; returns the files served."""
-    wanted = [BIOS_BINARY, *EFI_BINARIES]
+    """Copy Debian's iPXE binaries and write the chain script into the TFTP root; returns the files served.
+
+    With ``efi_binary`` shimx64.efi, Debian's signed shim and GRUB network image and grub/grub.cfg too.
+    """
+    wanted = [BIOS_BINARY, "snponly.efi", "ipxe.efi"]
     missing = [name for name in wanted if not (ipxe_dir / name).is_file()]
     if missing:
         raise LayerbootError(f"iPXE binaries missing from {ipxe_dir}: {', '.join(missing)}",
@@ -175,6 +178,8 @@ def prepare_tftp_root(plan: PxePlan, *, ipxe_dir: Path = IPXE_DIR) -> list[Path]
     script = root / CHAIN_SCRIPT
     write_text(script, chain_script(plan))
     served.append(script)
+    if plan.efi_binary == SHIM_BINARY:
+        served += install_secure_boot_loaders(root)
     return served
 
 
@@ -230,3 +235,33 @@ def install_secure_boot_loaders(root: Path, *, shim: Path = SHIM, grub: Path = G
     write_text(root / "grub" / "grub.cfg", grub_main_config())
     served.append(root / "grub" / "grub.cfg")
     return served
+
+
+def export_grub_nodes(root: Path, server_url: str, nodes: list[tuple[str, str]], profiles, issue_token) -> list[str]:  # noqa: ANN001
+    """Write grub/nodes/<mac>.cfg for each (mac, profile) with the profile's kernel and initrd copied under
+    layerboot/ (by digest) and a fresh boot token on the command line; returns one line per node.
+
+    The GRUB path cannot ask layerbootd (no HTTP), so the entry is written ahead: a node's file holds a boot
+    token, readable over TFTP like /boot/<mac>.ipxe is over HTTP (the MAC is the identity on a PXE network).
+    """
+    lines = []
+    objects = root / GRUB_OBJECT_DIR
+    objects.mkdir(parents=True, exist_ok=True)
+    for mac, profile in nodes:
+        gen = profiles.current(profile)
+        if not gen.kernel or not gen.initrd:
+            lines.append(f"{mac}: profile {profile} has no kernel or initrd; no GRUB entry")
+            continue
+        for digest in (gen.kernel, gen.initrd):
+            target = objects / digest
+            if not target.exists():
+                tmp = objects / f".{digest}.tmp"
+                shutil.copyfile(profiles.store.path(digest), tmp)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, target)
+        cmdline = " ".join(part for part in (gen.cmdline.strip(), f"layerboot.server={server_url}",
+                                             f"layerboot.node={mac}", f"layerboot.token={issue_token(mac)}") if part)
+        text = grub_node_config(mac, f"{GRUB_OBJECT_DIR}/{gen.kernel}", f"{GRUB_OBJECT_DIR}/{gen.initrd}", cmdline)
+        write_text(root / GRUB_NODE_DIR / f"{mac}.cfg", text)
+        lines.append(f"{mac}: profile {profile} generation {gen.number}")
+    return lines

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from layerboot.errors import LayerbootError
 from layerboot.server import dnsmasq
-from layerboot.server.pxe import EFI_BINARIES, plan, prepare_tftp_root, server_problem
+from layerboot.server.pxe import (EFI_BINARIES, SHIM_BINARY, export_grub_nodes, plan, prepare_tftp_root,
+                                  server_problem)
 from layerboot.tools.context import Context
 
 DESCRIPTION = """\
@@ -36,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--state-dir", type=Path, metavar="DIR",
                         help="where the generated dnsmasq.conf and leases go (default: <store>/state/pxe)")
     parser.add_argument("--efi-binary", choices=EFI_BINARIES,
-                        help="iPXE build for UEFI clients (pxe.efi_binary; snponly.efi uses the firmware's NIC driver)")
+                        help="what UEFI clients get (pxe.efi_binary): iPXE (snponly.efi uses the firmware's NIC "
+                             "driver), or shimx64.efi for Secure Boot: Debian's signed shim and GRUB, which boot "
+                             "the GRUB entries written at start for every registered node")
     parser.add_argument("--print-config", action="store_true",
                         help="print the dnsmasq config and exit without starting anything")
     parser.set_defaults(func=cmd_pxe)
@@ -62,6 +65,9 @@ def cmd_pxe(ctx: Context) -> int:
     if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)      # a long-running service says what it does without -v
     served = prepare_tftp_root(the_plan)
+    if the_plan.efi_binary == SHIM_BINARY:
+        for line in _export_grub_entries(ctx, the_plan):
+            log.info("GRUB entry %s", line)
     dnsmasq.write_config(the_plan)
     mode = "proxy-DHCP for " + str(the_plan.network) if the_plan.proxy else \
         f"DHCP {the_plan.range_start}-{the_plan.range_end}"
@@ -76,3 +82,14 @@ def cmd_pxe(ctx: Context) -> int:
     dnsmasq.stop_on_signals(supervisor)
     supervisor.run()
     return 0
+
+
+def _export_grub_entries(ctx: Context, the_plan) -> list[str]:  # noqa: ANN001
+    """The Secure Boot path's per-node GRUB files, from the store's registered nodes (restart to refresh)."""
+    from layerboot.server.db import connect
+    from layerboot.server.nodes import Registry
+
+    registry = Registry(connect(ctx.paths.database), boot_token_ttl=ctx.config.server_boot_token_ttl)
+    nodes = [(node.mac, node.profile) for node in registry.all()]
+    return export_grub_nodes(the_plan.tftp_root, the_plan.server_url, nodes, ctx.profiles,
+                             registry.issue_boot_token)

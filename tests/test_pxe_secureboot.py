@@ -1,0 +1,64 @@
+"""`layerboot pxe --efi-binary shimx64.efi`: by client architecture, BIOS ROMs still get iPXE while UEFI ROMs get
+Debian's signed shim; the TFTP root holds shim, the signed GRUB network image, grub/grub.cfg and a GRUB entry per
+registered node (kernel + initrd by digest, a boot token that layerbootd accepts). Real dnsmasq and busybox
+clients in network namespaces; the QEMU boot through this chain is tests/test_secureboot_qemu.py."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from layerboot.run import run
+from layerboot.server.pxe import GRUB_NET, SHIM, grub_main_config
+from pxenet import Lan
+from server_daemon import boot_profile
+from test_pxe_dnsmasq import BIOS_VENDOR, EFI_VENDOR, needs_net, script, start_pxe, tmp_tftp, udhcpc  # noqa: F401
+
+pytestmark = [pytest.mark.root, needs_net,
+              pytest.mark.skipif(not (SHIM.is_file() and GRUB_NET.is_file()),
+                                 reason="needs shim-signed and grub-efi-amd64-signed")]
+MAC = "52:54:00:4c:53:42"
+
+
+def test_uefi_gets_shim_bios_gets_ipxe_and_nodes_get_grub_entries(tmp_path: Path, script: Path,  # noqa: F811
+                                                                   profiles, make_layer) -> None:  # noqa: ANN001
+    store = profiles.store
+    digests = boot_profile(profiles, make_layer, tmp_path)
+    run([sys.executable, "-m", "layerboot", "-s", str(store.paths.root), "nodes", "register", MAC, "--profile", "p1"])
+    try:
+        with Lan() as lan:
+            srv = lan.host("srv", "10.93.0.1/24")
+            cli = lan.host("cli")
+            _, log = start_pxe(lan, srv, tmp_path, "--range", "10.93.0.100,10.93.0.120",
+                               "--server-url", "http://10.93.0.1:8080", "--efi-binary", "shimx64.efi")
+            assert re.search(rf"GRUB entry {MAC}: profile p1 generation \d+", log.read_text()), log.read_text()
+            assert udhcpc(lan, cli, script, "-V", BIOS_VENDOR, "-x", "0x5d:0000")["boot_file"] == "undionly.kpxe"
+            uefi = udhcpc(lan, cli, script, "-V", EFI_VENDOR, "-x", "0x5d:0007")
+            assert uefi["boot_file"] == "shimx64.efi"
+            lan.ip(cli, "addr", "add", f"{uefi['ip']}/24", "dev", "eth0")
+
+            def fetch(name: str) -> bytes:
+                local = tmp_path / "got"
+                lan.run(cli, ["busybox", "tftp", "-g", "-r", name, "-l", str(local), "10.93.0.1"], timeout=120)
+                return local.read_bytes()
+            assert fetch("shimx64.efi") == SHIM.read_bytes()
+            assert fetch("grubx64.efi") == GRUB_NET.read_bytes()     # shim loads it from the same directory
+            assert fetch("grub/grub.cfg").decode() == grub_main_config()
+            entry = fetch(f"grub/nodes/{MAC}.cfg").decode()
+            assert f"linux /layerboot/{digests['kernel']} console=ttyS0 quiet layerboot.server=http://10.93.0.1:8080 " \
+                   f"layerboot.node={MAC} layerboot.token=" in entry
+            assert f"initrd /layerboot/{digests['initrd']}\n" in entry
+            assert fetch(f"layerboot/{digests['kernel']}") == store.paths.object(digests["kernel"]).read_bytes()
+    finally:
+        shutil.rmtree(tmp_tftp(tmp_path), ignore_errors=True)
+    # the token in the entry is one layerbootd accepts for that node
+    from layerboot.server.db import connect
+    from layerboot.server.nodes import Registry
+
+    token = re.search(r"layerboot\.token=(\S+)", entry).group(1)  # type: ignore[union-attr]
+    node = Registry(connect(store.paths.database)).node_for_token(token)
+    assert node is not None and node.mac == MAC
