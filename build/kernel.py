@@ -34,7 +34,7 @@ _VERSION = re.compile(r"^\d[\w.+-]*$")
 
 def flavour_of(version: str) -> str:
     """``cloud`` for ``6.1.0-57-cloud-amd64``, ``generic`` for ``6.1.0-57-amd64``, else ``other``."""
-    if version.endswith("-cloud-amd64"):
+    if re.fullmatch(r"\d+\.\d+\.\d+-\d+-cloud-amd64", version):   # not layer-<digest>-...: kernels from layers
         return "cloud"
     if re.fullmatch(r"\d+\.\d+\.\d+-\d+-amd64", version):
         return "generic"
