@@ -29,7 +29,7 @@ from layerboot.overlays.profile import Profiles
 from layerboot.paths import Paths
 from layerboot.run import run
 from server_daemon import Daemon, write_config
-from test_boot_qemu import CACHE, CMDLINE, assert_clean, pxe_dir, store_with_cached_key
+from test_boot_qemu import CACHE, CMDLINE, assert_clean, cache_disk, pxe_dir, store_with_cached_key
 
 pytestmark = [pytest.mark.qemu, pytest.mark.root]
 
@@ -106,10 +106,7 @@ def boot(node: QemuNode, timeout: float = 420) -> dict[str, str]:
 
 def test_e1000e_pxe_with_the_cache_on_an_ahci_disk(hw_daemon: Daemon, hw_store: dict, generic_kernel,  # noqa: ANN001
                                                    tmp_path: Path) -> None:
-    disk = tmp_path / "cache.img"
-    with open(disk, "wb") as f:
-        f.truncate(512 << 20)
-    run(["mkfs.ext4", "-q", "-L", "layerboot-cache", disk])
+    disk = cache_disk(tmp_path / "cache.img", 512)
     mac = MACS["e1000e"]
     hw_store["profiles"].set_boot("hw", cmdline=CMDLINE + " layerboot.cache=LABEL=layerboot-cache")
     try:

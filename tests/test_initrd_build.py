@@ -122,7 +122,8 @@ def test_hardware_image_carries_server_drivers_and_found_firmware(generic_kernel
 
 
 def test_cli_kernel_from_a_layer_and_the_modules_layer(kernel, store, profiles: Profiles,  # noqa: ANN001
-                                                        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+                                                        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """--kernel-from takes /boot/vmlinuz-V and /usr/lib/modules/V out of a (merged-/usr) base: no modules layer;
     a downloaded kernel gets one, laid out like the base (/usr/lib/modules behind the /lib symlink)."""
     import shutil
@@ -136,7 +137,12 @@ def test_cli_kernel_from_a_layer_and_the_modules_layer(kernel, store, profiles: 
     base = store.import_tree(tree, kind="base", all_root=True).digest
     profiles.create("img", base)
     root = ["--store", str(store.paths.root), "initrd", "build", "--drivers", "virtio"]
-    assert main([*root, "--kernel-from", base[:12], "--profile", "img"]) == 0
+    import layerboot.build.kernel
+
+    with monkeypatch.context() as patch:   # kernels taken from this test's layers stay out of the shared cache
+        patch.setattr(layerboot.build.kernel, "DEFAULT_CACHE", tmp_path / "kernels")
+        assert main([*root, "--kernel-from", base[:12], "--profile", "img"]) == 0
+    assert (tmp_path / "kernels" / f"layer-{base[:16]}-{kernel.version}" / ".complete").is_file()
     gen = profiles.current("img")
     assert store.paths.object(gen.kernel).read_bytes() == kernel.image.read_bytes() and gen.modules is None
     assert main([*root, "--kernel", "cloud", "--profile", "img"]) == 0

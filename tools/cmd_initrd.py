@@ -67,7 +67,7 @@ def _kernel(ctx: Context):  # noqa: ANN202 - (Kernel, digest of the layer it cam
         if not layer.is_squashfs:
             raise LayerbootError(f"--kernel-from {layer.short}: a {layer.kind} is not an image with a kernel in it",
                                  hint="give a base (or overlay) layer that has /boot/vmlinuz-* and /lib/modules")
-        return kernel_from_layer(ctx.store.path(layer.digest), layer.digest), layer.digest
+        return kernel_from_layer(ctx.store.path(layer.digest), layer.digest, DEFAULT_CACHE), layer.digest
     return fetch_kernel(flavour=args.kernel or ctx.config.initrd_kernel), None
 
 
