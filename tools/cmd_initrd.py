@@ -75,6 +75,10 @@ def _driver_plan(ctx: Context, kernel):  # noqa: ANN001, ANN202 - DriverPlan
     from layerboot.build.drivers import plan_drivers
 
     args, config = ctx.args, ctx.config
+    for directory in args.firmware_dir or ():
+        if not directory.is_dir():
+            from layerboot.errors import LayerbootError
+            raise LayerbootError(f"--firmware-dir {directory} is not a directory")
     dirs = tuple(args.firmware_dir or (Path(d) for d in config.initrd_firmware_dirs.split(":") if d))
     return plan_drivers(kernel, args.drivers or config.initrd_drivers,
                         add=[config.initrd_add_drivers, *(args.add_drivers or [])],
