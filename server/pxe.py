@@ -237,20 +237,34 @@ def install_secure_boot_loaders(root: Path, *, shim: Path = SHIM, grub: Path = G
     return served
 
 
-def export_grub_nodes(root: Path, server_url: str, nodes: list[tuple[str, str]], profiles, issue_token) -> list[str]:  # noqa: ANN001
-    """Write grub/nodes/<mac>.cfg for each (mac, profile) with the profile's kernel and initrd copied under
-    layerboot/ (by digest) and a fresh boot token on the command line; returns one line per node.
+TOKEN_OPTION = "layerboot.token="
 
-    The GRUB path cannot ask layerbootd (no HTTP), so the entry is written ahead: a node's file holds a boot
-    token, readable over TFTP like /boot/<mac>.ipxe is over HTTP (the MAC is the identity on a PXE network).
+
+def export_grub_nodes(root: Path, server_url: str, nodes: list[tuple[str, str]], profiles, issue_token,  # noqa: ANN001
+                      *, max_age: float, now: float | None = None) -> list[str]:
+    """Bring grub/nodes/<mac>.cfg in line with the registered nodes; returns one line per change.
+
+    Each entry boots the node's profile's current kernel and initrd (copied once, by digest, under layerboot/)
+    with its command line plus layerboot.server=, layerboot.node= and a boot token. The GRUB path cannot ask
+    layerbootd (no HTTP in Debian's signed GRUB), so the entry is written ahead; its token is readable over TFTP
+    as /boot/<mac>.ipxe hands one out over HTTP (the MAC is the identity on a PXE network). An entry is rewritten,
+    with a new token, only when what it boots changed or it is older than ``max_age`` seconds (so its token,
+    valid for server.boot_token_ttl after it was minted, never runs out unused); entries of nodes that are no
+    longer registered are removed.
     """
-    lines = []
-    objects = root / GRUB_OBJECT_DIR
+    import time
+
+    now = time.time() if now is None else now
+    changes = []
+    objects, entries = root / GRUB_OBJECT_DIR, root / GRUB_NODE_DIR
     objects.mkdir(parents=True, exist_ok=True)
+    entries.mkdir(parents=True, exist_ok=True)
+    wanted = set()
     for mac, profile in nodes:
+        wanted.add(f"{mac}.cfg")
         gen = profiles.current(profile)
         if not gen.kernel or not gen.initrd:
-            lines.append(f"{mac}: profile {profile} has no kernel or initrd; no GRUB entry")
+            changes.append(f"{mac}: profile {profile} has no kernel or initrd; no GRUB entry")
             continue
         for digest in (gen.kernel, gen.initrd):
             target = objects / digest
@@ -260,8 +274,23 @@ def export_grub_nodes(root: Path, server_url: str, nodes: list[tuple[str, str]],
                 os.chmod(tmp, 0o644)
                 os.replace(tmp, target)
         cmdline = " ".join(part for part in (gen.cmdline.strip(), f"layerboot.server={server_url}",
-                                             f"layerboot.node={mac}", f"layerboot.token={issue_token(mac)}") if part)
-        text = grub_node_config(mac, f"{GRUB_OBJECT_DIR}/{gen.kernel}", f"{GRUB_OBJECT_DIR}/{gen.initrd}", cmdline)
-        write_text(root / GRUB_NODE_DIR / f"{mac}.cfg", text)
-        lines.append(f"{mac}: profile {profile} generation {gen.number}")
-    return lines
+                                             f"layerboot.node={mac}") if part)
+        path = entries / f"{mac}.cfg"
+        old = _without_token(path.read_text()) if path.exists() else None
+        entry = grub_node_config(mac, f"{GRUB_OBJECT_DIR}/{gen.kernel}", f"{GRUB_OBJECT_DIR}/{gen.initrd}",
+                                 f"{cmdline} {TOKEN_OPTION}TOKEN")
+        if old == entry and now - path.stat().st_mtime < max_age:
+            continue
+        write_text(path, entry.replace(f"{TOKEN_OPTION}TOKEN", TOKEN_OPTION + issue_token(mac)))
+        changes.append(f"{mac}: profile {profile} generation {gen.number}")
+    for path in entries.glob("*.cfg"):
+        if path.name not in wanted:
+            path.unlink()
+            changes.append(f"{path.stem}: no longer registered; entry removed")
+    return changes
+
+
+def _without_token(text: str) -> str:
+    """An entry with its token replaced by TOKEN, to compare what it boots."""
+    head, sep, tail = text.partition(TOKEN_OPTION)
+    return head + sep + "TOKEN" + tail[len(tail.split(None, 1)[0]):] if sep and tail.strip() else text

@@ -62,3 +62,32 @@ def test_uefi_gets_shim_bios_gets_ipxe_and_nodes_get_grub_entries(tmp_path: Path
     token = re.search(r"layerboot\.token=(\S+)", entry).group(1)  # type: ignore[union-attr]
     node = Registry(connect(store.paths.database)).node_for_token(token)
     assert node is not None and node.mac == MAC
+
+
+def test_grub_entries_follow_nodes_and_profiles(tmp_path: Path, profiles, make_layer) -> None:  # noqa: ANN001
+    """Entries are rewritten (new token) only when what they boot changed or they got old; removed nodes lose
+    theirs; kernel and initrd are copied once by digest."""
+    from layerboot.server.pxe import export_grub_nodes
+
+    digests = boot_profile(profiles, make_layer, tmp_path)
+    minted: list[str] = []
+
+    def issue(mac: str) -> str:
+        minted.append(mac)
+        return f"tok{len(minted)}"
+
+    root = tmp_path / "tftp"
+    entry = root / "grub" / "nodes" / f"{MAC}.cfg"
+    export = lambda nodes, now: export_grub_nodes(root, "http://10.0.0.1:8080", nodes, profiles, issue,  # noqa: E731
+                                                  max_age=1000, now=now)
+    assert export([(MAC, "p1")], 0) == [f"{MAC}: profile p1 generation 2"]
+    assert "layerboot.token=tok1\n" in entry.read_text()
+    assert (root / "layerboot" / digests["kernel"]).read_bytes() == profiles.store.path(digests["kernel"]).read_bytes()
+    mtime = entry.stat().st_mtime
+    assert export([(MAC, "p1")], mtime + 10) == [] and minted == [MAC]          # nothing changed: same token
+    profiles.set_boot("p1", cmdline="console=ttyS0")
+    assert export([(MAC, "p1")], mtime + 20) == [f"{MAC}: profile p1 generation 3"]
+    assert "linux /layerboot/" in entry.read_text() and " quiet " not in entry.read_text()
+    assert "layerboot.token=tok2\n" in entry.read_text()
+    assert export([(MAC, "p1")], entry.stat().st_mtime + 2000) == [f"{MAC}: profile p1 generation 3"]   # old
+    assert export([], 0) == [f"{MAC}: no longer registered; entry removed"] and not entry.exists()

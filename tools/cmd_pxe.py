@@ -12,6 +12,7 @@ from layerboot.server.pxe import (EFI_BINARIES, SHIM_BINARY, export_grub_nodes, 
                                   server_problem)
 from layerboot.tools.context import Context
 
+GRUB_REFRESH = 15.0   # seconds between refreshes of the Secure Boot path's per-node GRUB entries
 DESCRIPTION = """\
 Serve PXE on one interface with dnsmasq (DNS off). Without --range it is a proxy-DHCP server: the existing
 DHCP server keeps handing out addresses, dnsmasq only adds the boot information. With --range FIRST,LAST it
@@ -66,8 +67,7 @@ def cmd_pxe(ctx: Context) -> int:
         log.setLevel(logging.INFO)      # a long-running service says what it does without -v
     served = prepare_tftp_root(the_plan)
     if the_plan.efi_binary == SHIM_BINARY:
-        for line in _export_grub_entries(ctx, the_plan):
-            log.info("GRUB entry %s", line)
+        _keep_grub_entries(ctx, the_plan, log)
     dnsmasq.write_config(the_plan)
     mode = "proxy-DHCP for " + str(the_plan.network) if the_plan.proxy else \
         f"DHCP {the_plan.range_start}-{the_plan.range_end}"
@@ -84,12 +84,30 @@ def cmd_pxe(ctx: Context) -> int:
     return 0
 
 
-def _export_grub_entries(ctx: Context, the_plan) -> list[str]:  # noqa: ANN001
-    """The Secure Boot path's per-node GRUB files, from the store's registered nodes (restart to refresh)."""
+def _keep_grub_entries(ctx: Context, the_plan, log: logging.Logger) -> None:  # noqa: ANN001
+    """The Secure Boot path's per-node GRUB files: written now, then refreshed every GRUB_REFRESH seconds in a
+    thread (nodes registered or removed, a profile's new kernel, initrd or command line)."""
+    import threading
+    import time
+
     from layerboot.server.db import connect
     from layerboot.server.nodes import Registry
 
     registry = Registry(connect(ctx.paths.database), boot_token_ttl=ctx.config.server_boot_token_ttl)
-    nodes = [(node.mac, node.profile) for node in registry.all()]
-    return export_grub_nodes(the_plan.tftp_root, the_plan.server_url, nodes, ctx.profiles,
-                             registry.issue_boot_token)
+
+    def export() -> None:
+        nodes = [(node.mac, node.profile) for node in registry.all()]
+        for line in export_grub_nodes(the_plan.tftp_root, the_plan.server_url, nodes, ctx.profiles,
+                                      registry.issue_boot_token, max_age=registry.boot_token_ttl / 2):
+            log.info("GRUB entry %s", line)
+
+    export()
+
+    def loop() -> None:
+        while True:
+            time.sleep(GRUB_REFRESH)
+            try:
+                export()
+            except Exception as err:  # noqa: BLE001 - a bad moment (a profile being written) must not stop PXE
+                log.warning("GRUB entries not refreshed: %s", err)
+    threading.Thread(target=loop, name="grub-entries", daemon=True).start()
