@@ -160,7 +160,8 @@ def bench_main(args: argparse.Namespace) -> int:
                         results[name].runs.append(measured)
                         shown = f"{result.seconds:.2f} s (QEMU cpu {result.cpu_seconds:.1f} s)" \
                             if result.seconds is not None else f"FAILED ({result.failure})"
-                        print(f"  {name}-run{number:<24} {shown}, {mb(relay.traffic.bytes)} served", flush=True)
+                        label = f"{name}-run{number}"
+                        print(f"  {label:30} {shown}, {mb(relay.traffic.bytes)} served", flush=True)
         finally:
             daemon.terminate()
             log.close()
