@@ -58,15 +58,17 @@ class NodeConfig:
     disk_bus: str = "virtio"             # virtio or ahci (disks on an AHCI controller, as SATA disks)
     firmware: str = "bios"               # bios (SeaBIOS), uefi (OVMF) or secureboot (OVMF, Secure Boot on)
     vars_file: Path | None = None        # writable copy of the UEFI variable store (made from the template)
+    netdev: str = ""                     # -netdev spec instead of QEMU's user networking (e.g. a tap device)
+    wrapper: list[str] = field(default_factory=list)   # argv prefix, e.g. ip netns exec NS (for a tap there)
 
     def argv(self) -> list[str]:
-        argv = [require_tool("qemu-system-x86_64", package="qemu-system-x86"),
+        argv = [*self.wrapper, require_tool("qemu-system-x86_64", package="qemu-system-x86"),
                 "-accel", "tcg", "-cpu", "qemu64,+rdrand", "-m", str(self.memory_mb), "-smp", str(self.cpus),
                 "-nodefaults", "-display", "none", "-monitor", "none", "-serial", "stdio",
                 "-device", "virtio-rng-pci"]
         argv += self.firmware_argv()
-        netdev = "user,id=n0"
-        if self.tftp_dir is not None:
+        netdev = self.netdev or "user,id=n0"
+        if self.tftp_dir is not None and not self.netdev:
             netdev += f",tftp={self.tftp_dir},bootfile={self.bootfile}"
         rom = "" if self.nic_rom is None else f",romfile={self.nic_rom}"
         argv += ["-netdev", netdev, "-device", f"{self.nic},netdev=n0,mac={self.mac}{rom}"]

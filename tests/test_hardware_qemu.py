@@ -2,7 +2,10 @@
 
 * an Intel e1000e NIC that PXE-boots through its own iPXE ROM, with the layer cache on an AHCI (SATA) disk;
 * a Realtek RTL8139 NIC (two drivers claim it: 8139cp binds, 8139too declines);
-* UEFI firmware (OVMF, Secure Boot off) network-booting through the NIC's iPXE EFI driver.
+* UEFI firmware (OVMF, Secure Boot off) network-booting through the NIC's iPXE EFI driver;
+* Secure Boot enforced (OVMF with Microsoft's keys): Debian's signed shim -> signed GRUB -> signed kernel ->
+  stage1, through `layerboot pxe --efi-binary shimx64.efi` and layerbootd on a namespace network. The node then
+  reads lockdown "integrity" and still loads signed modules.
 
 In each the node proves what it booted: which driver runs its NIC, that its cache is the SATA disk, that it is a
 UEFI machine, and that it can load a module that is not in the initramfs (``dummy``, from the modules layer the
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +33,7 @@ from layerboot.build.qemu import NodeConfig, QemuNode
 from layerboot.overlays.profile import Profiles
 from layerboot.paths import Paths
 from layerboot.run import run
+from layerboot.server.pxe import GRUB_NET, SHIM
 from server_daemon import Daemon, write_config
 from test_boot_qemu import CACHE, CMDLINE, assert_clean, cache_disk, pxe_dir, store_with_cached_key
 
@@ -48,6 +54,8 @@ echo "HW-LOCKDOWN $(cat /sys/kernel/security/lockdown 2>/dev/null)"
 poweroff -f
 """
 FAIL = (r"layerboot: FAILED", r"Kernel panic", r"Traceback", r"booting without a cache")
+needs_secure_boot = pytest.mark.skipif(not (SHIM.is_file() and GRUB_NET.is_file()),
+                                       reason="needs shim-signed and grub-efi-amd64-signed")
 
 
 @pytest.fixture(scope="session")
@@ -149,3 +157,51 @@ def test_uefi_ovmf_ipxe_boot(hw_daemon: Daemon, hw_store: dict, tmp_path: Path) 
     assert fields["modprobe-dummy"] == "yes"
     assert os.path.getsize(tmp_path / "OVMF_VARS.fd") > 0
     assert re.search(r"drivers: .*virtio_net", fields["drivers"]), fields["drivers"]
+
+
+@needs_secure_boot
+def test_secure_boot_through_layerboot_pxe_and_layerbootd(hw_store: dict, generic_kernel,  # noqa: ANN001
+                                                         tmp_path: Path) -> None:
+    """The whole path on a namespace-only network: `layerboot pxe --efi-binary shimx64.efi` (dnsmasq: DHCP by
+    client architecture, TFTP; the node's GRUB entry from the store) and the real layerbootd; OVMF with Secure
+    Boot enforced (Microsoft's and Debian's keys enrolled) PXE-boots Debian's signed shim -> Debian's signed GRUB
+    network image -> the profile's signed kernel (checked by GRUB through shim_lock) + initrd -> stage1 -> the
+    node's init. The firmware's own VirtioNetDxe drives the NIC (QEMU's iPXE ROMs are unsigned); GRUB reads
+    everything over TFTP (the signed GRUB image has no http module). Booted once: OVMF under TCG is slow."""
+    from layerboot.server.db import connect
+    from layerboot.server.nodes import Registry
+    from pxenet import Lan, wait_for
+    from test_pxe_dnsmasq import tmp_tftp
+    from test_pxe_qemu import start_daemon
+
+    paths = hw_store["paths"]
+    mac = "52:54:00:4c:48:05"
+    Registry(connect(paths.database)).register(mac, "hw", replace=True)
+    net = "10.88.0"
+    url = f"http://{net}.1:8096"
+    tftp = tmp_tftp(tmp_path)
+    try:
+        with Lan() as lan:
+            srv = lan.host("srv", f"{net}.1/24")
+            start_daemon(lan, srv, write_config(tmp_path / "layerbootd.toml", paths), url, tmp_path / "layerbootd.log")
+            pxe_log = tmp_path / "pxe.log"
+            lan.spawn(srv, [sys.executable, "-m", "layerboot", "-s", str(paths.root), "pxe", "-i", "eth0",
+                            "--range", f"{net}.100,{net}.120", "--server-url", url, "--efi-binary", "shimx64.efi",
+                            "--tftp-root", str(tftp)], log=open(pxe_log, "wb"))
+            assert wait_for(lambda: "TFTP root is" in pxe_log.read_text(), 30), pxe_log.read_text()
+            assert f"GRUB entry {mac}: profile hw" in pxe_log.read_text()
+            tap = lan.tap("tap0")
+            config = NodeConfig(mac=mac, firmware="secureboot", nic_rom="", vars_file=tmp_path / "OVMF_VARS.fd",
+                                memory_mb=1536, netdev=f"tap,id=n0,ifname={tap},script=no,downscript=no",
+                                wrapper=["ip", "netns", "exec", lan.bridge_ns])
+            node = QemuNode(config, tmp_path / "serial.log")
+            fields = boot(node, timeout=1200)
+            assert "Fetching Netboot Image grubx64.efi" in node.text()   # shim took GRUB from its own directory
+            assert f"layerboot: booting {mac}" in node.text()               # GRUB ran the node's entry
+            assert "[integrity]" in fields["lockdown"] and fields["efi"] == "yes"   # the kernel saw Secure Boot
+            assert fields["modprobe-dummy"] == "yes"                                # signed modules still load
+            assert fields["kernel"] == generic_kernel.version
+            log = pxe_log.read_text()
+            assert re.search(r"sent \S*shimx64\.efi to", log) and re.search(r"sent \S*grubx64\.efi to", log), log[-3000:]
+    finally:
+        shutil.rmtree(tftp, ignore_errors=True)

@@ -1,7 +1,7 @@
 """`layerboot pxe --efi-binary shimx64.efi`: by client architecture, BIOS ROMs still get iPXE while UEFI ROMs get
 Debian's signed shim; the TFTP root holds shim, the signed GRUB network image, grub/grub.cfg and a GRUB entry per
 registered node (kernel + initrd by digest, a boot token that layerbootd accepts). Real dnsmasq and busybox
-clients in network namespaces; the QEMU boot through this chain is tests/test_secureboot_qemu.py."""
+clients in network namespaces; the QEMU boots through this chain are in tests/test_hardware_qemu.py."""
 
 from __future__ import annotations
 
