@@ -39,7 +39,7 @@ from layerboot.log import run_main  # noqa: E402
 from peers import dracut_livenet, layerboot, live_boot  # noqa: E402
 from peers.cache import DEFAULT_CACHE  # noqa: E402
 from peers.report import Measured, SystemResult, describe, mb, ratio_lines, ratios  # noqa: E402
-from peers.system import Bench, System, Unavailable  # noqa: E402
+from peers.system import Bench, System, Unavailable, name_list  # noqa: E402
 
 SYSTEMS: dict[str, Callable[[Bench], AbstractContextManager[System]]] = {
     "live-boot": live_boot.system,
@@ -49,12 +49,7 @@ SYSTEMS: dict[str, Callable[[Bench], AbstractContextManager[System]]] = {
 
 
 def system_list(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SYSTEMS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown system(s) {', '.join(unknown) or '(none)'}; "
-                                         f"choose from {', '.join(SYSTEMS)}")
-    return names
+    return name_list(text, SYSTEMS, "system")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

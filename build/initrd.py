@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from layerboot.build.drivers import DriverPlan, plan_drivers
 from layerboot.build.kernel import Kernel
 from layerboot.errors import LayerbootError
 from layerboot.run import require_tool, run
@@ -80,6 +81,7 @@ class Initrd:
     modules: tuple[str, ...]   # every Python module stage1's interpreter has loaded after importing stage1
     seconds: float
     cached: bool
+    drivers: DriverPlan | None = None
 
 
 def stage1_sources() -> list[Path]:
@@ -122,18 +124,24 @@ def _private_dracut(into: Path) -> Path:
     return base
 
 
-def input_key(kernel: Kernel, public_key: Path, python: str = PYTHON, busybox: str = BUSYBOX) -> str:
+def input_key(kernel: Kernel, public_key: Path, python: str = PYTHON, busybox: str = BUSYBOX,
+              drivers: DriverPlan | None = None) -> str:
     digest = hashlib.sha256()
     for path in [*stage1_sources(), *sorted(DRACUT_MODULE.iterdir()), Path(__file__), Path(public_key),
                  Path(python), Path(busybox)]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    digest.update(kernel.version.encode())
+    digest.update(kernel.version.encode() + str(kernel.root).encode())
+    if drivers is not None:
+        digest.update(drivers.key().encode())
     return digest.hexdigest()[:24]
 
 
 def build_initrd(kernel: Kernel, public_key: Path, output: Path, *, python: str = PYTHON,
-                 busybox: str = BUSYBOX, cache: Path | None = None) -> Initrd:
-    """Build (or take from ``cache``) the initramfs for ``kernel`` trusting ``public_key``; write it to ``output``."""
+                 busybox: str = BUSYBOX, cache: Path | None = None, drivers: DriverPlan | None = None) -> Initrd:
+    """Build (or take from ``cache``) the initramfs for ``kernel`` trusting ``public_key``; write it to ``output``.
+
+    ``drivers`` says which kernel modules and firmware go in (build/drivers.py); default: the small virtio set.
+    """
     require_tool("dracut", package="dracut-core")
     if os.geteuid() != 0:
         raise LayerbootError("building the initramfs needs root (dracut, device nodes in the image)",
@@ -144,7 +152,9 @@ def build_initrd(kernel: Kernel, public_key: Path, output: Path, *, python: str 
     if not Path(public_key).is_file():
         raise LayerbootError(f"no public key at {public_key}", hint="create one with 'layerboot key generate'")
     started = time.monotonic()
-    key = input_key(kernel, public_key, python, busybox)
+    if drivers is None:
+        drivers = plan_drivers(kernel, "virtio")
+    key = input_key(kernel, public_key, python, busybox, drivers)
     if cache is not None:
         image, meta = cache / f"{key}.img", cache / f"{key}.json"
         if image.is_file() and meta.is_file():
@@ -152,7 +162,7 @@ def build_initrd(kernel: Kernel, public_key: Path, output: Path, *, python: str 
             if output.resolve() != image.resolve():
                 shutil.copyfile(image, output)
             modules = tuple(json.loads(meta.read_text())["modules"])
-            return Initrd(output, output.stat().st_size, modules, time.monotonic() - started, True)
+            return Initrd(output, output.stat().st_size, modules, time.monotonic() - started, True, drivers)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="layerboot-initrd-") as tmp:
         work = Path(tmp)
@@ -161,7 +171,8 @@ def build_initrd(kernel: Kernel, public_key: Path, output: Path, *, python: str 
         info = collect_payload(payload, public_key, python=python)
         add_device_nodes(payload)
         (work / "conf.d").mkdir()
-        (work / "dracut.conf").write_text("")
+        # dracut copies the firmware the modules name (modinfo) from these directories, as drivers.py found it
+        (work / "dracut.conf").write_text(f'fw_dir="{" ".join(map(str, drivers.firmware_dirs))}"\n')
         partial = work / "initrd.img"
         run(["dracut", "--force", "--quiet", "--no-hostonly", "--no-hostonly-cmdline", "--no-early-microcode",
              "--reproducible", "--modules", "layerboot", "--kver", kernel.version, "--kmoddir", kernel.moddir,
@@ -169,7 +180,8 @@ def build_initrd(kernel: Kernel, public_key: Path, output: Path, *, python: str 
              partial],
             env={"dracutbasedir": str(_private_dracut(work)), "LAYERBOOT_PAYLOAD": str(payload),
                  "LAYERBOOT_PYTHON": python, "LAYERBOOT_BUSYBOX": busybox,
-                 "LAYERBOOT_LIBRARIES": " ".join(info["libraries"])},
+                 "LAYERBOOT_LIBRARIES": " ".join(info["libraries"]),
+                 "LAYERBOOT_DRIVERS": " ".join(drivers.modules)},
             timeout=900)
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
@@ -179,4 +191,5 @@ def build_initrd(kernel: Kernel, public_key: Path, output: Path, *, python: str 
         tmp_out = output.with_name(output.name + ".tmp")
         shutil.copyfile(partial, tmp_out)
         os.replace(tmp_out, output)
-    return Initrd(output, output.stat().st_size, tuple(info["modules"]), time.monotonic() - started, False)
+    return Initrd(output, output.stat().st_size, tuple(info["modules"]), time.monotonic() - started, False,
+                  drivers)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,11 @@ from layerboot.errors import LayerbootError
 from layerboot.run import Process, devnull, require_tool
 
 DEFAULT_MAC = "52:54:00:12:34:56"
+OVMF_DIR = Path("/usr/share/OVMF")
+# firmware -> (code image, variable store template). "secureboot": Debian's OVMF with Microsoft's and Debian's
+# keys enrolled (OVMF_VARS_4M.ms.fd), Secure Boot enforced; it needs q35 with SMM.
+FIRMWARE = {"uefi": ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"),
+            "secureboot": ("OVMF_CODE_4M.ms.fd", "OVMF_VARS_4M.ms.fd")}
 # Lines that mean the boot went wrong, whatever the test waits for.
 KERNEL_FAILURES = (r"Kernel panic", r"Traceback \(most recent call last\)", r"Attempted to kill init")
 
@@ -51,6 +57,12 @@ class NodeConfig:
     extra: list[str] = field(default_factory=list)
     nics: list[str] | None = None   # -netdev/-device arguments instead of the user-mode NIC (taps, sockets)
     namespace: str = ""             # run QEMU in this network namespace (where its taps are)
+    nic: str = "virtio-net-pci"          # QEMU NIC model: e1000e, rtl8139, e1000, vmxnet3, ...
+    nic_rom: str | None = None           # romfile= for the NIC ("" for none: OVMF's own driver); None: QEMU's
+    disk_bus: str = "virtio"             # virtio or ahci (disks on an AHCI controller, as SATA disks)
+    firmware: str = "bios"               # bios (SeaBIOS), uefi (OVMF) or secureboot (OVMF, Secure Boot on)
+    vars_file: Path | None = None        # writable copy of the UEFI variable store (made from the template)
+    netdev: str = ""                     # -netdev spec instead of QEMU's user networking (e.g. a tap device)
 
     def argv(self) -> list[str]:
         argv = [require_tool("qemu-system-x86_64", package="qemu-system-x86"),
@@ -61,13 +73,15 @@ class NodeConfig:
             argv += ["-uuid", self.uuid]
         if self.serial:
             argv += ["-smbios", f"type=1,serial={self.serial.replace(',', ',,')}"]
+        argv += self.firmware_argv()
         if self.nics is not None:
             argv += self.nics
         else:
-            netdev = "user,id=n0"
-            if self.tftp_dir is not None:
+            netdev = self.netdev or "user,id=n0"
+            if self.tftp_dir is not None and not self.netdev:
                 netdev += f",tftp={self.tftp_dir},bootfile={self.bootfile}"
-            argv += ["-netdev", netdev, "-device", f"virtio-net-pci,netdev=n0,mac={self.mac}"]
+            rom = "" if self.nic_rom is None else f",romfile={self.nic_rom}"
+            argv += ["-netdev", netdev, "-device", f"{self.nic},netdev=n0,mac={self.mac}{rom}"]
         if self.kernel is not None:
             argv += ["-kernel", str(self.kernel)]
             if self.initrd is not None:
@@ -75,12 +89,38 @@ class NodeConfig:
             argv += ["-append", self.append]
         else:
             argv += ["-boot", "n"]   # PXE: the NIC's iPXE ROM (a NIC with romfile= in nics has none)
+        if self.disk_bus == "ahci" and self.disks:
+            argv += ["-device", "ahci,id=ahci0"]
         for index, disk in enumerate(self.disks):
-            argv += ["-drive", f"file={disk},if=virtio,format=raw,index={index}"]
+            if self.disk_bus == "ahci":
+                argv += ["-drive", f"file={disk},if=none,format=raw,id=disk{index}",
+                         "-device", f"ide-hd,drive=disk{index},bus=ahci0.{index}"]
+            else:
+                argv += ["-drive", f"file={disk},if=virtio,format=raw,index={index}"]
         if self.no_reboot:
             argv.append("-no-reboot")
         prefix = ["ip", "netns", "exec", self.namespace] if self.namespace else []
         return prefix + argv + self.extra
+
+    def firmware_argv(self) -> list[str]:
+        """SeaBIOS needs nothing; OVMF is two pflash drives: the read-only code and a writable variable store."""
+        if self.firmware == "bios":
+            return []
+        if self.firmware not in FIRMWARE:
+            raise QemuError(f"unknown firmware {self.firmware!r}: use bios, uefi or secureboot")
+        code, template = (OVMF_DIR / name for name in FIRMWARE[self.firmware])
+        if not code.is_file() or not template.is_file():
+            raise QemuError(f"{code} or {template} is missing", hint="apt-get install ovmf")
+        if self.vars_file is None:
+            raise QemuError("UEFI boots need NodeConfig.vars_file (a writable copy of the variable store)")
+        if not self.vars_file.exists():
+            self.vars_file.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(template, self.vars_file)
+        argv = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={self.vars_file}"]
+        if self.firmware == "secureboot":
+            argv = ["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on", *argv]
+        return argv
 
 
 class QemuNode:

@@ -101,6 +101,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("store.block_size", _int, 131072, "squashfs block size in bytes for new layers"),
     Setting("manifest.cmdline", _str, "console=ttyS0",
             "default kernel command line recorded in new profiles"),
+    Setting("initrd.kernel", _choice("generic", "cloud"), "generic",
+            "kernel 'layerboot initrd build' uses: Debian's generic linux-image-amd64 (hardware) or the cloud "
+            "kernel (VMs only, smaller); --kernel, --kernel-version and --kernel-from override"),
+    Setting("initrd.drivers", _choice("hardware", "virtio"), "hardware",
+            "driver set in the initramfs: server NICs and storage plus virtio, or virtio only (docs/hardware.md)"),
+    Setting("initrd.add_drivers", _str, "", "extra kernel modules for the initramfs, comma separated"),
+    Setting("initrd.omit_drivers", _str, "", "kernel modules to leave out of the driver set, comma separated"),
+    Setting("initrd.firmware_dirs", _str, "/lib/firmware/updates:/lib/firmware",
+            "where the initramfs build looks for the firmware its drivers name, colon separated"),
     Setting("bake.max_bytes", _int, 16 * GiB,
             "largest total unpacked size an upload may expand to (decompression-bomb quota)"),
     Setting("bake.max_files", _int, 2_000_000, "most members an upload may contain"),
@@ -175,8 +184,9 @@ SETTINGS: tuple[Setting, ...] = (
             "layerbootd as PXE nodes reach it; empty: server.public_url (--server-url overrides)"),
     Setting("pxe.range", _str, "",
             "FIRST,LAST: 'layerboot pxe' is the DHCP server for this range; empty: proxy-DHCP (--range/--proxy)"),
-    Setting("pxe.efi_binary", _choice("snponly.efi", "ipxe.efi"), "snponly.efi",
-            "iPXE build sent to UEFI PXE ROMs (snponly.efi drives the NIC through the firmware)"),
+    Setting("pxe.efi_binary", _choice("snponly.efi", "ipxe.efi", "shimx64.efi"), "snponly.efi",
+            "what UEFI PXE ROMs get: an iPXE build (snponly.efi drives the NIC through the firmware), or "
+            "shimx64.efi for Secure Boot (Debian's signed shim -> signed GRUB over TFTP; docs/hardware.md)"),
 )
 
 Config = dataclasses.make_dataclass(

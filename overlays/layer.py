@@ -11,8 +11,10 @@ from layerboot import strictjson
 from layerboot.errors import LayerbootError
 from layerboot.overlays.names import check_digest
 
-KINDS = ("base", "overlay", "kernel", "initrd")
-SQUASHFS_KINDS = ("base", "overlay")
+KINDS = ("base", "overlay", "kernel", "initrd", "modules")
+# "modules": a kernel's /lib/modules/VERSION tree, stacked just above the base by the profile's kernel
+# (Generation.modules), so a node can load drivers after switch_root (docs/hardware.md).
+SQUASHFS_KINDS = ("base", "overlay", "modules")
 
 
 def utc_now() -> str:

@@ -38,10 +38,11 @@ class Generation:
     kernel: str | None = None
     initrd: str | None = None
     created: str = field(default_factory=utc_now)
+    modules: str | None = None       # the kernel's module tree as a squashfs; stacked just above the base
 
     def __post_init__(self) -> None:
         check_profile_name(self.profile)
-        for digest in (*self.layers, *(d for d in (self.kernel, self.initrd) if d)):
+        for digest in (*self.layers, *(d for d in (self.kernel, self.initrd, self.modules) if d)):
             check_digest(digest)
         if not self.layers:
             raise LayerbootError(f"generation {self.number} of {self.profile} has no base layer")
@@ -49,6 +50,11 @@ class Generation:
     @property
     def base(self) -> str:
         return self.layers[0]
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        """What a node stacks, base first: the base, the kernel's modules layer (if any), the overlays."""
+        return self.layers[:1] + ((self.modules,) if self.modules else ()) + self.layers[1:]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -177,7 +183,7 @@ class Profiles:
         if number == gen.number:
             raise LayerbootError(f"generation {number} is already the current generation of {name}")
         return self._commit(name, old.layers, f"rollback to generation {number}", cmdline=old.cmdline,
-                            kernel=old.kernel, initrd=old.initrd, expect_number=gen.number)
+                            kernel=old.kernel, initrd=old.initrd, modules=old.modules, expect_number=gen.number)
 
     def cherry_pick(self, name: str, source_profile: str, ref: str, *, force: bool = False,
                     position: int | None = None) -> Generation:
@@ -189,24 +195,28 @@ class Profiles:
         return gen
 
     def set_boot(self, name: str, *, kernel: str | None = None, initrd: str | None = None,
-                 cmdline: str | None = None) -> Generation:
+                 cmdline: str | None = None, modules: str | None = None) -> Generation:
+        """New kernel, initrd, command line and/or modules layer (``modules=""`` drops the modules layer)."""
         gen = self.current(name)
         new_kernel = self._boot_ref(kernel, "kernel") if kernel else gen.kernel
         new_initrd = self._boot_ref(initrd, "initrd") if initrd else gen.initrd
         new_cmdline = gen.cmdline if cmdline is None else check_cmdline(cmdline, what=f"the command line of profile "
                                                                                       f"{name}")
-        if (new_kernel, new_initrd, new_cmdline) == (gen.kernel, gen.initrd, gen.cmdline):
-            raise LayerbootError("nothing to change: kernel, initrd and cmdline are already as given")
+        new_modules = gen.modules if modules is None else (self._boot_ref(modules, "modules") if modules else None)
+        old_values = (gen.kernel, gen.initrd, gen.cmdline, gen.modules)
+        if (new_kernel, new_initrd, new_cmdline, new_modules) == old_values:
+            raise LayerbootError("nothing to change: kernel, initrd, cmdline and modules are already as given")
         parts = [label for label, old, new in (("kernel", gen.kernel, new_kernel), ("initrd", gen.initrd, new_initrd),
-                                               ("cmdline", gen.cmdline, new_cmdline)) if old != new]
+                                               ("cmdline", gen.cmdline, new_cmdline),
+                                               ("modules", gen.modules, new_modules)) if old != new]
         return self._commit(name, gen.layers, "set " + ", ".join(parts), cmdline=new_cmdline, kernel=new_kernel,
-                            initrd=new_initrd, expect_number=gen.number)
+                            initrd=new_initrd, modules=new_modules, expect_number=gen.number)
 
     def replace_layers(self, name: str, layers: tuple[str, ...], action: str, *, expect_number: int) -> Generation:
         """Commit an arbitrary new layer list (used by squash); fails if the profile moved on meanwhile."""
         gen = self.current(name)
         return self._commit(name, layers, action, cmdline=gen.cmdline, kernel=gen.kernel, initrd=gen.initrd,
-                            expect_number=expect_number)
+                            modules=gen.modules, expect_number=expect_number)
 
     # -- comparing ---------------------------------------------------------------------------------------
     def diff(self, name: str, old_number: int, new_number: int) -> GenerationDiff:
@@ -216,7 +226,7 @@ class Profiles:
         kept_old = [d for d in old.layers if d in new.layers]
         kept_new = [d for d in new.layers if d in old.layers]
         changes = []
-        for label in ("kernel", "initrd", "cmdline"):
+        for label in ("kernel", "initrd", "cmdline", "modules"):
             before, after = getattr(old, label), getattr(new, label)
             if before != after:
                 changes.append(f"{label}: {before or '-'} -> {after or '-'}")
@@ -227,6 +237,10 @@ class Profiles:
         layer = self.store.get(ref)
         if not layer.is_squashfs:
             raise LayerbootError(f"{layer.short} is a {layer.kind}, not a squashfs layer")
+        if layer.kind == "modules":
+            raise LayerbootError(f"{layer.short} is a kernel modules layer; it goes with the kernel",
+                                 hint=f"layerboot profile set {gen.profile} --modules {layer.short} "
+                                      "(or 'layerboot initrd build --profile', which sets both)")
         if layer.kind == "base" and not force:
             raise LayerbootError(f"{layer.short} is a base layer; stacking a base as an overlay needs --force")
         if layer.kind == "overlay" and layer.base != gen.base and not force:
@@ -261,14 +275,14 @@ class Profiles:
 
     def _commit_from(self, gen: Generation, layers: tuple[str, ...], action: str) -> Generation:
         return self._commit(gen.profile, layers, action, cmdline=gen.cmdline, kernel=gen.kernel,
-                            initrd=gen.initrd, expect_number=gen.number)
+                            initrd=gen.initrd, modules=gen.modules, expect_number=gen.number)
 
     def _commit(self, name: str, layers: tuple[str, ...], action: str, *, cmdline: str, kernel: str | None,
-                initrd: str | None, expect_number: int) -> Generation:
+                initrd: str | None, expect_number: int, modules: str | None = None) -> Generation:
         """Write generation N+1 and its signed manifest, under the store lock."""
         private_key = load_private_key(self.paths.signing_key)
         with locked(self.paths.store_lock):   # (checked under the lock: drop_unused_layer removes under it)
-            for digest in layers:
+            for digest in (*layers, *((modules,) if modules else ())):
                 if not self.store.objects.exists(digest):
                     raise LayerbootError(f"layer {digest[:12]} is missing from the store (run 'layerboot store fsck')")
             numbers = self.numbers(name)
@@ -277,7 +291,7 @@ class Profiles:
                 raise LayerbootError(f"profile {name} changed meanwhile (now at generation {last}); try again")
             serial = next_serial(self.paths.serial_file)
             gen = Generation(profile=name, number=last + 1, layers=layers, action=action, serial=serial,
-                             cmdline=cmdline, kernel=kernel, initrd=initrd)
+                             cmdline=cmdline, kernel=kernel, initrd=initrd, modules=modules)
             manifest = self.manifest_for(gen)
             self.paths.manifest_dir(name).mkdir(parents=True, exist_ok=True)
             write_bytes(self.manifest_path(name, gen.number), sign_manifest(manifest, private_key))
@@ -293,7 +307,7 @@ class Profiles:
 
         return Manifest(
             profile=gen.profile, generation=gen.number, serial=gen.serial, created=gen.created,
-            cmdline=gen.cmdline, layers=tuple(artifact(d) for d in gen.layers),  # type: ignore[misc]
+            cmdline=gen.cmdline, layers=tuple(artifact(d) for d in gen.chain),  # type: ignore[misc]
             kernel=artifact(gen.kernel), initrd=artifact(gen.initrd),
         )
 
@@ -304,7 +318,7 @@ class Profiles:
         for name in self.names():
             for number in self.numbers(name):
                 gen = self.generation(name, number)
-                found.update(d for d in (*gen.layers, gen.kernel, gen.initrd) if d)
+                found.update(d for d in (*gen.layers, gen.kernel, gen.initrd, gen.modules) if d)
         for layer in self.store.layers():
             found.update(d for d in (layer.base, layer.parent) if d)
         return found

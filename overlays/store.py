@@ -94,7 +94,7 @@ class Store:
         """Add an existing squashfs image. Importing identical bytes twice returns the same layer."""
         require_squashfs(image)
         if kind not in SQUASHFS_KINDS:
-            raise LayerbootError(f"a squashfs image must be a base or overlay layer, not {kind!r}")
+            raise LayerbootError(f"a squashfs image must be a base, overlay or modules layer, not {kind!r}")
         if kind == "overlay" and base is None:
             raise LayerbootError("an overlay layer needs the base it was made on", hint="pass --base DIGEST")
         base_digest = self.get(base).digest if base else None

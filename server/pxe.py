@@ -25,7 +25,7 @@ from layerboot.run import require_tool, run
 
 IPXE_DIR = Path("/usr/lib/ipxe")
 BIOS_BINARY = "undionly.kpxe"
-EFI_BINARIES = ("snponly.efi", "ipxe.efi")
+EFI_BINARIES = ("snponly.efi", "ipxe.efi", "shimx64.efi")   # shimx64.efi: the Secure Boot chain (below)
 CHAIN_SCRIPT = "layerboot.ipxe"
 MAC_PATH = "/boot/${netX/mac}.ipxe"
 
@@ -158,8 +158,11 @@ def _readable_by_all(path: Path) -> bool:
 
 
 def prepare_tftp_root(plan: PxePlan, *, ipxe_dir: Path = IPXE_DIR) -> list[Path]:
-    """Copy Debian's iPXE binaries and write the chain script into the TFTP root; returns the files served."""
-    wanted = [BIOS_BINARY, *EFI_BINARIES]
+    """Copy Debian's iPXE binaries and write the chain script into the TFTP root; returns the files served.
+
+    With ``efi_binary`` shimx64.efi, Debian's signed shim and GRUB network image and grub/grub.cfg too.
+    """
+    wanted = [BIOS_BINARY, "snponly.efi", "ipxe.efi"]
     missing = [name for name in wanted if not (ipxe_dir / name).is_file()]
     if missing:
         raise LayerbootError(f"iPXE binaries missing from {ipxe_dir}: {', '.join(missing)}",
@@ -181,4 +184,120 @@ def prepare_tftp_root(plan: PxePlan, *, ipxe_dir: Path = IPXE_DIR) -> list[Path]
     script = root / CHAIN_SCRIPT
     write_text(script, chain_script(plan))
     served.append(script)
+    if plan.efi_binary == SHIM_BINARY:
+        served += install_secure_boot_loaders(root)
     return served
+
+
+# -- Secure Boot: Debian's signed shim + signed GRUB network image ----------------------------------------
+# Found by experiment (docs/hardware.md): shim loads grubx64.efi from the directory it was itself loaded from;
+# grubnetx64.efi.signed has the prefix /grub and an embedded config that sources $prefix/x86_64-efi/grub.cfg,
+# else $prefix/grub.cfg, from the TFTP server that sent shim. It has no http module (and under Secure Boot GRUB
+# loads no module from outside its image), so everything it reads comes over TFTP.
+SHIM = Path("/usr/lib/shim/shimx64.efi.signed")
+GRUB_NET = Path("/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed")
+SHIM_BINARY = "shimx64.efi"
+GRUB_BINARY = "grubx64.efi"
+GRUB_NODE_DIR = "grub/nodes"
+GRUB_OBJECT_DIR = "layerboot"
+
+
+def grub_main_config() -> str:
+    """grub/grub.cfg: hand over to the node's own file, grub/nodes/<mac>.cfg, or say why not and reboot."""
+    return ("# written by 'layerboot pxe': Debian's signed GRUB network image reads this over TFTP\n"
+            "set timeout=0\n"
+            "set node_cfg=$prefix/nodes/${net_default_mac}.cfg\n"
+            "source $node_cfg\n"   # returns only when there is no such file ('[ -e ]' is always false over TFTP)
+            'echo "layerboot: no boot entry for $net_default_mac ($node_cfg); rebooting in 30 s"\n'
+            "sleep 30\n"
+            "reboot\n")
+
+
+def grub_node_config(mac: str, kernel: str, initrd: str, cmdline: str) -> str:
+    """grub/nodes/<mac>.cfg: GRUB's 'linux' checks the kernel's signature through shim under Secure Boot."""
+    for value, what in ((cmdline, "command line"), (kernel, "kernel path"), (initrd, "initrd path")):
+        if any(c in value for c in '$"\'\\;\n') or not value.isprintable():
+            raise LayerbootError(f"the {what} {value!r} has characters GRUB would expand or cut")
+    return (f"# written by layerboot for {mac}\n"
+            f'echo "layerboot: booting {mac}"\n'
+            f"linux /{kernel} {cmdline}\n"
+            f"initrd /{initrd}\n"
+            "boot\n")
+
+
+def install_secure_boot_loaders(root: Path, *, shim: Path = SHIM, grub: Path = GRUB_NET) -> list[Path]:
+    """Copy Debian's signed shim and GRUB network image into the TFTP root and write grub/grub.cfg."""
+    missing = [str(p) for p in (shim, grub) if not p.is_file()]
+    if missing:
+        raise LayerbootError(f"missing {', '.join(missing)}", hint="apt-get install shim-signed grub-efi-amd64-signed")
+    served = []
+    for source, name in ((shim, SHIM_BINARY), (grub, GRUB_BINARY)):
+        tmp = root / f".{name}.tmp"
+        shutil.copyfile(source, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, root / name)
+        served.append(root / name)
+    (root / GRUB_NODE_DIR).mkdir(parents=True, exist_ok=True)
+    write_text(root / "grub" / "grub.cfg", grub_main_config())
+    served.append(root / "grub" / "grub.cfg")
+    return served
+
+
+TOKEN_OPTION = "layerboot.token="
+
+
+def export_grub_nodes(root: Path, server_url: str, nodes: list[tuple[str, str]], profiles, issue_token,  # noqa: ANN001
+                      *, max_age: float, now: float | None = None) -> list[str]:
+    """Bring grub/nodes/<mac>.cfg in line with the registered nodes; returns one line per change.
+
+    Each entry boots the node's profile's current kernel and initrd (copied once, by digest, under layerboot/)
+    with its command line plus BOOTIF=, layerboot.server=, layerboot.node=, layerboot.profile= and a boot token. The GRUB path cannot ask
+    layerbootd (no HTTP in Debian's signed GRUB), so the entry is written ahead; its token is readable over TFTP
+    as /boot/<mac>.ipxe hands one out over HTTP (the MAC is the identity on a PXE network). An entry is rewritten,
+    with a new token, only when what it boots changed or it is older than ``max_age`` seconds (so its token,
+    valid for server.boot_token_ttl after it was minted, never runs out unused); entries of nodes that are no
+    longer registered are removed.
+    """
+    import time
+
+    now = time.time() if now is None else now
+    changes = []
+    objects, entries = root / GRUB_OBJECT_DIR, root / GRUB_NODE_DIR
+    objects.mkdir(parents=True, exist_ok=True)
+    entries.mkdir(parents=True, exist_ok=True)
+    wanted = set()
+    for mac, profile in nodes:
+        wanted.add(f"{mac}.cfg")
+        gen = profiles.current(profile)
+        if not gen.kernel or not gen.initrd:
+            changes.append(f"{mac}: profile {profile} has no kernel or initrd; no GRUB entry")
+            continue
+        for digest in (gen.kernel, gen.initrd):
+            target = objects / digest
+            if not target.exists():
+                tmp = objects / f".{digest}.tmp"
+                shutil.copyfile(profiles.store.path(digest), tmp)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, target)
+        bootif = "BOOTIF=01-" + mac.replace(":", "-")   # the NIC this entry is for (GRUB booted from it)
+        cmdline = " ".join(part for part in (gen.cmdline.strip(), bootif, f"layerboot.server={server_url}",
+                                             f"layerboot.node={mac}", f"layerboot.profile={profile}") if part)
+        path = entries / f"{mac}.cfg"
+        old = _without_token(path.read_text()) if path.exists() else None
+        entry = grub_node_config(mac, f"{GRUB_OBJECT_DIR}/{gen.kernel}", f"{GRUB_OBJECT_DIR}/{gen.initrd}",
+                                 f"{cmdline} {TOKEN_OPTION}TOKEN")
+        if old == entry and now - path.stat().st_mtime < max_age:
+            continue
+        write_text(path, entry.replace(f"{TOKEN_OPTION}TOKEN", TOKEN_OPTION + issue_token(mac)))
+        changes.append(f"{mac}: profile {profile} generation {gen.number}")
+    for path in entries.glob("*.cfg"):
+        if path.name not in wanted:
+            path.unlink()
+            changes.append(f"{path.stem}: no longer registered; entry removed")
+    return changes
+
+
+def _without_token(text: str) -> str:
+    """An entry with its token replaced by TOKEN, to compare what it boots."""
+    head, sep, tail = text.partition(TOKEN_OPTION)
+    return head + sep + "TOKEN" + tail[len(tail.split(None, 1)[0]):] if sep and tail.strip() else text

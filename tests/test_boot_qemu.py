@@ -151,6 +151,16 @@ def node_text(tmp_path: Path) -> str:
     return (tmp_path / "serial.log").read_text()
 
 
+def cache_disk(path: Path, megabytes: int) -> Path:
+    """An empty ext4 image labelled for layerboot.cache=LABEL=layerboot-cache (stage1 never formats one)."""
+    from layerboot.run import run
+
+    with open(path, "wb") as f:
+        f.truncate(megabytes << 20)
+    run(["mkfs.ext4", "-q", "-L", "layerboot-cache", path])
+    return path
+
+
 def assert_clean(node: QemuNode) -> None:
     text = node.text()
     assert not TRACEBACK.search(text), f"traceback on the serial console ({node.log_path})"
@@ -341,13 +351,9 @@ def test_missing_init_and_bad_options_stop_before_switching(daemon: Daemon, node
 def test_cache_disk_boots_offline_after_a_server_boot(daemon: Daemon, node_store: dict, kernel,  # noqa: ANN001
                                                       tmp_path: Path) -> None:
     """The layerboot.cache= seam: a first boot fills the cache disk, a second boots from it with no server."""
-    from layerboot.run import run
     from server_daemon import free_port
 
-    disk = tmp_path / "cache.img"
-    with open(disk, "wb") as f:
-        f.truncate(128 << 20)
-    run(["mkfs.ext4", "-q", "-L", "layerboot-cache", disk])
+    disk = cache_disk(tmp_path / "cache.img", 128)
     options = "layerboot.cache=LABEL=layerboot-cache lbtest=check"
     with direct(node_store, kernel, tmp_path / "online", f"http://10.0.2.2:{daemon.port}", daemon.boot_token(),
                 options, disks=(disk,)) as node:

@@ -60,7 +60,8 @@ def test_cli_builds_imports_and_sets_it_on_a_profile(kernel, store, profiles: Pr
                                                     tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     profiles.create("web", make_layer({"etc/hostname": "web\n"}, kind="base"))
     out = tmp_path / "out.img"
-    assert main(["--store", str(store.paths.root), "initrd", "build", "--output", str(out), "--profile", "web"]) == 0
+    assert main(["--store", str(store.paths.root), "initrd", "build", "--kernel", "cloud", "--output", str(out),
+                 "--profile", "web"]) == 0
     printed = capsys.readouterr().out
     assert f"initrd {out}: {out.stat().st_size} bytes" in printed
     gen = profiles.current("web")
@@ -73,3 +74,87 @@ def test_cli_needs_an_output_or_a_profile(store, capsys: pytest.CaptureFixture[s
     assert main(["--store", str(store.paths.root), "initrd", "build"]) == 1
     err = capsys.readouterr().err
     assert "say where the initramfs goes" in err and "Traceback" not in err
+
+
+# -- kernels and driver sets (build/drivers.py, build/kernel.py, build/modules_layer.py) ----------------------
+@pytest.fixture(scope="module")
+def generic_kernel():  # noqa: ANN201
+    return fetch_kernel(flavour="generic")
+
+
+def test_driver_sets_follow_the_kernel(kernel, generic_kernel) -> None:  # noqa: ANN001
+    from layerboot.build.drivers import SERVER_NICS, plan_drivers
+    from layerboot.errors import LayerbootError
+
+    generic = plan_drivers(generic_kernel, "hardware")
+    assert set(SERVER_NICS) <= set(generic.modules) and not generic.not_in_kernel
+    assert {"bnx2x", "r8169"} <= set(generic.missing_firmware)   # non-free firmware is not on this machine
+    cloud = plan_drivers(kernel, "hardware")                       # the cloud kernel has VM drivers only
+    assert "e1000e" in cloud.not_in_kernel and "virtio_net" in cloud.modules
+    assert "e1000e" not in plan_drivers(generic_kernel, "hardware", omit=["e1000e,igb"]).modules
+    with pytest.raises(LayerbootError, match="has no module e1000e"):
+        plan_drivers(kernel, "virtio", add=["e1000e"])
+    with pytest.raises(LayerbootError, match="stage1 needs them"):
+        plan_drivers(kernel, "virtio", omit=["squashfs"])
+    with pytest.raises(LayerbootError, match="not a kernel module name"):
+        plan_drivers(kernel, "virtio", add=["../etc"])
+
+
+def test_hardware_image_carries_server_drivers_and_found_firmware(generic_kernel, store,  # noqa: ANN001
+                                                                   tmp_path: Path) -> None:
+    from layerboot.build.drivers import plan_drivers
+
+    firmware = tmp_path / "firmware"
+    (firmware / "rtl_nic").mkdir(parents=True)
+    (firmware / "rtl_nic" / "rtl8168h-2.fw").write_bytes(b"test firmware\n")
+    plan = plan_drivers(generic_kernel, "hardware", add=["dummy"], firmware_dirs=(firmware,))
+    assert firmware / "rtl_nic" / "rtl8168h-2.fw" in plan.firmware
+    assert "rtl_nic/rtl8168h-2.fw" not in plan.missing_firmware.get("r8169", ())
+    initrd = build_initrd(generic_kernel, store.paths.public_key, tmp_path / "hw.img", drivers=plan)
+    files = listing(initrd.path)
+    modules = {Path(p).name for p in files if p.endswith(".ko")}
+    for name in ("e1000e", "igb", "ixgbe", "i40e", "ice", "mlx5_core", "bnxt_en", "tg3", "bnx2x", "r8169", "vmxnet3",
+                 "nvme", "ahci", "megaraid_sas", "mpt3sas", "virtio_net", "dummy", "crc32c_generic"):
+        assert f"{name}.ko" in modules, name
+    assert any(p.endswith("rtl_nic/rtl8168h-2.fw") for p in files)
+    alias = run(["lsinitrd", "-f", f"usr/lib/modules/{generic_kernel.version}/modules.alias", initrd.path]).text
+    assert "e1000e" in alias    # what stage1 matches the hardware's modaliases against
+    print(f"generic kernel, hardware set: {initrd.size / 1048576:.1f} MiB")
+
+
+def test_cli_kernel_from_a_layer_and_the_modules_layer(kernel, store, profiles: Profiles,  # noqa: ANN001
+                                                        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--kernel-from takes /boot/vmlinuz-V and /usr/lib/modules/V out of a (merged-/usr) base: no modules layer;
+    a downloaded kernel gets one, laid out like the base (/usr/lib/modules behind the /lib symlink)."""
+    import shutil
+
+    tree = tmp_path / "base"
+    (tree / "boot").mkdir(parents=True)
+    (tree / "usr/lib/modules").mkdir(parents=True)
+    (tree / "lib").symlink_to("usr/lib")
+    shutil.copyfile(kernel.image, tree / "boot" / kernel.image.name)
+    shutil.copytree(kernel.moddir, tree / "usr/lib/modules" / kernel.version, symlinks=True)
+    base = store.import_tree(tree, kind="base", all_root=True).digest
+    profiles.create("img", base)
+    root = ["--store", str(store.paths.root), "initrd", "build", "--drivers", "virtio"]
+    import layerboot.build.kernel
+
+    with monkeypatch.context() as patch:   # kernels taken from this test's layers stay out of the shared cache
+        patch.setattr(layerboot.build.kernel, "DEFAULT_CACHE", tmp_path / "kernels")
+        assert main([*root, "--kernel-from", base[:12], "--profile", "img"]) == 0
+    assert (tmp_path / "kernels" / f"layer-{base[:16]}-{kernel.version}" / ".complete").is_file()
+    gen = profiles.current("img")
+    assert store.paths.object(gen.kernel).read_bytes() == kernel.image.read_bytes() and gen.modules is None
+    assert main([*root, "--kernel", "cloud", "--profile", "img"]) == 0
+    printed = capsys.readouterr().out
+    gen = profiles.current("img")
+    assert gen.modules and "kernel modules" in printed
+    assert profiles.manifest_for(gen).layers[1].digest == gen.modules     # just above the base
+    names = run(["unsquashfs", "-l", store.paths.object(gen.modules)]).text
+    assert f"squashfs-root/usr/lib/modules/{kernel.version}/modules.dep" in names
+    assert store.get(gen.modules).kind == "modules"
+    # a base without a kernel: one clear error
+    profiles.create("empty", make := store.import_tree(tmp_path / "base" / "boot", kind="base", all_root=True).digest)
+    assert make and main([*root, "--kernel-from", make[:12], "--profile", "empty"]) == 1
+    assert "has no kernel" in capsys.readouterr().err

@@ -121,8 +121,33 @@ def test_diff_between_generations(profiles: Profiles, chain) -> None:
 
 def test_generation_record_round_trips() -> None:
     gen = Generation(profile="web", number=3, layers=("a" * 64, "b" * 64), action="add", serial=7,
-                     cmdline="quiet", kernel="c" * 64)
+                     cmdline="quiet", kernel="c" * 64, modules="d" * 64)
     assert Generation.from_json(gen.to_json()) == gen
+    old = gen.to_json().replace(f'  "modules": "{"d" * 64}",\n', "")   # records written before the field
+    assert "modules" not in old and Generation.from_json(old).modules is None
+
+
+def test_modules_layer_stacks_above_the_base_and_follows_rollback(profiles: Profiles, chain, store,  # noqa: ANN001
+                                                                  tmp_path: Path) -> None:
+    base, one, _ = chain
+    tree = tmp_path / "mods" / "lib" / "modules" / "6.1.0-9-amd64"
+    tree.mkdir(parents=True)
+    (tree / "modules.dep").write_text("")
+    modules = store.import_tree(tmp_path / "mods", kind="modules", all_root=True).digest
+    profiles.create("web", base)
+    profiles.add("web", one)
+    gen = profiles.set_boot("web", modules=modules)
+    assert gen.layers == (base, one) and gen.chain == (base, modules, one)
+    assert [a.digest for a in manifest_of(profiles, "web").layers] == [base, modules, one]
+    with pytest.raises(LayerbootError, match="kernel modules layer; it goes with the kernel"):
+        profiles.add("web", modules)
+    assert profiles.diff("web", 2, 3).changes == (f"modules: - -> {modules}",)
+    profiles.rollback("web", 2)                       # generation 2 had no modules layer
+    assert profiles.current("web").modules is None
+    profiles.rollback("web", 3)
+    assert profiles.current("web").modules == modules
+    gen = profiles.set_boot("web", modules="")        # dropped
+    assert gen.modules is None and [a.digest for a in manifest_of(profiles, "web").layers] == [base, one]
 
 
 def test_profile_without_a_signing_key_is_a_clear_error(profiles: Profiles, chain) -> None:

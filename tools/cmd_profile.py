@@ -55,9 +55,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--position", type=int)
     p.add_argument("--force", action="store_true", help="accept a layer made on another base")
 
-    p = action("set", "change the kernel, initrd or kernel command line", cmd_set)
+    p = action("set", "change the kernel, initrd, kernel command line or modules layer", cmd_set)
     p.add_argument("name")
     _boot_options(p)
+    p.add_argument("--modules", metavar="REF",
+                   help="the kernel's modules layer, stacked above the base ('none' drops it; "
+                        "'layerboot initrd build --profile' sets it with the kernel)")
 
     p = action("log", "list every generation with what changed", cmd_log)
     p.add_argument("name")
@@ -104,6 +107,9 @@ def cmd_show(ctx: Context) -> int:
     for position, digest in enumerate(gen.layers):
         layer = profiles.store.get(digest)
         rows.append([position, layer.short, layer.kind, layer.description])
+        if position == 0 and gen.modules:   # stacked above the base, with the kernel (not a position)
+            modules = profiles.store.get(gen.modules)
+            rows.append(["-", modules.short, modules.kind, modules.description])
     print(table(["POS", "LAYER", "KIND", "DESCRIPTION"], rows))
     return 0
 
@@ -132,7 +138,9 @@ def cmd_cherry_pick(ctx: Context) -> int:
 
 def cmd_set(ctx: Context) -> int:
     a = ctx.args
-    return _report(ctx.profiles.set_boot(a.name, kernel=a.kernel, initrd=a.initrd, cmdline=a.cmdline))
+    modules = None if a.modules is None else ("" if a.modules == "none" else a.modules)
+    return _report(ctx.profiles.set_boot(a.name, kernel=a.kernel, initrd=a.initrd, cmdline=a.cmdline,
+                                         modules=modules))
 
 
 def cmd_log(ctx: Context) -> int:

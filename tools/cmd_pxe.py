@@ -8,9 +8,11 @@ from pathlib import Path
 
 from layerboot.errors import LayerbootError
 from layerboot.server import dnsmasq
-from layerboot.server.pxe import EFI_BINARIES, plan, prepare_tftp_root, server_problem
+from layerboot.server.pxe import (EFI_BINARIES, SHIM_BINARY, export_grub_nodes, plan, prepare_tftp_root,
+                                  server_problem)
 from layerboot.tools.context import Context
 
+GRUB_REFRESH = 15.0   # seconds between refreshes of the Secure Boot path's per-node GRUB entries
 DESCRIPTION = """\
 Serve PXE on one interface with dnsmasq (DNS off). Without --range it is a proxy-DHCP server: the existing
 DHCP server keeps handing out addresses, dnsmasq only adds the boot information. With --range FIRST,LAST it
@@ -36,7 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--state-dir", type=Path, metavar="DIR",
                         help="where the generated dnsmasq.conf and leases go (default: <store>/state/pxe)")
     parser.add_argument("--efi-binary", choices=EFI_BINARIES,
-                        help="iPXE build for UEFI clients (pxe.efi_binary; snponly.efi uses the firmware's NIC driver)")
+                        help="what UEFI clients get (pxe.efi_binary): iPXE (snponly.efi uses the firmware's NIC "
+                             "driver), or shimx64.efi for Secure Boot: Debian's signed shim and GRUB, which boot "
+                             "the GRUB entries written at start for every registered node")
     parser.add_argument("--print-config", action="store_true",
                         help="print the dnsmasq config and exit without starting anything")
     parser.set_defaults(func=cmd_pxe)
@@ -62,6 +66,8 @@ def cmd_pxe(ctx: Context) -> int:
     if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)      # a long-running service says what it does without -v
     served = prepare_tftp_root(the_plan)
+    if the_plan.efi_binary == SHIM_BINARY:
+        _keep_grub_entries(ctx, the_plan, log)
     dnsmasq.write_config(the_plan)
     mode = "proxy-DHCP for " + str(the_plan.network) if the_plan.proxy else \
         f"DHCP {the_plan.range_start}-{the_plan.range_end}"
@@ -76,3 +82,35 @@ def cmd_pxe(ctx: Context) -> int:
     dnsmasq.stop_on_signals(supervisor)
     supervisor.run()
     return 0
+
+
+def _keep_grub_entries(ctx: Context, the_plan, log: logging.Logger) -> None:  # noqa: ANN001
+    """The Secure Boot path's per-node GRUB files: written now, then refreshed every GRUB_REFRESH seconds in a
+    thread (nodes registered or removed, a profile's new kernel, initrd or command line)."""
+    import threading
+    import time
+
+    from layerboot.server.auth.boottoken import open_boot_tokens
+    from layerboot.server.db import open_database
+    from layerboot.server.nodes import Registry
+
+    registry = Registry(open_database(ctx.config, ctx.paths))
+    ttl = ctx.config.server_boot_token_ttl
+    tokens = open_boot_tokens(ctx.paths.boot_token_key, ttl)   # the key layerbootd checks boot tokens with
+
+    def export() -> None:
+        nodes = [(node.mac, node.profile) for node in registry.all()]
+        for line in export_grub_nodes(the_plan.tftp_root, the_plan.server_url, nodes, ctx.profiles,
+                                      tokens.mint, max_age=ttl / 2):
+            log.info("GRUB entry %s", line)
+
+    export()
+
+    def loop() -> None:
+        while True:
+            time.sleep(GRUB_REFRESH)
+            try:
+                export()
+            except Exception as err:  # noqa: BLE001 - a bad moment (a profile being written) must not stop PXE
+                log.warning("GRUB entries not refreshed: %s", err)
+    threading.Thread(target=loop, name="grub-entries", daemon=True).start()

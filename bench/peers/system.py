@@ -43,3 +43,15 @@ class System:
     traffic: Traffic
     mac: dict[str, str] = field(default_factory=dict)   # per rootfs version, when the system needs a fixed one
     cache_variant: System | None = None   # the same system booting with a local cache disk (layerboot.cache=)
+
+
+def name_list(text: str, known: object, what: str) -> list[str]:
+    """``a,b`` -> [a, b] for a command-line option naming members of ``known``; argparse's error otherwise."""
+    import argparse
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]  # type: ignore[operator]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown {what}(s) {', '.join(unknown) or '(none)'}; "
+                                         f"choose from {', '.join(known)}")  # type: ignore[call-overload]
+    return names

@@ -13,8 +13,10 @@ import time
 
 from .console import BUSYBOX, StageError, busybox, debug, spawn
 
-MODULES = ("virtio_pci", "virtio_net", "loop", "squashfs", "overlay")
-CACHE_MODULES = ("virtio_blk", "nvme", "ahci", "sd_mod")   # disk drivers for layerboot.cache= (best effort)
+MODULES = ("loop", "squashfs", "overlay")   # the layer stack; hardware drivers come from modaliases (drivers.py)
+# layerboot.cache=/slot=: SCSI/SATA disks appear late; ext4 may be a module, and it needs crc32c (a crypto API
+# lookup the kernel cannot resolve without a usermode modprobe)
+CACHE_MODULES = ("sd_mod", "crc32c_generic", "ext4")
 RUN_DIR = "/run/layerboot"
 RW_DIR = RUN_DIR + "/rw"          # tmpfs with upper/ and work/; the node sees it at the same path
 LAYER_DIR = RUN_DIR + "/layers"    # verified layer files, on the /run tmpfs
@@ -58,18 +60,25 @@ def mount_api_filesystems() -> None:
             mount(fstype, target, fstype, options)
 
 
-def load_modules(names: tuple[str, ...] = MODULES, *, optional: tuple[str, ...] = ()) -> None:
-    """Load what stage1 needs (built-in drivers are fine: modprobe succeeds for them); ``optional`` may fail.
+def load_modules(names: tuple[str, ...] = MODULES, *, optional: tuple[str, ...] = ()) -> list[str]:
+    """Load ``names`` and the drivers of the hardware present (drivers.py); ``optional`` may fail.
 
-    busybox's modprobe (modules.dep from dracut's depmod; Debian's modules are uncompressed): kmod would bring
-    libcrypto, liblzma and libzstd, 5.7 MB, into the image.
+    Built-in drivers are fine: modprobe succeeds for them. busybox's modprobe (modules.dep from dracut's depmod;
+    Debian's modules are uncompressed): kmod would bring libcrypto, liblzma and libzstd, 5.7 MB, into the image.
+    Returns the hardware drivers that were loaded.
     """
-    code, output = spawn([BUSYBOX, "modprobe", "-a", *names])
-    if code:
-        raise StageError(f"loading kernel modules {', '.join(names)} failed: {output or code}")
+    from .drivers import load_hardware_drivers
+
+    try:
+        with open("/proc/cmdline", encoding="utf-8", errors="replace") as f:
+            cmdline = f.read()
+    except OSError:
+        cmdline = ""
+    loaded = load_hardware_drivers(always=names, cmdline=cmdline)
     for name in optional:
         if spawn([BUSYBOX, "modprobe", "-q", name], quiet=True)[0]:
             debug(f"optional module {name} not available")
+    return loaded
 
 
 def attach_loop(path: str) -> tuple[str, int]:

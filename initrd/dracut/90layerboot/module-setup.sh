@@ -8,6 +8,7 @@
 #   LAYERBOOT_PYTHON     the interpreter to install (default /usr/bin/python3.11, from python3-minimal)
 #   LAYERBOOT_LIBRARIES  extension modules (.so) stage1 imports; installed with their shared libraries
 #   LAYERBOOT_BUSYBOX    a static busybox (mount, switch_root, the emergency shell; default /bin/busybox)
+#   LAYERBOOT_DRIVERS    kernel modules to install (build/drivers.py: a driver set plus --add/--omit-drivers)
 
 check() {
     # Only when asked for by name: this module replaces the whole boot flow.
@@ -19,12 +20,14 @@ depends() {
 }
 
 installkernel() {
-    # virtio NIC + failover (virtio_net needs it), loop + squashfs + overlay for the layer stack,
-    # disk drivers and ext4 for an optional layerboot.cache= disk.
-    hostonly='' instmods virtio_pci virtio_net net_failover failover loop squashfs overlay \
-        virtio_blk nvme ahci sd_mod ext4 vfat
-    # vlan= and bond= on the kernel command line (stage1/net.py loads them only when asked for).
-    hostonly='' instmods 8021q bonding
+    # LAYERBOOT_DRIVERS: the driver set build/drivers.py resolved (module names and =dir entries); stage1
+    # loads what the hardware asks for. Firmware the modules name is copied from dracut's fw_dir.
+    if [[ -z "$LAYERBOOT_DRIVERS" ]]; then
+        derror "layerboot: LAYERBOOT_DRIVERS is empty; build with 'layerboot initrd build'"
+        return 1
+    fi
+    # shellcheck disable=SC2086 # a list of names
+    hostonly='' instmods $LAYERBOOT_DRIVERS
 }
 
 install() {
