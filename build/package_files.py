@@ -13,7 +13,8 @@ from pathlib import Path
 
 # Every package of the distribution (pyproject.toml [tool.setuptools] packages; a test keeps them equal).
 PACKAGES = ("layerboot", "layerboot.overlays", "layerboot.server", "layerboot.server.db",
-            "layerboot.server.db.migrations", "layerboot.tools", "layerboot.build", "layerboot.initrd",
+            "layerboot.server.db.migrations", "layerboot.server.monitor", "layerboot.server.monitor.power",
+            "layerboot.tools", "layerboot.build", "layerboot.initrd",
             "layerboot.initrd.stage1")
 
 

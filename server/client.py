@@ -17,6 +17,35 @@ from layerboot.errors import LayerbootError
 
 CHUNK = 1 << 20
 TIMEOUT = 60.0
+CREDENTIAL_FILE = Path("/run/layerboot/node.secret")   # issue 11: the per-node write secret stage1 claims
+
+
+def boot_options(cmdline: str | None = None) -> dict[str, str]:
+    """``layerboot.*=`` options of the kernel command line (server, node, token, ...), without the prefix."""
+    if cmdline is None:
+        try:
+            cmdline = Path("/proc/cmdline").read_text()
+        except OSError:
+            return {}
+    return dict(w.removeprefix("layerboot.").split("=", 1) for w in cmdline.split()
+                if w.startswith("layerboot.") and "=" in w)
+
+
+def node_credential(cmdline: str | None = None) -> str | None:
+    """Where this node keeps its write credential (heartbeats, uploads): the one place to change for issue 11.
+
+    ``$LAYERBOOT_TOKEN``, else the root-only secret file once stage1 writes one, else today's token on the
+    kernel command line (``layerboot.token=``).
+    """
+    if os.environ.get("LAYERBOOT_TOKEN"):
+        return os.environ["LAYERBOOT_TOKEN"]
+    try:
+        secret = CREDENTIAL_FILE.read_text(encoding="utf-8").strip()
+        if secret:
+            return secret
+    except OSError:
+        pass
+    return boot_options(cmdline).get("token") or None
 
 
 def _connection(server: str) -> tuple[http.client.HTTPConnection, str]:
@@ -69,6 +98,13 @@ def upload(path: Path, *, server: str, mac: str, token: str, name: str | None = 
         return _request(server, "PUT", f"/nodes/{urllib.parse.quote(mac)}/uploads/{urllib.parse.quote(name)}",
                         token, body=handle, what=f"upload of {path.name}",
                         headers={"Content-Length": str(size), "Content-Type": "application/zstd"})
+
+
+def post_heartbeat(document: dict[str, Any], *, server: str, mac: str, token: str) -> dict[str, Any]:
+    """POST a heartbeat (server/monitor/agent.py builds it); returns the server's answer."""
+    return _request(server, "POST", f"/nodes/{urllib.parse.quote(mac)}/heartbeat", token,
+                    body=json.dumps(document).encode("utf-8"), headers={"Content-Type": "application/json"},
+                    what="heartbeat")
 
 
 def upload_status(upload_id: str, *, server: str, mac: str, token: str) -> dict[str, Any]:

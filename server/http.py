@@ -8,15 +8,18 @@ URL contract (stage1 and the PXE set-up code against it; docs/server.md has the 
                                           (node token as Bearer or ?token=; admin token: any object)
     GET  /profiles/{profile}/manifest     signed manifest                (admin, or a node of that profile)
     POST /nodes/{mac}/events              boot report JSON                           (node token)
+    POST /nodes/{mac}/heartbeat           runtime heartbeat JSON (server/monitor/http.py) (node write credential)
     PUT  /nodes/{mac}/uploads/{name}.tar.zst   upload a captured layer; 202 + id  (node token)
     GET  /nodes/{mac}/uploads/{id}        state of one upload                         (node or admin)
     GET  /nodes/{mac}                     node status                                 (node or admin)
     GET  /nodes                           every node with its last report             (admin)
     GET  /status                          daemon status (public, no secrets)
+    GET  /metrics                         Prometheus metrics (public, no secrets; server/monitor/metrics.py)
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -58,6 +61,8 @@ class ServerState:
     admin_token_hash: str
     uploads: Any = None          # layerboot.server.uploads.Uploads, once started
     started: float = 0.0
+    metrics: Any = None          # layerboot.server.monitor.metrics.Metrics
+    monitor: Any = None          # layerboot.server.monitor.engine.Monitor, when monitor.enabled
 
 
 STATE = web.AppKey("layerboot", ServerState)
@@ -101,6 +106,14 @@ def node_or_admin(request: web.Request, mac: str) -> Node | None:
     if is_admin(state, token):
         return None
     return state.registry.authenticate(mac, token)
+
+
+def authenticate_write(request: web.Request, mac: str) -> Node:
+    """The node ``mac``, proven by its *write* credential (heartbeats; the one place to change for issue 11).
+
+    Today that is any of the node's tokens (registration token or boot token) as ``Authorization: Bearer``.
+    """
+    return request.app[STATE].registry.authenticate(mac, bearer(request))
 
 
 def any_node_or_admin(state: ServerState, token: str | None, missing: str) -> Node | None:
@@ -163,18 +176,23 @@ async def handle_boot(request: web.Request) -> web.StreamResponse:
 
 
 # -- manifests and objects ---------------------------------------------------------------------------------
-def manifest_response(state: ServerState, profile: str) -> web.Response:
-    gen = state.profiles.current(profile)
-    body = state.profiles.signed_manifest(profile, gen.number)
+def manifest_response(body: bytes, generation: int, serial: int) -> web.Response:
     return web.Response(body=body, content_type="application/json",
-                        headers={**NO_STORE, "X-Layerboot-Generation": str(gen.number),
-                                 "X-Layerboot-Serial": str(gen.serial)})
+                        headers={**NO_STORE, "X-Layerboot-Generation": str(generation),
+                                 "X-Layerboot-Serial": str(serial)})
 
 
 async def handle_node_manifest(request: web.Request) -> web.StreamResponse:
+    """The node's manifest: its profile's newest generation, or its pinned one (server/monitor/pins.py)."""
+    from layerboot.server.monitor.pins import node_manifest
+
     state = request.app[STATE]
     node = state.registry.authenticate(path_mac(request), bearer(request))
-    return manifest_response(state, node.profile)
+    if node.pinned_generation is None:
+        gen = state.profiles.current(node.profile)
+        return manifest_response(state.profiles.signed_manifest(node.profile, gen.number), gen.number, gen.serial)
+    body, gen, serial = await asyncio.to_thread(node_manifest, state.registry, state.profiles, node)
+    return manifest_response(body, gen.number, serial)
 
 
 async def handle_profile_manifest(request: web.Request) -> web.StreamResponse:
@@ -185,7 +203,8 @@ async def handle_profile_manifest(request: web.Request) -> web.StreamResponse:
     if node is not None:
         if node.profile != profile:
             raise AuthError(f"node {node.mac} boots profile {node.profile}, not {profile}", status=403)
-    return manifest_response(state, profile)
+    gen = state.profiles.current(profile)
+    return manifest_response(state.profiles.signed_manifest(profile, gen.number), gen.number, gen.serial)
 
 
 async def handle_object(request: web.Request) -> web.StreamResponse:
@@ -202,24 +221,33 @@ async def handle_object(request: web.Request) -> web.StreamResponse:
     path = state.paths.object(digest)
     if not path.is_file():
         raise web.HTTPNotFound(text=f"object {digest[:12]} is not in the store")
-    return await send_object(request, path, digest)
+    response = await send_object(request, path, digest)
+    if state.metrics is not None and request.method != "HEAD":
+        state.metrics.served_bytes.inc(response.content_length or 0)
+    return response
 
 
 # -- reports and status ------------------------------------------------------------------------------------
+async def read_json(request: web.Request, limit: int, what: str) -> Any:
+    """A small JSON request body (413 past ``limit`` bytes, one-line 400 when it is not JSON)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise LayerbootError(f"{what} must be a JSON object") from None
+
+
 async def handle_event(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     node = state.registry.authenticate(path_mac(request), bearer(request))
-    if request.content_length is not None and request.content_length > MAX_EVENT_BYTES:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_EVENT_BYTES, actual_size=request.content_length)
-    raw = await request.content.read(MAX_EVENT_BYTES + 1)
-    if len(raw) > MAX_EVENT_BYTES:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_EVENT_BYTES, actual_size=len(raw))
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise LayerbootError("a boot event must be a JSON object") from None
-    event = Event.from_json(data)
+    event = Event.from_json(await read_json(request, MAX_EVENT_BYTES, "a boot event"))
     state.registry.record_event(node.mac, event)
+    if state.metrics is not None:
+        state.metrics.boot_event(event)
     (log.info if event.ok else log.warning)("node %s: %s %s%s", node.mac, event.stage, "ok" if event.ok else "FAILED",
                                             f": {event.message}" if event.message else "")
     return web.json_response({"recorded": True}, status=201)
@@ -306,4 +334,6 @@ def build_app(state: ServerState, *, client_max_size: int) -> web.Application:
     app.router.add_get("/", handle_status)
     from layerboot.server.receive import add_routes   # imports this module
     add_routes(app)
+    from layerboot.server.monitor.http import add_routes as add_monitor_routes
+    add_monitor_routes(app)
     return app

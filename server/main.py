@@ -102,6 +102,8 @@ async def serve(config: Any) -> None:
 
     from layerboot.server.db import open_database
     from layerboot.server.http import ServerState, build_app
+    from layerboot.server.monitor.engine import Monitor
+    from layerboot.server.monitor.metrics import Metrics
     from layerboot.server.nodes import Registry, token_hash
     from layerboot.server.objects import ProfileIndex
     from layerboot.server.queue import Uploads
@@ -122,6 +124,9 @@ async def serve(config: Any) -> None:
     state = ServerState(config=config, paths=paths, store=store, profiles=profiles, registry=registry,
                         index=ProfileIndex(profiles), admin_token_hash=token_hash(admin_token(paths)),
                         started=time.monotonic())
+    state.metrics = Metrics(state)
+    if config.monitor_enabled:     # checks the monitor's config (channels) before anything starts
+        state.monitor = Monitor(state)
     state.uploads = Uploads(state)
     await state.uploads.start()
 
@@ -135,6 +140,8 @@ async def serve(config: Any) -> None:
         await runner.cleanup()
         raise LayerbootError(f"cannot listen on {config.server_listen}:{config.server_port}: {err.strerror}",
                              hint="is another layerbootd running? change server.port") from None
+    if state.monitor is not None:
+        await state.monitor.start()
     sftp = None
     if config.server_ssh_port:
         from layerboot.server.sftp import start_sftp
@@ -153,6 +160,8 @@ async def serve(config: Any) -> None:
         if sftp is not None:
             sftp.close()
         await runner.cleanup()
+        if state.monitor is not None:
+            await state.monitor.stop()
         await state.uploads.stop()
         db.close()
 

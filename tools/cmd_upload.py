@@ -27,18 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_upload)
 
 
-def _cmdline() -> dict[str, str]:
-    try:
-        words = Path("/proc/cmdline").read_text().split()
-    except OSError:
-        return {}
-    return dict(w.removeprefix("layerboot.").split("=", 1) for w in words
-                if w.startswith("layerboot.") and "=" in w)
-
-
 def cmd_upload(ctx: Context) -> int:
-    from layerboot.server.client import upload, upload_status
-    a, boot = ctx.args, _cmdline()
+    from layerboot.server.client import boot_options, upload, upload_status
+    a, boot = ctx.args, boot_options()
     server = a.server or os.environ.get("LAYERBOOT_SERVER") or boot.get("server")
     node = a.node or os.environ.get("LAYERBOOT_NODE") or boot.get("node")
     token = a.token or os.environ.get("LAYERBOOT_TOKEN") or boot.get("token")
