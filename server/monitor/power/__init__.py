@@ -6,7 +6,7 @@ holds BMC passwords (``monitor.power_file``; by default ``state/power.toml`` in 
 
     ["52:54:00:12:34:56"]
     driver = "ipmi"
-    host = "10.0.0.50"          # port = 623, interface = "lanplus"
+    host = "10.0.0.50"          # port = 623, interface = "lanplus", cipher_suite = 3
     username = "admin"
     password = "..."
 
@@ -44,7 +44,7 @@ log = logging.getLogger("layerboot.monitor.power")
 ACTIONS = ("on", "off", "cycle", "status")
 DRIVERS = ("ipmi", "redfish", "qmp")
 _KEYS = {
-    "ipmi": {"driver", "host", "port", "username", "password", "interface"},
+    "ipmi": {"driver", "host", "port", "username", "password", "interface", "cipher_suite"},
     "redfish": {"driver", "url", "username", "password", "system", "verify_tls"},
     "qmp": {"driver", "socket"},
 }
@@ -120,7 +120,7 @@ def _target(mac: str, entry: Any, where: str) -> PowerTarget:
         if key not in _KEYS[driver]:
             raise LayerbootError(f"{where}.{key}: unknown key for the {driver} driver "
                                  f"(known: {', '.join(sorted(_KEYS[driver]))})")
-        expected = bool if key == "verify_tls" else int if key == "port" else str
+        expected = bool if key == "verify_tls" else int if key in ("port", "cipher_suite") else str
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise LayerbootError(f"{where}.{key}: expected a {expected.__name__}")
     for key in _REQUIRED[driver]:

@@ -13,6 +13,7 @@ are small, and aiohttp keeps them off the event loop's critical path without a t
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Any
 
 from layerboot.server.monitor.power import PowerError, PowerTarget
@@ -29,10 +30,11 @@ class RedfishDriver:
     async def run(self, action: str) -> str:
         import aiohttp
 
-        auth = aiohttp.BasicAuth(str(self.target.options.get("username", "")), self.target.password)
+        login = f"{self.target.options.get('username', '')}:{self.target.password}".encode("utf-8")
+        headers = {"Accept": "application/json", "Authorization": "Basic " + base64.b64encode(login).decode("ascii")}
         connector = aiohttp.TCPConnector(ssl=None if self.target.options.get("verify_tls", True) else False)
-        async with aiohttp.ClientSession(auth=auth, connector=connector, timeout=aiohttp.ClientTimeout(
-                total=self.timeout), headers={"Accept": "application/json"}) as session:
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout),
+                                         headers=headers) as session:
             self.session = session
             system_path = str(self.target.options.get("system") or await self._first_system())
             system = await self._get(system_path)
