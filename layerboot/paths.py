@@ -20,7 +20,7 @@ class Paths:
       manifests/<name>/<N>.json signed manifests, one per generation
       keys/                   the Ed25519 signing key pair
       incoming/               uploads waiting to be baked
-      state/                  counters and locks (manifest serial), the daemon's database
+      state/                  counters and locks (manifest serial), the daemon's database, power.toml
       tmp/                    scratch space on the same filesystem, for atomic renames
     """
 
@@ -69,6 +69,11 @@ class Paths:
     @property
     def database(self) -> Path:
         return self.state / "layerbootd.sqlite"
+
+    @property
+    def power_file(self) -> Path:
+        """BMC credentials per node (root-only), unless monitor.power_file names another file."""
+        return self.state / "power.toml"
 
     @property
     def tmp(self) -> Path:

@@ -250,6 +250,7 @@ def settings_reference() -> str:
     """Markdown table of every setting, for docs/config.md."""
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for s in SETTINGS:
-        default = "see docs/monitor.md" if s.render is not None else f"`{s.default}`"
+        shown = list(s.default) if isinstance(s.default, tuple) else s.default
+        default = "see docs/monitor.md" if s.render is not None else f"`{shown}`"
         rows.append(f"| `{s.key}` | {default} | {s.help} |")
     return "\n".join(rows) + "\n"

@@ -110,7 +110,7 @@ def test_silent_node_walks_the_node_down_ladder(profiles: Profiles, make_layer, 
                                     f"[layerboot] node-down on {MAC}: needs an admin",
                                     f"[layerboot] node-down on {MAC} closed (cleared)"]
             assert mailbox.recipients[0] == ["ops@example.test"]
-            body = mailbox.messages[2].get_payload()
+            body = mailbox.messages[2].get_content()
             assert f"incident #{incident['id']}: node-down on node {MAC}" in body and "power cycle through ipmi" in body
             assert [h["json"]["event"] for h in hooks] == ["opened", "notify", "flag", "closed"]
             assert hooks[0]["content_type"] == "application/json" and hooks[0]["json"]["incident"]["mac"] == MAC

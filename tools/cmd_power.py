@@ -37,7 +37,7 @@ def _targets(ctx: Context):  # noqa: ANN202
     from layerboot.server.monitor.power import Targets, power_file
     if os.geteuid() != 0:
         raise LayerbootError("power control reads BMC credentials, which are root-only", hint="run as root")
-    return Targets(power_file(ctx.config, ctx.paths.state))
+    return Targets(power_file(ctx.config, ctx.paths))
 
 
 def cmd_power(ctx: Context) -> int:

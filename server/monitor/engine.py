@@ -36,7 +36,7 @@ class Monitor:
         self.limits = Limits.from_config(config)
         self.interval = max(1, int(config.monitor_interval))
         self.power_timeout = float(config.monitor_power_timeout)
-        self.targets = Targets(power_file(config, state.paths.state))
+        self.targets = Targets(power_file(config, state.paths))
         metrics = getattr(state, "metrics", None)
         self.notifier = Notifier(config, counter=metrics.notifications if metrics else None)
         self._power_counter = metrics.power_actions if metrics else None
@@ -106,7 +106,8 @@ class Monitor:
 
     async def _announce(self, incident: Incident, event: str) -> None:
         itype = self.types[incident.type]
-        subject = f"[layerboot] {incident.type} on {incident.mac} {event}: {incident.summary}" if event == "opened" \
+        summary = incident.summary if len(incident.summary) <= 100 else incident.summary[:99] + "…"
+        subject = f"[layerboot] {incident.type} on {incident.mac} {event}: {summary}" if event == "opened" \
             else f"[layerboot] {incident.type} on {incident.mac} closed ({incident.closed_by})"
         history = await asyncio.to_thread(self.records.history, incident.id)
         outcomes = await self.notifier.send(itype.notify, Message(subject, describe(incident, itype, history),

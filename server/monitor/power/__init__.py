@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from layerboot.errors import LayerbootError, NotFoundError
+from layerboot.paths import Paths
 from layerboot.server.nodes import normalize_mac
 
 log = logging.getLogger("layerboot.monitor.power")
@@ -72,8 +73,8 @@ class PowerTarget:
         return f"{self.driver} {self.address}"
 
 
-def power_file(config: Any, state_dir: Path) -> Path:
-    return Path(config.monitor_power_file) if config.monitor_power_file else state_dir / "power.toml"
+def power_file(config: Any, paths: Paths) -> Path:
+    return Path(config.monitor_power_file) if config.monitor_power_file else paths.power_file
 
 
 def check_private(path: Path, what: str) -> None:
