@@ -105,7 +105,7 @@ def test_silent_node_walks_the_node_down_ladder(profiles: Profiles, make_layer, 
             closed = cli_json(daemon, capsys, "incidents", "show", str(incident["id"]))
             assert (closed["state"], closed["closed_by"]) == ("closed", "cleared")
             subjects = wait_until(lambda: len(mailbox.subjects()) >= 4 and mailbox.subjects(), 30, "four mails")
-            assert subjects[0].startswith(f"[layerboot] node-down on {MAC} opened: no heartbeat for ")
+            assert subjects[0].startswith(f"[layerboot] node-down on {MAC} opened: no heartbeat since ")
             assert subjects[1:] == [f"[layerboot] node-down on {MAC}: power-cycled, still down",
                                     f"[layerboot] node-down on {MAC}: needs an admin",
                                     f"[layerboot] node-down on {MAC} closed (cleared)"]

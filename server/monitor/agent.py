@@ -103,7 +103,7 @@ def ab_state(cmdline: str) -> dict[str, Any]:
         from layerboot.build.ab import AbDisk
         from layerboot.tools.cmd_install import booted_disk
 
-        disk = AbDisk(booted_disk())
+        disk = AbDisk(booted_disk(cmdline))
         state = disk.state()
         booted = disk.booted_slot(cmdline) or ""
     except (LayerbootError, OSError) as err:

@@ -14,6 +14,8 @@ A node's state is one of:
 Conditions (the incident types of server/monitor/config.py): node-down, boot-failing, boot-stuck,
 stale-generation (running an older generation than its profile's newest, unless pinned), ab-fallback (GRUB
 fell back to the other slot), bad-hardware (a disk's SMART health is failing), units-failed (systemd units).
+What is wrong is said in words that do not change while it lasts (times, not ages), so a check writes nothing
+for an incident whose condition is unchanged.
 A node gets at most one of node-down / boot-failing / boot-stuck at a time, so two ladders never power-cycle
 the same node for one cause.
 """
@@ -85,10 +87,6 @@ def booted_generation(node: Node, beat: Heartbeat | None, limits: Limits, now: f
     return node.last_generation
 
 
-def _age(seconds_: float) -> str:
-    return f"{seconds_ / 60:.0f} min" if seconds_ >= 120 else f"{seconds_:.0f} s"
-
-
 def conditions(nodes: list[Node], beats: dict[str, Heartbeat], newest: Callable[[str], int | None],
                limits: Limits, now: float | None = None) -> dict[tuple[str, str], str]:
     """{(mac, incident type): what is wrong} for every condition that is bad now."""
@@ -100,16 +98,16 @@ def conditions(nodes: list[Node], beats: dict[str, Heartbeat], newest: Callable[
         seen = seconds(node.last_seen) or now
         if state == "down":
             assert beat is not None
-            bad[(node.mac, "node-down")] = (f"no heartbeat for {_age(now - beat.received)} (last one at "
-                                            f"{iso(beat.received)}; limit {limits.heartbeat_timeout:.0f} s)")
+            bad[(node.mac, "node-down")] = (f"no heartbeat since {iso(beat.received)} "
+                                            f"(limit {limits.heartbeat_timeout:.0f} s)")
         elif state == "failed":
             message = node.last_message or "no message"
             bad[(node.mac, "boot-failing")] = (f"boot failed ({failure_kind(message)}) in stage "
                                                f"{message.split(':', 1)[0] if ':' in message else node.last_stage}: "
                                                f"{message}")
         elif state == "stuck":
-            bad[(node.mac, "boot-stuck")] = (f"fetched its iPXE script {_age(now - seen)} ago and stage1 never "
-                                             f"reported (limit {limits.stuck_after:.0f} s)")
+            bad[(node.mac, "boot-stuck")] = (f"fetched its iPXE script at {iso(seen)} and stage1 never reported "
+                                             f"(limit {limits.stuck_after:.0f} s)")
         if state in ("up", "booted") and node.pinned_generation is None:
             running, latest = booted_generation(node, beat, limits, now), newest(node.profile)
             if running is not None and latest is not None and running < latest:
