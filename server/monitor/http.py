@@ -32,8 +32,7 @@ async def handle_heartbeat(request: web.Request) -> web.StreamResponse:
     if state.metrics is not None:
         state.metrics.heartbeats.inc()
     log.debug("heartbeat from %s: generation %s, uptime %s", node.mac, beat.generation, beat.uptime)
-    return web.json_response({"recorded": True, "interval": state.config.monitor_heartbeat_timeout // 5},
-                             status=201, headers=NO_STORE)
+    return web.json_response({"recorded": True}, status=201, headers=NO_STORE)
 
 
 async def handle_metrics(request: web.Request) -> web.StreamResponse:

@@ -129,9 +129,10 @@ class Heartbeat:
                    agent=row["agent"])
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["received"] = iso(self.received)
-        return data
+        return {"received": iso(self.received), "uptime": self.uptime, "load": list(self.load) if self.load else None,
+                "mem_total": self.mem_total, "mem_available": self.mem_available, "profile": self.profile,
+                "generation": self.generation, "serial": self.serial, "failed_units": list(self.failed_units),
+                "disks": [asdict(d) for d in self.disks], "ab": self.ab, "agent": self.agent}
 
 
 @dataclass(frozen=True)

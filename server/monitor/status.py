@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from layerboot.errors import LayerbootError
@@ -26,10 +26,13 @@ class NodeStatus:
     pinned_generation: int | None
     last_seen: str | None
     incidents: tuple[str, ...] = ()     # "TYPE #ID" of its open incidents
-    heartbeat: dict[str, Any] | None = field(default=None, repr=False)
+    heartbeat: Heartbeat | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["incidents"] = list(self.incidents)
+        data["heartbeat"] = self.heartbeat.to_dict() if self.heartbeat is not None else None
+        return data
 
 
 def newest_generations(profiles: Profiles) -> Any:
@@ -66,7 +69,7 @@ def fleet_status(registry: Registry, records: MonitorRecords, profiles: Profiles
             generation=booted_generation(node, beat, limits, now), newest=newest(node.profile),
             good_generation=node.good_generation, pinned_generation=node.pinned_generation,
             last_seen=node.last_seen, incidents=tuple(sorted(open_incidents.get(node.mac, []))),
-            heartbeat=beat.to_dict() if beat else None))
+            heartbeat=beat))
     return result
 
 
