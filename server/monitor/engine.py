@@ -42,6 +42,7 @@ class Monitor:
         self._power_counter = metrics.power_actions if metrics else None
         self._task: asyncio.Task[None] | None = None
         self._steps: dict[int, asyncio.Task[Any]] = {}
+        self._messages: set[asyncio.Task[Any]] = set()
         check_channels(self.types, self.notifier.available())
 
     def count_power(self, driver: str, action: str, result: str) -> None:
@@ -54,7 +55,7 @@ class Monitor:
                  self.limits.heartbeat_timeout, self.targets.path)
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task, *self._steps.values()) if t is not None]
+        tasks = [t for t in (self._task, *self._steps.values(), *self._messages) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -71,28 +72,20 @@ class Monitor:
             await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 
     async def check(self, now: float | None = None) -> None:
-        """One pass over the fleet (the tests call it directly)."""
+        """One pass over the fleet (bench/bench_monitor.py calls it directly)."""
         now = time.time() if now is None else now
         nodes, beats = await asyncio.to_thread(lambda: (self.state.registry.all(), self.records.heartbeats()))
         newest = newest_generations(self.state.profiles)
         bad = await asyncio.to_thread(conditions, nodes, beats, newest, self.limits, now)
         changes = await asyncio.to_thread(self.records.reconcile, bad, self.types, {n.mac for n in nodes}, now)
-        for incident in changes.opened:
-            log.warning("incident #%d opened: %s on %s: %s", incident.id, incident.type, incident.mac,
-                        incident.summary)
-            await self._announce(incident, "opened")
-        for incident in changes.closed:
-            log.info("incident #%d closed (%s): %s on %s", incident.id, incident.closed_by, incident.type,
-                     incident.mac)
-            await self._announce(incident, "closed")
+        for incident in changes.opened + changes.closed:   # messages go out on their own (a slow mail server
+            task = asyncio.create_task(self._announce(incident))   # must not hold the next check up)
+            self._messages.add(task)
+            task.add_done_callback(self._messages.discard)
         for incident in await asyncio.to_thread(self.records.due, now):
             if incident.id not in self._steps:
                 task = asyncio.create_task(self._step(incident), name=f"incident-{incident.id}")
                 self._steps[incident.id] = task
-
-    async def settle(self) -> None:
-        """Wait for the ladder steps started so far (tests)."""
-        await asyncio.gather(*self._steps.values(), return_exceptions=True)
 
     async def _step(self, incident: Incident) -> None:
         try:
@@ -104,13 +97,23 @@ class Monitor:
         finally:
             self._steps.pop(incident.id, None)
 
-    async def _announce(self, incident: Incident, event: str) -> None:
+    async def _announce(self, incident: Incident) -> None:
+        """Tell the type's ``notify`` channels that ``incident`` opened or closed; note it in its history."""
         itype = self.types[incident.type]
-        summary = incident.summary if len(incident.summary) <= 100 else incident.summary[:99] + "…"
-        subject = f"[layerboot] {incident.type} on {incident.mac} {event}: {summary}" if event == "opened" \
-            else f"[layerboot] {incident.type} on {incident.mac} closed ({incident.closed_by})"
-        history = await asyncio.to_thread(self.records.history, incident.id)
-        outcomes = await self.notifier.send(itype.notify, Message(subject, describe(incident, itype, history),
-                                                                  event, incident.to_dict()))
-        await asyncio.to_thread(self.records.note, incident.id, "notify", summarize(outcomes), action=event,
-                                result="ok" if all(o.ok for o in outcomes) else "failed")
+        if incident.state != "closed":
+            summary = incident.summary if len(incident.summary) <= 100 else incident.summary[:99] + "…"
+            event, subject = "opened", f"[layerboot] {incident.type} on {incident.mac} opened: {summary}"
+            line = f"incident #{incident.id} opened: {incident.type} on {incident.mac}: {incident.summary}"
+        else:
+            event, subject = "closed", f"[layerboot] {incident.type} on {incident.mac} closed ({incident.closed_by})"
+            line = f"incident #{incident.id} closed ({incident.closed_by}): {incident.type} on {incident.mac}"
+        try:
+            history = await asyncio.to_thread(self.records.history, incident.id)
+            outcomes = await self.notifier.send(itype.notify, Message(subject, describe(incident, itype, history),
+                                                                      event, incident.to_dict(), line))
+            await asyncio.to_thread(self.records.note, incident.id, "notify", summarize(outcomes), action=event,
+                                    result="ok" if all(o.ok for o in outcomes) else "failed")
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001
+            log.exception("incident #%d: announcing that it %s failed", incident.id, event)

@@ -112,7 +112,8 @@ async def _message_step(monitor: "Monitor", incident: Incident, itype: IncidentT
     history = await asyncio.to_thread(monitor.records.history, incident.id)
     headline = step.message or ("needs an admin" if step.action == "flag" else "still open")
     message = Message(subject=f"[layerboot] {incident.type} on {incident.mac}: {headline}",
-                      body=describe(incident, itype, history), event=step.action, incident=incident.to_dict())
+                      body=describe(incident, itype, history), event=step.action, incident=incident.to_dict(),
+                      line=f"incident #{incident.id} ({incident.type} on {incident.mac}): {headline}")
     outcomes = await monitor.notifier.send(step.channels or itype.notify, message)
     failed = [o for o in outcomes if not o.ok]
     text = summarize(outcomes)

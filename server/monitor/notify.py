@@ -29,6 +29,7 @@ class Message:
     body: str
     event: str                                    # opened | closed | notify | flag
     incident: dict[str, Any] = field(default_factory=dict)
+    line: str = ""                                # what the log channel writes (default: the subject)
 
     def to_json(self) -> dict[str, Any]:
         return {"event": self.event, "subject": self.subject, "text": self.body, "incident": self.incident}
@@ -64,7 +65,7 @@ class Notifier:
         for channel in channels:
             try:
                 if channel == "log":
-                    (log.info if message.event == "closed" else log.warning)("%s", message.subject)
+                    (log.info if message.event == "closed" else log.warning)("%s", message.line or message.subject)
                 elif channel == "email":
                     await asyncio.get_running_loop().run_in_executor(None, self._mail, message)
                 elif channel == "webhook":
