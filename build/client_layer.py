@@ -4,7 +4,8 @@ Contents: Debian's python3.11 with the shared libraries it and its extension mod
 tests, GUI and packaging tools) precompiled to unchecked-hash .pyc, layerboot itself laid out as an installed
 package, and the third-party packages layerboot's CLI imports (found by importing it once with the target
 interpreter), all under /usr/lib/python3/dist-packages, plus /usr/bin/{python3,layerboot}. capture.py packs with
-the ``zstandard`` module, so no zstd binary is needed.
+the ``zstandard`` module, so no zstd binary is needed. The heartbeat agent comes with it: ``layerboot heartbeat
+--loop`` for busybox bases, and its systemd timer (enabled; inert without systemd) for systemd bases.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ from pathlib import Path
 from layerboot.build.package_files import copy_package, package_digest
 from layerboot.errors import LayerbootError
 from layerboot.run import run
+from layerboot.server.monitor.agent import install_units
 
 PYTHON = Path("/usr/bin/python3.11")
 STDLIB = Path("/usr/lib/python3.11")
 SKIP_STDLIB = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "pydoc_data", "__pycache__",
                "config-3.11-x86_64-linux-gnu", "site-packages", "dist-packages", "unittest", "distutils"}
 DIST = "usr/lib/python3/dist-packages"
-ENTRY_MODULES = ("layerboot.tools.cli", "layerboot.overlays.capture", "layerboot.server.client")
+ENTRY_MODULES = ("layerboot.tools.cli", "layerboot.overlays.capture", "layerboot.server.client",
+                 "layerboot.server.monitor.agent")
 LAUNCHER = "#!/usr/bin/python3.11\nimport sys\nfrom layerboot.tools.cli import main\nsys.exit(main())\n"
 
 _FIND = r"""
@@ -65,8 +68,12 @@ def _put(tree: Path, source: Path, target: str | None = None) -> None:
 
 
 def input_key() -> str:
+    from layerboot.server.monitor.agent import UNIT_DIR, UNITS
+
     digest = hashlib.sha256(PYTHON.read_bytes())
     digest.update(package_digest().encode())
+    for name in UNITS:
+        digest.update((UNIT_DIR / name).read_bytes())
     return digest.hexdigest()[:24]
 
 
@@ -99,6 +106,7 @@ def build_client_tree(tree: Path) -> Path:
     (tree / "usr/bin/python3").symlink_to("python3.11")
     (tree / "usr/bin/layerboot").write_text(LAUNCHER)
     (tree / "usr/bin/layerboot").chmod(0o755)
+    install_units(tree)
     # Shared libraries for the interpreter and the extension modules layerboot imports; other lib-dynload
     # modules are shipped but may lack their libraries (an ImportError if something ever wants them).
     extensions = [Path(f) for f in files if f.endswith(".so")]

@@ -18,6 +18,7 @@ What goes in beyond minbase, and why:
   multi-user.target, only on nodes booted from an A/B slot (``layerboot.slot=`` on the kernel command line):
   reaching that target is what "this update is healthy" means by default, so a slot that cannot get there
   falls back by itself. Sites with a stronger health check disable the unit and call mark-good themselves.
+  ``layerboot-heartbeat.timer``, enabled: the node's heartbeat to layerbootd every minute (docs/monitor.md).
   Also an empty ``/etc/machine-id`` (each node generates its own at first boot), ``/etc/hostname``, no apt
   lists or downloaded .debs (they would only bloat every node's download).
 """
@@ -38,6 +39,7 @@ from layerboot.errors import CommandError, LayerbootError
 from layerboot.overlays.layer import Layer
 from layerboot.overlays.store import Store
 from layerboot.run import require_tool, run
+from layerboot.server.monitor.agent import install_units
 
 log = logging.getLogger("layerboot.debootstrap")
 
@@ -161,7 +163,8 @@ def install_node_client(root: Path) -> Path:
 
 
 def finish_image(root: Path, *, hostname: str = "layerboot-node") -> None:
-    """The mark-good hook; per-node identity is made at boot, not baked in; apt caches are dropped."""
+    """The mark-good hook and the heartbeat timer; per-node identity is made at boot, not baked in; apt caches
+    are dropped."""
     unit = root / "etc/systemd/system" / MARK_GOOD_NAME
     unit.parent.mkdir(parents=True, exist_ok=True)
     unit.write_text(MARK_GOOD_UNIT)
@@ -170,6 +173,7 @@ def finish_image(root: Path, *, hostname: str = "layerboot-node") -> None:
     link = wants / MARK_GOOD_NAME
     link.unlink(missing_ok=True)
     link.symlink_to(f"/etc/systemd/system/{MARK_GOOD_NAME}")
+    install_units(root)                      # the heartbeat timer (server/monitor/agent.py)
     (root / "etc/machine-id").write_text("")
     (root / "etc/hostname").write_text(hostname + "\n")
     for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):

@@ -21,7 +21,7 @@ class Paths:
       keys/                   the Ed25519 signing key pair
       incoming/               uploads waiting to be baked
       state/                  counters and locks (manifest serial, layerbootd.lock), the daemon's database,
-                              admin token and boot-token key
+                              admin token, boot-token key, power.toml
       tmp/                    scratch space on the same filesystem, for atomic renames
       quarantine/             objects that failed their hash check, moved aside (never served)
     """
@@ -88,6 +88,11 @@ class Paths:
     @property
     def daemon_lock(self) -> Path:
         return self.state / "layerbootd.lock"
+
+    @property
+    def power_file(self) -> Path:
+        """BMC credentials per node (root-only), unless monitor.power_file names another file."""
+        return self.state / "power.toml"
 
     @property
     def tmp(self) -> Path:

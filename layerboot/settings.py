@@ -71,6 +71,27 @@ def _bool(value: Any) -> bool:
     return value
 
 
+def _str_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise ValueError(f"expected a list of non-empty strings, got {value!r}")
+    return tuple(value)
+
+
+def _incident_types(value: Any) -> Any:
+    from layerboot.server.monitor.config import parse_incident_types
+    return parse_incident_types(value)
+
+
+def _render_incident_types(value: Any) -> str:
+    from layerboot.server.monitor.config import render_incident_types
+    return render_incident_types(value)
+
+
+def _default_incident_types() -> Any:
+    from layerboot.server.monitor.config import DEFAULT_TYPES
+    return DEFAULT_TYPES
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         if value not in choices:
@@ -86,6 +107,9 @@ class Setting:
     parse: Callable[[Any], Any]
     default: Any
     help: str
+    # A structured section (its whole TOML table goes to ``parse``; errors carry a ``path`` below the key),
+    # rendered back to TOML by ``render``.
+    render: Callable[[Any], str] | None = None
 
     @property
     def field(self) -> str:
@@ -179,6 +203,29 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.upload_policy", _choice("hold", "auto"), "hold",
             "default for profiles without their own policy: 'auto' appends a baked upload as a new generation, "
             "'hold' waits for 'layerboot uploads approve'"),
+    Setting("monitor.enabled", _bool, True,
+            "run the fleet monitor inside layerbootd (incidents, action ladders, notifications; docs/monitor.md)"),
+    Setting("monitor.interval", _int, 15, "seconds between two checks of every node"),
+    Setting("monitor.heartbeat_timeout", _int, 300,
+            "seconds without a heartbeat or boot activity after which a node that sends heartbeats is down"),
+    Setting("monitor.stuck_after", _int, 600,
+            "seconds a node may take from fetching its iPXE script to stage1's report before it is stuck"),
+    Setting("monitor.power_file", _str, "",
+            "TOML file of BMC/power-controller credentials per node, root-only (mode 0600); empty: "
+            "state/power.toml in the store"),
+    Setting("monitor.power_timeout", _int, 30, "seconds one power command (IPMI, Redfish, QMP) may take"),
+    Setting("monitor.incidents", _incident_types, _default_incident_types(),
+            "incident types: thresholds, damping, notifications and action ladders (see docs/monitor.md)",
+            render=_render_incident_types),
+    Setting("notify.email_to", _str_list, (), "addresses that get incident mail (empty: no email channel)"),
+    Setting("notify.email_from", _str, "", "sender of incident mail; empty: layerbootd@ this host's name"),
+    Setting("notify.smtp_host", _str, "localhost", "SMTP server for incident mail"),
+    Setting("notify.smtp_port", _int, 25, "its port (587 with starttls, 465 with tls)"),
+    Setting("notify.smtp_security", _choice("none", "starttls", "tls"), "none", "how the SMTP connection is secured"),
+    Setting("notify.smtp_user", _str, "", "SMTP login user (empty: no login)"),
+    Setting("notify.smtp_password_file", _str, "", "file holding the SMTP password (root-only)"),
+    Setting("notify.webhook_url", _str, "", "URL that gets each incident message as a JSON POST (empty: none)"),
+    Setting("notify.webhook_timeout", _int, 10, "seconds a webhook POST may take"),
     Setting("pxe.interface", _str, "", "interface 'layerboot pxe' serves DHCP/TFTP on (--interface overrides)"),
     Setting("pxe.server_url", _str, "",
             "layerbootd as PXE nodes reach it; empty: server.public_url (--server-url overrides)"),
@@ -199,9 +246,10 @@ Config = dataclasses.make_dataclass(
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
+    structured = {s.key for s in SETTINGS if s.render is not None}
     for key, value in table.items():
         path = f"{prefix}{key}"
-        if isinstance(value, dict):
+        if isinstance(value, dict) and path not in structured:
             flat.update(_flatten(value, path + "."))
         else:
             flat[path] = value
@@ -220,7 +268,8 @@ def parse_settings(table: dict[str, Any], *, source: str) -> dict[str, Any]:
         try:
             values[setting.field] = setting.parse(raw)
         except ValueError as err:
-            raise LayerbootError(f"{source}: {key}: {err}") from None
+            below = getattr(err, "path", "")
+            raise LayerbootError(f"{source}: {key}{'.' + below if below else ''}: {err}") from None
     return values
 
 
@@ -246,25 +295,38 @@ def load_config(path: Path | None = None, *, overrides: dict[str, Any] | None = 
     return Config(**values)
 
 
+def _toml_string(value: Any) -> str:
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def config_as_toml(config: Any) -> str:
     """Render a Config back to TOML (the round trip is tested)."""
     sections: dict[str, list[str]] = {}
+    tables: list[str] = []
     for setting in SETTINGS:
         section, name = setting.key.rsplit(".", 1)
         value = getattr(config, setting.field)
+        if setting.render is not None:
+            tables.append(setting.render(value))
+            continue
         if isinstance(value, bool):
             text = "true" if value else "false"
         elif isinstance(value, int):
             text = str(value)
+        elif isinstance(value, tuple):
+            text = "[" + ", ".join(_toml_string(v) for v in value) + "]"
         else:
-            text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+            text = _toml_string(value)
         sections.setdefault(section, []).append(f"{name} = {text}")
-    return "\n".join(f"[{section}]\n" + "\n".join(lines) + "\n" for section, lines in sections.items())
+    return "\n".join([*(f"[{section}]\n" + "\n".join(lines) + "\n" for section, lines in sections.items()),
+                      *tables])
 
 
 def settings_reference() -> str:
     """Markdown table of every setting, for docs/config.md."""
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for s in SETTINGS:
-        rows.append(f"| `{s.key}` | `{s.default}` | {s.help} |")
+        shown = list(s.default) if isinstance(s.default, tuple) else s.default
+        default = "see docs/monitor.md" if s.render is not None else f"`{shown}`"
+        rows.append(f"| `{s.key}` | {default} | {s.help} |")
     return "\n".join(rows) + "\n"

@@ -8,6 +8,7 @@ Both send the node secret (the write credential; a boot token is refused with 40
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import urllib.parse
 from pathlib import Path
@@ -19,6 +20,40 @@ from layerboot.urls import parse_http_url
 
 CHUNK = 1 << 20
 TIMEOUT = 60.0
+NODE_SECRET = Path("/run/layerboot/node.secret")   # the node's write credential, claimed by stage1 (root only)
+
+
+def boot_options(cmdline: str | None = None) -> dict[str, str]:
+    """``layerboot.*=`` options of the kernel command line (server, node, token, ...), without the prefix."""
+    if cmdline is None:
+        try:
+            cmdline = Path("/proc/cmdline").read_text()
+        except OSError:
+            return {}
+    return dict(w.removeprefix("layerboot.").split("=", 1) for w in cmdline.split()
+                if w.startswith("layerboot.") and "=" in w)
+
+
+def read_secret(path: Path | None = None) -> str:
+    """The node secret from ``path`` (default /run/layerboot/node.secret); one clear line when it cannot be."""
+    explicit = path is not None
+    path = path or NODE_SECRET
+    try:
+        secret = path.read_text(encoding="ascii").strip()
+    except PermissionError:
+        raise LayerbootError(f"{path} is readable by root only: this needs root",
+                             hint="run it as root (sudo layerboot ...)") from None
+    except FileNotFoundError:
+        if explicit:
+            raise LayerbootError(f"no such file: {path}") from None
+        raise LayerbootError(f"no node secret at {path}: this boot did not claim one (see the boot log's "
+                             "'node secret' line)", hint="pass --secret-file with a secret from 'layerboot nodes "
+                             "register' or 'nodes secret rotate' on the server") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise LayerbootError(f"cannot read the node secret {path}: {getattr(err, 'strerror', None) or err}") from None
+    if not secret or not secret.isascii() or not secret.isprintable() or " " in secret:
+        raise LayerbootError(f"{path} does not hold a node secret")
+    return secret
 
 
 def _connection(server: str) -> tuple[http.client.HTTPConnection, str]:
@@ -75,6 +110,13 @@ def upload(path: Path, *, server: str, mac: str, secret: str, name: str | None =
                          secret, body=handle, what=f"upload of {path.name}",
                          headers={"Content-Length": str(size), "Content-Type": "application/zstd"})
     return _fields(reply, f"upload of {path.name}", id=str, state=str, size=int)
+
+
+def post_heartbeat(document: dict[str, Any], *, server: str, mac: str, secret: str) -> dict[str, Any]:
+    """POST a heartbeat (server/monitor/agent.py builds it) with the node secret; returns the server's answer."""
+    return _request(server, "POST", f"/nodes/{urllib.parse.quote(mac)}/heartbeat", secret,
+                    body=json.dumps(document).encode("utf-8"), headers={"Content-Type": "application/json"},
+                    what="heartbeat")
 
 
 def upload_status(upload_id: str, *, server: str, mac: str, secret: str) -> dict[str, Any]:

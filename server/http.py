@@ -11,14 +11,17 @@ form). "node" is that node's boot token (read-only) or its node secret; "secret"
     POST /nodes/{mac}/events              boot report JSON                                       (node)
     POST /nodes/{mac}/secret              claim a node secret     (boot token + asset key proof: auth/claim.py)
     PUT  /nodes/{mac}/uploads/{name}.tar.zst   upload a captured layer; 202 + id                (secret)
+    POST /nodes/{mac}/heartbeat           runtime heartbeat JSON (server/monitor/http.py)       (secret)
     GET  /nodes/{mac}/uploads/{id}        state of one upload                          (secret or admin)
     GET  /nodes/{mac}                     node status                                  (secret or admin)
     GET  /nodes                           every node with its last report                       (admin)
     GET  /status                          daemon status (public, no secrets)
+    GET  /metrics                         Prometheus metrics (public, no secrets; server/monitor/metrics.py)
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -76,6 +79,8 @@ class ServerState:
     slots: Slots = field(default_factory=Slots)
     guard: ConnectionGuard = field(default_factory=lambda: ConnectionGuard(Slots(), 0))
     sender: Sender | None = None   # server/guard/sender.py: set by main() (it starts threads)
+    metrics: Any = None          # layerboot.server.monitor.metrics.Metrics
+    monitor: Any = None          # layerboot.server.monitor.engine.Monitor, when monitor.enabled
 
 
 STATE = web.AppKey("layerboot", ServerState)
@@ -94,6 +99,13 @@ def public_url(request: web.Request) -> str:
     if not HOST_RE.fullmatch(host):
         raise LayerbootError(f"bad Host header {host!r}", hint="set server.public_url")
     return f"http://{host}"
+
+
+def authenticate_write(request: web.Request, mac: str) -> Node:
+    """The node ``mac``, proven by its write credential (its node secret): heartbeats."""
+    caller = for_node(request.app[STATE], request, mac, "a heartbeat", boot=False)
+    assert caller.node is not None
+    return caller.node
 
 
 # -- iPXE --------------------------------------------------------------------------------------------------
@@ -144,20 +156,25 @@ async def handle_boot(request: web.Request) -> web.StreamResponse:
 
 
 # -- manifests and objects ---------------------------------------------------------------------------------
-def manifest_response(state: ServerState, profile: str) -> web.Response:
-    gen = state.profiles.current(profile)
-    body = state.profiles.signed_manifest(profile, gen.number)
+def manifest_response(body: bytes, generation: int, serial: int) -> web.Response:
     return web.Response(body=body, content_type="application/json",
-                        headers={**NO_STORE, "X-Layerboot-Generation": str(gen.number),
-                                 "X-Layerboot-Serial": str(gen.serial)})
+                        headers={**NO_STORE, "X-Layerboot-Generation": str(generation),
+                                 "X-Layerboot-Serial": str(serial)})
 
 
 async def handle_node_manifest(request: web.Request) -> web.StreamResponse:
+    """The node's manifest: its profile's newest generation, or its pinned one (server/monitor/pins.py)."""
+    from layerboot.server.monitor.pins import node_manifest
+
     state = request.app[STATE]
     mac = path_mac(request)
     caller = for_node(state, request, mac, "the node's manifest", admin=True)
     node = caller.node or state.registry.get(mac)
-    return manifest_response(state, node.profile)
+    if node.pinned_generation is None:
+        gen = state.profiles.current(node.profile)
+        return manifest_response(state.profiles.signed_manifest(node.profile, gen.number), gen.number, gen.serial)
+    body, gen, serial = await asyncio.to_thread(node_manifest, state.registry, state.profiles, node)
+    return manifest_response(body, gen.number, serial)
 
 
 async def handle_profile_manifest(request: web.Request) -> web.StreamResponse:
@@ -167,7 +184,8 @@ async def handle_profile_manifest(request: web.Request) -> web.StreamResponse:
                                "this profile")
     if caller.node is not None and caller.node.profile != profile:
         raise AuthError(f"node {caller.node.mac} boots profile {caller.node.profile}, not {profile}", status=403)
-    return manifest_response(state, profile)
+    gen = state.profiles.current(profile)
+    return manifest_response(state.profiles.signed_manifest(profile, gen.number), gen.number, gen.serial)
 
 
 async def handle_object(request: web.Request) -> web.StreamResponse:
@@ -196,19 +214,31 @@ async def handle_object(request: web.Request) -> web.StreamResponse:
         return await send_object(request, path, digest, state.sender, handle=handle)
 
     if node is None:
-        return await send()
-    with state.slots.hold("download", node.mac, state.limits.downloads_per_node,
-                          setting="server.max_downloads_per_node"):
-        return await send()
+        response = await send()
+    else:
+        with state.slots.hold("download", node.mac, state.limits.downloads_per_node,
+                              setting="server.max_downloads_per_node"):
+            response = await send()
+    if state.metrics is not None and request.method != "HEAD":
+        state.metrics.served_bytes.inc(response.content_length or 0)
+    return response
 
 
 # -- reports and status ------------------------------------------------------------------------------------
+async def read_json(request: web.Request, limit: int, what: str) -> Any:
+    """A small JSON request body: 413 past ``limit`` bytes, 408 when it stalls (server.read_timeout), one-line
+    400 unless it is strict JSON (layerboot.strictjson)."""
+    raw = await read_body(request, limit, request.app[STATE].limits.read_timeout)
+    return strictjson.loads(raw, what=what)
+
+
 async def handle_event(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     node = for_node(state, request, path_mac(request), "posting a boot event").node
     assert node is not None
-    raw = await read_body(request, MAX_EVENT_BYTES, state.limits.read_timeout)
-    event = Event.from_json(strictjson.loads(raw, what="boot event"))
+    event = Event.from_json(await read_json(request, MAX_EVENT_BYTES, "boot event"))
+    if state.metrics is not None:
+        state.metrics.boot_event(event)
     (log.info if event.ok else log.warning)("node %s: %s %s%s", node.mac, event.stage, "ok" if event.ok else "FAILED",
                                             f": {event.message}" if event.message else "")
     if not node.created and state.registry.auto_register(node.mac, node.profile) is None:
@@ -318,4 +348,6 @@ def build_app(state: ServerState, *, client_max_size: int) -> web.Application:
     from layerboot.server.receive import add_routes   # imports this module
     add_routes(app)
     claim.add_routes(app)
+    from layerboot.server.monitor.http import add_routes as add_monitor_routes
+    add_monitor_routes(app)
     return app

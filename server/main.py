@@ -120,6 +120,8 @@ async def serve(config: Any) -> None:
     from layerboot.server.guard.limits import Limits, Slots
     from layerboot.server.guard.sender import Sender
     from layerboot.server.http import ServerState, build_app
+    from layerboot.server.monitor.engine import Monitor
+    from layerboot.server.monitor.metrics import Metrics
     from layerboot.server.nodes import Registry
     from layerboot.server.objects import ProfileIndex
     from layerboot.server.queue import Uploads
@@ -149,6 +151,9 @@ async def serve(config: Any) -> None:
                         started=time.monotonic(), limits=limits, slots=slots,
                         guard=ConnectionGuard(slots, limits.connections_per_client),
                         sender=Sender(send_timeout=limits.send_timeout))
+    state.metrics = Metrics(state)
+    if config.monitor_enabled:     # checks the monitor's config (channels) before anything starts
+        state.monitor = Monitor(state)
     state.uploads = Uploads(state)
     state.verifier = ObjectVerifier(store.objects, enabled=config.server_verify_objects)
     await state.uploads.start()
@@ -166,6 +171,8 @@ async def serve(config: Any) -> None:
         await runner.cleanup()
         raise LayerbootError(f"cannot listen on {config.server_listen}:{config.server_port}: {err.strerror}",
                              hint="is another layerbootd running? change server.port") from None
+    if state.monitor is not None:
+        await state.monitor.start()
     sftp = None
     if config.server_ssh_port:
         from layerboot.server.sftp import start_sftp
@@ -188,6 +195,8 @@ async def serve(config: Any) -> None:
             sftp.close()
         site.close()
         await runner.cleanup()
+        if state.monitor is not None:
+            await state.monitor.stop()
         state.sender.stop()
         await state.uploads.stop()
         state.verifier.close()

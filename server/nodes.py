@@ -103,6 +103,9 @@ class Node:
     boots: int = 0
     asset_key: str | None = None       # what a claim must prove (DMI "uuid:serial"); None: no claims
     tokens_not_before: int = 0         # boot tokens issued at or before this Unix time are refused
+    good_generation: int | None = None     # the generation it last ran well on (a heartbeat reported it)
+    pinned_generation: int | None = None   # boot this generation of its profile, not the newest (monitor/pins.py)
+    pin_reason: str = ""
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "Node":
@@ -111,7 +114,9 @@ class Node:
                    last_ok=None if row["last_ok"] is None else bool(row["last_ok"]),
                    last_generation=row["last_generation"], last_serial=row["last_serial"],
                    last_message=row["last_message"], failures=row["failures"], boots=row["boots"],
-                   asset_key=row["asset_key"], tokens_not_before=row["tokens_not_before"])
+                   asset_key=row["asset_key"], tokens_not_before=row["tokens_not_before"],
+                   good_generation=row["good_generation"], pinned_generation=row["pinned_generation"],
+                   pin_reason=row["pin_reason"])
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -239,9 +244,32 @@ class Registry:
         self.db.execute("DELETE FROM nodes WHERE mac = ?", (node.mac,))
 
     def set_profile(self, mac: str, profile: str) -> Node:
+        """Boot another profile; a generation pin (a generation of the old profile) and good generation go."""
         node = self.get(mac)
-        self.db.execute("UPDATE nodes SET profile = ?, auto = 0 WHERE mac = ?", (check_profile_name(profile),
-                                                                                node.mac))
+        with self.db.transaction() as tx:
+            tx.execute("UPDATE nodes SET profile = ?, auto = 0, pinned_generation = NULL, pin_reason = '', "
+                       "good_generation = NULL WHERE mac = ?", (check_profile_name(profile), node.mac))
+            tx.execute("DELETE FROM pinned_manifests WHERE mac = ?", (node.mac,))
+        return self.get(mac)
+
+    # -- generation pins -----------------------------------------------------------------------------------
+    def pin(self, mac: str, generation: int, reason: str = "") -> Node:
+        """Serve ``generation`` of the node's profile instead of the newest (checked by the caller).
+
+        The pinned manifest is signed afresh, with a new serial, the next time the node asks for it.
+        """
+        node = self.get(mac)
+        with self.db.transaction() as tx:
+            tx.execute("UPDATE nodes SET pinned_generation = ?, pin_reason = ? WHERE mac = ?",
+                       (generation, reason[:500], node.mac))
+            tx.execute("DELETE FROM pinned_manifests WHERE mac = ?", (node.mac,))
+        return self.get(mac)
+
+    def unpin(self, mac: str) -> Node:
+        node = self.get(mac)
+        with self.db.transaction() as tx:
+            tx.execute("UPDATE nodes SET pinned_generation = NULL, pin_reason = '' WHERE mac = ?", (node.mac,))
+            tx.execute("DELETE FROM pinned_manifests WHERE mac = ?", (node.mac,))
         return self.get(mac)
 
     def set_asset_key(self, mac: str, asset_key: str | None) -> Node:

@@ -4,6 +4,7 @@ real debootstrap of Debian bookworm whose node-side client is run inside the ima
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -247,7 +248,8 @@ def test_debootstrap_base_runs_the_node_client(tmp_path: Path) -> None:
     for path in ("/usr/sbin/layerboot", "/usr/bin/python3", "/usr/sbin/init", "/usr/bin/zstd", "/etc/debian_version",
                  "/usr/lib/python3/dist-packages/layerboot/overlays/capture.py",
                  "/usr/lib/python3/dist-packages/zstandard", "/usr/lib/python3/dist-packages/cryptography",
-                 "/usr/bin/mcopy", "/etc/systemd/system/multi-user.target.wants/layerboot-mark-good.service"):
+                 "/usr/bin/mcopy", "/etc/systemd/system/multi-user.target.wants/layerboot-mark-good.service",
+                 "/etc/systemd/system/timers.target.wants/layerboot-heartbeat.timer"):
         assert path in listing, path
     assert not any(p.startswith("/var/cache/apt/archives/") and p.endswith(".deb") for p in listing)
 
@@ -274,6 +276,14 @@ def test_debootstrap_base_runs_the_node_client(tmp_path: Path) -> None:
                           "/etc/systemd/system/layerboot-mark-good.service"], check=False)
             assert verify.returncode == 0, verify.stderr.decode()
             assert "mark-good" in run(["chroot", view, "/usr/sbin/layerboot", "mark-good", "--help"]).text
+            # the heartbeat timer too, and the agent it starts runs with the image's python3
+            verify = run(["chroot", view, "systemd-analyze", "verify", "--man=no",
+                          "/etc/systemd/system/layerboot-heartbeat.timer",
+                          "/etc/systemd/system/layerboot-heartbeat.service"], check=False)
+            assert verify.returncode == 0 and "layerboot-heartbeat" not in verify.stderr.decode(), \
+                verify.stderr.decode()
+            beat = json.loads(run(["chroot", view, "/usr/bin/python3", "-m", "layerboot", "heartbeat", "--print"]).text)
+            assert beat == {"agent": beat["agent"]} and beat["agent"].startswith("layerboot ")   # no /proc here
             run(["mount", "--bind", merged / "upper", view / "srv"])
             try:
                 run(["chroot", view, "/usr/sbin/layerboot", "capture", "--upper", "/srv", "-o", "/tmp/change.tar.zst"])

@@ -122,12 +122,12 @@ def test_store_made_before_migrations_is_adopted_without_loss(tmp_path: Path, be
     assert registry.events(MAC)[-1].timings == {"manifest": 0.5}
     schema_after = sqlite_schema(paths.database)
     # migration 1 adds only its bookkeeping; later migrations add their own tables and indexes
-    later = {name for m in load_migrations()[1:]
-             for name in re.findall(r"CREATE (?:UNIQUE )?(?:TABLE|INDEX) (\w+)", m.sql)}
+    later_sql = "".join(m.sql for m in load_migrations()[1:])
+    later = set(re.findall(r"CREATE (?:UNIQUE )?(?:TABLE|INDEX) (\w+)", later_sql))
+    altered = set(re.findall(r"ALTER TABLE (\w+)", later_sql))     # later migrations add columns to these
     assert set(schema_after) - set(schema_before) == {"schema_version"} | later
     # what migration 3 (credentials) changes on purpose: the nodes' token column and the stored boot tokens
     assert set(schema_before) - set(schema_after) == {"boot_tokens", "nodes_token"}
-    altered = {name for m in load_migrations()[1:] for name in re.findall(r"ALTER TABLE (\w+)", m.sql)}
     for name, sql in schema_before.items():
         if name in ("boot_tokens", "nodes_token") or (before_timings and name == "events"):
             continue

@@ -202,9 +202,9 @@ def _scratch(ctx: Context) -> Path:
         return Path("/tmp")
 
 
-def booted_disk() -> str:
+def booted_disk(cmdline: str | None = None) -> str:
     """The disk holding the slot named by ``layerboot.slot=UUID=...`` on this system's kernel command line."""
-    words = Path("/proc/cmdline").read_text().split()
+    words = (Path("/proc/cmdline").read_text() if cmdline is None else cmdline).split()
     spec = next((w.partition("=")[2] for w in words if w.startswith("layerboot.slot=")), "")
     if not spec.startswith("UUID="):
         raise LayerbootError("this system did not boot from an A/B slot (no layerboot.slot= on the kernel "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from layerboot.errors import LayerbootError
 from layerboot.tools.context import Context
-from layerboot.tools.output import table
+from layerboot.tools.output import print_json, table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,6 +70,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("mac")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_show)
+
+    p = actions.add_parser("status", help="live status: state, heartbeat age, generation, pin, open incidents",
+                           description="Each node's state as layerbootd's monitor sees it (up, down, booting, "
+                                       "stuck, failed, booted, unknown; see docs/monitor.md), its last heartbeat, "
+                                       "the generation it runs against its profile's newest, its last good and "
+                                       "pinned generation and its open incidents.")
+    p.add_argument("macs", nargs="*", metavar="MAC", help="only these nodes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = actions.add_parser("pin", help="boot a node on one generation of its profile, not the newest",
+                           description="GET /nodes/MAC/manifest then serves that generation, signed afresh with "
+                                       "a new serial (so nodes with a cache disk accept it). The pin stays until "
+                                       "'nodes unpin' or 'nodes set-profile'.")
+    p.add_argument("mac")
+    p.add_argument("generation", type=int)
+    p.add_argument("--reason", default="", help="why (shown in 'nodes status --json' and 'nodes show')")
+    p.set_defaults(func=cmd_pin)
+
+    p = actions.add_parser("unpin", help="boot the profile's newest generation again")
+    p.add_argument("mac")
+    p.set_defaults(func=cmd_unpin)
 
     p = actions.add_parser("remove", help="forget a node (its tokens stop working at once)")
     p.add_argument("mac")
@@ -229,8 +251,7 @@ def cmd_show(ctx: Context) -> int:
     node = registry.get(ctx.args.mac)
     events = registry.events(node.mac)
     if ctx.args.json:
-        data = node.to_dict() | {"ssh_keys": registry.ssh_keys(node.mac), "events": [e.__dict__ for e in events]}
-        print(json.dumps(data, indent=2, sort_keys=True))
+        print_json(node.to_dict() | {"ssh_keys": registry.ssh_keys(node.mac), "events": [e.__dict__ for e in events]})
         return 0
     print(f"node {node.mac}: profile {node.profile}{' (auto-registered)' if node.auto else ''}, "
           f"registered {_when(node.created)}")
@@ -241,6 +262,9 @@ def cmd_show(ctx: Context) -> int:
     print(f"ssh keys: {len(registry.ssh_keys(node.mac))}; node secrets: {len(secrets)}; asset key: "
           f"{node.asset_key or 'none'}"
           + (f"; boot tokens until {_epoch(node.tokens_not_before)} revoked" if node.tokens_not_before else ""))
+    if node.good_generation is not None or node.pinned_generation is not None:
+        print(f"last good generation: {node.good_generation or '-'}; pinned: "
+              + (f"generation {node.pinned_generation} ({node.pin_reason})" if node.pinned_generation else "no"))
     if events:
         rows = [[_when(e.time), e.stage, "ok" if e.ok else "FAILED", e.generation if e.generation is not None else "-",
                  f"{e.elapsed:.2f}s" if e.elapsed is not None else "-", e.message,
@@ -248,6 +272,54 @@ def cmd_show(ctx: Context) -> int:
         print(table(["TIME", "STAGE", "RESULT", "GEN", "ELAPSED", "MESSAGE", "TIMINGS"], rows))
     else:
         print("no boot reports yet")
+    return 0
+
+
+def cmd_status(ctx: Context) -> int:
+    from layerboot.server.monitor.detectors import Limits
+    from layerboot.server.monitor.records import MonitorRecords
+    from layerboot.server.monitor.status import fleet_status
+    from layerboot.server.nodes import normalize_mac
+
+    registry = _registry(ctx)
+    fleet = fleet_status(registry, MonitorRecords(registry.db), ctx.profiles, Limits.from_config(ctx.config))
+    if ctx.args.macs:
+        wanted = {normalize_mac(m) for m in ctx.args.macs}
+        for mac in wanted - {n.mac for n in fleet}:
+            registry.get(mac)                       # "no node ... is registered"
+        fleet = [n for n in fleet if n.mac in wanted]
+    if ctx.args.json:
+        print_json({"nodes": [n.to_dict() for n in fleet]})
+        return 0
+    rows = [[n.mac, n.profile, n.state, f"{n.heartbeat_age:.0f}s ago" if n.heartbeat_age is not None else "never",
+             f"{n.generation if n.generation is not None else '-'}/{n.newest if n.newest is not None else '-'}",
+             n.good_generation if n.good_generation is not None else "-",
+             n.pinned_generation if n.pinned_generation is not None else "-", ", ".join(n.incidents) or "-"]
+            for n in fleet]
+    print(table(["MAC", "PROFILE", "STATE", "HEARTBEAT", "GEN/NEWEST", "GOOD", "PINNED", "INCIDENTS"], rows)
+          if rows else "no nodes registered yet (layerboot nodes register MAC --profile P)")
+    return 0
+
+
+def cmd_pin(ctx: Context) -> int:
+    from layerboot.server.monitor.pins import check_pin
+    registry = _registry(ctx)
+    node = registry.get(ctx.args.mac)
+    gen = check_pin(ctx.profiles, node, ctx.args.generation)
+    node = registry.pin(node.mac, gen.number, ctx.args.reason or "pinned by an admin")
+    print(f"{node.mac} boots generation {gen.number} of {node.profile} (newest: "
+          f"{ctx.profiles.current(node.profile).number}) until 'layerboot nodes unpin {node.mac}'")
+    return 0
+
+
+def cmd_unpin(ctx: Context) -> int:
+    registry = _registry(ctx)
+    node = registry.get(ctx.args.mac)
+    if node.pinned_generation is None:
+        raise LayerbootError(f"node {node.mac} is not pinned")
+    registry.unpin(node.mac)
+    print(f"{node.mac} boots the newest generation of {node.profile} again "
+          f"({ctx.profiles.current(node.profile).number})")
     return 0
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from layerboot.errors import LayerbootError
 from layerboot.safetext import printable
+from layerboot.server.client import NODE_SECRET
 from layerboot.tools.context import Context
 
-NODE_SECRET = Path("/run/layerboot/node.secret")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,42 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dmi", type=Path, default=Path("/sys/class/dmi/id"), help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_asset_key)
 
-
-def boot_cmdline() -> dict[str, str]:
-    """``layerboot.KEY=VALUE`` words of /proc/cmdline as {KEY: VALUE} (the last one wins, as in stage1)."""
-    try:
-        words = Path("/proc/cmdline").read_text().split()
-    except OSError:
-        return {}
-    return dict(w.removeprefix("layerboot.").split("=", 1) for w in words
-                if w.startswith("layerboot.") and "=" in w)
-
-
-def read_secret(path: Path | None) -> str:
-    """The node secret from ``path`` (default /run/layerboot/node.secret); one clear line when it cannot be."""
-    explicit = path is not None
-    path = path or NODE_SECRET
-    try:
-        secret = path.read_text(encoding="ascii").strip()
-    except PermissionError:
-        raise LayerbootError(f"{path} is readable by root only: uploading needs root",
-                             hint="run it as root (sudo layerboot upload ...)") from None
-    except FileNotFoundError:
-        if explicit:
-            raise LayerbootError(f"no such file: {path}") from None
-        raise LayerbootError(f"no node secret at {path}: this boot did not claim one (see the boot log's "
-                             "'node secret' line)", hint="pass --secret-file with a secret from 'layerboot nodes "
-                             "register' or 'nodes secret rotate' on the server") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise LayerbootError(f"cannot read the node secret {path}: {getattr(err, 'strerror', None) or err}") from None
-    if not secret or not secret.isascii() or not secret.isprintable() or " " in secret:
-        raise LayerbootError(f"{path} does not hold a node secret")
-    return secret
-
-
 def cmd_upload(ctx: Context) -> int:
-    from layerboot.server.client import upload, upload_status
-    a, boot = ctx.args, boot_cmdline()
+    from layerboot.server.client import boot_options, read_secret, upload, upload_status
+    a, boot = ctx.args, boot_options()
     server = a.server or os.environ.get("LAYERBOOT_SERVER") or boot.get("server")
     node = a.node or os.environ.get("LAYERBOOT_NODE") or boot.get("node")
     missing = [label for label, value in (("--server", server), ("--node", node)) if not value]

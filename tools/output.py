@@ -25,3 +25,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in cells]
     return "\n".join(lines)
+
+
+def print_json(data: object) -> None:
+    """What every ``--json`` prints: indented, keys sorted, one document."""
+    import json
+
+    print(json.dumps(data, indent=2, sort_keys=True))
