@@ -14,10 +14,12 @@ import time
 from .console import BUSYBOX, StageError, busybox, debug, spawn
 
 MODULES = ("virtio_pci", "virtio_net", "loop", "squashfs", "overlay")
-CACHE_MODULES = ("virtio_blk", "nvme", "ahci", "sd_mod")   # disk drivers for layerboot.cache= (best effort)
+# disk drivers for layerboot.cache= / layerboot.slot= (best effort), and the kernel's SHA-NI/AVX2 SHA-256 that
+# fs-verity uses on the cache disk (absent on CPUs without SSSE3: then the generic C one is used)
+CACHE_MODULES = ("virtio_blk", "nvme", "ahci", "sd_mod", "sha256_ssse3")
 RUN_DIR = "/run/layerboot"
 RW_DIR = RUN_DIR + "/rw"          # tmpfs with upper/ and work/; the node sees it at the same path
-LAYER_DIR = RUN_DIR + "/layers"    # verified layer files, on the /run tmpfs
+LAYER_DIR = RUN_DIR + "/layers"    # verified layer files, in RAM: a tmpfs sized to the chain (ram_for_layers)
 LOWER_DIR = RUN_DIR + "/lower"     # squashfs mount points, one per layer
 NEWROOT = "/sysroot"
 
@@ -70,6 +72,39 @@ def load_modules(names: tuple[str, ...] = MODULES, *, optional: tuple[str, ...] 
     for name in optional:
         if spawn([BUSYBOX, "modprobe", "-q", name], quiet=True)[0]:
             debug(f"optional module {name} not available")
+
+
+RAM_RESERVE = 96 << 20           # what the node must keep besides its layers: the new root's init, page cache
+RAM_SLACK = 1 << 20              # per layer: a download may run one byte past its signed size before it stops
+
+
+def mem_available(meminfo: str = "/proc/meminfo") -> int:
+    """The kernel's estimate of memory available without swapping, in bytes (0 when unknown)."""
+    try:
+        with open(meminfo, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def ram_for_layers(needed: int, count: int, directory: str = LAYER_DIR, *, meminfo: str = "/proc/meminfo") -> None:
+    """Give the layers that will be downloaded into RAM a tmpfs of their own, sized to them.
+
+    Refuses up front, in one line, when the node has not got the memory: otherwise the download would stop at
+    ENOSPC, or the kernel's OOM killer would end it, far into the boot. (A tmpfs of its own also frees the
+    chain from the 50 % limit of the /run tmpfs.)
+    """
+    available = mem_available(meminfo)
+    if available and needed + RAM_RESERVE > available:
+        raise StageError(f"the layers need {needed / 1e6:.0f} MB of RAM, the node has {available / 1e6:.0f} MB "
+                         f"available (and keeps {RAM_RESERVE >> 20} MiB for itself): give it more memory, or keep "
+                         "the layers on a local disk with layerboot.cache= (docs/stage1.md, 'RAM and disk')")
+    size = needed + RAM_SLACK * (count + 1)
+    mount("tmpfs", directory, "tmpfs", f"mode=0755,size={size}")
+    debug(f"layers in RAM: {needed} bytes to fetch, tmpfs of {size} bytes, {available} bytes available")
 
 
 def attach_loop(path: str) -> tuple[str, int]:

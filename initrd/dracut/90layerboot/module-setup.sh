@@ -20,9 +20,10 @@ depends() {
 
 installkernel() {
     # virtio NIC + failover (virtio_net needs it), loop + squashfs + overlay for the layer stack,
-    # disk drivers and ext4 for an optional layerboot.cache= disk.
+    # disk drivers and ext4 for an optional layerboot.cache= disk, and the kernel's SHA-NI/AVX2 SHA-256
+    # (sha256-ssse3) for fs-verity on that disk.
     hostonly='' instmods virtio_pci virtio_net net_failover failover loop squashfs overlay \
-        virtio_blk nvme ahci sd_mod ext4 vfat
+        virtio_blk nvme ahci sd_mod ext4 vfat sha256-ssse3
 }
 
 install() {
@@ -37,6 +38,9 @@ install() {
     local so
     for so in $LAYERBOOT_LIBRARIES; do
         inst_library "$so" || return 1
+        # and the libraries it links (_hashlib: libcrypto): dracut's lazy pass only follows files with an
+        # executable bit, and Debian installs extension modules 0644.
+        "$DRACUT_INSTALL" ${initdir:+-D "$initdir"} -R "$so" || return 1
     done
     cp -a "$LAYERBOOT_PAYLOAD"/. "$initdir"/ || return 1
     chmod 0755 "$initdir/init"
