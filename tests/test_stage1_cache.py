@@ -83,14 +83,14 @@ def test_an_unformatted_or_missing_cache_is_reported_and_the_boot_goes_on(tmp_pa
     lines: list[str] = []
     try:
         assert open_cache(loop, str(tmp_path / "mnt"), say=lines.append) is None
-        assert lines == [f"{loop} has no ext4 filesystem (not formatted?); booting without a cache "
+        assert lines == [f"cache: {loop} has no ext4 filesystem (not formatted?); booting without a cache "
                          f"(to make one: mkfs.ext4 -L layerboot-cache {loop})"]
         assert not _mounted(tmp_path / "mnt")
         assert run(["blkid", "-p", loop], check=False).returncode != 0      # still blank: nothing formatted
     finally:
         run(["losetup", "--detach", loop], check=False)
     assert open_cache("LABEL=nowhere", str(tmp_path / "m2"), wait=0.2, say=lines.append) is None
-    assert lines[-1] == "no device matches layerboot.cache=LABEL=nowhere after 0 s; booting without a cache"
+    assert lines[-1] == "cache: no device matches layerboot.cache=LABEL=nowhere after 0 s; booting without a cache"
     assert open_cache("PARTUUID=1", str(tmp_path / "m3"), say=lines.append) is None
     assert "use a device path, LABEL=name or UUID=uuid" in lines[-1]
 
@@ -115,9 +115,9 @@ def test_admitted_layers_survive_a_remount_and_are_verified_on_every_lookup(cach
         again.lookup(Layer(layer.digest, layer.size, layer.path, "f" * 64))
         # Without digests in the manifest, and without fs-verity in this kernel: each said once, then hashed.
         assert len(lines) == 2, lines
-        assert lines[0] == ("the signed manifest names no fs-verity digests (an older server): cached layers are "
+        assert lines[0] == ("cache: the signed manifest names no fs-verity digests (an older server): cached layers are "
                             "re-hashed on every boot")
-        assert lines[1].startswith("no fs-verity on the cache filesystem (") and lines[1].endswith(
+        assert lines[1].startswith("cache: no fs-verity on the cache filesystem (") and lines[1].endswith(
             "): cached layers are re-hashed on every boot; 'tune2fs -O verity DEVICE' (unmounted) or "
             "'mkfs.ext4 -O verity' makes it O(1)")
         again.gc({layer.digest})
@@ -166,7 +166,7 @@ def test_an_altered_cached_layer_with_its_mtime_put_back_is_refused_and_refetche
     lines: list[str] = []
     cache.say = lines.append
     assert cache.lookup(layer) is None
-    assert lines[-1].startswith(f"layer {layer.digest[:12]} in the cache hashes to ")
+    assert lines[-1].startswith(f"cache: layer {layer.digest[:12]} hashes to ")
     assert lines[-1].endswith("(altered or damaged): removed, fetching it again")
     assert not os.path.exists(path)
     assert cache.admit(layer, str(src)) == path              # the caller fetched it again

@@ -48,7 +48,7 @@ class CacheError(Exception):
 
 
 def _say(text: str) -> None:
-    os.write(2, f"layerboot: cache: {text}\n".encode("utf-8", "replace"))
+    os.write(2, f"layerboot: {text}\n".encode("utf-8", "replace"))
 
 
 def _check_digest(digest: str) -> str:
@@ -153,25 +153,25 @@ def open_cache(spec: str, mountpoint: str = CACHE_MOUNTPOINT, *, wait: float = 5
             time.sleep(0.1)
             device = resolve_device(spec)
     except CacheError as err:
-        say(f"{err}; booting without a cache")
+        say(f"cache: {err}; booting without a cache")
         return None
     if device is None:
-        say(f"no device matches layerboot.cache={spec} after {wait:.0f} s; booting without a cache")
+        say(f"cache: no device matches layerboot.cache={spec} after {wait:.0f} s; booting without a cache")
         return None
     if ext4_identity(device) is None:
-        say(f"{device} has no ext4 filesystem (not formatted?); booting without a cache "
+        say(f"cache: {device} has no ext4 filesystem (not formatted?); booting without a cache "
             f"(to make one: mkfs.ext4 -L layerboot-cache {device})")
         return None
     os.makedirs(mountpoint, exist_ok=True)
     code, output = _spawn(_mount_argv("mount", "-t", "ext4", "-o", "rw,noatime", device, mountpoint))
     if code:
-        say(f"mounting {device} failed ({output or code}); booting without a cache")
+        say(f"cache: mounting {device} failed ({output or code}); booting without a cache")
         return None
     try:
         return LayerCache(mountpoint, device=device, say=say)
     except (OSError, CacheError) as err:
         _spawn(_mount_argv("umount", mountpoint))
-        say(f"{device} cannot be used as a cache ({err}); booting without a cache")
+        say(f"cache: {device} cannot be used as a cache ({err}); booting without a cache")
         return None
 
 
@@ -209,7 +209,7 @@ class LayerCache:
     def _once(self, key: str, text: str) -> None:
         if key not in self._said:
             self._said.add(key)
-            self.say(text)
+            self.say(f"cache: {text}")
 
     def _no_verity(self, why: str) -> None:
         self.verity = False
@@ -277,7 +277,7 @@ class LayerCache:
                 why = "does not match its signed fs-verity digest"
             if verdict:
                 return path
-        self.say(f"layer {layer.digest[:12]} in the cache {why} (altered or damaged): removed, fetching it again")
+        self.say(f"cache: layer {layer.digest[:12]} {why} (altered or damaged): removed, fetching it again")
         self._forget(layer.digest)
         return None
 
@@ -337,12 +337,12 @@ class LayerCache:
             self._no_verity(str(err))
             return
         except OSError as err:
-            self.say(f"turning fs-verity on for layer {layer.digest[:12]} failed ({err.strerror or err}); "
+            self.say(f"cache: turning fs-verity on for layer {layer.digest[:12]} failed ({err.strerror or err}); "
                      "it is re-hashed on later boots")
             return
         self.verity = True
         if measured != layer.fsverity:   # sha256 matched, so the server's fs-verity digest is wrong
-            self.say(f"layer {layer.digest[:12]}: its fs-verity digest is {str(measured)[:12]}, the signed "
+            self.say(f"cache: layer {layer.digest[:12]}: its fs-verity digest is {str(measured)[:12]}, the signed "
                      f"manifest says {layer.fsverity[:12]} (a server bug): it will be fetched again next boot")
 
     def digests(self) -> set[str]:

@@ -71,7 +71,7 @@ def _attempt(url: str, token: str, sink, timeout: float, limit: int) -> None:  #
 
 def _write_error(layer: Layer, directory: str, err: OSError) -> FetchError:
     if err.errno == ENOSPC:
-        where = "RAM (/run tmpfs)" if directory.startswith("/run/layerboot/layers") else directory
+        where = f"RAM ({directory})" if directory.startswith("/run/layerboot/layers") else directory
         return FetchError(f"layer {layer.digest[:12]} ({layer.size / 1e6:.1f} MB): no space left in {where}; "
                           "the node needs room for its whole chain (docs/stage1.md, 'RAM and disk')")
     return FetchError(f"layer {layer.digest[:12]}: writing {directory}: {err.strerror or err}")
@@ -89,10 +89,11 @@ def fetch_layer(server: str, token: str, layer: Layer, directory: str, *, retrie
     final = os.path.join(directory, layer.digest)
     part = part or final + ".part"
     url = f"{server}/{layer.path}"
+    where = os.path.dirname(part)
     try:
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     except OSError as err:
-        raise _write_error(layer, directory, err) from None
+        raise _write_error(layer, where, err) from None
     try:
         with HashSink(fd) as sink:
             delay = 0.5
@@ -107,7 +108,7 @@ def fetch_layer(server: str, token: str, layer: Layer, directory: str, *, retrie
                     time.sleep(delay)
                     delay = min(delay * 2, 5.0)
                 except OSError as err:   # writing the file (the network's errors are HttpErrors)
-                    raise _write_error(layer, directory, err) from None
+                    raise _write_error(layer, where, err) from None
                 if sink.size >= layer.size:
                     break
             size, digest = sink.size, sink.hexdigest()
