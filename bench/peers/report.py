@@ -9,6 +9,8 @@ import statistics
 from dataclasses import asdict, dataclass, field
 
 TARGET = ("live-boot", 0.5)   # issue 5's target: layerboot <= 0.5x live-boot
+# issue 20's targets on the size curve: layerboot / live-boot at most this, by rootfs size (MB, from this size up)
+SIZE_TARGETS = ((0, 0.5), (500, 1.0))
 
 
 @dataclass(frozen=True)
@@ -95,4 +97,28 @@ def ratio_lines(results: list[SystemResult], subject: str = "layerboot") -> list
     if target_name in found:
         verdict = "PASS" if found[target_name] <= target else "MISS"
         lines.append(f"target {subject} <= {target}x {target_name}: {verdict}")
+    return lines
+
+
+def size_target(rootfs_bytes: int) -> float:
+    """The layerboot / live-boot ratio issue 20 asks for at this rootfs size (0.5x, and 1.0x from 500 MB)."""
+    return [limit for start, limit in SIZE_TARGETS if rootfs_bytes >= start * 1_000_000][-1]
+
+
+def size_table(points: list[tuple[int, list[SystemResult], list[float]]], subject: str = "layerboot") -> list[str]:
+    """One row per rootfs size: each system's median, layerboot's ratio to each peer, the target verdict."""
+    names = [r.name for r in points[0][1]] if points else []
+    peers = [name for name in names if name != subject]
+    head = f"{'rootfs':>9}  " + "  ".join(f"{name:>15}" for name in names) + "  " + "  ".join(
+        f"{subject + '/' + name:>24}" for name in peers) + "   target          load"
+    lines = [head]
+    for rootfs_bytes, results, load in points:
+        by_name = {r.name: r for r in results}
+        cells = [f"{by_name[n].median:13.2f} s" if by_name[n].median is not None else f"{'-':>15}" for n in names]
+        found = ratios(results, subject)
+        shown = [f"{found[n]:23.2f}x" if n in found else f"{'-':>24}" for n in peers]
+        limit = size_target(rootfs_bytes)
+        verdict = "-" if "live-boot" not in found else ("PASS" if found["live-boot"] <= limit else "MISS")
+        lines.append(f"{mb(rootfs_bytes):>9}  " + "  ".join(cells) + "  " + "  ".join(shown)
+                     + f"   <= {limit:.1f}x {verdict:4}  {load[0]:.1f}-{load[1]:.1f}")
     return lines
