@@ -90,14 +90,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before a boot counts as failed")
     parser.add_argument("--mem", type=int, default=0,
                         help="guest memory in MiB (default: 1024, or 3x the largest image + 512)")
+    parser.add_argument("--cpus", type=int, default=1,
+                        help="vCPUs of every guest (default 1; under TCG each is a host thread)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="artefact cache (default %(default)s)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild cached initrds and images")
     parser.add_argument("--logs", type=Path, help="serial logs here (default: <cache>/logs/<time>)")
     parser.add_argument("--json", type=Path, help="also write every figure as JSON to this file")
     parser.add_argument("--debug", action="store_true", help="tracebacks on errors")
     args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
+    if args.runs < 1 or args.cpus < 1:
+        parser.error("--runs and --cpus must be at least 1")
     args.mem = args.mem or auto_memory(args.filler_mb)
     return args
 
@@ -106,7 +108,7 @@ def boot_once(bench: Bench, system: System, version: str, label: str, *, timeout
               disks: tuple[Path, ...] = ()) -> Measured:
     """One boot of ``system`` with rootfs ``version``: time to the marker and bytes served, or why it failed."""
     from peers.boot import Guest, boot   # imported late: --help works without QEMU installed
-    guest = Guest(bench.kernel.image, system.initrd, system.cmdline(version), mem_mb=mem,
+    guest = Guest(bench.kernel.image, system.initrd, system.cmdline(version), mem_mb=mem, cpus=bench.cpus,
                   mac=system.mac.get(version), disks=disks)
     system.traffic.reset()
     result = boot(guest, bench.logs / f"{label}.log", timeout=timeout, fail=system.fail)
@@ -158,12 +160,13 @@ def measure_size(args: argparse.Namespace, kernel, filler_mb: int, logs: Path) -
     images = {v: rootfs_image(args.cache, version=v, filler_mb=filler_mb, rebuild=args.rebuild) for v in versions}
     load_before = os.getloadavg()[0]
     print(f"kernel {kernel.version}; rootfs {images['v1'].stat().st_size / 1e6:.1f} MB squashfs; guest "
-          f"{args.mem} MiB; {os.cpu_count()} cores, load {load_before:.1f}; logs in {logs}", flush=True)
+          f"{args.mem} MiB, {args.cpus} vCPU; {os.cpu_count()} cores, load {load_before:.1f}; logs in {logs}",
+          flush=True)
     results = {name: SystemResult(name) for name in args.systems}
     with ExitStack() as stack:
         www = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-www-")))
         server = stack.enter_context(CountingServer(www))
-        bench = Bench(args.cache, kernel, images, server, www, logs, rebuild=args.rebuild)
+        bench = Bench(args.cache, kernel, images, server, www, logs, rebuild=args.rebuild, cpus=args.cpus)
         systems: dict[str, System] = {}
         for name in args.systems:
             print(f"preparing {name} ...", flush=True)

@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3, help="interleaved rounds (host mode)")
     parser.add_argument("--cpu", default="qemu64,+rdrand", help="QEMU -cpu for --guest (default %(default)s)")
     parser.add_argument("--mem", type=int, default=0, help="guest memory in MiB (default: 3x the layer + 512)")
+    parser.add_argument("--initrd", type=Path, help="--guest: probe this layerboot initrd (e.g. one built from an "
+                                                      "older tree) instead of building this tree's")
     parser.add_argument("--steps", help="--guest: only these probe steps, ';'-separated (peers/fetch_probe.py), "
                                          "with {url} {digest} {size} {root} filled in")
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/layerboot-bench-fetch"))
@@ -126,10 +128,16 @@ def parse_probe(text: str) -> tuple[dict[str, tuple[float, int, str]], list[str]
     return found, failed
 
 
-def timed(argv: list[str]) -> tuple[float, str]:
-    started = time.monotonic()
+def _children_cpu() -> float:
+    times = os.times()
+    return times.children_user + times.children_system
+
+
+def timed(argv: list[str]) -> tuple[float, float, str]:
+    """Wall seconds, CPU seconds (user + system of the child) and output of one command."""
+    started, cpu = time.monotonic(), _children_cpu()
     result = run(argv, timeout=900)
-    return time.monotonic() - started, result.text
+    return time.monotonic() - started, _children_cpu() - cpu, result.text
 
 
 def host_bench(args: argparse.Namespace) -> dict:
@@ -147,6 +155,7 @@ def host_bench(args: argparse.Namespace) -> dict:
     digest = make_layer(work / "www" / "layer", args.size_mb)
     run(["mount", "-t", "tmpfs", "-o", f"size={2 * size + (64 << 20)}", "tmpfs", dest])
     rounds: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     try:
         with Nginx(work, work / "www") as nginx:
             url = f"http://127.0.0.1:{nginx.port}/objects/layer"
@@ -172,32 +181,40 @@ def host_bench(args: argparse.Namespace) -> dict:
                                                          dest / "layer.hash"]
             for round_number in range(1, args.runs + 1):
                 for name, argv in steps.items():
-                    seconds, out = timed(argv)
+                    seconds, used, out = timed(argv)
                     found, failed = parse_probe(out)
                     if failed:
                         raise LayerbootError(f"{name}: {failed[0]}")
                     rounds.setdefault(name, []).append(seconds)
+                    cpu.setdefault(name, []).append(used)
                     (dest / "curl").unlink(missing_ok=True)
                     (dest / "layer.hash").unlink(missing_ok=True)
                     detail = next(iter(found.values()))[2] if found else ""
-                    print(f"  round {round_number}: {name:28} {seconds:6.2f} s {size / seconds / 1e6:7.0f} MB/s "
-                          f"{detail}  (load {os.getloadavg()[0]:.1f})", flush=True)
+                    print(f"  round {round_number}: {name:28} {seconds:6.2f} s {size / seconds / 1e6:7.0f} MB/s, "
+                          f"CPU {used:5.2f} s {detail}  (load {os.getloadavg()[0]:.1f})", flush=True)
     finally:
         run(["umount", dest], check=False)
-    return {"size": size, "rounds": rounds}
+    return {"size": size, "rounds": rounds, "cpu": cpu, "load": os.getloadavg()[0]}
 
 
 def report_host(result: dict) -> list[str]:
-    size, rounds = result["size"], result["rounds"]
-    lines = [f"{'step':28} {'best':>7} {'median':>7}   MB/s best"]
+    """Wall time (best, median) and CPU time (user + system, median) per step, and the ratios to curl.
+
+    On a shared host the wall times mostly measure the CPU share a step got; CPU time per byte does not
+    depend on it, so the CPU-time ratio is printed next to the throughput ratio.
+    """
+    size, rounds, cpu = result["size"], result["rounds"], result["cpu"]
+    lines = [f"{'step':28} {'best':>7} {'median':>7} {'MB/s best':>9}  {'CPU median':>10}  (load {result['load']:.1f})"]
     for name, times in rounds.items():
-        lines.append(f"{name:28} {min(times):6.2f}s {statistics.median(times):6.2f}s   {size / min(times) / 1e6:6.0f}")
+        lines.append(f"{name:28} {min(times):6.2f}s {statistics.median(times):6.2f}s {size / min(times) / 1e6:9.0f}  "
+                     f"{statistics.median(cpu[name]):9.2f}s")
     curl = rounds["curl -o tmpfs"]
     for name in ("stage1 fetch (hash thread)", "stage1 fetch (hash inline)"):
         best, median = min(curl) / min(rounds[name]), statistics.median(curl) / statistics.median(rounds[name])
+        by_cpu = statistics.median(cpu["curl -o tmpfs"]) / statistics.median(cpu[name])
         verdict = "met" if best >= TARGET else "NOT met"
         lines.append(f"throughput {name} / curl: best {best:.2f}x, median {median:.2f}x (target >= {TARGET}x: "
-                     f"{verdict})")
+                     f"{verdict}); curl's CPU time / stage1's: {by_cpu:.2f}x")
     return lines
 
 
@@ -344,9 +361,12 @@ def guest_bench(args: argparse.Namespace) -> dict:
     (work / "www").mkdir(parents=True)
     size = args.size_mb << 20
     kernel = fetch_kernel()
-    _signing_key(DEFAULT_CACHE, work / "key" / "signing.key", work / "key" / "signing.pub")
-    initrd = build_initrd(kernel, work / "key" / "signing.pub", work / "layerboot.img", cache=INITRD_CACHE)
-    probe_initrd = repack_initrd(initrd.path, kernel, work / "probe.img", work)
+    if args.initrd:
+        initrd = args.initrd
+    else:
+        _signing_key(DEFAULT_CACHE, work / "key" / "signing.key", work / "key" / "signing.pub")
+        initrd = build_initrd(kernel, work / "key" / "signing.pub", work / "layerboot.img", cache=INITRD_CACHE).path
+    probe_initrd = repack_initrd(initrd, kernel, work / "probe.img", work)
     print(f"making a {args.size_mb} MiB layer and a verity disk in {work} ...", flush=True)
     digest = make_layer(work / "www" / "layer", args.size_mb)
     root = verity_disk(work / "disk.img", work / "www" / "layer", work)
