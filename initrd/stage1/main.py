@@ -165,7 +165,8 @@ def run_stages(boot: Boot) -> None:
         if not on_disk:
             cached = cache.digests() if cache is not None else set()
             wanted = [layer for layer in manifest.layers if layer.digest not in cached]
-            ram_for_layers(sum(layer.size for layer in wanted), len(wanted))
+            ram_for_layers(sum(layer.size for layer in wanted), len(manifest.layers),
+                           room=sum(layer.size for layer in manifest.layers))
         files = fetch_layers(options.server, options.token, manifest.layers, LAYER_DIR, retries=options.retries,
                              timeout=options.timeout, cache=cache, on_disk=on_disk)
 

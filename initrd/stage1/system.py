@@ -90,19 +90,21 @@ def mem_available(meminfo: str = "/proc/meminfo") -> int:
     return 0
 
 
-def ram_for_layers(needed: int, count: int, directory: str = LAYER_DIR, *, meminfo: str = "/proc/meminfo") -> None:
-    """Give the layers that will be downloaded into RAM a tmpfs of their own, sized to them.
+def ram_for_layers(needed: int, count: int, directory: str = LAYER_DIR, *, room: int = 0,
+                   meminfo: str = "/proc/meminfo") -> None:
+    """Give the layers that will be downloaded into RAM (``needed`` bytes) a tmpfs of their own.
 
     Refuses up front, in one line, when the node has not got the memory: otherwise the download would stop at
-    ENOSPC, or the kernel's OOM killer would end it, far into the boot. (A tmpfs of its own also frees the
-    chain from the 50 % limit of the /run tmpfs.)
+    ENOSPC, or the kernel's OOM killer would end it, far into the boot. The tmpfs is sized to ``room`` (the
+    whole chain, so a cached layer that fails its check can still be fetched; a tmpfs only uses what it holds)
+    or ``needed``. A tmpfs of its own also frees the chain from the 50 % limit of the /run tmpfs.
     """
     available = mem_available(meminfo)
     if available and needed + RAM_RESERVE > available:
         raise StageError(f"the layers need {needed / 1e6:.0f} MB of RAM, the node has {available / 1e6:.0f} MB "
                          f"available (and keeps {RAM_RESERVE >> 20} MiB for itself): give it more memory, or keep "
                          "the layers on a local disk with layerboot.cache= (docs/stage1.md, 'RAM and disk')")
-    size = needed + RAM_SLACK * (count + 1)
+    size = max(room, needed) + RAM_SLACK * (count + 1)
     mount("tmpfs", directory, "tmpfs", f"mode=0755,size={size}")
     debug(f"layers in RAM: {needed} bytes to fetch, tmpfs of {size} bytes, {available} bytes available")
 
