@@ -49,7 +49,8 @@ def test_importing_stage1_does_nothing(tmp_path: Path) -> None:
 
     src = Path(__file__).resolve().parent.parent / "initrd"
     code = ("import os, sys; sys.path.insert(0, sys.argv[1]); before = set(os.listdir('.'));"
-            "import stage1.main, stage1.fetch, stage1.net, stage1.dhcp, stage1.system, stage1.http;"
+            "import stage1.main, stage1.fetch, stage1.net, stage1.dhcp, stage1.system, stage1.http, stage1.hashing,"
+            " stage1.fsverity;"
             "assert set(os.listdir('.')) == before; print('ok')")
     result = run([PYTHON, "-S", "-I", "-B", "-c", code, src], cwd=tmp_path)
     assert result.text.strip() == "ok"
