@@ -41,7 +41,8 @@ from layerboot.log import run_main  # noqa: E402
 
 from peers import dracut_livenet, layerboot, live_boot  # noqa: E402
 from peers.cache import DEFAULT_CACHE  # noqa: E402
-from peers.report import Measured, SystemResult, describe, mb, ratio_lines, ratios, size_table  # noqa: E402
+from peers.report import (Measured, SystemResult, describe, mb, ratio_lines, ratios, size_table,  # noqa: E402
+                          size_target)
 from peers.system import Bench, System, Unavailable  # noqa: E402
 
 SYSTEMS: dict[str, Callable[[Bench], AbstractContextManager[System]]] = {
@@ -195,7 +196,7 @@ def measure_size(args: argparse.Namespace, kernel, filler_mb: int, logs: Path) -
           f"{load_after:.1f} at the end):")
     for result in results.values():
         print("  " + describe(result))
-    for line in ratio_lines(list(results.values())):
+    for line in ratio_lines(list(results.values()), target=size_target(images["v1"].stat().st_size)):
         print("  " + line)
     second_results = [SystemResult(name, results[name.removesuffix("-cache")].initrd_bytes, runs)
                       for name, runs in second.items()]
