@@ -2,6 +2,7 @@
 """Boot benchmark: time from QEMU start to the rootfs marker, layerboot against its peers, in one run.
 
     python3 bench/bench_boot.py [--runs 3] [--systems live-boot,dracut-livenet,layerboot] [--second-boot]
+    python3 bench/bench_boot.py --filler-mb 14,256,768 --runs 1      # the size curve (issue 20)
 
 Every system boots the same Debian cloud kernel (build/kernel.py) under QEMU TCG (``-accel tcg -cpu
 qemu64,+rdrand``, 1 vCPU, 1 GiB, user networking, virtio NIC) with its own initrd, fetches the same squashfs
@@ -15,8 +16,10 @@ rootfs over HTTP from 127.0.0.1 (10.0.2.2 in the guest), and runs that rootfs's 
 Runs are interleaved (run 1 of every system, then run 2, ...) so drifts of the shared VM hit all alike.
 Prints per system the initrd size, the median and every run, the bytes served per boot, and the ratios of
 layerboot against each peer. ``--second-boot`` also boots after a one-file change of the rootfs (issue 6):
-bytes and time, which the peers pay in full because they refetch the whole image. Peer initrds, the
-builder chroot and the rootfs images are cached under --cache (keyed by their inputs). Needs root.
+bytes and time, which the peers pay in full because they refetch the whole image. Several ``--filler-mb``
+sizes measure the size curve: every system at each size, one guest memory for all (enough for the largest),
+then a table of medians and ratios per size. Peer initrds, the builder chroot and the rootfs images are
+cached under --cache (keyed by their inputs). Needs root.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from layerboot.log import run_main  # noqa: E402
 
 from peers import dracut_livenet, layerboot, live_boot  # noqa: E402
 from peers.cache import DEFAULT_CACHE  # noqa: E402
-from peers.report import Measured, SystemResult, describe, mb, ratio_lines, ratios  # noqa: E402
+from peers.report import (Measured, SystemResult, describe, mb, ratio_lines, ratios, size_table,  # noqa: E402
+                          size_target)
 from peers.system import Bench, System, Unavailable, name_list  # noqa: E402
 
 SYSTEMS: dict[str, Callable[[Bench], AbstractContextManager[System]]] = {
@@ -52,6 +56,22 @@ def system_list(text: str) -> list[str]:
     return name_list(text, SYSTEMS, "system")
 
 
+def size_list(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give MiB as whole numbers, e.g. 14,256,768") from None
+    if not sizes or any(size < 0 for size in sizes):
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more sizes in MiB, e.g. 14,256,768")
+    return sizes
+
+
+def auto_memory(sizes: list[int]) -> int:
+    """Guest MiB for the largest image: room for a peer's copy in RAM twice over, at least 1 GiB."""
+    need = 3 * max(sizes) + 512
+    return max(1024, -(-need // 256) * 256)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench_boot.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,18 +80,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="comma-separated subset of: " + ", ".join(SYSTEMS))
     parser.add_argument("--second-boot", action="store_true",
                         help="also measure a boot after a one-file change of the rootfs (bytes and time)")
-    parser.add_argument("--filler-mb", type=int, default=14,
-                        help="incompressible filler in the rootfs (the image is this plus ~1.5 MB of busybox)")
+    parser.add_argument("--filler-mb", type=size_list, default=[14],
+                        help="incompressible filler in the rootfs, MiB (the image is this plus ~1.5 MB of "
+                             "busybox); a comma-separated list measures each size")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before a boot counts as failed")
-    parser.add_argument("--mem", type=int, default=1024, help="guest memory in MiB")
+    parser.add_argument("--mem", type=int, default=0,
+                        help="guest memory in MiB (default: 1024, or 3x the largest image + 512)")
+    parser.add_argument("--cpus", type=int, default=1,
+                        help="vCPUs of every guest (default 1; under TCG each is a host thread)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="artefact cache (default %(default)s)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild cached initrds and images")
     parser.add_argument("--logs", type=Path, help="serial logs here (default: <cache>/logs/<time>)")
     parser.add_argument("--json", type=Path, help="also write every figure as JSON to this file")
     parser.add_argument("--debug", action="store_true", help="tracebacks on errors")
     args = parser.parse_args(argv)
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
+    if args.runs < 1 or args.cpus < 1:
+        parser.error("--runs and --cpus must be at least 1")
+    args.mem = args.mem or auto_memory(args.filler_mb)
     return args
 
 
@@ -79,7 +104,7 @@ def boot_once(bench: Bench, system: System, version: str, label: str, *, timeout
               disks: tuple[Path, ...] = ()) -> Measured:
     """One boot of ``system`` with rootfs ``version``: time to the marker and bytes served, or why it failed."""
     from peers.boot import Guest, boot   # imported late: --help works without QEMU installed
-    guest = Guest(bench.kernel.image, system.initrd, system.cmdline(version), mem_mb=mem,
+    guest = Guest(bench.kernel.image, system.initrd, system.cmdline(version), mem_mb=mem, cpus=bench.cpus,
                   mac=system.mac.get(version), disks=disks)
     system.traffic.reset()
     result = boot(guest, bench.logs / f"{label}.log", timeout=timeout, fail=system.fail)
@@ -110,7 +135,8 @@ def measure_cached(bench: Bench, system: System, runs: int, *, timeout: float, m
     from peers.layerboot import make_cache_disk
     found = []
     for run in range(1, runs + 1):
-        disk = make_cache_disk(bench.workdir / "cache-disk.img")
+        disk = make_cache_disk(bench.workdir / "cache-disk.img",
+                               max(128, 2 * bench.images["v1"].stat().st_size // (1 << 20) + 64))
         fill = boot_once(bench, system, "v1", f"{system.name}-v1-fill-run{run}", timeout=timeout, mem=mem,
                          disks=(disk,))
         if fill.failure is not None:
@@ -121,26 +147,22 @@ def measure_cached(bench: Bench, system: System, runs: int, *, timeout: float, m
     return found
 
 
-def bench_main(args: argparse.Namespace) -> int:
-    if os.geteuid() != 0:
-        raise LayerbootError("bench_boot.py needs root", hint="it mounts a builder chroot and runs dracut")
-    from layerboot.build.kernel import fetch_kernel
+def measure_size(args: argparse.Namespace, kernel, filler_mb: int, logs: Path) -> dict:  # noqa: ANN001
+    """Every system at one rootfs size: prepare, boot (interleaved), report; returns the JSON-able figures."""
     from peers.rootfs import rootfs_image
     from peers.serve import CountingServer
 
-    logs = args.logs or args.cache / "logs" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    kernel = fetch_kernel()
     versions = ["v1", "v2"] if args.second_boot else ["v1"]
-    images = {v: rootfs_image(args.cache, version=v, filler_mb=args.filler_mb, rebuild=args.rebuild)
-              for v in versions}
+    images = {v: rootfs_image(args.cache, version=v, filler_mb=filler_mb, rebuild=args.rebuild) for v in versions}
     load_before = os.getloadavg()[0]
-    print(f"kernel {kernel.version}; rootfs {images['v1'].stat().st_size / 1e6:.1f} MB squashfs; {os.cpu_count()} "
-          f"cores, load {load_before:.1f}; logs in {logs}", flush=True)
+    print(f"kernel {kernel.version}; rootfs {images['v1'].stat().st_size / 1e6:.1f} MB squashfs; guest "
+          f"{args.mem} MiB, {args.cpus} vCPU; {os.cpu_count()} cores, load {load_before:.1f}; logs in {logs}",
+          flush=True)
     results = {name: SystemResult(name) for name in args.systems}
     with ExitStack() as stack:
         www = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-www-")))
         server = stack.enter_context(CountingServer(www))
-        bench = Bench(args.cache, kernel, images, server, www, logs, rebuild=args.rebuild)
+        bench = Bench(args.cache, kernel, images, server, www, logs, rebuild=args.rebuild, cpus=args.cpus)
         systems: dict[str, System] = {}
         for name in args.systems:
             print(f"preparing {name} ...", flush=True)
@@ -169,7 +191,7 @@ def bench_main(args: argparse.Namespace) -> int:
           f"{load_after:.1f} at the end):")
     for result in results.values():
         print("  " + describe(result))
-    for line in ratio_lines(list(results.values())):
+    for line in ratio_lines(list(results.values()), target=size_target(images["v1"].stat().st_size)):
         print("  " + line)
     second_results = [SystemResult(name, results[name.removesuffix("-cache")].initrd_bytes, runs)
                       for name, runs in second.items()]
@@ -181,16 +203,35 @@ def bench_main(args: argparse.Namespace) -> int:
         if "layerboot" in systems and cached is None:
             print("  layerboot-cache: not measured, the node cache (initrd/stage1/cache.py, issue 6) is not in "
                   "this tree yet")
+    return {"filler_mb": filler_mb, "rootfs_bytes": images["v1"].stat().st_size, "load": [load_before, load_after],
+            "first_boot": [r.to_json() for r in results.values()], "ratios": ratios(list(results.values())),
+            "second_boot": [r.to_json() for r in second_results], "results": list(results.values())}
+
+
+def bench_main(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        raise LayerbootError("bench_boot.py needs root", hint="it mounts a builder chroot and runs dracut")
+    from layerboot.build.kernel import fetch_kernel
+
+    logs = args.logs or args.cache / "logs" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    kernel = fetch_kernel()
+    curve = []
+    for filler_mb in args.filler_mb:
+        if len(args.filler_mb) > 1:
+            print(f"\n=== rootfs with {filler_mb} MiB of filler ===", flush=True)
+        curve.append(measure_size(args, kernel, filler_mb, logs / f"filler-{filler_mb}" if len(args.filler_mb) > 1
+                                  else logs))
+    if len(curve) > 1:
+        print(f"\nsize curve (QEMU TCG, guest {args.mem} MiB, median of {args.runs} per system and size):")
+        for line in size_table([(point["rootfs_bytes"], point["results"], point["load"]) for point in curve]):
+            print("  " + line)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "kernel": kernel.version, "rootfs_bytes": images["v1"].stat().st_size, "runs": args.runs,
-            "cores": os.cpu_count(), "load": [load_before, load_after],
-            "first_boot": [r.to_json() for r in results.values()],
-            "ratios": ratios(list(results.values())),
-            "second_boot": [r.to_json() for r in second_results],
-        }, indent=2) + "\n")
-    return 0 if all(r.median is not None or r.unavailable for r in results.values()) else 1
+        points = [{k: v for k, v in point.items() if k != "results"} for point in curve]
+        document = {"kernel": kernel.version, "runs": args.runs, "cores": os.cpu_count(), "mem": args.mem,
+                    **(points[0] if len(points) == 1 else {"curve": points})}
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    return 0 if all(r.median is not None or r.unavailable for point in curve for r in point["results"]) else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,8 @@ from layerboot.run import run
 
 STACK = ("loop", "squashfs", "overlay")
 NET_STACK = ("8021q", "bonding")        # vlan= and bond= on the kernel command line (stage1/net.py loads them)
-DISK = ("sd_mod", "ext4", "crc32c_generic", "vfat")   # ext4 asks the crypto API for crc32c: no symbol dependency
+DISK = ("sd_mod", "ext4", "crc32c_generic", "vfat",   # ext4 asks the crypto API for crc32c: no symbol dependency
+        "sha256_ssse3")                               # SHA-NI/AVX2 SHA-256 for fs-verity on a cache disk
 VIRTIO = ("virtio_pci", "virtio_net", "virtio_blk", "virtio_scsi", "ahci", "nvme")
 SERVER_NICS = ("e1000", "e1000e", "igb", "ixgbe", "i40e", "ice",          # Intel
                "mlx4_en", "mlx5_core",                                     # Mellanox/NVIDIA

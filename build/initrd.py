@@ -29,8 +29,9 @@ DRACUT_BASE = Path("/usr/lib/dracut")
 PYTHON = "/usr/bin/python3.11"
 BUSYBOX = "/bin/busybox"
 DEFAULT_CACHE = Path(os.environ.get("LAYERBOOT_INITRD_CACHE", "/var/cache/layerboot/initrd"))
-# Imported lazily by stage1 on some paths only (so absent from a plain import): still ship them.
-EXTRA_MODULES = ("_json", "traceback", "encodings.latin_1", "encodings.ascii", "json")
+# Imported lazily by stage1 on some paths only (so absent from a plain import): still ship them. _hashlib brings
+# libcrypto (OpenSSL's SHA-256: stage1/hashing.py, chosen by the figures in bench/README.md).
+EXTRA_MODULES = ("_json", "traceback", "encodings.latin_1", "encodings.ascii", "json", "_hashlib")
 DEV_NODES = (("null", 1, 3), ("console", 5, 1), ("kmsg", 1, 11), ("random", 1, 8), ("urandom", 1, 9))
 INIT_SCRIPT = """#!{python} -SIB
 # layerboot stage1: PID 1 of the initramfs (see docs/stage1.md)

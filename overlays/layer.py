@@ -26,7 +26,8 @@ class Layer:
     """One stored object.
 
     ``base`` is the digest of the base layer an overlay was made on; ``parent`` the top layer of the chain it
-    was captured from (None for a base, a kernel or an initrd).
+    was captured from (None for a base, a kernel or an initrd). ``fsverity`` is a squashfs layer's fs-verity
+    digest (overlays/verity.py), which signed manifests carry for the nodes' caches.
     """
 
     digest: str
@@ -37,9 +38,12 @@ class Layer:
     base: str | None = None
     parent: str | None = None
     description: str = ""
+    fsverity: str | None = None
 
     def __post_init__(self) -> None:
         check_digest(self.digest)
+        if self.fsverity is not None:
+            check_digest(self.fsverity)
         if self.kind not in KINDS:
             raise LayerbootError(f"unknown layer kind {self.kind!r} (expected one of {', '.join(KINDS)})")
         for ref in (self.base, self.parent):

@@ -39,18 +39,32 @@ def object_url_path(digest: str) -> str:
 
 @dataclass(frozen=True)
 class Artifact:
-    """A file the node fetches: its sha256, its size and its path on the server."""
+    """A file the node fetches: its sha256, its size and its path on the server.
+
+    ``fsverity`` (optional, layers only) is the file's fs-verity digest (overlays/verity.py): a node's cache
+    checks a cached layer against it in O(1) instead of re-hashing it (initrd/stage1/cache.py). It is left out
+    of the JSON when absent, so manifests without it read exactly as before.
+    """
 
     digest: str
     size: int
     path: str
+    fsverity: str | None = None
 
     @classmethod
-    def for_object(cls, digest: str, size: int) -> "Artifact":
-        return cls(digest=digest, size=size, path=object_url_path(digest))
+    def for_object(cls, digest: str, size: int, fsverity: str | None = None) -> "Artifact":
+        return cls(digest=digest, size=size, path=object_url_path(digest), fsverity=fsverity)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.fsverity is None:
+            del data["fsverity"]
+        return data
 
     def __post_init__(self) -> None:
         check_digest(self.digest)
+        if self.fsverity is not None:
+            check_digest(self.fsverity)
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0:
             raise ManifestError(f"artifact {self.digest[:12]} has an invalid size {self.size!r}")
         if not isinstance(self.path, str) or self.path.startswith("/") or ".." in self.path.split("/"):
@@ -84,6 +98,10 @@ class Manifest:
 
     def to_json(self) -> str:
         data = asdict(self)
+        data["layers"] = [artifact.as_dict() for artifact in self.layers]
+        for name in ("kernel", "initrd"):
+            artifact = getattr(self, name)
+            data[name] = None if artifact is None else artifact.as_dict()
         return json.dumps(data, indent=1, sort_keys=True)
 
     @classmethod

@@ -305,9 +305,13 @@ class Profiles:
         def artifact(digest: str | None) -> Artifact | None:
             return None if digest is None else Artifact.for_object(digest, self.store.get(digest).size)
 
+        def layer(digest: str) -> Artifact:
+            record = self.store.with_fsverity(self.store.get(digest))   # older records: computed once here
+            return Artifact.for_object(digest, record.size, record.fsverity)
+
         return Manifest(
             profile=gen.profile, generation=gen.number, serial=gen.serial, created=gen.created,
-            cmdline=gen.cmdline, layers=tuple(artifact(d) for d in gen.chain),  # type: ignore[misc]
+            cmdline=gen.cmdline, layers=tuple(layer(d) for d in gen.chain),
             kernel=artifact(gen.kernel), initrd=artifact(gen.initrd),
         )
 

@@ -16,6 +16,7 @@ from layerboot.overlays.names import DIGEST_RE
 from layerboot.overlays.objects import ObjectStore
 from layerboot.overlays.serial import locked
 from layerboot.overlays.squashfs import is_squashfs, mksquashfs, require_squashfs
+from layerboot.overlays.verity import fsverity_digest
 from layerboot.paths import Paths
 
 log = logging.getLogger("layerboot.store")
@@ -124,12 +125,20 @@ class Store:
         return self._remember(Layer(digest=digest, kind=kind, size=size, source=str(path),
                                     description=description or path.name))
 
+    def with_fsverity(self, layer: Layer, *, save: bool = True) -> Layer:
+        """The layer with its fs-verity digest (computed from the object and recorded the first time)."""
+        if layer.fsverity is not None or not layer.is_squashfs:
+            return layer
+        layer = replace(layer, fsverity=fsverity_digest(self.path(layer)))
+        return self.record(layer) if save else layer
+
     def _remember(self, layer: Layer) -> Layer:
         existing = self.paths.object_meta(layer.digest)
         if existing.exists():
-            known = self.get(layer.digest)
+            known = self.with_fsverity(self.get(layer.digest))
             log.info("layer %s is already in the store", known.short)
             return known
+        layer = self.with_fsverity(layer, save=False)
         with locked(self.paths.store_lock):   # 'store fsck --repair' removes unrecorded objects under this lock
             if not self.objects.exists(layer.digest):
                 raise LayerbootError(f"object {layer.short} vanished before its record was written",

@@ -195,3 +195,27 @@ def test_help_runs_and_unknown_systems_are_one_line_errors() -> None:
     assert "--runs" in out and "live-boot" in out and "dracut-livenet" in out and "layerboot" in out
     bad = run([sys.executable, script, "--systems", "live-boot,nosuch"], check=False)
     assert bad.returncode == 2 and b"unknown system(s) nosuch" in bad.stderr
+
+
+def test_the_size_curve_parses_sizes_sizes_memory_and_reports_each_size() -> None:
+    import bench_boot
+    from peers.report import size_table, size_target
+
+    args = bench_boot.parse_args(["--filler-mb", "14,256,768"])
+    assert args.filler_mb == [14, 256, 768] and args.mem == 2816          # one memory size for the whole curve
+    assert bench_boot.parse_args([]).mem == 1024 and bench_boot.parse_args(["--mem", "512"]).mem == 512
+    with pytest.raises(SystemExit):
+        bench_boot.parse_args(["--filler-mb", "14,big"])
+    assert size_target(269_000_000) == 0.5 and size_target(806_000_000) == 1.0
+
+    def result(name: str, seconds: float | None) -> SystemResult:
+        return SystemResult(name, 1, [Measured(seconds, 10, None if seconds else "no marker",
+                                               seconds / 2 if seconds else None)])
+
+    table = size_table([(16_000_000, [result("live-boot", 14.0), result("layerboot", 4.0)], [1.0, 2.0]),
+                        (806_000_000, [result("live-boot", 24.0), result("layerboot", 30.0)], [2.0, 3.0]),
+                        (269_000_000, [result("live-boot", 18.0), result("layerboot", None)], [1.0, 1.0])])
+    assert "0.29x" in table[1] and "<= 0.5x PASS" in table[1] and table[1].startswith("  16.0 MB")
+    assert table[1].split("PASS")[1].split()[0] == "0.29x"                # the same ratio in QEMU CPU time
+    assert "1.25x" in table[2] and "<= 1.0x MISS" in table[2]
+    assert "<= 0.5x -" in table[3]                                         # a failed boot has no verdict

@@ -50,6 +50,14 @@ done
 [ -e /etc/doomed ] && { echo "NODE: /etc/doomed survived its whiteout"; ok=no; }
 [ "$ok" = yes ] && echo "ROOTFS-PASS base=$(cat /etc/base-file) l1=$(cat /etc/layer1) l2=$(cat /etc/layer2) whiteout=ok"
 echo "NODE-CMDLINE $(cat /proc/cmdline)"
+if grep -q lbtest=tamper: /proc/cmdline; then
+  # What root on a node can do to its cache disk: replace a cached layer with an altered copy, mtime put back.
+  L=/run/layerboot/cache/layers/$(sed -n 's/.*lbtest=tamper:\([0-9a-f]*\).*/\1/p' /proc/cmdline)
+  cp -p "$L" /tmp/orig && cp "$L" /tmp/x && printf X | dd of=/tmp/x bs=1 seek=100 conv=notrunc 2>/dev/null && \
+    rm -f "$L" && cp /tmp/x "$L" && touch -r /tmp/orig "$L" && chmod 444 "$L" && \
+    echo "NODE-TAMPERED $(stat -c '%s %Y' "$L") was $(stat -c '%s %Y' /tmp/orig)"
+  poweroff -f
+fi
 if grep -q lbtest=check /proc/cmdline; then
   echo "NODE-STATUS $(cat /run/layerboot/status)"
   echo "NODE-SECRET $(stat -c '%a %u' /run/layerboot/node.secret 2>&1)"
@@ -387,3 +395,46 @@ def test_cache_disk_boots_offline_after_a_server_boot(daemon: Daemon, node_store
         node.wait_for(r"ROOTFS-PASS", timeout=60, fail=(r"layerboot: FAILED", r"Kernel panic", r"Traceback"))
         node.wait_exit(60)
     assert "no network interface eth9 appeared within 2s" in node.text()
+
+
+def test_cache_layers_are_verified_before_use(daemon: Daemon, node_store: dict, kernel,  # noqa: ANN001
+                                              tmp_path: Path) -> None:
+    """A cache made with fs-verity (mkfs.ext4 -O verity): the filling boot turns fs-verity on for each layer,
+    a cached boot checks each against the signed manifest's fs-verity digest in O(1) (no re-hash), and a layer
+    that root on the node replaced with an altered copy, mtime put back, is refused on the next boot with one
+    line and fetched again."""
+    from layerboot.run import run
+
+    disk = tmp_path / "cache.img"
+    with open(disk, "wb") as f:
+        f.truncate(128 << 20)
+    run(["mkfs.ext4", "-q", "-O", "verity", "-b", "4096", "-L", "layerboot-cache", disk])   # verity: 4K blocks
+    server = f"http://10.0.2.2:{daemon.port}"
+    options = "layerboot.cache=LABEL=layerboot-cache"
+    layers = node_store["profiles"].current("node").layers
+    victim = node_store["layers"][1]
+    with direct(node_store, kernel, tmp_path / "fill", server, daemon.node_token, options + " lbtest=check",
+                disks=(disk,)) as node:
+        node.wait_for(r"ROOTFS-PASS", timeout=120, fail=(r"layerboot: FAILED", r"Kernel panic", r"Traceback"))
+        node.wait_exit(60)
+    assert_clean(node)
+    assert "layerboot: cache:" not in node.text()          # no fallback note: fs-verity is on for every layer
+    with direct(node_store, kernel, tmp_path / "tamper", server, daemon.node_token,
+                f"{options} lbtest=tamper:{victim}", disks=(disk,)) as node:
+        tampered = node.wait_for(r"NODE-TAMPERED", timeout=120, fail=(r"layerboot: FAILED", r"Kernel panic"))
+        node.wait_exit(60)
+    assert_clean(node)
+    size_mtime, _, before = tampered.text.removeprefix("NODE-TAMPERED ").partition(" was ")
+    assert size_mtime == before                            # same size, same mtime: only the bytes differ
+    assert node.text().count(": from the cache") == len(layers) and "layerboot: cache:" not in node.text()
+    with direct(node_store, kernel, tmp_path / "after", server, daemon.node_token, options + " lbtest=check",
+                disks=(disk,)) as node:
+        refused = node.wait_for(r"layerboot: cache: ", timeout=120, fail=(r"layerboot: FAILED", r"Kernel panic"))
+        node.wait_for(r"ROOTFS-PASS", timeout=60, fail=(r"layerboot: FAILED", r"Kernel panic", r"Traceback"))
+        node.wait_exit(60)
+    assert_clean(node)
+    assert refused.text == (f"layerboot: cache: layer {victim[:12]} does not match its signed fs-verity digest "
+                            "(altered or damaged): removed, fetching it again")
+    assert node.text().count(": from the cache") == len(layers) - 1
+    assert re.search(rf"layer {victim[:12]}: \d+ bytes in ", node.text())   # fetched again from the server
+    print("cache: altered layer refused and fetched again; cached layers checked by fs-verity")

@@ -1,5 +1,6 @@
 import base64
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,55 @@ def test_cli_verify_accepts_good_and_rejects_tampered(profiles: Profiles, make_l
     err = capsys.readouterr().err
     assert "does not verify" in err and "Traceback" not in err
     assert main([*store_args, "manifest", "verify", str(good), "--min-serial", "2"]) == 1
+
+
+def _fsverity_tool(path: Path) -> str:
+    from layerboot.run import run, tool_path
+
+    if tool_path("fsverity") is None:
+        pytest.skip("fsverity (fsverity-utils) is not installed")
+    out = run(["fsverity", "digest", "--hash-alg=sha256", "--block-size=4096", path]).text
+    return out.split()[0].removeprefix("sha256:")
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 4097, 128 * 4096, 128 * 4096 + 1, 128 * 128 * 4096 + 5])
+def test_fsverity_digest_is_what_fsverity_utils_and_the_kernel_compute(tmp_path: Path, size: int) -> None:
+    from layerboot.overlays.verity import fsverity_digest
+
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(size))
+    assert fsverity_digest(path) == _fsverity_tool(path)
+
+
+def test_manifests_carry_each_layers_fsverity_digest_and_stage1_reads_it(profiles: Profiles, make_layer,
+                                                                          tmp_path: Path) -> None:
+    from layerboot.initrd.stage1.verify import VerifyError, parse_payload
+    from layerboot.overlays.verity import fsverity_digest
+
+    base = make_layer({"etc/os-release": "x\n"}, kind="base")
+    store = profiles.store
+    assert store.get(base).fsverity == fsverity_digest(store.path(base))     # computed at import
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"kernel")
+    kernel_digest = store.import_boot_file(kernel, kind="kernel").digest
+    assert store.get(kernel_digest).fsverity is None                          # only layers go to a cache
+    profiles.create("node", base, kernel=kernel_digest)
+    payload = json.loads(profiles.signed_manifest("node").decode())["payload"]
+    data = json.loads(payload)
+    assert data["layers"][0]["fsverity"] == store.get(base).fsverity and "fsverity" not in data["kernel"]
+    assert parse_payload(payload).layers[0].fsverity == store.get(base).fsverity
+    # A record from before the field existed gets it when the next manifest is made.
+    meta = profiles.paths.object_meta(base)
+    record = json.loads(meta.read_text())
+    del record["fsverity"]
+    meta.write_text(json.dumps(record))
+    assert store.get(base).fsverity is None
+    profiles.add("node", make_layer({"etc/x": "y\n"}, base=base))
+    assert store.get(base).fsverity == fsverity_digest(store.path(base))
+    # Manifests without the field parse as before, in stage1 and on the host; a bad value is refused.
+    data["layers"][0].pop("fsverity")
+    assert parse_payload(json.dumps(data)).layers[0].fsverity == ""
+    assert Manifest.from_dict({**data, "created": "now"}).layers[0].fsverity is None
+    data["layers"][0]["fsverity"] = "nope"
+    with pytest.raises(VerifyError, match="invalid fs-verity digest 'nope'"):
+        parse_payload(json.dumps(data))

@@ -36,6 +36,12 @@ def test_defaults() -> None:
         "", "shell", "/sbin/init", (), False, 4)
 
 
+def test_where_layers_live() -> None:
+    assert parse_cmdline("layerboot.cache=LABEL=c").layers == ""          # main.py: on the cache disk
+    assert parse_cmdline("layerboot.cache=LABEL=c layerboot.layers=ram").layers == "ram"
+    assert parse_cmdline("layerboot.cache=/dev/vdb layerboot.layers=cache").layers == "cache"
+
+
 def test_break_lists_accumulate_and_bare_break_means_switch_root() -> None:
     assert parse_cmdline("layerboot.break=net,layers layerboot.break=mount").breaks == ("net", "layers", "mount")
     assert parse_cmdline("layerboot.break").breaks == ("switch_root",)
@@ -51,6 +57,9 @@ def test_break_lists_accumulate_and_bare_break_means_switch_root() -> None:
     ("layerboot.servr=http://x", "unknown kernel option layerboot.servr"),
     ("layerboot.server=https://x", "must be an http:// URL"),
     ("init=sbin/init", "must be an absolute path"),
+    ("layerboot.layers=disk", "layerboot.layers='disk': use one of ram, cache"),
+    ("layerboot.layers=cache", "layerboot.layers=cache needs layerboot.cache="),
+    ("layerboot.retries=" + "9" * 5000, "is not a number"),
 ])
 def test_bad_values_are_one_clear_error(cmdline: str, message: str) -> None:
     with pytest.raises(CmdlineError, match=message):

@@ -1,6 +1,7 @@
 """stage1's HTTP client and layer fetcher against a real local HTTP server that misbehaves on purpose."""
 
 import hashlib
+import os
 import http.server
 import threading
 from pathlib import Path
@@ -173,22 +174,28 @@ def test_unreachable_server_is_one_clear_error(tmp_path: Path) -> None:
 
 
 class RecordingCache:
-    """The LayerCache seam (initrd/stage1/cache.py): lookup before fetching, admit after verifying."""
+    """The LayerCache seam (initrd/stage1/cache.py): lookup before fetching, admit after verifying.
+
+    Like the real one, it offers ``tmp_path`` on its own filesystem so a download lands there directly.
+    """
 
     def __init__(self, have: dict[str, str], root: Path) -> None:
         self.have, self.root, self.admitted = have, root, []
 
-    def lookup(self, digest: str) -> str | None:
-        return self.have.get(digest)
+    def lookup(self, layer: Layer) -> str | None:
+        return self.have.get(layer.digest)
 
-    def admit(self, digest: str, path: str) -> str:
-        self.admitted.append(digest)
-        target = self.root / digest
+    def tmp_path(self, digest: str) -> str:
+        return str(self.root / f".{digest}.tmp")
+
+    def admit(self, layer: Layer, path: str, *, verified: bool = False) -> str:
+        self.admitted.append((layer.digest, verified, Path(path).parent == self.root))
+        target = self.root / layer.digest
         Path(path).rename(target)
         return str(target)
 
 
-def test_cache_is_asked_first_and_given_verified_layers(server: Server, tmp_path: Path) -> None:
+def test_cache_is_asked_first_and_downloads_land_on_the_cache_disk(server: Server, tmp_path: Path) -> None:
     cached = server.add(b"cached layer")
     fresh = server.add(b"fresh layer")
     (tmp_path / "c").mkdir()
@@ -196,8 +203,10 @@ def test_cache_is_asked_first_and_given_verified_layers(server: Server, tmp_path
     cache = RecordingCache({cached.digest: str(tmp_path / "c" / cached.digest)}, tmp_path / "c")
     paths = fetch_layers(server.url, "tok", (cached, fresh), str(tmp_path / "dl"), timeout=5, cache=cache)
     assert paths == [str(tmp_path / "c" / cached.digest), str(tmp_path / "c" / fresh.digest)]
-    assert cache.admitted == [fresh.digest]
+    # Downloaded straight onto the cache filesystem and handed over as already verified: no copy in RAM.
+    assert cache.admitted == [(fresh.digest, True, True)]
     assert [p for p, _, _ in server.requests] == [f"/objects/{fresh.digest}"]
+    assert list((tmp_path / "dl").iterdir()) == []
 
 
 def test_get_bytes_post_json_and_url_parsing(server: Server) -> None:
@@ -216,19 +225,157 @@ def test_get_bytes_post_json_and_url_parsing(server: Server) -> None:
 
 
 class CopyingCache(RecordingCache):
-    """Like the real LayerCache when the cache disk is another filesystem than /run: admit copies."""
+    """Like the real LayerCache when the layer is in RAM (another filesystem): admit copies."""
 
-    def admit(self, digest: str, path: str) -> str:
-        self.admitted.append(digest)
-        target = self.root / digest
+    def admit(self, layer: Layer, path: str, *, verified: bool = False) -> str:
+        self.admitted.append((layer.digest, verified, False))
+        target = self.root / layer.digest
         target.write_bytes(Path(path).read_bytes())
         return str(target)
 
 
-def test_a_layer_copied_into_the_cache_leaves_no_second_copy_in_ram(server: Server, tmp_path: Path) -> None:
+def test_layers_ram_keeps_the_download_in_ram_and_gives_the_cache_a_copy(server: Server, tmp_path: Path) -> None:
     fresh = server.add(b"fresh layer")
     (tmp_path / "c").mkdir()
     cache = CopyingCache({}, tmp_path / "c")
-    paths = fetch_layers(server.url, "tok", (fresh,), str(tmp_path / "dl"), timeout=5, cache=cache)
-    assert paths == [str(tmp_path / "c" / fresh.digest)]
-    assert list((tmp_path / "dl").iterdir()) == []   # the /run tmpfs copy is gone once the cache holds it
+    paths = fetch_layers(server.url, "tok", (fresh,), str(tmp_path / "dl"), timeout=5, cache=cache, on_disk=False)
+    assert paths == [str(tmp_path / "dl" / fresh.digest)]
+    assert (tmp_path / "c" / fresh.digest).read_bytes() == b"fresh layer"
+    assert cache.admitted == [(fresh.digest, False, False)]       # the cache re-hashes what it copies
+
+
+class RawServer:
+    """Answers every connection with the same raw bytes: the malformed responses a hostile network can send."""
+
+    def __init__(self, reply: bytes) -> None:
+        import socket
+
+        self.reply = reply
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    piece = conn.recv(4096)
+                    if not piece:
+                        break
+                    data += piece
+                try:
+                    conn.sendall(self.reply)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+BODY = b"0123456789"
+GOOD_LAYER = Layer(hashlib.sha256(BODY).hexdigest(), len(BODY), "objects/x")
+MALFORMED = {
+    "Content-Length with letters": (b"HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\n" + BODY,
+                                    r"Content-Length: malformed value '1x'"),
+    "negative Content-Length": (b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n" + BODY,
+                                r"Content-Length: malformed value '-5'"),
+    "5000-digit Content-Length": (b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n" + BODY,
+                                  r"Content-Length: malformed value '9999.*\.\.\.'"),
+    "non-ASCII digits": ("HTTP/1.1 200 OK\r\nContent-Length: ١٠\r\n\r\n".encode() + BODY,
+                         r"Content-Length: malformed value"),
+    "conflicting Content-Length": (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nContent-Length: 11\r\n\r\n" + BODY,
+                                   r"conflicting content-length headers '10' and '11'"),
+    "chunk size not hex": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n" + BODY + b"\r\n0\r\n\r\n",
+                           r"malformed chunk size 'zz'"),
+    "5000-digit chunk size": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"f" * 5000 + b"\r\n",
+                              r"malformed chunk size 'f{40}\.\.\.'"),
+    "endless chunk-size line": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1" * 20000,
+                                r"chunked body line longer than 4096 bytes"),
+    "huge chunk size": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"f" * 20 + b"\r\n" + BODY,
+                        r"malformed chunk size 'f{20}'"),
+    "chunk without its CRLF": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n" + BODY + b"XX0\r\n\r\n",
+                               r"chunk followed by 'XX0' instead of CRLF"),
+    "unknown Transfer-Encoding": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n" + BODY,
+                                  r"unsupported Transfer-Encoding 'gzip'"),
+    "bad status line": (b"HTTP/1.1 2000 OK\r\n\r\n" + BODY, r"malformed status line 'HTTP/1.1 2000 OK'"),
+    "not HTTP at all": (b"SSH-2.0-OpenSSH\r\n\r\n", r"malformed status line 'SSH-2.0-OpenSSH'"),
+    "header without a colon": (b"HTTP/1.1 200 OK\r\nbroken header\r\n\r\n" + BODY,
+                               r"malformed header line 'broken header'"),
+    "endless headers": (b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 20000, r"oversized response headers"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_malformed_response_is_one_clear_error_and_leaves_nothing(case: str, tmp_path: Path) -> None:
+    reply, message = MALFORMED[case]
+    raw = RawServer(reply)
+    try:
+        with pytest.raises(FetchError, match=message) as caught:
+            fetch_layers(raw.url, "t", (GOOD_LAYER,), str(tmp_path), retries=0, timeout=5)
+        assert "\n" not in str(caught.value) and str(caught.value).startswith(f"layer {GOOD_LAYER.digest[:12]}: ")
+        assert list(tmp_path.iterdir()) == []          # no .part file, nothing else
+        with pytest.raises(HttpError, match=message):
+            get_bytes(f"{raw.url}/nodes/x/manifest", timeout=5)
+    finally:
+        raw.close()
+
+
+def test_a_malformed_content_range_on_resume_is_refused(tmp_path: Path) -> None:
+    raw = RawServer(b"HTTP/1.1 206 Partial\r\nContent-Range: bytes 5-x/10\r\nContent-Length: 5\r\n\r\n56789")
+    try:
+        from layerboot.initrd.stage1 import fetch as fetchmod
+        from layerboot.initrd.stage1.hashing import HashSink
+
+        with HashSink() as sink:
+            sink.buffer()[:5] = b"01234"
+            sink.push(5)
+            with pytest.raises(HttpError, match=r"malformed value 'x'"):
+                fetchmod._attempt(f"{raw.url}/objects/x", "t", sink, 5, 10)
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_hash_sink_writes_and_hashes_in_order_and_restarts(tmp_path: Path, threaded: bool) -> None:
+    from layerboot.initrd.stage1.hashing import HashSink, hash_file
+
+    data = bytes(range(256)) * 40_000 + b"tail"
+    out = tmp_path / "out"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT)
+    try:
+        with HashSink(fd, threaded=threaded, size=65536) as sink:
+            for noise in (b"a" * 100_000, data):                 # the first pass is thrown away by restart()
+                if noise is data:
+                    sink.restart()
+                view = memoryview(noise)
+                while view:
+                    buffer = sink.buffer()
+                    count = min(len(buffer), len(view), 50_000)
+                    buffer[:count] = view[:count]
+                    sink.push(count)
+                    view = view[count:]
+            assert sink.hexdigest() == hashlib.sha256(data).hexdigest() and sink.size == len(data)
+    finally:
+        os.close(fd)
+    assert out.read_bytes() == data
+    assert hash_file(str(out)) == (hashlib.sha256(data).hexdigest(), len(data))
+
+
+def test_no_space_left_is_one_clear_line_without_retries(server: Server, tmp_path: Path) -> None:
+    from layerboot.run import run
+
+    small = tmp_path / "small"
+    small.mkdir()
+    run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", small])
+    try:
+        layer = server.add(blob(3_000_000, 5))
+        with pytest.raises(FetchError, match=rf"layer {layer.digest[:12]} \(3.0 MB\): no space left in {small}"):
+            fetch_layers(server.url, "tok", (layer,), str(small), retries=3, timeout=5)
+        assert len(server.requests) == 1 and list(small.iterdir()) == []
+    finally:
+        run(["umount", small])

@@ -32,6 +32,9 @@ def test_stage1_import_set_is_small_and_lean(tmp_path: Path) -> None:
     # Shipped for the rare paths (tracebacks under layerboot.debug, the JSON scanner's error class).
     assert {"traceback", "json.decoder"} <= set(info["modules"])
     assert any("/_json." in so for so in info["libraries"]), "jsonlite needs the _json extension module"
+    # OpenSSL's SHA-256 for the layers is shipped (stage1/hashing.py: chosen by bench/README.md's figures), but
+    # only imported when layers are hashed, never at import time (_hashlib is in FORBIDDEN above).
+    assert any("/_hashlib." in so for so in info["libraries"]) and "_hashlib" in info["modules"]
     # Only shared objects from the stdlib's lib-dynload (nothing pulling in OpenSSL or libffi).
     assert all("/lib-dynload/" in so and "ssl" not in so and "ctypes" not in so for so in info["libraries"])
     # Every module is shipped as a sourceless .pyc; the interpreter finds its prefix through os.pyc.
@@ -51,7 +54,7 @@ def test_importing_stage1_does_nothing(tmp_path: Path) -> None:
     src = Path(__file__).resolve().parent.parent / "initrd"
     code = ("import os, sys; sys.path.insert(0, sys.argv[1]); before = set(os.listdir('.'));"
             "import stage1.main, stage1.fetch, stage1.net, stage1.dhcp, stage1.system, stage1.http, stage1.netcmd,"
-            " stage1.netlink, stage1.dhcp6, stage1.net6, stage1.netstate;"
+            " stage1.netlink, stage1.dhcp6, stage1.net6, stage1.netstate, stage1.hashing, stage1.fsverity;"
             "assert set(os.listdir('.')) == before; print('ok')")
     result = run([PYTHON, "-S", "-I", "-B", "-c", code, src], cwd=tmp_path)
     assert result.text.strip() == "ok"

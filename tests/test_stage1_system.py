@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from layerboot.initrd.stage1.console import StageError
-from layerboot.initrd.stage1.system import attach_loop, is_mountpoint, lowerdir_option, mount, resolve_in_root
+from layerboot.initrd.stage1.system import (attach_loop, is_mountpoint, lowerdir_option, mem_available, mount,
+                                            ram_for_layers, resolve_in_root)
 from layerboot.run import run
 
 
@@ -64,3 +65,23 @@ def test_loop_attach_is_read_only_autoclear_and_mountable(tmp_path: Path) -> Non
             break
         time.sleep(0.02)
     assert not backing.exists()
+
+
+def test_layers_in_ram_get_a_tmpfs_of_their_own_or_one_clear_refusal(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:        1000000 kB\nMemAvailable:     500000 kB\n")
+    assert mem_available(str(meminfo)) == 512_000_000
+    target = tmp_path / "layers"
+    with pytest.raises(StageError, match=r"^the layers need 600 MB of RAM, the node has 512 MB available .*"
+                                         r"layerboot.cache= \(docs/stage1.md, 'RAM and disk'\)$"):
+        ram_for_layers(600_000_000, 2, str(target), meminfo=str(meminfo))
+    assert not is_mountpoint(str(target))
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    ram_for_layers(300_000_000, 2, str(target), meminfo=str(meminfo))
+    try:
+        assert is_mountpoint(str(target))
+        stats = os.statvfs(target)
+        assert 300_000_000 < stats.f_blocks * stats.f_frsize <= 300_000_000 + 4 * (1 << 20)
+    finally:
+        run(["umount", target])

@@ -121,9 +121,9 @@ def _source(ctx: Context, disk: ab.AbDisk, target: str, scratch: Path) -> tuple[
         public = load_public_key(ctx.paths.public_key)
         return ab.source_from_store(ctx.profiles, a.profile, a.generation, public), public
     from layerboot.build.ab_fetch import source_from_server
-    from layerboot.tools.cmd_upload import boot_cmdline, read_secret
+    from layerboot.server.client import boot_options, read_secret
 
-    booted = boot_cmdline()
+    booted = boot_options()
     node = a.node or booted.get("node")
     if not node:
         raise LayerbootError("--server needs --node MAC (or run it on a node that layerboot booted)")

@@ -30,6 +30,7 @@ class Bench:
     workdir: Path                    # scratch space, removed after the run
     logs: Path                       # serial logs and daemon logs, kept
     rebuild: bool = False
+    cpus: int = 1                    # vCPUs of every guest (--cpus)
 
 
 @dataclass(frozen=True)

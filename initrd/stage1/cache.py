@@ -11,15 +11,20 @@ formatted here: a device without ext4 is reported in one line and the boot goes 
 
 Layout (root of the cache filesystem)::
 
-    layers/<sha256>        a verified layer, read-only
-    layers/<sha256>.ok     its hash record: "<sha256> <size> <mtime_ns>"; a file whose size or mtime no longer
-                           match its record (or has none) is re-hashed before use, and removed if it is wrong
+    layers/<sha256>        a verified layer, read-only; with fs-verity on when the filesystem has the feature
+                           and the signed manifest names the layer's fs-verity digest
     manifest.json          the last accepted signed manifest envelope, byte for byte
     previous-manifest.json the one accepted before it (garbage collection keeps both generations' layers)
     last-serial            the last accepted serial: the same file and format as verify.SerialCache
     *.tmp                  an interrupted write (power cut): never used, removed when the cache is opened
 
 Every write is temp file, fsync, rename, fsync of the directory: a power cut leaves the old state or the new.
+
+Nothing on the cache disk is trusted: root on the node (or anyone with the disk) can change any byte of it and
+put the mtime back. So every cached layer is checked against the signed manifest before it is used: in O(1)
+by its fs-verity digest when the filesystem has fs-verity (``mkfs.ext4 -O verity``; the kernel then checks
+every block as it is read) and the manifest names the digest, else by hashing the whole file (hashing.py's
+fast path). A layer that fails is removed and fetched again. docs/stage1.md ("Cached layers") has the figures.
 """
 
 from __future__ import annotations
@@ -31,10 +36,9 @@ SERIAL_FILE = "last-serial"
 MANIFEST_FILE = "manifest.json"
 PREVIOUS_FILE = "previous-manifest.json"
 LAYERS = "layers"
-RECORD_SUFFIX = ".ok"
+RECORD_SUFFIX = ".ok"     # hash records of older versions (size + mtime: forgeable); removed by gc
 TMP_SUFFIX = ".tmp"
 EXT_MAGIC = 0xEF53
-CHUNK = 1 << 20
 BUSYBOX = "/bin/busybox"
 _HEX = frozenset("0123456789abcdef")
 
@@ -44,21 +48,13 @@ class CacheError(Exception):
 
 
 def _say(text: str) -> None:
-    os.write(2, f"layerboot: cache: {text}\n".encode("utf-8", "replace"))
+    os.write(2, f"layerboot: {text}\n".encode("utf-8", "replace"))
 
 
 def _check_digest(digest: str) -> str:
     if not isinstance(digest, str) or len(digest) != 64 or not _HEX.issuperset(digest):
         raise CacheError(f"invalid sha256 digest {digest!r}")
     return digest
-
-
-def _sha256():  # noqa: ANN202 - the C implementation when present (smaller import inside the initramfs)
-    try:
-        from _sha256 import sha256
-    except ImportError:  # pragma: no cover - other builds
-        from hashlib import sha256
-    return sha256()
 
 
 def _fsync_dir(path: str) -> None:
@@ -157,25 +153,25 @@ def open_cache(spec: str, mountpoint: str = CACHE_MOUNTPOINT, *, wait: float = 5
             time.sleep(0.1)
             device = resolve_device(spec)
     except CacheError as err:
-        say(f"{err}; booting without a cache")
+        say(f"cache: {err}; booting without a cache")
         return None
     if device is None:
-        say(f"no device matches layerboot.cache={spec} after {wait:.0f} s; booting without a cache")
+        say(f"cache: no device matches layerboot.cache={spec} after {wait:.0f} s; booting without a cache")
         return None
     if ext4_identity(device) is None:
-        say(f"{device} has no ext4 filesystem (not formatted?); booting without a cache "
+        say(f"cache: {device} has no ext4 filesystem (not formatted?); booting without a cache "
             f"(to make one: mkfs.ext4 -L layerboot-cache {device})")
         return None
     os.makedirs(mountpoint, exist_ok=True)
     code, output = _spawn(_mount_argv("mount", "-t", "ext4", "-o", "rw,noatime", device, mountpoint))
     if code:
-        say(f"mounting {device} failed ({output or code}); booting without a cache")
+        say(f"cache: mounting {device} failed ({output or code}); booting without a cache")
         return None
     try:
-        return LayerCache(mountpoint, device=device)
+        return LayerCache(mountpoint, device=device, say=say)
     except (OSError, CacheError) as err:
         _spawn(_mount_argv("umount", mountpoint))
-        say(f"{device} cannot be used as a cache ({err}); booting without a cache")
+        say(f"cache: {device} cannot be used as a cache ({err}); booting without a cache")
         return None
 
 
@@ -183,10 +179,13 @@ def open_cache(spec: str, mountpoint: str = CACHE_MOUNTPOINT, *, wait: float = 5
 class LayerCache:
     """Verified layers and the last accepted manifest under ``root`` (the mounted cache filesystem)."""
 
-    def __init__(self, root: str, *, device: str | None = None) -> None:
+    def __init__(self, root: str, *, device: str | None = None, say=_say) -> None:  # noqa: ANN001
         self.root = root
         self.device = device              # set when open_cache mounted it: close() unmounts
         self.layers = os.path.join(root, LAYERS)
+        self.say = say
+        self.verity: bool | None = None   # fs-verity here: None until tried, False after the first refusal
+        self._said: set[str] = set()
         os.makedirs(self.layers, exist_ok=True)
         self.cleaned = self._clean_leftovers()
 
@@ -207,19 +206,17 @@ class LayerCache:
         """Where a caller may download a layer on the cache filesystem, so ``admit`` only renames it."""
         return os.path.join(self.layers, f".{_check_digest(digest)}{TMP_SUFFIX}")
 
+    def _once(self, key: str, text: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            self.say(f"cache: {text}")
+
+    def _no_verity(self, why: str) -> None:
+        self.verity = False
+        self._once("verity", f"no fs-verity on the cache filesystem ({why}): cached layers are re-hashed on every "
+                             "boot; 'tune2fs -O verity DEVICE' (unmounted) or 'mkfs.ext4 -O verity' makes it O(1)")
+
     # -- layers ---------------------------------------------------------------------------------------------
-    def _record_ok(self, digest: str, st: os.stat_result) -> bool:
-        try:
-            with open(self.path(digest) + RECORD_SUFFIX, encoding="ascii") as f:
-                fields = f.read().split()
-        except (OSError, UnicodeDecodeError):
-            return False
-        return fields == [digest, str(st.st_size), str(st.st_mtime_ns)]
-
-    def _write_record(self, digest: str) -> None:
-        st = os.stat(self.path(digest))
-        _write_atomic(self.path(digest) + RECORD_SUFFIX, f"{digest} {st.st_size} {st.st_mtime_ns}\n".encode())
-
     def _forget(self, digest: str) -> None:
         for path in (self.path(digest), self.path(digest) + RECORD_SUFFIX):
             try:
@@ -227,31 +224,79 @@ class LayerCache:
             except FileNotFoundError:
                 pass
 
-    def lookup(self, digest: str) -> str | None:
-        """The cached layer's path if it is there and verified, else None (a bad copy is removed)."""
-        path = self.path(digest)
+    def _by_verity(self, layer, path: str) -> bool | None:  # noqa: ANN001 - verify.Layer
+        """True/False when fs-verity settles whether ``path`` is ``layer``; None when it cannot (hash instead)."""
+        from .fsverity import VerityUnsupported, enable, measure
+
+        if not getattr(layer, "fsverity", ""):
+            self._once("no-digest", "the signed manifest names no fs-verity digests (an older server): cached "
+                                    "layers are re-hashed on every boot")
+            return None
+        if self.verity is False:
+            return None
         try:
-            st = os.stat(path)
+            measured = measure(path)
+            if measured is None:           # admitted without fs-verity (older stage1): turning it on hashes once
+                enable(path)
+                measured = measure(path)
+        except VerityUnsupported as err:
+            self._no_verity(str(err))
+            return None
+        except OSError as err:
+            self._once("verity-error", f"fs-verity failed on {path} ({err.strerror or err}); re-hashing instead")
+            return None
+        self.verity = True
+        return measured == layer.fsverity
+
+    def lookup(self, layer) -> str | None:  # noqa: ANN001 - verify.Layer
+        """The cached layer's path when it is there and is exactly the signed ``layer``, else None.
+
+        A file that is not (altered, truncated, replaced, not a regular file) is removed with one line, so the
+        caller fetches it again.
+        """
+        import stat
+
+        path = self.path(layer.digest)
+        try:
+            st = os.lstat(path)
         except FileNotFoundError:
             return None
-        if self._record_ok(digest, st):
-            return path
-        if _hash_file(path) == digest:               # no or stale record: re-hash once, then trust again
-            self._write_record(digest)
-            return path
-        self._forget(digest)
+        if not stat.S_ISREG(st.st_mode):
+            why = "is not a regular file"
+        elif st.st_size != layer.size:
+            why = f"has {st.st_size} bytes, the signed manifest says {layer.size}"
+        else:
+            verdict = self._by_verity(layer, path)
+            if verdict is None:
+                from .hashing import hash_file
+
+                digest, _ = hash_file(path)
+                verdict = digest == layer.digest
+                why = f"hashes to {digest[:12]}"
+            else:
+                why = "does not match its signed fs-verity digest"
+            if verdict:
+                return path
+        self.say(f"cache: layer {layer.digest[:12]} {why} (altered or damaged): removed, fetching it again")
+        self._forget(layer.digest)
         return None
 
-    def admit(self, digest: str, src_path: str) -> str:
-        """Put a layer the caller verified into the cache and return its cache path.
+    def admit(self, layer, src_path: str, *, verified: bool = False) -> str:  # noqa: ANN001 - verify.Layer
+        """Put a layer into the cache and return its cache path.
 
-        A source on the cache filesystem (see :meth:`tmp_path`) is renamed in; anything else is copied. The
-        bytes are hashed again on the way in, so a wrong digest never enters the cache.
+        A source on the cache filesystem (see :meth:`tmp_path`) is renamed in; anything else is copied. Unless
+        the caller says it hashed exactly these bytes itself (``verified``: fetch.py's own download), the bytes
+        are hashed on the way in, so a wrong digest never enters the cache. Then fs-verity is turned on when
+        the manifest names the layer's fs-verity digest (the kernel hashes the file once more), so later boots
+        check it in O(1).
         """
+        from .hashing import hash_file
+
+        digest = layer.digest
         final = self.path(digest)
         same_fs = os.stat(src_path).st_dev == os.stat(self.layers).st_dev
         if same_fs:
-            if _hash_file(src_path) != digest:
+            if not verified and hash_file(src_path)[0] != digest:
                 raise CacheError(f"{src_path} does not hash to {digest[:12]}")
             fd = os.open(src_path, os.O_RDONLY)
             try:
@@ -261,14 +306,44 @@ class LayerCache:
             os.rename(src_path, final)
         else:
             tmp = self.tmp_path(digest)
-            if _copy_hashed(src_path, tmp) != digest:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                got, _ = hash_file(src_path, copy_to=fd)
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                os.unlink(tmp)
+                raise
+            os.close(fd)
+            if got != digest:
                 os.unlink(tmp)
                 raise CacheError(f"{src_path} does not hash to {digest[:12]}")
             os.rename(tmp, final)
         os.chmod(final, 0o444)
         _fsync_dir(self.layers)
-        self._write_record(digest)
+        self._seal(layer, final)
         return final
+
+    def _seal(self, layer, path: str) -> None:  # noqa: ANN001 - verify.Layer
+        """Turn fs-verity on for a verified layer and check the signed digest describes it."""
+        from .fsverity import VerityUnsupported, enable, measure
+
+        if not getattr(layer, "fsverity", "") or self.verity is False:
+            return
+        try:
+            enable(path)
+            measured = measure(path)
+        except VerityUnsupported as err:
+            self._no_verity(str(err))
+            return
+        except OSError as err:
+            self.say(f"cache: turning fs-verity on for layer {layer.digest[:12]} failed ({err.strerror or err}); "
+                     "it is re-hashed on later boots")
+            return
+        self.verity = True
+        if measured != layer.fsverity:   # sha256 matched, so the server's fs-verity digest is wrong
+            self.say(f"cache: layer {layer.digest[:12]}: its fs-verity digest is {str(measured)[:12]}, the signed "
+                     f"manifest says {layer.fsverity[:12]} (a server bug): it will be fetched again next boot")
 
     def digests(self) -> set[str]:
         return {n for n in os.listdir(self.layers) if len(n) == 64 and _HEX.issuperset(n)}
@@ -283,9 +358,8 @@ class LayerCache:
             except FileNotFoundError:
                 continue
             self._forget(digest)
-        present = self.digests()
-        for name in os.listdir(self.layers):        # records whose layer is gone
-            if name.endswith(RECORD_SUFFIX) and name[:-len(RECORD_SUFFIX)] not in present:
+        for name in os.listdir(self.layers):        # (size, mtime) records of older versions: never trusted now
+            if name.endswith(RECORD_SUFFIX):
                 os.unlink(os.path.join(self.layers, name))
         _fsync_dir(self.layers)
         return freed
@@ -359,22 +433,3 @@ def _read(path: str) -> bytes | None:
             return f.read()
     except FileNotFoundError:
         return None
-
-
-def _hash_file(path: str) -> str:
-    digest = _sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _copy_hashed(src: str, dst: str) -> str:
-    digest = _sha256()
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        while chunk := fin.read(CHUNK):
-            digest.update(chunk)
-            fout.write(chunk)
-        fout.flush()
-        os.fsync(fout.fileno())
-    return digest.hexdigest()

@@ -8,6 +8,7 @@ from .record import Record
 
 
 EMERGENCY_ACTIONS = ("shell", "reboot", "poweroff")
+LAYER_PLACES = ("ram", "cache")
 STAGES = ("modules", "net", "manifest", "layers", "mount", "switch_root")
 DEFAULT_INIT = "/sbin/init"
 
@@ -30,6 +31,7 @@ class Options(Record):
     retries: int = 4                  # layerboot.retries=N per download
     timeout: float = 10.0             # layerboot.timeout=SECONDS per network operation
     upper_size: str = "50%"           # layerboot.upper_size=SIZE of the tmpfs for the writable layer
+    layers: str = ""                  # layerboot.layers=ram|cache: where fetched layers live (default: cache if any)
     init: str = DEFAULT_INIT          # init=/path of the real init in the new root
     net: NetPlan = NetPlan()          # ip= vlan= bond= ifname= nameserver= BOOTIF= rd.* (dracut syntax, netcmd.py)
 
@@ -90,6 +92,10 @@ def parse_cmdline(text: str) -> Options:
                 if value not in EMERGENCY_ACTIONS:
                     raise CmdlineError(f"layerboot.emergency={value!r}: use one of {', '.join(EMERGENCY_ACTIONS)}")
                 values["emergency"] = value
+            elif name == "layers":
+                if value not in LAYER_PLACES:
+                    raise CmdlineError(f"layerboot.layers={value!r}: use one of {', '.join(LAYER_PLACES)}")
+                values["layers"] = value
             elif name in ("retries",):
                 values[name] = int(_positive(key, value, int))
             elif name == "timeout":
@@ -109,6 +115,8 @@ def parse_cmdline(text: str) -> Options:
     init = str(values.get("init", DEFAULT_INIT))
     if not init.startswith("/"):
         raise CmdlineError(f"init={init!r} must be an absolute path")
+    if values.get("layers") == "cache" and not values.get("cache"):
+        raise CmdlineError("layerboot.layers=cache needs layerboot.cache= (the disk that holds them)")
     node = str(values.get("node", "")).lower()
     if node:
         values["node"] = node

@@ -1,9 +1,11 @@
 """Download the manifest's layers in parallel, hashing while streaming, resuming with HTTP Range on retries.
 
-Each layer goes to ``<dir>/<digest>.part`` and is renamed to ``<dir>/<digest>`` only when its size and sha256
-match the signed manifest; nothing is loop-mounted before that. Threads come from ``_thread`` directly
-(``threading`` costs a dozen imports). With ``layerboot.cache=`` a LayerCache (initrd/stage1/cache.py) is asked
-first and given each verified layer.
+Each layer goes to ``<dir>/<digest>.part`` (or the path the caller names, e.g. on the cache disk) and is
+renamed to its final name only when its size and sha256 match the signed manifest; nothing is loop-mounted
+before that, and any failure removes the partial file. The per-byte path is ``recv_into`` into reused 1 MiB
+buffers, ``os.write`` from them, and SHA-256 from them on a second thread when the node has two CPUs
+(hashing.py). Threads come from ``_thread`` directly (``threading`` costs a dozen imports). With
+``layerboot.cache=`` a LayerCache (initrd/stage1/cache.py) is asked first and given each verified layer.
 """
 
 from __future__ import annotations
@@ -12,88 +14,115 @@ import os
 import time
 
 from .console import StageError, debug
-from .http import HttpError, request
+from .http import HttpError, parse_content_range, request
 from .verify import Layer
 
-try:
-    from _sha256 import sha256
-except ImportError:  # pragma: no cover - other builds
-    from hashlib import sha256
-
-CHUNK = 1 << 20
 PARALLEL = 4
+ENOSPC = 28
 
 
 class FetchError(StageError):
     pass
 
 
-def _attempt(url: str, token: str, part: str, hashers: list, timeout: float, limit: int) -> None:
-    """One request: resume at the .part file's size (``hashers[0]`` already covers those bytes).
+def _receive(response, sink, limit: int) -> None:  # noqa: ANN001 - http.Response, hashing.HashSink
+    """Move the body into ``sink`` until it ends or the sink holds more than ``limit`` bytes."""
+    while sink.size <= limit:
+        view = sink.buffer()
+        room = min(len(view), limit + 1 - sink.size)
+        filled = 0
+        try:
+            while filled < room:
+                try:
+                    count = response.readinto(view[filled:room])
+                except OSError as err:      # the network (timeouts, resets): retried; the disk's are not
+                    raise HttpError(f"{response.what}: {err.strerror or err}") from None
+                if not count:
+                    break
+                filled += count
+        finally:
+            sink.push(filled)          # what arrived before an error counts: the retry resumes after it
+        if filled < room:
+            return
 
-    When the server ignores Range and sends everything again, the file and ``hashers[0]`` start over. Reading
-    stops once the file is longer than ``limit`` (the signed size): a server cannot fill the tmpfs.
+
+def _attempt(url: str, token: str, sink, timeout: float, limit: int) -> None:  # noqa: ANN001 - HashSink
+    """One request, resuming at ``sink.size``. A server that ignores Range restarts the file and the hash.
+
+    Reading stops once more than ``limit`` (the signed size) bytes are in: a server cannot fill the disk.
     """
-    have = os.path.getsize(part)
+    have = sink.size
     headers = {"Range": f"bytes={have}-"} if have else {}
     response = request("GET", url, token=token, headers=headers, timeout=timeout)
     try:
         if response.status == 200 and have:
             debug(f"{url}: server ignored Range; starting over")
-            have = 0
-            hashers[0] = sha256()
-            open(part, "wb").close()
+            sink.restart()
         elif response.status == 206:
-            start = response.headers.get("content-range", "").replace("bytes ", "").split("-")[0]
-            if start != str(have):
-                raise HttpError(f"server resumed at {start!r}, not at byte {have}")
+            start, _, _ = parse_content_range(response.headers.get("content-range", ""), response.what)
+            if start != have:
+                raise HttpError(f"{response.what}: server resumed at byte {start}, not at byte {have}")
         elif response.status != 200:
             raise HttpError(f"GET {url.split('?')[0]}: {response.status} {response.reason}", response.status)
-        hasher = hashers[0]
-        with open(part, "ab") as out:
-            while have <= limit:
-                piece = response.read_chunk()
-                if not piece:
-                    break
-                hasher.update(piece)
-                out.write(piece)
-                have += len(piece)
-    except OSError as err:
-        raise HttpError(f"GET {url.split('?')[0]}: {err.strerror or err}") from None
+        _receive(response, sink, limit)
     finally:
         response.close()
 
 
+def _write_error(layer: Layer, directory: str, err: OSError) -> FetchError:
+    if err.errno == ENOSPC:
+        where = f"RAM ({directory})" if directory.startswith("/run/layerboot/layers") else directory
+        return FetchError(f"layer {layer.digest[:12]} ({layer.size / 1e6:.1f} MB): no space left in {where}; "
+                          "the node needs room for its whole chain (docs/stage1.md, 'RAM and disk')")
+    return FetchError(f"layer {layer.digest[:12]}: writing {directory}: {err.strerror or err}")
+
+
 def fetch_layer(server: str, token: str, layer: Layer, directory: str, *, retries: int = 4,
-                timeout: float = 10.0) -> str:
-    """Return the path of the verified layer file; raise FetchError with one clear line."""
+                timeout: float = 10.0, part: str | None = None) -> str:
+    """Return the path of the verified layer file; raise FetchError with one clear line.
+
+    The download goes to ``part`` (default ``<directory>/<digest>.part``) and is renamed to
+    ``<directory>/<digest>`` once verified; on any failure nothing is left behind.
+    """
+    from .hashing import HashSink
+
     final = os.path.join(directory, layer.digest)
-    part = final + ".part"
+    part = part or final + ".part"
     url = f"{server}/{layer.path}"
-    with open(part, "wb"):
-        pass
-    hashers = [sha256()]
-    delay = 0.5
-    for attempt in range(retries + 1):
-        try:
-            _attempt(url, token, part, hashers, timeout, layer.size)
-            break
-        except HttpError as err:
-            if err.status in (401, 403, 404, 410) or attempt == retries:
-                os.unlink(part)
-                raise FetchError(f"layer {layer.digest[:12]}: {err}") from None
-            debug(f"layer {layer.digest[:12]}: {err}; retry {attempt + 1}/{retries} in {delay:.1f}s")
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-        size = os.path.getsize(part)
-        if size >= layer.size:
-            break
-    size = os.path.getsize(part)
-    digest = hashers[0].hexdigest()
+    where = os.path.dirname(part)
+    try:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        raise _write_error(layer, where, err) from None
+    try:
+        with HashSink(fd) as sink:
+            delay = 0.5
+            for attempt in range(retries + 1):
+                try:
+                    _attempt(url, token, sink, timeout, layer.size)
+                    break
+                except HttpError as err:
+                    if err.status in (401, 403, 404, 410) or attempt == retries:
+                        raise FetchError(f"layer {layer.digest[:12]}: {err}") from None
+                    debug(f"layer {layer.digest[:12]}: {err}; retry {attempt + 1}/{retries} in {delay:.1f}s")
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                except OSError as err:   # writing the file (the network's errors are HttpErrors)
+                    raise _write_error(layer, where, err) from None
+                if sink.size >= layer.size:
+                    break
+            size, digest = sink.size, sink.hexdigest()
+    except BaseException:
+        os.close(fd)
+        os.unlink(part)
+        raise
+    os.close(fd)
     if size != layer.size or digest != layer.digest:
         os.unlink(part)
         raise FetchError(f"layer {layer.digest[:12]} failed verification: got {size} bytes with sha256 "
                          f"{digest[:12]}, the signed manifest says {layer.size} bytes {layer.digest[:12]}")
+    if part != final + ".part":
+        return part          # the caller (the cache) renames it into place
     os.rename(part, final)
     return final
 
@@ -133,8 +162,13 @@ class _Batch:
 
 
 def fetch_layers(server: str, token: str, layers: tuple[Layer, ...], directory: str, *, retries: int = 4,
-                 timeout: float = 10.0, cache=None) -> list[str]:  # noqa: ANN001 - LayerCache | None
-    """Fetch (or take from ``cache``) every layer; return the verified paths, base first."""
+                 timeout: float = 10.0, cache=None, on_disk: bool = True) -> list[str]:  # noqa: ANN001
+    """Fetch (or take from ``cache``) every layer; return the verified paths, base first.
+
+    With a cache and ``on_disk`` (``layerboot.layers=cache``, the default with a cache) a layer is downloaded
+    straight onto the cache filesystem and renamed in: no copy in RAM. Without ``on_disk`` it is downloaded
+    into ``directory`` (RAM) and booted from there, and the cache gets a copy for the next boot.
+    """
     import _thread
 
     os.makedirs(directory, exist_ok=True)
@@ -142,18 +176,20 @@ def fetch_layers(server: str, token: str, layers: tuple[Layer, ...], directory: 
     def job(index: int) -> str:
         layer = layers[index]
         if cache is not None:
-            cached = cache.lookup(layer.digest)
+            cached = cache.lookup(layer)
             if cached:
                 debug(f"layer {layer.digest[:12]}: from the cache")
                 return cached
         started = time.monotonic()
-        path = fetch_layer(server, token, layer, directory, retries=retries, timeout=timeout)
+        if cache is not None and on_disk:
+            part = fetch_layer(server, token, layer, directory, retries=retries, timeout=timeout,
+                               part=cache.tmp_path(layer.digest))
+            path = cache.admit(layer, part, verified=True)
+        else:
+            path = fetch_layer(server, token, layer, directory, retries=retries, timeout=timeout)
+            if cache is not None:
+                cache.admit(layer, path)
         debug(f"layer {layer.digest[:12]}: {layer.size} bytes in {time.monotonic() - started:.2f}s")
-        if cache is not None:
-            admitted = cache.admit(layer.digest, path)
-            if admitted != path and os.path.exists(path):
-                os.unlink(path)   # copied onto the cache disk: do not keep a second copy in the /run tmpfs (RAM)
-            path = admitted
         return path
 
     workers = min(PARALLEL, len(layers))

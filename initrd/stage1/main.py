@@ -70,7 +70,7 @@ def _emergency_from_raw_cmdline() -> str:
 def run_stages(boot: Boot) -> None:
     from .cmdline import CmdlineError, read_options
     from .system import (CACHE_MODULES, LAYER_DIR, LOWER_DIR, NEWROOT, check_init, load_modules,
-                         mount_api_filesystems, stack, switch_root)
+                         mount_api_filesystems, ram_for_layers, stack, switch_root)
 
     boot.stage = "mounts"
     mount_api_filesystems()
@@ -149,7 +149,12 @@ def run_stages(boot: Boot) -> None:
         f"{len(manifest.layers)} layers")
 
     stage("layers")
-    if slot is not None:   # each layer hashed against the signed manifest before it is loop-mounted
+    if cache is not None:   # first make room: keep the current and the previous generation's layers
+        try:
+            cache.gc(cache.generation_digests() | {layer.digest for layer in manifest.layers})
+        except (OSError, *cache_errors) as err:
+            say(f"cache garbage collection failed ({err}); continuing")
+    if slot is not None:   # each layer checked against the signed manifest before it is loop-mounted
         try:
             files = list(slot.layer_paths())
         except SlotError as err:
@@ -157,13 +162,14 @@ def run_stages(boot: Boot) -> None:
     else:
         from .fetch import fetch_layers
 
+        on_disk = cache is not None and options.layers != "ram"   # layerboot.layers=, docs/stage1.md
+        if not on_disk:
+            cached = cache.digests() if cache is not None else set()
+            wanted = [layer for layer in manifest.layers if layer.digest not in cached]
+            ram_for_layers(sum(layer.size for layer in wanted), len(manifest.layers),
+                           room=sum(layer.size for layer in manifest.layers))
         files = fetch_layers(options.server, options.token, manifest.layers, LAYER_DIR, retries=options.retries,
-                             timeout=options.timeout, cache=cache)
-    if cache is not None:   # keep the current and the previous generation's layers
-        try:
-            cache.gc(cache.generation_digests() | {layer.digest for layer in manifest.layers})
-        except (OSError, *cache_errors) as err:
-            say(f"cache garbage collection failed ({err}); continuing")
+                             timeout=options.timeout, cache=cache, on_disk=on_disk)
 
     stage("mount")
     stack(files, options.upper_size)

@@ -15,11 +15,12 @@ from .console import BUSYBOX, StageError, busybox, debug, spawn
 
 MODULES = ("loop", "squashfs", "overlay")   # the layer stack; hardware drivers come from modaliases (drivers.py)
 # layerboot.cache=/slot=: SCSI/SATA disks appear late; ext4 may be a module, and it needs crc32c (a crypto API
-# lookup the kernel cannot resolve without a usermode modprobe)
-CACHE_MODULES = ("sd_mod", "crc32c_generic", "ext4")
+# lookup the kernel cannot resolve without a usermode modprobe); and the kernel's SHA-NI/AVX2 SHA-256 that
+# fs-verity uses on the cache disk (absent on CPUs without SSSE3: then the generic C one is used)
+CACHE_MODULES = ("sd_mod", "crc32c_generic", "ext4", "sha256_ssse3")
 RUN_DIR = "/run/layerboot"
 RW_DIR = RUN_DIR + "/rw"          # tmpfs with upper/ and work/; the node sees it at the same path
-LAYER_DIR = RUN_DIR + "/layers"    # verified layer files, on the /run tmpfs
+LAYER_DIR = RUN_DIR + "/layers"    # verified layer files, in RAM: a tmpfs sized to the chain (ram_for_layers)
 LOWER_DIR = RUN_DIR + "/lower"     # squashfs mount points, one per layer
 NEWROOT = "/sysroot"
 
@@ -79,6 +80,41 @@ def load_modules(names: tuple[str, ...] = MODULES, *, optional: tuple[str, ...] 
         if spawn([BUSYBOX, "modprobe", "-q", name], quiet=True)[0]:
             debug(f"optional module {name} not available")
     return loaded
+
+
+RAM_RESERVE = 96 << 20           # what the node must keep besides its layers: the new root's init, page cache
+RAM_SLACK = 1 << 20              # per layer: a download may run one byte past its signed size before it stops
+
+
+def mem_available(meminfo: str = "/proc/meminfo") -> int:
+    """The kernel's estimate of memory available without swapping, in bytes (0 when unknown)."""
+    try:
+        with open(meminfo, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def ram_for_layers(needed: int, count: int, directory: str = LAYER_DIR, *, room: int = 0,
+                   meminfo: str = "/proc/meminfo") -> None:
+    """Give the layers that will be downloaded into RAM (``needed`` bytes) a tmpfs of their own.
+
+    Refuses up front, in one line, when the node has not got the memory: otherwise the download would stop at
+    ENOSPC, or the kernel's OOM killer would end it, far into the boot. The tmpfs is sized to ``room`` (the
+    whole chain, so a cached layer that fails its check can still be fetched; a tmpfs only uses what it holds)
+    or ``needed``. A tmpfs of its own also frees the chain from the 50 % limit of the /run tmpfs.
+    """
+    available = mem_available(meminfo)
+    if available and needed + RAM_RESERVE > available:
+        raise StageError(f"the layers need {needed / 1e6:.0f} MB of RAM, the node has {available / 1e6:.0f} MB "
+                         f"available (and keeps {RAM_RESERVE >> 20} MiB for itself): give it more memory, or keep "
+                         "the layers on a local disk with layerboot.cache= (docs/stage1.md, 'RAM and disk')")
+    size = max(room, needed) + RAM_SLACK * (count + 1)
+    mount("tmpfs", directory, "tmpfs", f"mode=0755,size={size}")
+    debug(f"layers in RAM: {needed} bytes to fetch, tmpfs of {size} bytes, {available} bytes available")
 
 
 def attach_loop(path: str) -> tuple[str, int]:

@@ -33,6 +33,7 @@ class Layer(Record):
     digest: str
     size: int
     path: str
+    fsverity: str = ""          # the layer's fs-verity SHA-256 digest, when the manifest names it (cache.py)
 
 
 class BootManifest(Record):
@@ -78,7 +79,11 @@ def _layer(item: object) -> Layer:
         raise VerifyError(f"layer {digest[:12]} has an invalid size {size!r}")
     if not isinstance(path, str) or not path or path.startswith("/") or ".." in path.split("/") or "?" in path:
         raise VerifyError(f"layer {digest[:12]} has an unsafe path {path!r}")
-    return Layer(digest, size, path)
+    fsverity = item.get("fsverity")
+    if fsverity is not None and (not isinstance(fsverity, str) or len(fsverity) != 64
+                                 or not _HEX.issuperset(fsverity)):
+        raise VerifyError(f"layer {digest[:12]} has an invalid fs-verity digest {fsverity!r}")
+    return Layer(digest, size, path, fsverity or "")
 
 
 def parse_payload(payload: str) -> BootManifest:

@@ -42,6 +42,9 @@ install() {
     local so
     for so in $LAYERBOOT_LIBRARIES; do
         inst_library "$so" || return 1
+        # and the libraries it links (_hashlib: libcrypto): dracut's lazy pass only follows files with an
+        # executable bit, and Debian installs extension modules 0644.
+        "$DRACUT_INSTALL" ${initdir:+-D "$initdir"} -R "$so" || return 1
     done
     cp -a "$LAYERBOOT_PAYLOAD"/. "$initdir"/ || return 1
     chmod 0755 "$initdir/init"
