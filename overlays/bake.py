@@ -31,6 +31,7 @@ from layerboot.overlays.squashfs import threads as default_threads
 from layerboot.overlays.store import Store
 from layerboot.overlays.tarscan import BakeLimits, Member, UploadRejected, scan_tar
 from layerboot.overlays.tarwriter import HeaderTooLarge, Reader, TarWriter
+from layerboot.progress import Progress
 from layerboot.run import Process, devnull, require_tool
 
 __all__ = ["BakeLimits", "UploadRejected", "bake_archive", "build_squashfs", "convert_upload"]
@@ -174,9 +175,12 @@ def convert_upload(archive: Path, image: Path, *, limits: BakeLimits, compressio
             for member, data in scan_tar(stream, limits):  # type: ignore[arg-type]
                 write_member(writer, member, data)
                 counts["members"] += 1
+                step.update(stream.total)
 
-        build_squashfs(fill, image, compression=compression, block_size=block_size, threads=threads,
-                       scratch=scratch)
+        with Progress(f"baking {archive.name}") as step:
+            build_squashfs(fill, image, compression=compression, block_size=block_size, threads=threads,
+                           scratch=scratch)
+            step.note(f"{counts['members']} entries")
     return BakeStats(members=counts["members"], stream_bytes=stream.total)
 
 

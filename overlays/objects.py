@@ -13,18 +13,21 @@ from layerboot.atomic import fsync_dir
 from layerboot.errors import LayerbootError
 from layerboot.overlays.names import check_digest
 from layerboot.paths import Paths
+from layerboot.progress import Progress
 
 CHUNK = 1 << 20
 
 
-def sha256_file(path: Path) -> tuple[str, int]:
-    """Return (hex digest, size) of a file, read in 1 MiB chunks."""
+def sha256_file(path: Path, step: Progress | None = None) -> tuple[str, int]:
+    """Return (hex digest, size) of a file, read in 1 MiB chunks (reported to ``step`` when given)."""
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
             size += len(chunk)
+            if step is not None:
+                step.advance(len(chunk))
     return digest.hexdigest(), size
 
 
@@ -60,7 +63,8 @@ class ObjectStore:
     def put_file(self, source: Path, *, move: bool = False) -> tuple[str, int]:
         """Store a file. With ``move`` a file already inside the store's tmp/ is renamed rather than copied."""
         if move:
-            digest, size = sha256_file(source)
+            with Progress(f"hashing {source.name}", total=source.stat().st_size) as step:
+                digest, size = sha256_file(source, step)
             with open(source, "rb+") as handle:
                 os.fsync(handle.fileno())
             try:
@@ -68,8 +72,9 @@ class ObjectStore:
             finally:
                 source.unlink(missing_ok=True)
         try:
-            with open(source, "rb") as handle:
-                return self.put_stream(handle)
+            with open(source, "rb") as handle, \
+                    Progress(f"copying {source.name} into the store", total=os.fstat(handle.fileno()).st_size) as step:
+                return self.put_stream(step.reader(handle))  # type: ignore[arg-type]
         except OSError as err:
             raise LayerbootError(f"cannot read {source}: {err.strerror}") from None
 
