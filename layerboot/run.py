@@ -14,12 +14,16 @@ count) into a callback, e.g. a :class:`layerboot.progress.Progress`, while it ru
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
-import shlex
+import pty
 import re
+import shlex
 import shutil
+import struct
 import subprocess
+import termios
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -97,11 +101,13 @@ def run(
     env: Mapping[str, str | None] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     lines: Callable[[str], None] | None = None,
+    terminal: bool = False,
 ) -> Result:
     """Run a command to completion and return its output; raise CommandError on failure when check is set.
 
     stdout is captured unless a file object is given (for streaming large outputs to disk). With ``lines``,
-    every output line (stdout unless redirected, and stderr) is passed to it as it arrives.
+    every output line (stdout unless redirected, and stderr) is passed to it as it arrives; ``terminal`` gives
+    the command a pseudo-terminal as stdout, for tools that draw progress only on a terminal (mksquashfs).
     """
     args = [os.fspath(a) for a in argv]
     log.debug("run: %s", shlex.join(args))
@@ -109,7 +115,7 @@ def run(
         raise ValueError("give input or stdin, not both")
     if lines is not None:
         return _run_streaming(args, lines, input=input, stdin=stdin, stdout=stdout, check=check, timeout=timeout,
-                              env=env, cwd=cwd)
+                              env=env, cwd=cwd, terminal=terminal)
     try:
         proc = subprocess.run(
             args,
@@ -133,10 +139,19 @@ def run(
     return result
 
 
-def _pump(pipe: IO[bytes], keep: list[bytes], lines: Callable[[str], None]) -> None:
-    """Read a child's pipe to its end: keep every byte, hand each complete line to ``lines``."""
+def _read_terminal(fd: int) -> Callable[[int], bytes]:
+    def read(size: int) -> bytes:
+        try:
+            return os.read(fd, size)
+        except OSError:          # EIO: the child closed its end of the pseudo-terminal
+            return b""
+    return read
+
+
+def _pump(read: Callable[[int], bytes], keep: list[bytes], lines: Callable[[str], None]) -> None:
+    """Read a child's output to its end: keep every byte, hand each complete line to ``lines``."""
     pending = b""
-    while chunk := pipe.read1(65536):  # type: ignore[attr-defined]  # Popen pipes are BufferedReaders
+    while chunk := read(65536):
         keep.append(chunk)
         pending += chunk
         *complete, pending = _LINE_END.split(pending)
@@ -150,19 +165,33 @@ def _pump(pipe: IO[bytes], keep: list[bytes], lines: Callable[[str], None]) -> N
 def _run_streaming(args: list[str], lines: Callable[[str], None], *, input: bytes | None,
                    stdin: IO[bytes] | int | None, stdout: IO[bytes] | int | None, check: bool,
                    timeout: float | None, env: Mapping[str, str | None] | None,
-                   cwd: str | os.PathLike[str] | None) -> Result:
+                   cwd: str | os.PathLike[str] | None, terminal: bool) -> Result:
+    master = slave = -1
+    if terminal and stdout is None:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))   # tools size bars by it
+        stdout = slave
     try:
         proc = subprocess.Popen(
             args, stdin=subprocess.PIPE if input is not None else (stdin if stdin is not None else subprocess.DEVNULL),
             stdout=stdout if stdout is not None else subprocess.PIPE, stderr=subprocess.PIPE,
             env=_env(env), cwd=cwd)
     except FileNotFoundError:
+        if master >= 0:
+            os.close(master)
         raise LayerbootError(f"command {args[0]!r} not found", hint="is the package that provides it installed?")
+    finally:
+        if slave >= 0:
+            os.close(slave)
     out: list[bytes] = []
     err: list[bytes] = []
-    pumps = [threading.Thread(target=_pump, args=(proc.stderr, err, lines), daemon=True)]
-    if proc.stdout is not None:
-        pumps.append(threading.Thread(target=_pump, args=(proc.stdout, out, lines), daemon=True))
+    assert proc.stderr is not None
+    readers: list[tuple[Callable[[int], bytes], list[bytes]]] = [(proc.stderr.read1, err)]  # type: ignore[attr-defined]
+    if master >= 0:
+        readers.append((_read_terminal(master), out))
+    elif proc.stdout is not None:
+        readers.append((proc.stdout.read1, out))  # type: ignore[attr-defined]
+    pumps = [threading.Thread(target=_pump, args=(read, keep, lines), daemon=True) for read, keep in readers]
     for pump in pumps:
         pump.start()
     if input is not None:
@@ -179,9 +208,13 @@ def _run_streaming(args: list[str], lines: Callable[[str], None], *, input: byte
         proc.wait()
         for pump in pumps:
             pump.join()
+        if master >= 0:
+            os.close(master)
         raise CommandError(args, None, b"".join(err).decode("utf-8", "replace"), timed_out=True) from None
     for pump in pumps:
         pump.join()
+    if master >= 0:
+        os.close(master)
     result = Result(args, proc.returncode, b"".join(out), b"".join(err))
     if check and proc.returncode != 0:
         raise CommandError(args, proc.returncode, result.stderr.decode("utf-8", "replace"))
