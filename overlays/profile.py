@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,17 @@ from layerboot.overlays.serial import locked, next_serial
 from layerboot.overlays.store import Store
 
 log = logging.getLogger("layerboot.profile")
+
+
+def number_ranges(numbers: Iterable[int]) -> str:
+    """[1, 2, 3, 5] -> '1-3, 5' (generation numbers have gaps once old ones are collected)."""
+    spans: list[list[int]] = []
+    for n in sorted(numbers):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in spans)
 
 
 @dataclass(frozen=True)
@@ -101,7 +113,9 @@ class Profiles:
             known = self.numbers(name)
             if not known:
                 raise NotFoundError(f"no profile named {name!r}", hint="see 'layerboot profile list'") from None
-            raise LayerbootError(f"profile {name} has no generation {number} (it has 1..{known[-1]})") from None
+            raise NotFoundError(f"profile {name} has no generation {number} (it has {number_ranges(known)})",
+                                hint="old generations go with 'layerboot store gc'; see 'layerboot profile log "
+                                     f"{name}'") from None
 
     def current(self, name: str) -> Generation:
         numbers = self.numbers(name)
@@ -266,7 +280,7 @@ class Profiles:
         for digest in layers:
             if not self.store.objects.exists(digest):
                 raise LayerbootError(f"layer {digest[:12]} is missing from the store (run 'layerboot store fsck')")
-        with locked(self.paths.state / "store.lock"):
+        with locked(self.paths.lock_file):
             numbers = self.numbers(name)
             last = numbers[-1] if numbers else 0
             if last != expect_number:
@@ -278,6 +292,7 @@ class Profiles:
             self.paths.manifest_dir(name).mkdir(parents=True, exist_ok=True)
             write_bytes(self.manifest_path(name, gen.number), sign_manifest(manifest, private_key))
             self.paths.profile_dir(name).mkdir(parents=True, exist_ok=True)
+            self.paths.adopt(self.paths.manifest_dir(name), self.paths.profile_dir(name))
             if not create_exclusive(self._generation_path(name, gen.number), gen.to_json().encode("utf-8")):
                 raise LayerbootError(f"generation {gen.number} of {name} appeared meanwhile; try again")
         log.info("profile %s: generation %d (%s), manifest serial %d", name, gen.number, action, serial)
