@@ -11,7 +11,21 @@ from layerboot.errors import LayerbootError
 log = logging.getLogger("layerboot")
 
 
-def setup_logging(*, verbose: int = 0, debug: bool = False) -> None:
+class CliFormatter(logging.Formatter):
+    """``layerboot: message`` for info, ``layerboot: warning: message`` and so on: the program's name, never
+    a logger's (those are for the daemon's journal fields and for debugging with -vv)."""
+
+    def __init__(self, prog: str = "layerboot") -> None:
+        super().__init__("%(message)s")
+        self.prog = prog
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        level = "" if record.levelno == logging.INFO else record.levelname.lower() + ": "
+        return f"{self.prog}: {level}{text}"
+
+
+def setup_logging(*, verbose: int = 0, debug: bool = False, prog: str = "layerboot") -> None:
     """Log to stderr: warnings by default, info with -v, debug with -vv or --debug."""
     level = logging.WARNING
     if verbose == 1:
@@ -19,7 +33,7 @@ def setup_logging(*, verbose: int = 0, debug: bool = False) -> None:
     if verbose >= 2 or debug:
         level = logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(CliFormatter(prog))
     root = logging.getLogger("layerboot")
     root.handlers[:] = [handler]
     root.setLevel(level)

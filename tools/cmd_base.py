@@ -10,12 +10,13 @@ from pathlib import Path
 
 from layerboot.tools.context import Context
 from layerboot.tools.output import human_size
+from layerboot.tools.parser import examples
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("base", help="build a base layer with debootstrap or take one from a live ISO",
                             description="Make base layers. For a directory tree use 'layerboot layer import DIR'.")
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True, help="where the base comes from")
 
     deb = actions.add_parser(
         "debootstrap", help="Debian minbase + init + the node-side layerboot client, as a base layer",
@@ -31,17 +32,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="where downloads are kept (default: /var/cache/layerboot/debootstrap)")
     deb.add_argument("-d", "--description", default="", help="free text shown by 'layer list'")
     deb.set_defaults(func=cmd_debootstrap)
+    examples(deb, "layerboot base debootstrap -d 'bookworm minbase'",
+             "layerboot base debootstrap --include openssh-server,vim-tiny --mirror http://deb.debian.org/debian")
 
     iso = actions.add_parser(
         "import-iso", help="import a live ISO's root filesystem, kernel and initrd",
         description="Decompose a live ISO (Debian live, Ubuntu, Fedora LiveOS, Arch): its squashfs becomes a "
                     "base layer, its kernel and initrd boot files. Prints the three digests.")
-    iso.add_argument("iso", type=Path, metavar="FILE.iso")
+    iso.add_argument("iso", type=Path, metavar="FILE.iso", help="the live ISO, as downloaded")
     iso.add_argument("--squashfs", metavar="PATH", help="path of the root filesystem inside the ISO")
     iso.add_argument("--kernel", metavar="PATH", help="path of the kernel inside the ISO")
     iso.add_argument("--initrd", metavar="PATH", help="path of the initrd inside the ISO")
     iso.add_argument("-d", "--description", default="", help="free text for the base layer")
     iso.set_defaults(func=cmd_import_iso)
+    examples(iso, "layerboot base import-iso debian-live-12.8.0-amd64-standard.iso",
+             "layerboot base import-iso custom.iso --squashfs /images/root.sfs --kernel /boot/vmlinuz "
+             "--initrd /boot/initrd")
 
 
 def cmd_debootstrap(ctx: Context) -> int:

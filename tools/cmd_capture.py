@@ -10,6 +10,7 @@ from layerboot.errors import LayerbootError
 from layerboot.overlays.capture import ZSTD_LEVEL, capture, capture_to
 from layerboot.tools.context import Context
 from layerboot.tools.output import human_size
+from layerboot.tools.parser import examples
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--level", type=int, default=ZSTD_LEVEL, help="zstd level (default %(default)s)")
     parser.add_argument("--skip-sockets", action="store_true", help="leave sockets out instead of refusing")
     parser.set_defaults(func=cmd_capture)
+    examples(parser, "layerboot capture --upper /run/layerboot/rw/upper -o /run/change.tar.zst",
+             "layerboot capture --upper /run/layerboot/rw/upper -o - | ssh server 'cat > change.tar.zst'")
 
 
 def cmd_capture(ctx: Context) -> int:

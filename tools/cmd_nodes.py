@@ -12,56 +12,88 @@ from pathlib import Path
 from layerboot.errors import LayerbootError
 from layerboot.tools.context import Context
 from layerboot.tools.output import table
+from layerboot.tools.parser import add_json, examples, print_json
+
+MAC_HELP = "the node's MAC address (52:54:00:12:34:56; '-' or no separators also work)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("nodes", help="register nodes (MAC -> profile, token, SSH key) and see their boots",
                             description="Without an action: list the nodes with their last boot report.")
     parser.set_defaults(func=cmd_list)
-    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    add_json(parser)
+    examples(parser, "layerboot nodes", "layerboot nodes --json")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", help="what to do (default: list)")
 
-    p = actions.add_parser("register", help="register a node; prints its upload token once")
-    p.add_argument("mac")
-    p.add_argument("--profile", required=True)
+    p = actions.add_parser("register", help="register a node; prints its upload token once",
+                           description="Register a node by MAC for a profile. Prints its upload token once; "
+                                       "only its hash is stored.")
+    p.add_argument("mac", help=MAC_HELP)
+    p.add_argument("--profile", required=True, help="the profile the node boots")
     p.add_argument("--ssh-key", type=Path, action="append", default=[], metavar="FILE",
                    help="OpenSSH public key file allowed to upload over SFTP (repeatable)")
     p.add_argument("--replace", action="store_true", help="re-register: new token, forget old keys and reports")
     p.set_defaults(func=cmd_register)
+    examples(p, "layerboot nodes register 52:54:00:12:34:56 --profile web",
+             "layerboot nodes register 52:54:00:12:34:56 --profile web --ssh-key node.pub --replace")
 
-    actions.add_parser("list", help="list nodes with last seen, generation booted, failures").set_defaults(
-        func=cmd_list)
+    p = actions.add_parser("list", help="list nodes with last seen, generation booted, failures",
+                           description="List the registered nodes with their last boot report.")
+    add_json(p)
+    p.set_defaults(func=cmd_list)
+    examples(p, "layerboot nodes list", "layerboot nodes list --json")
 
-    p = actions.add_parser("show", help="one node with its recent boot reports")
-    p.add_argument("mac")
-    p.add_argument("--json", action="store_true")
+    p = actions.add_parser("show", help="one node with its recent boot reports",
+                           description="Show one node: profile, last seen, generation booted, failures, SSH "
+                                       "keys and its recent boot reports with their timings.")
+    p.add_argument("mac", help=MAC_HELP)
+    add_json(p)
     p.set_defaults(func=cmd_show)
+    examples(p, "layerboot nodes show 52:54:00:12:34:56", "layerboot nodes show 52:54:00:12:34:56 --json")
 
-    p = actions.add_parser("remove", help="forget a node (its tokens stop working at once)")
-    p.add_argument("mac")
+    p = actions.add_parser("remove", help="forget a node (its tokens stop working at once)",
+                           description="Forget a node: its tokens, SSH keys and reports.")
+    p.add_argument("mac", help=MAC_HELP)
     p.set_defaults(func=cmd_remove)
+    examples(p, "layerboot nodes remove 52:54:00:12:34:56")
 
-    p = actions.add_parser("set-profile", help="boot a node from another profile")
-    p.add_argument("mac")
-    p.add_argument("profile")
+    p = actions.add_parser("set-profile", help="boot a node from another profile",
+                           description="Boot a node from another profile from its next boot on.")
+    p.add_argument("mac", help=MAC_HELP)
+    p.add_argument("profile", help="the profile it boots from now on")
     p.set_defaults(func=cmd_set_profile)
+    examples(p, "layerboot nodes set-profile 52:54:00:12:34:56 db")
 
-    p = actions.add_parser("add-key", help="allow another SSH public key for a node's SFTP uploads")
-    p.add_argument("mac")
-    p.add_argument("key", type=Path, metavar="FILE")
+    p = actions.add_parser("add-key", help="allow another SSH public key for a node's SFTP uploads",
+                           description="Allow another OpenSSH public key to upload over SFTP as this node.")
+    p.add_argument("mac", help=MAC_HELP)
+    p.add_argument("key", type=Path, metavar="FILE", help="OpenSSH public key file (one line)")
     p.set_defaults(func=cmd_add_key)
+    examples(p, "layerboot nodes add-key 52:54:00:12:34:56 node2.pub")
 
-    uploads = sub.add_parser("uploads", help="uploads received by layerbootd: list, approve held ones, policy")
+    uploads = sub.add_parser("uploads", help="uploads received by layerbootd: list, approve held ones, policy",
+                             description="Without an action: list the uploads.")
     uploads.set_defaults(func=cmd_uploads_list, state=None)
-    uactions = uploads.add_subparsers(dest="action", metavar="ACTION")
-    p = uactions.add_parser("list", help="list uploads and their states")
-    p.add_argument("--state", choices=("receiving", "received", "baking", "baked", "failed", "held"))
+    add_json(uploads)
+    examples(uploads, "layerboot uploads", "layerboot uploads --json")
+    uactions = uploads.add_subparsers(dest="action", metavar="ACTION", help="what to do (default: list)")
+    p = uactions.add_parser("list", help="list uploads and their states",
+                            description="List uploads: id, node, profile, size, state, layer, generation.")
+    p.add_argument("--state", choices=("receiving", "received", "baking", "baked", "failed", "held"),
+                   help="only uploads in this state ('held': baked, waiting for approval)")
+    add_json(p)
     p.set_defaults(func=cmd_uploads_list)
-    p = uactions.add_parser("approve", help="append a held upload's layer to its profile (new generation)")
-    p.add_argument("id")
+    examples(p, "layerboot uploads list --state held", "layerboot uploads list --json")
+    p = uactions.add_parser("approve", help="append a held upload's layer to its profile (new generation)",
+                            description="Append a held upload's layer to its profile as a new generation.")
+    p.add_argument("id", help="upload id (from 'uploads list')")
     p.set_defaults(func=cmd_uploads_approve)
-    p = uactions.add_parser("reject", help="drop a held upload (its layer is not appended)")
-    p.add_argument("id")
+    examples(p, "layerboot uploads approve 20250101120000-1a2b3c4d")
+    p = uactions.add_parser("reject", help="drop a held upload (its layer is not appended)",
+                            description="Drop a held upload: its layer is not appended ('store gc' deletes it).")
+    p.add_argument("id", help="upload id (from 'uploads list')")
     p.set_defaults(func=cmd_uploads_reject)
+    examples(p, "layerboot uploads reject 20250101120000-1a2b3c4d")
     p = uactions.add_parser(
         "policy", help="show or set a profile's upload policy (auto/hold, and the content it may carry)",
         description="Without options: show the profile's policy. 'auto' appends each baked upload as a new "
@@ -69,20 +101,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(setuid), file capabilities (caps) or device nodes (devices) are refused unless the "
                     "profile allows that class; --allow adds classes, --deny removes them (each takes a "
                     "comma-separated list, or 'all').")
-    p.add_argument("profile")
-    p.add_argument("policy", nargs="?", choices=("auto", "hold"))
+    p.add_argument("profile", help="profile name")
+    p.add_argument("policy", nargs="?", choices=("auto", "hold"),
+                   help="auto: append each baked upload; hold: wait for 'uploads approve'")
     p.add_argument("--allow", action="append", default=[], metavar="CLASSES",
                    help="allow these content classes: setuid, caps, devices, all")
     p.add_argument("--deny", action="append", default=[], metavar="CLASSES",
                    help="refuse these content classes again")
     p.set_defaults(func=cmd_uploads_policy)
+    examples(p, "layerboot uploads policy web", "layerboot uploads policy web auto --allow setuid,caps")
 
 
 def _registry(ctx: Context):  # noqa: ANN202
-    from layerboot.server.db import connect
     from layerboot.server.nodes import Registry
-    ctx.ready_store()
-    return Registry(connect(ctx.paths.database), boot_token_ttl=ctx.config.server_boot_token_ttl)
+    return Registry(ctx.database(), boot_token_ttl=ctx.config.server_boot_token_ttl)
 
 
 def _records(ctx: Context):  # noqa: ANN202
@@ -114,8 +146,11 @@ def _when(value: str | None) -> str:
 
 
 def cmd_list(ctx: Context) -> int:
+    nodes = _registry(ctx).all()
+    if ctx.args.json:
+        return print_json([n.to_dict() for n in nodes])
     rows = []
-    for n in _registry(ctx).all():
+    for n in nodes:
         last = f"{n.last_stage} {'ok' if n.last_ok else 'FAILED'}" if n.last_stage else "-"
         rows.append([n.mac, n.profile + (" (auto)" if n.auto else ""), _when(n.last_seen),
                      n.last_generation if n.last_generation is not None else "-", last, n.failures, n.boots])
@@ -175,6 +210,8 @@ def cmd_uploads_list(ctx: Context) -> int:
     uploads = records.list(state=None if state == "held" else state)
     if state == "held":
         uploads = [u for u in uploads if u.held]
+    if ctx.args.json:
+        return print_json([u.to_dict() | {"held": u.held} for u in uploads])
     rows = [[u.id, u.mac, u.profile, u.name, u.size, "held" if u.held else u.state, (u.layer or "-")[:12],
              u.generation or "-", u.message] for u in uploads]
     print(table(["ID", "NODE", "PROFILE", "NAME", "BYTES", "STATE", "LAYER", "GEN", "MESSAGE"], rows)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from layerboot.errors import LayerbootError
 from layerboot.tools.context import Context
+from layerboot.tools.parser import examples
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,13 +19,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "file (202 + upload id); the server bakes it later. --wait polls until it is baked. Server, "
                     "node and token default to layerboot.server=, layerboot.node= and layerboot.token= on "
                     "/proc/cmdline, or $LAYERBOOT_SERVER, $LAYERBOOT_NODE, $LAYERBOOT_TOKEN.")
-    p.add_argument("file", type=Path)
-    p.add_argument("--server", metavar="URL")
-    p.add_argument("--node", metavar="MAC")
-    p.add_argument("--token")
+    p.add_argument("file", type=Path, help="the tar.zst made by 'layerboot capture'")
+    p.add_argument("--server", metavar="URL", help="layerbootd's URL (default: layerboot.server= on the kernel "
+                                                   "command line)")
+    p.add_argument("--node", metavar="MAC", help="this node's MAC (default: layerboot.node=)")
+    p.add_argument("--token", help="this node's token (default: layerboot.token=)")
     p.add_argument("--name", help="name on the server (default: the file's name)")
     p.add_argument("--wait", type=float, metavar="SECONDS", help="wait up to SECONDS for the bake to finish")
     p.set_defaults(func=cmd_upload)
+    examples(p, "layerboot upload /run/change.tar.zst --wait 120",
+             "layerboot upload change.tar.zst --server http://10.0.0.1:8080 --node 52:54:00:12:34:56 --token T")
 
 
 def _cmdline() -> dict[str, str]:
