@@ -285,8 +285,11 @@ async def errors_and_access_log(request: web.Request, handler: Any) -> web.Strea
         log.exception("internal error on %s %s", request.method, request.path)
         response = negotiate.error(request, 500, "internal server error (see the layerbootd log)")
     elapsed = (time.monotonic() - start) * 1000
-    access_log.info("%s %s %s %s %d %.1fms", request.remote, request.method, request.path, response.status,
-                    response.content_length or 0, elapsed)
+    size = response.content_length or 0
+    access_log.info("%s %s %s %s %d %.1fms", request.remote, request.method, request.path, response.status, size,
+                    elapsed, extra={"fields": {"REMOTE_ADDR": request.remote, "REQUEST_METHOD": request.method,
+                                               "REQUEST_PATH": request.path, "STATUS": response.status,
+                                               "BYTES": size, "DURATION_MS": f"{elapsed:.1f}"}})
     return response
 
 

@@ -48,6 +48,12 @@ class Uploads:
         self.watcher: Any = None
         self.sweeper: asyncio.Task[None] | None = None
 
+    def reconfigure(self, config: Any) -> None:
+        """A reloaded config (SIGHUP): new bake limits, threads, queue size and default policy; the number of
+        workers stays until a restart."""
+        self.config = config
+        self.records.default_policy = config.server_upload_policy
+
     # -- life cycle --------------------------------------------------------------------------------------
     async def start(self) -> None:
         queue_dir(self.paths).mkdir(parents=True, exist_ok=True)
