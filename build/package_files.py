@@ -13,7 +13,7 @@ from pathlib import Path
 
 # Every package of the distribution (pyproject.toml [tool.setuptools] packages; a test keeps them equal).
 PACKAGES = ("layerboot", "layerboot.overlays", "layerboot.server", "layerboot.tools", "layerboot.build",
-            "layerboot.initrd", "layerboot.initrd.stage1")
+            "layerboot.build.oci", "layerboot.initrd", "layerboot.initrd.stage1")
 
 
 def package_files() -> list[tuple[str, Path]]:
