@@ -119,7 +119,8 @@ def test_json_output_carries_the_records(store, make_layer, profiles, capsys: py
     layers = cli_json("layer", "list")
     assert {layer["digest"]: layer["description"] for layer in layers}[base] == "the base" and len(layers) == 2
     shown = cli_json("layer", "show", base[:8])
-    assert shown["digest"] == base and shown["used_by"] == ["profile web generations 1-2", f"the base of layer {top[:12]}"]
+    assert shown["digest"] == base
+    assert shown["used_by"] == ["profile web generations 1-2", f"the base of layer {top[:12]}"]
     assert cli_json("profile", "list")[0] | {"created": None} == {
         "profile": "web", "number": 2, "layers": [base, top], "action": f"add {top[:12]} at 1", "serial": 2,
         "cmdline": "console=ttyS0", "kernel": None, "initrd": None, "created": None}

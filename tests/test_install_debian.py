@@ -148,8 +148,8 @@ def test_layerbootd_under_systemd_serves_a_node_client_on_debians_libraries(inst
             upload + run(["journalctl", "-u", "layerbootd", "--no-pager"]).text[-3000:]
         run(["sh", "-c", f"curl -sf -H 'Authorization: Bearer {token}' http://127.0.0.1:{port}/nodes/{MAC}/manifest "
              "> /srv/web.manifest"])
-        verified = run([*node, "manifest", "verify", "/srv/web.manifest", "--key", "/var/lib/layerboot/keys/signing.pub",
-                        "--min-serial", "2"]).text
+        verified = run([*node, "manifest", "verify", "/srv/web.manifest", "--min-serial", "2",
+                        "--key", "/var/lib/layerboot/keys/signing.pub"]).text
         assert verified.startswith("OK: web generation 2, serial 2, 2 layer(s)")
 
         # the watchdog is fed (4 s here), a reload keeps the process, the journal has structured access records

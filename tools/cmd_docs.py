@@ -66,8 +66,12 @@ def cmd_manpages(ctx: Context) -> int:
     written = []
     for page in all_pages(_parser("layerboot"), _parser("layerbootd")):
         target = root / f"man{page.section}" / page.filename
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_text(target, page.text)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_text(target, page.text)
+        except OSError as err:
+            raise LayerbootError(f"cannot write {target}: {err.strerror}") from None
         written.append(target)
-    print(f"wrote {len(written)} man pages under {root} (man{', man'.join(sorted({p.parent.name[3:] for p in written}))})")
+    sections = ", ".join(sorted({p.parent.name for p in written}))
+    print(f"wrote {len(written)} man pages under {root} ({sections})")
     return 0

@@ -33,7 +33,8 @@ class Page:
 
 def _date() -> str:
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
-    when = dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc) if epoch.isdigit() else dt.datetime.now(dt.timezone.utc)
+    when = dt.datetime.fromtimestamp(int(epoch), dt.timezone.utc) if epoch.isdigit() \
+        else dt.datetime.now(dt.timezone.utc)
     return when.strftime("%Y-%m-%d")
 
 

@@ -82,7 +82,8 @@ def _per_layer(store: Store, image: Image, scratch: Path, description: str, thre
 
         def fill(writer: TarWriter) -> None:
             with layer_tar(blob, step) as stream:
-                for member, data in overlay_members(stream, LIMITS, index, dirs, base=is_base):  # type: ignore[arg-type]
+                members = overlay_members(stream, LIMITS, index, dirs, base=is_base)  # type: ignore[arg-type]
+                for member, data in members:
                     write_member(writer, member, data)
 
         with Progress(f"packing {label}", total=blob.size) as step:
