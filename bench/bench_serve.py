@@ -129,7 +129,8 @@ def main() -> int:
 
     lb_port, ng_port = free_port(), free_port()
     config = args.workdir / "layerboot.toml"
-    config.write_text(f'[store]\nroot = "{paths.root}"\n[server]\nlisten = "127.0.0.1"\nport = {lb_port}\n')
+    config.write_text(f'[store]\nroot = "{paths.root}"\n[server]\nlisten = "127.0.0.1"\nport = {lb_port}\n'
+                      'access_log = false\n')   # like nginx's 'access_log off' below
     (args.workdir / "nginx.conf").write_text(NGINX_CONF.format(work=args.workdir, port=ng_port, objects=paths.objects))
     with open(args.workdir / "layerbootd.log", "wb") as lb_log, open(args.workdir / "nginx.log", "wb") as ng_log:
         daemon = Process([sys.executable, "-m", "layerboot.server.main", "--config", config], stdout=lb_log,

@@ -52,6 +52,7 @@ from layerboot.overlays.chain import mount
 from layerboot.overlays.manifest import Manifest, verify_manifest
 from layerboot.overlays.objects import sha256_file
 from layerboot.overlays.profile import Profiles
+from layerboot.progress import Progress
 from layerboot.run import run
 
 log = logging.getLogger("layerboot.ab")
@@ -222,7 +223,7 @@ def expected_files(manifest: Manifest) -> dict[str, str]:
     return expected
 
 
-def _copy_synced(source: Path, target: Path) -> str:
+def _copy_synced(source: Path, target: Path, step: Progress | None = None) -> str:
     """Copy and fsync one file; returns the sha256 of what was read."""
     digest = hashlib.sha256()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -230,6 +231,8 @@ def _copy_synced(source: Path, target: Path) -> str:
         while chunk := src.read(CHUNK):
             digest.update(chunk)
             dst.write(chunk)
+            if step is not None:
+                step.advance(len(chunk))
         dst.flush()
         os.fsync(dst.fileno())
     return digest.hexdigest()
@@ -306,11 +309,13 @@ class AbDisk:
                 raise LayerbootError(f"generation {source.manifest.generation} needs {source.size // MiB + 1} MiB, "
                                      f"slot {slot} has {fs.f_bavail * fs.f_frsize // MiB} MiB free after "
                                      "formatting", hint="reinstall with a larger --slot-size")
-            for rel, path in source.files.items():
-                try:
-                    hashes[rel] = _copy_synced(path, root / rel)
-                except OSError as err:
-                    raise LayerbootError(f"writing {rel} into slot {slot} failed: {err.strerror}") from None
+            with Progress(f"writing slot {slot}", total=source.size) as step:
+                for rel, path in source.files.items():
+                    step.note(rel)
+                    try:
+                        hashes[rel] = _copy_synced(path, root / rel, step)
+                    except OSError as err:
+                        raise LayerbootError(f"writing {rel} into slot {slot} failed: {err.strerror}") from None
             (root / "manifest.json").write_bytes(source.envelope)
             entry = bootloader.slot_entry(layout.slot_uuids[slot], source.manifest.cmdline, source.manifest.profile)
             (root / "boot" / "grub-entry.cfg").write_text(entry)

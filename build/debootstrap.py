@@ -38,7 +38,8 @@ from layerboot.build.package_files import copy_package
 from layerboot.errors import CommandError, LayerbootError
 from layerboot.overlays.layer import Layer
 from layerboot.overlays.store import Store
-from layerboot.run import require_tool, run
+from layerboot.progress import Progress
+from layerboot.run import C_LOCALE, require_tool, run
 from layerboot.server.monitor.agent import install_units
 
 log = logging.getLogger("layerboot.debootstrap")
@@ -145,8 +146,9 @@ def download_tarball(spec: DebootstrapSpec, cache: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=cache, prefix=".dl-") as tmp:
         partial = Path(tmp) / "debs.tgz"
         log.info("downloading %s %s from %s (cached in %s)", spec.suite, spec.variant, spec.mirror, cache)
-        run([*spec.argv(), f"--make-tarball={partial}", spec.suite, Path(tmp) / "root", spec.mirror],
-            timeout=1800)
+        with Progress(f"debootstrap: downloading {spec.suite}") as step:
+            run([*spec.argv(), f"--make-tarball={partial}", spec.suite, Path(tmp) / "root", spec.mirror],
+                timeout=1800, env=C_LOCALE, lines=step.line)
         os.replace(partial, tarball)
     return tarball
 
@@ -158,7 +160,7 @@ def install_node_client(root: Path) -> Path:
     wrapper.write_text(WRAPPER)
     wrapper.chmod(0o755)
     run(["chroot", root, "python3", "-m", "compileall", "-q", "/usr/lib/python3/dist-packages/layerboot"],
-        timeout=300)
+        timeout=300, env=C_LOCALE)
     return target
 
 
@@ -186,7 +188,7 @@ def _configure_errors(root: Path) -> str:
     """Why dpkg left packages unconfigured, in one line (debootstrap itself only says 'see the log')."""
     if not (root / "var/lib/dpkg/status").exists():
         return ""
-    result = run(["chroot", root, "dpkg", "--configure", "-a"], check=False, timeout=600)
+    result = run(["chroot", root, "dpkg", "--configure", "-a"], check=False, timeout=600, env=C_LOCALE)
     output = result.text + result.stderr.decode("utf-8", "replace")
     missing = sorted(set(re.findall(r"Package (\S+) is not installed", output)))
     failed = sorted(set(re.findall(r"error processing package (\S+)", output)))
@@ -202,7 +204,9 @@ def build_tree(spec: DebootstrapSpec, root: Path, *, cache: Path = DEFAULT_CACHE
     tarball = download_tarball(spec, cache)
     log.info("installing %s into %s", spec.suite, root)
     try:
-        run([*spec.argv(), f"--unpack-tarball={tarball}", spec.suite, root, spec.mirror], timeout=1800)
+        with Progress(f"debootstrap: installing {spec.suite}") as step:
+            run([*spec.argv(), f"--unpack-tarball={tarball}", spec.suite, root, spec.mirror], timeout=1800,
+                env=C_LOCALE, lines=step.line)
     except CommandError as err:
         detail = _configure_errors(root) or err.message
         raise LayerbootError(f"debootstrap could not install {spec.suite}: {detail}",

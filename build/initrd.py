@@ -21,6 +21,7 @@ from pathlib import Path
 from layerboot.build.drivers import DriverPlan, plan_drivers
 from layerboot.build.kernel import Kernel
 from layerboot.errors import LayerbootError
+from layerboot.progress import Progress
 from layerboot.run import require_tool, run
 
 STAGE1_DIR = Path(__file__).resolve().parent.parent / "initrd" / "stage1"
@@ -175,15 +176,16 @@ def build_initrd(kernel: Kernel, public_key: Path, output: Path, *, python: str 
         # dracut copies the firmware the modules name (modinfo) from these directories, as drivers.py found it
         (work / "dracut.conf").write_text(f'fw_dir="{" ".join(map(str, drivers.firmware_dirs))}"\n')
         partial = work / "initrd.img"
-        run(["dracut", "--force", "--quiet", "--no-hostonly", "--no-hostonly-cmdline", "--no-early-microcode",
-             "--reproducible", "--modules", "layerboot", "--kver", kernel.version, "--kmoddir", kernel.moddir,
-             "--conf", work / "dracut.conf", "--confdir", work / "conf.d", "--tmpdir", work, "--zstd",
-             partial],
-            env={"dracutbasedir": str(_private_dracut(work)), "LAYERBOOT_PAYLOAD": str(payload),
-                 "LAYERBOOT_PYTHON": python, "LAYERBOOT_BUSYBOX": busybox,
-                 "LAYERBOOT_LIBRARIES": " ".join(info["libraries"]),
-                 "LAYERBOOT_DRIVERS": " ".join(drivers.modules)},
-            timeout=900)
+        with Progress(f"building the initramfs for {kernel.version} with dracut") as step:
+            run(["dracut", "--force", "--no-hostonly", "--no-hostonly-cmdline", "--no-early-microcode",
+                 "--reproducible", "--modules", "layerboot", "--kver", kernel.version, "--kmoddir", kernel.moddir,
+                 "--conf", work / "dracut.conf", "--confdir", work / "conf.d", "--tmpdir", work, "--zstd",
+                 partial],
+                env={"dracutbasedir": str(_private_dracut(work)), "LAYERBOOT_PAYLOAD": str(payload),
+                     "LAYERBOOT_PYTHON": python, "LAYERBOOT_BUSYBOX": busybox,
+                     "LAYERBOOT_LIBRARIES": " ".join(info["libraries"]),
+                     "LAYERBOOT_DRIVERS": " ".join(drivers.modules)},
+                timeout=900, lines=step.line)
         if cache is not None:
             cache.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(partial, cache / f"{key}.img.tmp")

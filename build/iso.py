@@ -29,6 +29,7 @@ from layerboot.errors import LayerbootError
 from layerboot.overlays.layer import Layer
 from layerboot.overlays.squashfs import SQUASHFS_MAGIC
 from layerboot.overlays.store import Store
+from layerboot.progress import Progress
 from layerboot.run import require_tool, run
 
 log = logging.getLogger("layerboot.iso")
@@ -133,9 +134,21 @@ class IsoReader:
             self._copy(path, _Limited(buffer, size))
         return buffer.getvalue()[:size]
 
-    def extract(self, path: str, target: Path) -> None:
-        with open(target, "wb") as out:
-            self._copy(path, out)
+    def extract(self, path: str, target: Path, *, size: int | None = None) -> None:
+        with open(target, "wb") as out, Progress(f"extracting {posixpath.basename(path)}", total=size) as step:
+            self._copy(path, _Counted(out, step))
+
+
+class _Counted:
+    """A write-only file object that reports the bytes written to a Progress."""
+
+    def __init__(self, inner, step: Progress) -> None:  # noqa: ANN001
+        self.inner, self.step = inner, step
+
+    def write(self, data: bytes) -> int:
+        written = self.inner.write(data)
+        self.step.advance(len(data))
+        return written
 
 
 class _Limited:
@@ -248,10 +261,11 @@ def import_iso(store: Store, iso: Path, *, description: str = "", squashfs: str 
         with scratch_dir(store.paths.tmp, prefix="iso.") as tmp:
             scratch = Path(tmp)
             parts = {}
+            sizes = reader.files()
             for name, path in (("squashfs", layout.squashfs), ("kernel", layout.kernel), ("initrd", layout.initrd)):
                 parts[name] = scratch / name
                 log.info("extracting %s from %s", path, iso.name)
-                reader.extract(path, parts[name])
+                reader.extract(path, parts[name], size=sizes.get(path))
             inner = embedded_image(parts["squashfs"])
             text = description or f"{iso.name} {layout.squashfs}"
             if inner:

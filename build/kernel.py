@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layerboot.errors import LayerbootError
+from layerboot.progress import Progress
 from layerboot.run import require_tool, run
 
 FLAVOURS = {"generic": "linux-image-amd64", "cloud": "linux-image-cloud-amd64"}
@@ -74,7 +75,8 @@ class Kernel:
 
 
 def _download(package: str, into: Path) -> Path:
-    run(["apt-get", "download", package], cwd=into, timeout=1800)
+    with Progress(f"downloading {package}") as step:
+        run(["apt-get", "download", package], cwd=into, timeout=1800, lines=step.line)
     debs = sorted(into.glob(f"{package}_*.deb"))
     if not debs:
         raise LayerbootError(f"apt-get download {package} produced no .deb",
@@ -125,11 +127,13 @@ def fetch_kernel(cache: Path = DEFAULT_CACHE, *, refresh: bool = False, flavour:
             return Kernel(version, target)
         deb = _download(package, work)
         unpacked = work / "root"
-        run(["dpkg", "-x", deb, unpacked], timeout=600)
-        kernel = Kernel(version, unpacked)
-        if not kernel.image.is_file() or not kernel.moddir.is_dir():
-            raise LayerbootError(f"{deb.name} has no {kernel.image.name} or module tree")
-        run(["depmod", "-b", unpacked, version], timeout=600)
+        with Progress(f"unpacking {deb.name}") as step:
+            run(["dpkg", "-x", deb, unpacked], timeout=600)
+            kernel = Kernel(version, unpacked)
+            if not kernel.image.is_file() or not kernel.moddir.is_dir():
+                raise LayerbootError(f"{deb.name} has no {kernel.image.name} or module tree")
+            step.note("depmod")
+            run(["depmod", "-b", unpacked, version], timeout=600)
         (unpacked / ".complete").write_text(package + "\n")
         if target.exists():
             shutil.rmtree(target)

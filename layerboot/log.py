@@ -32,7 +32,22 @@ class SafeFormatter(logging.Formatter):
         return "\n".join("  " + printable(line) for line in super().formatStack(stack_info).splitlines())
 
 
-def setup_logging(*, verbose: int = 0, debug: bool = False) -> None:
+class CliFormatter(SafeFormatter):
+    """``layerboot: message`` for info, ``layerboot: warning: message`` and so on: the program's name, never
+    a logger's (those are for the daemon's journal fields and for debugging with -vv); escaped as SafeFormatter
+    escapes every record."""
+
+    def __init__(self, prog: str = "layerboot") -> None:
+        super().__init__("%(message)s")
+        self.prog = prog
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        level = "" if record.levelno == logging.INFO else record.levelname.lower() + ": "
+        return f"{self.prog}: {level}{text}"
+
+
+def setup_logging(*, verbose: int = 0, debug: bool = False, prog: str = "layerboot") -> None:
     """Log to stderr: warnings by default, info with -v, debug with -vv or --debug."""
     level = logging.WARNING
     if verbose == 1:
@@ -40,7 +55,7 @@ def setup_logging(*, verbose: int = 0, debug: bool = False) -> None:
     if verbose >= 2 or debug:
         level = logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(SafeFormatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(CliFormatter(prog))
     root = logging.getLogger("layerboot")
     root.handlers[:] = [handler]
     root.setLevel(level)

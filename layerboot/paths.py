@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,3 +123,23 @@ class Paths:
         for directory in self.all_dirs():
             directory.mkdir(parents=True, exist_ok=True)
         self.keys.chmod(0o700)
+        self.store_lock.touch(exist_ok=True)
+        self.adopt(*self.all_dirs(), self.store_lock)
+
+    def adopt(self, *targets: Path) -> None:
+        """Give what root just created in a store that belongs to another user (layerbootd's service user)
+        to that user, so the daemon can write where the CLI wrote. Ownership follows the store's root
+        directory; nothing happens in a root-owned store or when not running as root."""
+        if os.geteuid() != 0:
+            return
+        try:
+            owner = self.root.stat()
+        except FileNotFoundError:
+            return
+        if owner.st_uid == 0:
+            return
+        for target in targets:
+            try:
+                os.chown(target, owner.st_uid, owner.st_gid, follow_symlinks=False)
+            except FileNotFoundError:
+                continue

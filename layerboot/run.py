@@ -1,18 +1,31 @@
 """The one command runner. No other module imports subprocess.
 
 Every external command runs from an argv list (never a shell), with stdin from /dev/null unless input is
-given, a timeout, a minimal fixed environment, and failures raised as :class:`CommandError` naming the
-command, its status and its stderr tail. This module is stdlib-only so stage1 can ship it.
+given, a timeout, a minimal environment, and failures raised as :class:`CommandError` naming the command,
+its status and its stderr tail. This module is stdlib-only so stage1 can ship it.
+
+The environment is a fixed PATH plus what a user sets on purpose and a command should see: proxy
+variables, ``SOURCE_DATE_EPOCH`` (reproducible builds), the locale (``C.UTF-8`` when none is set), ``TZ`` and
+``TMPDIR``. Nothing else of the caller's environment leaks into a command.
+
+A long command can stream its output lines (stdout and stderr, split at ``\n`` and ``\r`` so progress bars
+count) into a callback, e.g. a :class:`layerboot.progress.Progress`, while it runs.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import pty
+import re
 import shlex
 import shutil
+import struct
 import subprocess
-from collections.abc import Mapping, Sequence
+import termios
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -23,10 +36,16 @@ log = logging.getLogger("layerboot.run")
 
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "LC_ALL": "C.UTF-8",
-    "LANG": "C.UTF-8",
 }
+DEFAULT_LOCALE = {"LANG": "C.UTF-8"}
+# what the caller set on purpose and commands should see (curl, apt, debootstrap, pip honour the proxies)
+PASSED_THROUGH = ("http_proxy", "https_proxy", "ftp_proxy", "all_proxy", "no_proxy",
+                  "HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "ALL_PROXY", "NO_PROXY",
+                  "SOURCE_DATE_EPOCH", "TZ", "TMPDIR", "LANG", "LANGUAGE")
+# for commands whose messages are parsed or that run inside a chroot without the caller's locales
+C_LOCALE = {"LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
 DEFAULT_TIMEOUT = 600.0
+_LINE_END = re.compile(rb"[\r\n]")
 
 
 @dataclass(frozen=True)
@@ -41,12 +60,24 @@ class Result:
         return self.stdout.decode("utf-8", "replace")
 
 
-def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
+def passed_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The caller's variables a command gets: proxies, SOURCE_DATE_EPOCH, locale, TZ, TMPDIR."""
+    environ = os.environ if environ is None else environ
+    kept = {k: v for k, v in environ.items() if k in PASSED_THROUGH or k.startswith("LC_")}
+    if not any(k == "LANG" or k.startswith("LC_") for k in kept):
+        kept.update(DEFAULT_LOCALE)
+    return kept
+
+
+def _env(extra: Mapping[str, str | None] | None) -> dict[str, str]:
+    """BASE_ENV + the passed-through variables + ``extra`` (a value of None removes that variable)."""
     env = dict(BASE_ENV)
-    if "TMPDIR" in os.environ:
-        env["TMPDIR"] = os.environ["TMPDIR"]
-    if extra:
-        env.update(extra)
+    env.update(passed_environment())
+    for key, value in (extra or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     return env
 
 
@@ -67,17 +98,24 @@ def run(
     stdout: IO[bytes] | int | None = None,
     check: bool = True,
     timeout: float | None = DEFAULT_TIMEOUT,
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str | None] | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    lines: Callable[[str], None] | None = None,
+    terminal: bool = False,
 ) -> Result:
     """Run a command to completion and return its output; raise CommandError on failure when check is set.
 
-    stdout is captured unless a file object is given (for streaming large outputs to disk).
+    stdout is captured unless a file object is given (for streaming large outputs to disk). With ``lines``,
+    every output line (stdout unless redirected, and stderr) is passed to it as it arrives; ``terminal`` gives
+    the command a pseudo-terminal as stdout, for tools that draw progress only on a terminal (mksquashfs).
     """
     args = [os.fspath(a) for a in argv]
     log.debug("run: %s", shlex.join(args))
     if input is not None and stdin is not None:
         raise ValueError("give input or stdin, not both")
+    if lines is not None:
+        return _run_streaming(args, lines, input=input, stdin=stdin, stdout=stdout, check=check, timeout=timeout,
+                              env=env, cwd=cwd, terminal=terminal)
     try:
         proc = subprocess.run(
             args,
@@ -101,12 +139,94 @@ def run(
     return result
 
 
+def _read_terminal(fd: int) -> Callable[[int], bytes]:
+    def read(size: int) -> bytes:
+        try:
+            return os.read(fd, size)
+        except OSError:          # EIO: the child closed its end of the pseudo-terminal
+            return b""
+    return read
+
+
+def _pump(read: Callable[[int], bytes], keep: list[bytes], lines: Callable[[str], None]) -> None:
+    """Read a child's output to its end: keep every byte, hand each complete line to ``lines``."""
+    pending = b""
+    while chunk := read(65536):
+        keep.append(chunk)
+        pending += chunk
+        *complete, pending = _LINE_END.split(pending)
+        for raw in complete:
+            if raw.strip():
+                lines(raw.decode("utf-8", "replace").rstrip())
+    if pending.strip():
+        lines(pending.decode("utf-8", "replace").rstrip())
+
+
+def _run_streaming(args: list[str], lines: Callable[[str], None], *, input: bytes | None,
+                   stdin: IO[bytes] | int | None, stdout: IO[bytes] | int | None, check: bool,
+                   timeout: float | None, env: Mapping[str, str | None] | None,
+                   cwd: str | os.PathLike[str] | None, terminal: bool) -> Result:
+    master = slave = -1
+    if terminal and stdout is None:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))   # tools size bars by it
+        stdout = slave
+    try:
+        proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE if input is not None else (stdin if stdin is not None else subprocess.DEVNULL),
+            stdout=stdout if stdout is not None else subprocess.PIPE, stderr=subprocess.PIPE,
+            env=_env(env), cwd=cwd)
+    except FileNotFoundError:
+        if master >= 0:
+            os.close(master)
+        raise LayerbootError(f"command {args[0]!r} not found", hint="is the package that provides it installed?")
+    finally:
+        if slave >= 0:
+            os.close(slave)
+    out: list[bytes] = []
+    err: list[bytes] = []
+    assert proc.stderr is not None
+    readers: list[tuple[Callable[[int], bytes], list[bytes]]] = [(proc.stderr.read1, err)]  # type: ignore[attr-defined]
+    if master >= 0:
+        readers.append((_read_terminal(master), out))
+    elif proc.stdout is not None:
+        readers.append((proc.stdout.read1, out))  # type: ignore[attr-defined]
+    pumps = [threading.Thread(target=_pump, args=(read, keep, lines), daemon=True) for read, keep in readers]
+    for pump in pumps:
+        pump.start()
+    if input is not None:
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(input)
+        except BrokenPipeError:
+            pass
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        for pump in pumps:
+            pump.join()
+        if master >= 0:
+            os.close(master)
+        raise CommandError(args, None, b"".join(err).decode("utf-8", "replace"), timed_out=True) from None
+    for pump in pumps:
+        pump.join()
+    if master >= 0:
+        os.close(master)
+    result = Result(args, proc.returncode, b"".join(out), b"".join(err))
+    if check and proc.returncode != 0:
+        raise CommandError(args, proc.returncode, result.stderr.decode("utf-8", "replace"))
+    return result
+
+
 class Process:
     """A long-running child (a daemon, a QEMU guest, a pipeline stage) that is always reaped."""
 
     def __init__(self, argv: Sequence[str | os.PathLike[str]], *, stdin: IO[bytes] | int | None = None,
                  stdout: IO[bytes] | int | None = None, stderr: IO[bytes] | int | None = None,
-                 env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
+                 env: Mapping[str, str | None] | None = None, cwd: str | os.PathLike[str] | None = None,
                  pass_fds: Sequence[int] = ()) -> None:
         self.argv = [os.fspath(a) for a in argv]
         log.debug("spawn: %s", shlex.join(self.argv))

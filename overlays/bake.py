@@ -33,6 +33,7 @@ from layerboot.overlays.squashfs import threads as default_threads
 from layerboot.overlays.store import Store
 from layerboot.overlays.tarscan import BakeLimits, Member, UploadRejected, scan_tar
 from layerboot.overlays.tarwriter import HeaderTooLarge, Reader, TarWriter
+from layerboot.progress import Progress
 from layerboot.run import Process, devnull, require_tool
 
 __all__ = ["BakeLimits", "UploadRejected", "bake_archive", "build_squashfs", "convert_upload"]
@@ -190,10 +191,13 @@ def convert_upload(archive: Path, image: Path, *, limits: BakeLimits, compressio
             for member, data in scan_tar(stream, limits):  # type: ignore[arg-type]
                 write_member(writer, member, data)
                 counts["members"] += 1
+                step.update(stream.total)
 
         try:
-            build_squashfs(fill, image, compression=compression, block_size=block_size, threads=threads,
-                           scratch=scratch, needed=expected_image_size(archive), what=f"baking {archive.name}")
+            with Progress(f"baking {archive.name}") as step:
+                build_squashfs(fill, image, compression=compression, block_size=block_size, threads=threads,
+                               scratch=scratch, needed=expected_image_size(archive), what=f"baking {archive.name}")
+                step.note(f"{counts['members']} entries")
         except UploadRejected:
             rc = unzstd.poll()
             if rc is not None and rc < 0:   # zstd was killed: its output ended early, the upload is not at fault

@@ -22,24 +22,27 @@ from layerboot.diskspace import require_space, storage_error
 from layerboot.errors import LayerbootError
 from layerboot.overlays.names import check_digest
 from layerboot.paths import Paths
+from layerboot.progress import Progress
 
 log = logging.getLogger("layerboot.objects")
 
 CHUNK = 1 << 20
 
 
-def sha256_file(path: Path) -> tuple[str, int]:
-    """Return (hex digest, size) of a file, read in 1 MiB chunks."""
+def sha256_file(path: Path, step: Progress | None = None) -> tuple[str, int]:
+    """Return (hex digest, size) of a file, read in 1 MiB chunks (reported to ``step`` when given)."""
     with open(path, "rb") as handle:
-        return sha256_stream(handle)
+        return sha256_stream(handle, step)
 
 
-def sha256_stream(handle: BinaryIO) -> tuple[str, int]:
+def sha256_stream(handle: BinaryIO, step: Progress | None = None) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
     while chunk := handle.read(CHUNK):
         digest.update(chunk)
         size += len(chunk)
+        if step is not None:
+            step.advance(len(chunk))
     return digest.hexdigest(), size
 
 
@@ -91,7 +94,8 @@ class ObjectStore:
     def put_file(self, source: Path, *, move: bool = False) -> tuple[str, int]:
         """Store a file. With ``move`` a file already inside the store's tmp/ is renamed rather than copied."""
         if move:
-            digest, size = sha256_file(source)
+            with Progress(f"hashing {source.name}", total=source.stat().st_size) as step:
+                digest, size = sha256_file(source, step)
             with open(source, "rb+") as handle:
                 os.fsync(handle.fileno())
             try:
@@ -103,8 +107,10 @@ class ObjectStore:
         except OSError as err:
             raise _read_error(err, source) from None
         with handle:
-            require_space(self.paths.tmp, os.fstat(handle.fileno()).st_size, what=f"importing {source}")
-            return self.put_stream(handle, name=str(source))
+            size = os.fstat(handle.fileno()).st_size
+            require_space(self.paths.tmp, size, what=f"importing {source}")
+            with Progress(f"copying {source.name} into the store", total=size) as step:
+                return self.put_stream(step.reader(handle), name=str(source))  # type: ignore[arg-type]
 
     def _publish(self, tmp: Path, digest: str) -> str:
         target = self.path(digest)

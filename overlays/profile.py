@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,17 @@ from layerboot.overlays.serial import locked, next_serial
 from layerboot.overlays.store import Store
 
 log = logging.getLogger("layerboot.profile")
+
+
+def number_ranges(numbers: Iterable[int]) -> str:
+    """[1, 2, 3, 5] -> '1-3, 5' (generation numbers have gaps once old ones are collected)."""
+    spans: list[list[int]] = []
+    for n in sorted(numbers):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in spans)
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,11 @@ class Generation:
     def chain(self) -> tuple[str, ...]:
         """What a node stacks, base first: the base, the kernel's modules layer (if any), the overlays."""
         return self.layers[:1] + ((self.modules,) if self.modules else ()) + self.layers[1:]
+
+    @property
+    def objects(self) -> tuple[str, ...]:
+        """Every store object this generation needs: its chain, kernel and initrd."""
+        return self.chain + tuple(d for d in (self.kernel, self.initrd) if d)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -109,7 +126,9 @@ class Profiles:
             known = self.numbers(name)
             if not known:
                 raise NotFoundError(f"no profile named {name!r}", hint="see 'layerboot profile list'") from None
-            raise LayerbootError(f"profile {name} has no generation {number} (it has 1..{known[-1]})") from None
+            raise NotFoundError(f"profile {name} has no generation {number} (it has {number_ranges(known)})",
+                                hint="old generations go with 'layerboot store gc'; see 'layerboot profile log "
+                                     f"{name}'") from None
 
     def current(self, name: str) -> Generation:
         numbers = self.numbers(name)
@@ -296,6 +315,7 @@ class Profiles:
             self.paths.manifest_dir(name).mkdir(parents=True, exist_ok=True)
             write_bytes(self.manifest_path(name, gen.number), sign_manifest(manifest, private_key))
             self.paths.profile_dir(name).mkdir(parents=True, exist_ok=True)
+            self.paths.adopt(self.paths.manifest_dir(name), self.paths.profile_dir(name))
             if not create_exclusive(self._generation_path(name, gen.number), gen.to_json().encode("utf-8")):
                 raise LayerbootError(f"generation {gen.number} of {name} appeared meanwhile; try again")
         log.info("profile %s: generation %d (%s), manifest serial %d", name, gen.number, action, serial)
@@ -322,7 +342,7 @@ class Profiles:
         for name in self.names():
             for number in self.numbers(name):
                 gen = self.generation(name, number)
-                found.update(d for d in (*gen.layers, gen.kernel, gen.initrd, gen.modules) if d)
+                found.update(gen.objects)
         for layer in self.store.layers():
             found.update(d for d in (layer.base, layer.parent) if d)
         return found
@@ -346,7 +366,7 @@ class Profiles:
                 gen = self.generation(name, number)
                 if not self.manifest_path(name, number).is_file():
                     problems.append(f"profile {name} generation {number}: its signed manifest is missing")
-                for digest in (*gen.layers, gen.kernel, gen.initrd):
+                for digest in gen.objects:
                     if digest and digest not in recorded:
                         problems.append(f"profile {name} generation {number}: {digest[:12]} is not in the store")
         return problems

@@ -37,6 +37,7 @@ from layerboot.overlays.layer import Layer
 from layerboot.overlays.profile import Generation, Profiles
 from layerboot.overlays.store import Store
 from layerboot.overlays.tarwriter import TarWriter
+from layerboot.progress import Progress
 
 log = logging.getLogger("layerboot.squash")
 
@@ -110,12 +111,17 @@ def drop_hiding_nothing(node: Node, lower: Path | None) -> int:
     return dropped
 
 
-def _write(entries: EntryWriter, node: Node, rel: str, roots: Sequence[Path]) -> None:
+def _count(node: Node) -> int:
+    return 1 + sum(_count(child) for child in node.children.values())
+
+
+def _write(entries: EntryWriter, node: Node, rel: str, roots: Sequence[Path], step: Progress) -> None:
     root = roots[node.layer]
     source = root / rel if rel else root
     entries.add(source, rel, opaque=node.opaque if node.kind == "dir" else None, link_scope=root)
+    step.advance(1)
     for name in sorted(node.children):
-        _write(entries, node.children[name], f"{rel}/{name}" if rel else name, roots)
+        _write(entries, node.children[name], f"{rel}/{name}" if rel else name, roots, step)
 
 
 def squash_layers(store: Store, digests_base_first: Sequence[str], *, below: Sequence[str], description: str,
@@ -153,10 +159,11 @@ def squash_layers(store: Store, digests_base_first: Sequence[str], *, below: Seq
                 log.info("dropped %d whiteout(s) that hide nothing beneath the squashed range", dropped)
 
             def fill(writer: TarWriter) -> None:
-                _write(EntryWriter(writer, action="squash"), tree, "", roots)
+                _write(EntryWriter(writer, action="squash"), tree, "", roots, step)
 
-            build_squashfs(fill, image, compression=store.compression, block_size=store.block_size,
-                           threads=threads, scratch=scratch)
+            with Progress(f"squashing {len(layers)} layers", total=_count(tree), unit="entries") as step:
+                build_squashfs(fill, image, compression=store.compression, block_size=store.block_size,
+                               threads=threads, scratch=scratch)
         log.info("squashed %d layers into one image", len(layers))
         return store.import_squashfs(image, kind="overlay", source="squash:" + ",".join(l.short for l in layers),
                                      description=description, base=beneath[0].digest, parent=beneath[-1].digest,

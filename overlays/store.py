@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from layerboot.atomic import scratch_dir, write_text
+from layerboot.atomic import fsync_dir, scratch_dir, write_text
 from layerboot.diskspace import watch_output
 from layerboot.errors import LayerbootError, NotFoundError
 from layerboot.overlays.layer import SQUASHFS_KINDS, Layer
@@ -105,14 +105,15 @@ class Store:
                                     base=base_digest, parent=parent_digest, description=description))
 
     def import_tree(self, tree: Path, *, kind: str = "base", description: str = "", base: str | None = None,
-                    parent: str | None = None, all_root: bool = False, processors: int = 0) -> Layer:
-        """Pack a directory tree with mksquashfs and add it."""
+                    parent: str | None = None, all_root: bool = False, owner: tuple[int, int] | None = None,
+                    mtime: int | None = None, processors: int = 0) -> Layer:
+        """Pack a directory tree with mksquashfs and add it (reproducibly: see squashfs.mksquashfs)."""
         with scratch_dir(self.paths.tmp, prefix="import.") as scratch:
             image = scratch / "layer.squashfs"
             log.info("packing %s with mksquashfs (%s)", tree, self.compression)
             with watch_output(image, needed=0, what=f"packing {tree}"):
                 mksquashfs(tree, image, compression=self.compression, block_size=self.block_size,
-                           processors=processors, all_root=all_root)
+                           processors=processors, all_root=all_root, owner=owner, mtime=mtime)
             return self.import_squashfs(image, kind=kind, source=f"tree:{tree}", description=description,
                                         base=base, parent=parent, move=True)
 
@@ -149,6 +150,13 @@ class Store:
 
     def describe(self, ref: str, description: str) -> Layer:
         return self.record(replace(self.get(ref), description=description))
+
+    def delete(self, digest: str) -> None:
+        """Remove an object and its record (the caller has checked that nothing references it)."""
+        self.objects.remove(digest)
+        self.paths.object_meta(digest).unlink(missing_ok=True)
+        fsync_dir(self.paths.objects)
+        fsync_dir(self.paths.meta)
 
     # -- checks ------------------------------------------------------------------------------------------
     def fsck(self, digests: Iterable[str] | None = None) -> list[FsckProblem]:

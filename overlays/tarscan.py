@@ -363,11 +363,24 @@ class _Scanner:
 
 
 def _info_class(state: dict[str, bool]) -> type[tarfile.TarInfo]:
+    """A TarInfo that notes whether the last header block read was all zeros (the end of the archive).
+
+    Pythons with the 2025 tarfile fixes (3.12.11+, 3.13.4+, and Debian 12's patched 3.11.2) read headers
+    through ``_frombuf`` instead of ``frombuf``: both are hooked, or no upload would ever pass there."""
+    def note(buf: bytes) -> None:
+        state["zero_block"] = len(buf) == tarfile.BLOCKSIZE and buf.count(0) == tarfile.BLOCKSIZE
+
     class Info(tarfile.TarInfo):
         @classmethod
         def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:  # type: ignore[override]
-            state["zero_block"] = len(buf) == tarfile.BLOCKSIZE and buf.count(0) == tarfile.BLOCKSIZE
+            note(buf)
             return super().frombuf(buf, encoding, errors)
+
+        if hasattr(tarfile.TarInfo, "_frombuf"):
+            @classmethod
+            def _frombuf(cls, buf: bytes, encoding: str, errors: str, **options: Any) -> tarfile.TarInfo:
+                note(buf)
+                return super()._frombuf(buf, encoding, errors, **options)  # type: ignore[misc]
     return Info
 
 

@@ -327,8 +327,13 @@ async def errors_and_access_log(request: web.Request, handler: Any) -> web.Strea
             response = negotiate.error(request, storage.http_status, storage.message, hint=storage.hint)
     elapsed = (time.monotonic() - start) * 1000
     # Path and user agent are the client's text: the log formatter (layerboot.log.SafeFormatter) escapes them.
-    access_log.info("%s %s %s %s %d %.1fms %r", request.remote, request.method, request.path, response.status,
-                    response.content_length or 0, elapsed, request.headers.get("User-Agent", "-")[:200])
+    size = response.content_length or 0
+    agent = request.headers.get("User-Agent", "-")[:200]
+    access_log.info("%s %s %s %s %d %.1fms %r", request.remote, request.method, request.path, response.status, size,
+                    elapsed, agent, extra={"fields": {"REMOTE_ADDR": request.remote, "REQUEST_METHOD": request.method,
+                                                      "REQUEST_PATH": request.path, "STATUS": response.status,
+                                                      "BYTES": size, "DURATION_MS": f"{elapsed:.1f}",
+                                                      "USER_AGENT": agent}})
     return response
 
 

@@ -1,13 +1,21 @@
 """``layerbootd``: the server daemon. One asyncio process: HTTP (aiohttp), SFTP (asyncssh), the bake queue.
 
-Logs go to stderr, one line per record; under systemd (``$JOURNAL_STREAM`` set) each line starts with a
-``<N>`` syslog priority so journald files it at the right level, and carries no timestamp of its own.
+Logging: one record per event, never a logger name in the text. Under systemd, when stderr is the journal
+(``$JOURNAL_STREAM``), records go to journald natively with structured fields (``PRIORITY``, ``LOGGER``, and
+for the access log ``REMOTE_ADDR``, ``REQUEST_METHOD``, ``REQUEST_PATH``, ``STATUS``, ``BYTES``,
+``DURATION_MS``); otherwise they are lines on stderr with a timestamp and level. The access log (one record per
+request) is on by default (``server.access_log``).
+
+Service manager: with ``Type=notify`` the daemon says ``READY=1`` once it listens, pings the watchdog
+(``WatchdogSec=``) from its event loop, and on SIGHUP reloads the config (``RELOADING=1`` .. ``READY=1``):
+see :data:`RELOADABLE` for what takes effect at once; the other settings are logged as needing a restart.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
@@ -18,28 +26,33 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from layerboot import __version__
+from layerboot import __version__, progress, systemd
 from layerboot.atomic import write_text
 from layerboot.errors import LayerbootError
 from layerboot.log import SafeFormatter, run_main
 from layerboot.overlays.profile import Profiles
 from layerboot.overlays.store import Store
 from layerboot.paths import Paths
-from layerboot.settings import load_config
+from layerboot.settings import SETTINGS, load_config
 from layerboot.urls import parse_http_url
 
 log = logging.getLogger("layerboot.server")
 
-PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+PRIORITIES = systemd.PRIORITIES
+# settings a SIGHUP applies at once; every other setting needs a restart (listening sockets, the store, workers)
+RELOADABLE = ("store.compression", "store.block_size", "manifest.cmdline", "bake.max_bytes", "bake.max_files",
+              "bake.special_files", "bake.threads", "server.unknown_mac", "server.default_profile",
+              "server.queue_size", "server.debug", "server.access_log", "server.public_url",
+              "server.boot_token_ttl", "server.upload_policy")
 
 
 class JournalFormatter(SafeFormatter):
-    """``<priority>name: message`` for journald; ``time level name: message`` on a terminal.
-
-    A SafeFormatter: text from nodes and clients cannot add lines or terminal escapes to the log."""
+    """``<priority>message`` when stderr goes to journald without the native socket; ``time level: message``
+    on a terminal or in a file. A SafeFormatter: text from nodes and clients cannot add lines or terminal
+    escapes to the log."""
 
     def __init__(self, journal: bool) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s" if not journal else "%(name)s: %(message)s")
+        super().__init__("%(message)s" if journal else "%(asctime)s %(levelname)s: %(message)s")
         self.journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
@@ -50,18 +63,24 @@ class JournalFormatter(SafeFormatter):
         return text
 
 
-def setup_daemon_logging(*, debug: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JournalFormatter(bool(os.environ.get("JOURNAL_STREAM"))))
+def setup_daemon_logging(*, debug: bool, access_log: bool = True) -> None:
+    stream = logging.StreamHandler(sys.stderr)
+    journal = systemd.stderr_is_journal()
+    stream.setFormatter(JournalFormatter(journal))
+    handler: logging.Handler = systemd.JournalHandler("layerbootd", fallback=stream) if journal else stream
     root = logging.getLogger("layerboot")
+    for old in root.handlers:
+        if old is not handler:
+            old.close()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     root.propagate = False
     # aiohttp's and asyncssh's own records (bad requests, SSH clients) carry peer text too: same handler.
     logging.getLogger().handlers[:] = [handler]
-    logging.getLogger("layerboot.server.access").setLevel(logging.INFO if debug else logging.WARNING)
+    logging.getLogger("layerboot.server.access").setLevel(logging.INFO if access_log else logging.WARNING)
     for noisy in ("aiohttp.access", "asyncssh"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    progress.set_mode("log")
 
 
 def admin_token(paths: Paths) -> str:
@@ -85,19 +104,27 @@ def _port(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from layerboot.tools.parser import Parser, examples
+
+    parser = Parser(
         prog="layerbootd",
         description="Serve a layerboot store to netbooting nodes: per-MAC iPXE scripts, signed manifests, "
                     "layers, kernels and initrds over HTTP; accept node uploads over HTTP and SFTP and bake "
-                    "them into layers. Settings come from the TOML config (server.*, store.*, bake.*).")
-    parser.add_argument("--version", action="version", version=f"layerbootd {__version__}")
+                    "them into layers. Settings come from the TOML config (server.*, store.*, bake.*). SIGHUP "
+                    "reloads the config; under systemd (Type=notify) it reports readiness and pings the "
+                    "watchdog.")
+    parser.add_argument("--version", action="version", version=f"layerbootd {__version__}",
+                        help="print the version and exit")
     parser.add_argument("-c", "--config", type=Path, metavar="FILE",
                         help="TOML config (default: $LAYERBOOT_CONFIG or /etc/layerboot/layerboot.toml)")
     parser.add_argument("-s", "--store", type=Path, metavar="DIR", help="store directory (overrides store.root)")
     parser.add_argument("--listen", metavar="ADDR", help="HTTP address (overrides server.listen)")
     parser.add_argument("--port", type=_port, help="HTTP port (overrides server.port)")
     parser.add_argument("--ssh-port", type=_port, help="SFTP port, 0 disables (overrides server.ssh_port)")
-    parser.add_argument("--debug", action="store_true", help="log every request; tracebacks on errors")
+    parser.add_argument("--debug", action="store_true", help="debug messages; tracebacks on errors")
+    examples(parser, "layerbootd --config /etc/layerboot/layerboot.toml",
+             "layerbootd --store /srv/layerboot --listen 10.0.0.1 --port 8080 --ssh-port 2222",
+             "systemctl reload layerbootd        # SIGHUP: re-read the config")
     return parser
 
 
@@ -107,8 +134,11 @@ def load(args: argparse.Namespace) -> Any:
         "server_ssh_port": args.ssh_port, "server_debug": True if args.debug else None})
 
 
-async def serve(config: Any) -> None:
-    """Run until SIGTERM/SIGINT: open the store and database, start the bake queue, HTTP and SFTP."""
+async def serve(config: Any, reload_config: Any = None) -> None:
+    """Run until SIGTERM/SIGINT: open the store and database, start the bake queue, HTTP and SFTP.
+
+    ``reload_config`` loads the config again for SIGHUP (default: keep ``config``)."""
+    reload_config = reload_config or (lambda: config)
     from aiohttp import web
 
     from layerboot.server.auth.boottoken import open_boot_tokens
@@ -177,8 +207,10 @@ async def serve(config: Any) -> None:
     if config.server_ssh_port:
         from layerboot.server.sftp import start_sftp
         sftp = await start_sftp(state, config.server_listen, config.server_ssh_port)
-    log.info("layerbootd %s serving %s on http://%s:%d%s", __version__, paths.root, config.server_listen,
-             config.server_port, f" and sftp port {config.server_ssh_port}" if sftp else "")
+    where = f"http://{config.server_listen}:{config.server_port}" + \
+        (f" and sftp port {config.server_ssh_port}" if sftp else "")
+    log.info("layerbootd %s serving %s on %s", __version__, paths.root, where)
+    systemd.notify("READY=1", f"STATUS=serving {paths.root} on {where}")
     verifying = asyncio.create_task(keep_verified(state.verifier, profiles,
                                                   scrub_interval=config.server_scrub_interval))
 
@@ -186,10 +218,14 @@ async def serve(config: Any) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: reload(state, reload_config))
+    pinger = asyncio.create_task(ping_watchdog(systemd.watchdog_interval()))
     try:
         await stop.wait()
     finally:
         log.info("stopping")
+        systemd.notify("STOPPING=1")
+        pinger.cancel()
         verifying.cancel()
         if sftp is not None:
             sftp.close()
@@ -204,14 +240,52 @@ async def serve(config: Any) -> None:
         lock.release()
 
 
+async def ping_watchdog(interval: float | None) -> None:
+    """``WATCHDOG=1`` from the event loop itself: a loop that hangs stops pinging and systemd restarts us."""
+    if interval is None:
+        return
+    while True:
+        systemd.notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
+def reload(state: Any, load_again: Any) -> list[str]:
+    """SIGHUP: read the config again and apply what can change while running; returns the keys applied.
+
+    A config that does not load (bad TOML, unknown key) is logged and the running config stays."""
+    systemd.notify(*systemd.reloading_states())
+    try:
+        new = load_again()
+    except LayerbootError as err:
+        log.error("reload failed, keeping the running configuration: %s", err.message)
+        systemd.notify("READY=1", "STATUS=reload failed; running with the previous configuration")
+        return []
+    old = state.config
+    changed = [s for s in SETTINGS if getattr(old, s.field) != getattr(new, s.field)]
+    restart = [s.key for s in changed if s.key not in RELOADABLE]
+    applied = [s.key for s in changed if s.key in RELOADABLE]
+    merged = dataclasses.replace(new, **{s.field: getattr(old, s.field) for s in SETTINGS if s.key not in RELOADABLE})
+    state.config = merged
+    state.store.compression, state.store.block_size = merged.store_compression, merged.store_block_size
+    state.tokens.ttl = merged.server_boot_token_ttl
+    if state.uploads is not None:
+        state.uploads.reconfigure(merged)
+    setup_daemon_logging(debug=merged.server_debug, access_log=merged.server_access_log)
+    if restart:
+        log.warning("reloaded; these settings change only at the next restart: %s", ", ".join(restart))
+    log.info("reloaded the configuration: %s", ", ".join(applied) or "nothing changed")
+    systemd.notify("READY=1", "STATUS=reloaded: " + (", ".join(applied) or "nothing changed"))
+    return applied
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_daemon_logging(debug=args.debug)
 
     def body() -> int:
         config = load(args)
-        setup_daemon_logging(debug=config.server_debug)
-        asyncio.run(serve(config))
+        setup_daemon_logging(debug=config.server_debug, access_log=config.server_access_log)
+        asyncio.run(serve(config, lambda: load(args)))
         # Everything is closed; do not wait at interpreter exit for worker threads still inside a bake or a
         # transfer to a stalled client: the bake is redone on the next start (it never publishes half a layer).
         logging.shutdown()

@@ -48,7 +48,7 @@ class ProfileIndex:
         for number in self.profiles.numbers(profile):
             if number not in known:
                 gen = self.profiles.generation(profile, number)
-                known[number] = frozenset(d for d in (*gen.chain, gen.kernel, gen.initrd) if d)
+                known[number] = frozenset(gen.objects)
         result: set[str] = set()
         for digests in known.values():
             result |= digests

@@ -59,6 +59,12 @@ class Uploads:
         self.active: set[str] = set()        # uploads a worker of this process is baking
         self.ignored: set[Path] = set()      # files in areas of nodes that are not registered
 
+    def reconfigure(self, config: Any) -> None:
+        """A reloaded config (SIGHUP): new bake limits, threads, queue size and default policy; the number of
+        workers stays until a restart."""
+        self.config = config
+        self.records.default_policy = config.server_upload_policy
+
     # -- life cycle --------------------------------------------------------------------------------------
     async def start(self) -> None:
         """Clean what a crash left, recover the queue, start the workers (the caller holds the daemon lock)."""

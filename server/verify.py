@@ -160,7 +160,7 @@ async def keep_verified(verifier: ObjectVerifier, profiles: Any, *, scrub_interv
         current: list[str] = []
         for name in profiles.names():
             gen = profiles.current(name)
-            current += [d for d in (*gen.layers, gen.kernel, gen.initrd) if d and d not in current]
+            current += [d for d in gen.objects if d not in current]
         await verifier.sweep(current, force=False, what="start-up verification of the current generations")
     except Exception as err:   # a broken profile record: serving verifies on demand all the same
         log.warning("start-up verification stopped: %s", err)

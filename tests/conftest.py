@@ -109,3 +109,19 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     url = server.new_database()
     yield url
     server.drop_database(url)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Commands the tests start from another directory import the installed layerboot: it must be this
+    checkout's code (an editable install, or .ci/install run from this checkout), or they test something else."""
+    import sys
+
+    from layerboot.build.package_files import package_digest
+    from layerboot.run import run
+
+    code = "from layerboot.build.package_files import package_digest; print(package_digest())"
+    result = run([sys.executable, "-c", code], cwd="/", check=False)
+    if result.returncode != 0 or result.text.strip() != package_digest():
+        pytest.exit(f"{sys.executable} does not import this checkout's layerboot from other directories "
+                    f"({result.stderr.decode().strip().splitlines()[-1:] or 'an older copy'}): run "
+                    "'bash .ci/install' again, or install the checkout editable (pip install -e .)", returncode=4)

@@ -52,13 +52,14 @@ class Daemon:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, *, timeout: float = 15.0) -> "Daemon":
+    def start(self, *, timeout: float = 15.0, env: dict[str, str] | None = None) -> "Daemon":
         argv = [sys.executable, "-m", "layerboot.server.main", "--config", str(self.config),
                 "--port", str(self.port), "--listen", "127.0.0.1"]
         if self.ssh_port:
             argv += ["--ssh-port", str(self.ssh_port)]
         handle = open(self.log, "ab")
-        self.proc = Process(argv, stdout=handle, stderr=handle, env={"PYTHONPATH": os.pathsep.join(sys.path)})
+        self.proc = Process(argv, stdout=handle, stderr=handle,
+                            env={"PYTHONPATH": os.pathsep.join(sys.path), **(env or {})})
         handle.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

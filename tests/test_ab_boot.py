@@ -103,8 +103,8 @@ def test_bios_boot_of_a_broken_update_rolls_back_by_itself(profiles, node, tmp_p
         booted = re.findall(r"Booting `layerboot slot (\w)'", serial)
         assert booted == ["B", "B", "A"], serial[-3000:]
         assert serial.count("LBTEST-BROKEN") == 2 and "Kernel panic" in serial
-        assert (f"LBTEST-SLOT: BOOT_IMAGE=/boot/vmlinuz layerboot.slot=UUID={uuids['A']} panic=10 "
-                f"layerboot.emergency=reboot console=ttyS0") in serial
+        assert (f"LBTEST-SLOT: BOOT_IMAGE=/boot/vmlinuz layerboot.slot=UUID={uuids['A']} layerboot.profile=node "
+                f"panic=10 layerboot.emergency=reboot console=ttyS0") in serial
 
         run(["partx", "-u", device])
         state = disk.state()

@@ -190,8 +190,9 @@ def test_pxe_boot_layers_capture_upload_bake_reboot(daemon: Daemon, node_store: 
         node.wait_for(r"layerboot: node secret: claimed with the asset key, stored in /run/layerboot/node.secret")
         # real iPXE passed the iPXE-looking words on as they are, then layerbootd's own options
         cmdline = node.wait_for(r"^NODE-CMDLINE ").text.split(" ", 1)[1]
-        assert f"{CMDLINE} {IPXE_WORDS} layerboot.server=http://10.0.2.2:{daemon.port} layerboot.node={MAC} " \
-               "layerboot.profile=node layerboot.token=lbb1." in cmdline
+        bootif = "BOOTIF=01-" + MAC.replace(":", "-")    # iPXE filled in the NIC it booted from
+        assert f"{CMDLINE} {IPXE_WORDS} {bootif} layerboot.server=http://10.0.2.2:{daemon.port} " \
+               f"layerboot.node={MAC} layerboot.profile=node layerboot.token=lbb1." in cmdline
         uploaded = node.wait_for(r"NODE-UPLOADED", timeout=300, start=node.lines.index(first))
         second = node.wait_for(r"ROOTFS-PASS", timeout=180, start=node.lines.index(uploaded),
                                fail=(r"layerboot: FAILED", r"Kernel panic", r"Traceback"))
@@ -413,13 +414,13 @@ def test_cache_layers_are_verified_before_use(daemon: Daemon, node_store: dict, 
     options = "layerboot.cache=LABEL=layerboot-cache"
     layers = node_store["profiles"].current("node").layers
     victim = node_store["layers"][1]
-    with direct(node_store, kernel, tmp_path / "fill", server, daemon.node_token, options + " lbtest=check",
+    with direct(node_store, kernel, tmp_path / "fill", server, daemon.boot_token(), options + " lbtest=check",
                 disks=(disk,)) as node:
         node.wait_for(r"ROOTFS-PASS", timeout=120, fail=(r"layerboot: FAILED", r"Kernel panic", r"Traceback"))
         node.wait_exit(60)
     assert_clean(node)
     assert "layerboot: cache:" not in node.text()          # no fallback note: fs-verity is on for every layer
-    with direct(node_store, kernel, tmp_path / "tamper", server, daemon.node_token,
+    with direct(node_store, kernel, tmp_path / "tamper", server, daemon.boot_token(),
                 f"{options} lbtest=tamper:{victim}", disks=(disk,)) as node:
         tampered = node.wait_for(r"NODE-TAMPERED", timeout=120, fail=(r"layerboot: FAILED", r"Kernel panic"))
         node.wait_exit(60)
@@ -427,7 +428,7 @@ def test_cache_layers_are_verified_before_use(daemon: Daemon, node_store: dict, 
     size_mtime, _, before = tampered.text.removeprefix("NODE-TAMPERED ").partition(" was ")
     assert size_mtime == before                            # same size, same mtime: only the bytes differ
     assert node.text().count(": from the cache") == len(layers) and "layerboot: cache:" not in node.text()
-    with direct(node_store, kernel, tmp_path / "after", server, daemon.node_token, options + " lbtest=check",
+    with direct(node_store, kernel, tmp_path / "after", server, daemon.boot_token(), options + " lbtest=check",
                 disks=(disk,)) as node:
         refused = node.wait_for(r"layerboot: cache: ", timeout=120, fail=(r"layerboot: FAILED", r"Kernel panic"))
         node.wait_for(r"ROOTFS-PASS", timeout=60, fail=(r"layerboot: FAILED", r"Kernel panic", r"Traceback"))

@@ -85,9 +85,8 @@ def hw_store(tmp_path_factory: pytest.TempPathFactory, generic_kernel) -> dict: 
 def hw_daemon(hw_store: dict) -> Iterator[Daemon]:
     paths: Paths = hw_store["paths"]
     daemon = Daemon(paths, write_config(hw_store["work"] / "layerboot.toml", paths), hw_store["work"] / "layerbootd.log")
-    daemon.tokens = {}  # type: ignore[attr-defined]
     for mac in MACS.values():
-        daemon.tokens[mac] = daemon.registry().register(mac, "hw", replace=True)[1]  # type: ignore[attr-defined]
+        daemon.registry().register(mac, "hw", replace=True)
     daemon.start()
     try:
         yield daemon
@@ -136,7 +135,7 @@ def test_e1000e_pxe_with_the_cache_on_an_ahci_disk(hw_daemon: Daemon, hw_store: 
 def test_rtl8139_direct_boot(hw_daemon: Daemon, hw_store: dict, generic_kernel, tmp_path: Path) -> None:  # noqa: ANN001
     mac = MACS["rtl8139"]
     append = (f"{CMDLINE} layerboot.server=http://10.0.2.2:{hw_daemon.port} layerboot.node={mac} "
-              f"layerboot.token={hw_daemon.tokens[mac]}")  # type: ignore[attr-defined]
+              f"layerboot.profile=hw layerboot.token={hw_daemon.boot_token(mac)}")
     config = NodeConfig(kernel=generic_kernel.image, initrd=hw_store["initrd"].path, append=append, mac=mac,
                         nic="rtl8139", memory_mb=1536)
     fields = boot(QemuNode(config, tmp_path / "serial.log"))
@@ -174,7 +173,17 @@ def test_secure_boot_through_layerboot_pxe_and_layerbootd(hw_store: dict, generi
     from test_pxe_dnsmasq import tmp_tftp
     from test_pxe_qemu import start_daemon
 
-    paths = hw_store["paths"]
+    # a store of its own (objects hard-linked): the session's layerbootd keeps the shared one locked
+    paths = Paths(tmp_path / "store")
+    shutil.copytree(hw_store["paths"].root, paths.root, copy_function=os.link,
+                    ignore=shutil.ignore_patterns("layerbootd.lock", "*.sqlite*"))
+    for name in ("state", "keys"):    # files that get written are copies, not links into the shared store
+        for path in (paths.root / name).iterdir():
+            if path.is_file():
+                linked = path.with_name(path.name + ".link")
+                path.rename(linked)
+                shutil.copy2(linked, path)     # mode kept: the daemon refuses keys others can read
+                linked.unlink()
     mac = "52:54:00:4c:48:05"
     Registry(connect(paths.database)).register(mac, "hw", replace=True)
     net = "10.88.0"

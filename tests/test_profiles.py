@@ -172,7 +172,7 @@ def test_cli_compose_log_and_diff(profiles: Profiles, chain, capsys) -> None:
     assert f"- {two[:12]} two" in capsys.readouterr().out
     assert main([*s, "profile", "show", "web", "--generation", "7"]) == 1
     err = capsys.readouterr().err
-    assert err.strip().splitlines()[0] == "layerboot: error: profile web has no generation 7 (it has 1..4)"
+    assert err.strip().splitlines()[0] == "layerboot: error: profile web has no generation 7 (it has 1-4)"
 
 
 def test_invalid_profile_names_never_reach_the_filesystem(profiles: Profiles, chain, tmp_path: Path) -> None:

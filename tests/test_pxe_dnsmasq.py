@@ -135,7 +135,7 @@ def test_full_dhcp_boot_file_per_client_and_tftp_bytes(tmp_path: Path, script: P
         _, log = start_pxe(lan, srv, tmp_path, "--range", "10.91.0.100,10.91.0.120",
                            "--server-url", "http://10.91.0.1:8080")
         # no layerbootd on this network: said at start, and dnsmasq is started all the same
-        assert "WARNING layerboot.pxe: layerbootd does not answer at http://10.91.0.1:8080" in log.read_text()
+        assert "layerboot: warning: layerbootd does not answer at http://10.91.0.1:8080" in log.read_text()
 
         bios = udhcpc(lan, cli, script, "-V", BIOS_VENDOR, "-x", "0x5d:0000")
         assert ipaddress.IPv4Address(bios["ip"]) in ipaddress.IPv4Network("10.91.0.96/27")

@@ -55,3 +55,9 @@ def test_reference_documents_every_setting() -> None:
     reference = settings_reference()
     for setting in SETTINGS:
         assert f"`{setting.key}`" in reference
+
+
+def test_docs_config_md_holds_the_generated_reference() -> None:
+    from pathlib import Path
+    docs = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert settings_reference() in docs.read_text(), "regenerate docs/config.md from 'layerboot config reference'"

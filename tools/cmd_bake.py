@@ -12,6 +12,7 @@ from layerboot.overlays.squash import squash_profile
 from layerboot.settings import MAX_THREADS
 from layerboot.tools.args import int_range
 from layerboot.tools.context import Context
+from layerboot.tools.parser import examples
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "With --profile the layer is made on that profile's base and appended as a new generation, "
                     "and the content classes the profile allows ('uploads policy') apply. A rejected upload "
                     "changes nothing in the store. Prints the layer digest.")
-    bake.add_argument("file", type=Path)
+    bake.add_argument("file", type=Path, help="the tar.zst made by 'layerboot capture'")
     target = bake.add_mutually_exclusive_group(required=True)
     target.add_argument("--profile", metavar="NAME", help="append the layer to this profile")
     target.add_argument("--base", metavar="REF", help="the base layer the changes were made on (no profile)")
@@ -34,16 +35,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     bake.add_argument("--allow", action="append", default=[], metavar="CLASSES",
                       help="also allow these content classes for this bake: setuid, caps, devices, all")
     bake.set_defaults(func=cmd_bake)
+    examples(bake, "layerboot bake change.tar.zst --profile web", "layerboot bake change.tar.zst --base 6291d0d9 "
+             "-d 'node 12 changes'")
 
     squash = sub.add_parser(
         "squash", help="merge adjacent overlay layers of a profile into one layer (new generation)",
         description="Replace positions FROM..TO of the profile's current generation (1 is just above the "
                     "base) by one layer whose stacked result is identical.")
-    squash.add_argument("profile")
-    squash.add_argument("--from", dest="first", type=int, required=True, metavar="N")
-    squash.add_argument("--to", dest="last", type=int, required=True, metavar="M")
+    squash.add_argument("profile", help="profile name")
+    squash.add_argument("--from", dest="first", type=int, required=True, metavar="N",
+                        help="first position to merge (1 is just above the base)")
+    squash.add_argument("--to", dest="last", type=int, required=True, metavar="M", help="last position to merge")
     squash.add_argument("--threads", type=int_range(0, MAX_THREADS), help="tar2sqfs jobs (default: bake.threads)")
     squash.set_defaults(func=cmd_squash)
+    examples(squash, "layerboot squash web --from 2 --to 4")
 
 
 def _threads(ctx: Context) -> int:
@@ -64,13 +69,8 @@ def cmd_bake(ctx: Context) -> int:
         base, parent = a.base, a.parent
     allow = parse_classes(a.allow)
     if a.profile:
-        from layerboot.server.db import open_database
         from layerboot.server.uploads import UploadRecords
-        db = open_database(ctx.config, ctx.paths)
-        try:
-            allow |= UploadRecords(db, ctx.paths).allowed(a.profile)
-        finally:
-            db.close()
+        allow |= UploadRecords(ctx.database(), ctx.paths).allowed(a.profile)
     layer = bake_archive(store, a.file, base=base, parent=parent, description=a.description or a.file.name,
                          limits=BakeLimits.from_config(ctx.config, allow=allow), threads=_threads(ctx))
     print(layer.digest)

@@ -12,6 +12,7 @@ from layerboot.settings import MAX_THREADS
 from layerboot.tools.args import int_range
 from layerboot.tools.context import Context
 from layerboot.tools.output import human_size
+from layerboot.tools.parser import examples
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="zstd level, 1 to 22 (default %(default)s)")
     parser.add_argument("--skip-sockets", action="store_true", help="leave sockets out instead of refusing")
     parser.set_defaults(func=cmd_capture)
+    examples(parser, "layerboot capture --upper /run/layerboot/rw/upper -o /run/change.tar.zst",
+             "layerboot capture --upper /run/layerboot/rw/upper -o - | ssh server 'cat > change.tar.zst'")
 
 
 def cmd_capture(ctx: Context) -> int:

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from layerboot.tools.context import Context
+from layerboot.tools.parser import add_json, examples
 from layerboot.tools.output import table
 
 
@@ -15,12 +16,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="The database is server.database (PostgreSQL), or the store's SQLite file when that is "
                     "empty. layerbootd and the nodes/uploads commands migrate it when they open it unless "
                     "server.auto_migrate is false.")
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = actions.add_parser("status", help="show the schema version, the applied and the pending migrations")
-    p.add_argument("--json", action="store_true")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True, help="status or migrate")
+    p = actions.add_parser("status", help="show the schema version, the applied and the pending migrations",
+                           description="The database's URL (without a password), schema version, applied and "
+                                       "pending migrations. Creates nothing.")
+    add_json(p)
     p.set_defaults(func=cmd_status)
-    actions.add_parser("migrate", help="apply the pending migrations (each in its own transaction)"
-                       ).set_defaults(func=cmd_migrate)
+    examples(p, "layerboot db status", "layerboot db status --json")
+    p = actions.add_parser("migrate", help="apply the pending migrations (each in its own transaction)",
+                           description="Apply the pending migrations, each in its own transaction.")
+    p.set_defaults(func=cmd_migrate)
+    examples(p, "layerboot db migrate", "layerboot --config /etc/layerboot/layerboot.toml db migrate")
 
 
 def _database(ctx: Context):  # noqa: ANN202

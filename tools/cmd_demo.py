@@ -34,6 +34,7 @@ from layerboot.overlays.profile import Profiles
 from layerboot.overlays.store import Store
 from layerboot.paths import Paths
 from layerboot.tools.context import Context
+from layerboot.tools.parser import examples
 from layerboot.tools.demo_netboot import NODE_CMDLINE, NODE_INIT, DemoNode, boot_node, running_daemon
 
 MARKER = ".layerboot-demo"
@@ -42,12 +43,14 @@ CLIENT_CACHE = Path("/var/cache/layerboot/demo")
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("demo", help="build a store, layers and a profile on an embedded default and show it",
-                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                            description=__doc__)
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp/layerboot-demo"),
                         help="where the demo store goes (recreated on each run; default %(default)s)")
     parser.add_argument("--store-only", action="store_true",
                         help="build and show the store, profile and manifest only; no initrd, server or QEMU")
     parser.set_defaults(func=cmd_demo)
+    examples(parser, "layerboot demo                       # as root: the whole job, a QEMU node included",
+             "layerboot demo --store-only --workdir /tmp/demo")
 
 
 def step(text: str) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from layerboot.errors import LayerbootError
 from layerboot.tools.context import Context
+from layerboot.tools.parser import examples
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,8 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "layerboot.node= on /proc/cmdline (or $LAYERBOOT_SERVER, $LAYERBOOT_NODE) and the node's "
                     "credential ($LAYERBOOT_TOKEN, /run/layerboot/node.secret, or layerboot.token=). Systemd bases "
                     "run it from layerboot-heartbeat.timer; busybox bases run it with --loop.")
-    p.add_argument("--server", metavar="URL")
-    p.add_argument("--node", metavar="MAC")
+    p.add_argument("--server", metavar="URL", help="layerbootd's URL (default: layerboot.server= on the kernel "
+                                                   "command line, or $LAYERBOOT_SERVER)")
+    p.add_argument("--node", metavar="MAC", help="this node's MAC (default: layerboot.node=, or $LAYERBOOT_NODE)")
     p.add_argument("--loop", action="store_true", help="keep sending, every --interval seconds (never exits)")
     p.add_argument("--interval", type=float, default=60.0, metavar="SECONDS",
                    help="seconds between heartbeats with --loop (default 60)")
@@ -32,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="file holding the node secret (default /run/layerboot/node.secret, which stage1 writes; "
                         "root only)")
     p.set_defaults(func=cmd_heartbeat)
+    examples(p, "layerboot heartbeat", "layerboot heartbeat --loop --interval 60     # busybox bases",
+             "layerboot heartbeat --print")
 
 
 def cmd_heartbeat(ctx: Context) -> int:

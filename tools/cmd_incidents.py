@@ -11,7 +11,8 @@ import argparse
 from layerboot.server.monitor.config import TYPES
 from layerboot.server.monitor.model import iso
 from layerboot.tools.context import Context
-from layerboot.tools.output import print_json, table
+from layerboot.tools.output import table
+from layerboot.tools.parser import add_json, examples, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,25 +21,32 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Incidents are opened by layerbootd's monitor when a node's condition (node-down, "
                     "boot-failing, ...) holds past its threshold, and walk their type's action ladder until the "
                     "condition clears (they then close by themselves). See docs/monitor.md.")
-    parser.set_defaults(func=cmd_list, all=False, node=None, type=None, json=False)
-    actions = parser.add_subparsers(dest="action", metavar="ACTION")
-    p = actions.add_parser("list", help="open and paused incidents (--all: closed ones too)")
+    parser.set_defaults(func=cmd_list, all=False, node=None, type=None)
+    add_json(parser)
+    examples(parser, "layerboot incidents", "layerboot incidents --json")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", help="what to do (default: list)")
+    p = actions.add_parser("list", help="open and paused incidents (--all: closed ones too)",
+                           description="Open and paused incidents: id, node, type, state, ladder step, opened.")
     p.add_argument("--all", action="store_true", help="include closed incidents (history)")
     p.add_argument("--node", metavar="MAC", help="only this node's")
     p.add_argument("--type", choices=TYPES, help="only this type")
-    p.add_argument("--json", action="store_true")
+    add_json(p)
     p.set_defaults(func=cmd_list)
-    p = actions.add_parser("show", help="one incident with its ladder position and history")
-    p.add_argument("id", type=int)
-    p.add_argument("--json", action="store_true")
+    examples(p, "layerboot incidents list", "layerboot incidents list --all --node 52:54:00:12:34:56 --json")
+    p = actions.add_parser("show", help="one incident with its ladder position and history",
+                           description="One incident: its ladder position and its whole history.")
+    p.add_argument("id", type=int, help="incident id (from 'incidents list')")
+    add_json(p)
     p.set_defaults(func=cmd_show)
+    examples(p, "layerboot incidents show 12", "layerboot incidents show 12 --json")
     for name, state, text in (("pause", "paused", "stop the ladder (the incident still closes by itself)"),
                               ("resume", "open", "let the ladder go on"),
                               ("close", "closed", "close it now (it reopens if the condition persists)")):
-        p = actions.add_parser(name, help=text)
-        p.add_argument("id", type=int)
-        p.add_argument("--json", action="store_true")
+        p = actions.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        p.add_argument("id", type=int, help="incident id (from 'incidents list')")
+        add_json(p)
         p.set_defaults(func=cmd_set_state, state=state)
+        examples(p, f"layerboot incidents {name} 12")
 
 
 def _records(ctx: Context):  # noqa: ANN202

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from layerboot.tools.context import Context
+from layerboot.tools.parser import examples
 
 BUILD_DESCRIPTION = """\
 Build the initramfs with dracut: Python stage1 as /init, the stdlib subset it needs as .pyc, busybox, the
@@ -22,8 +23,10 @@ kernels: --kernel generic (Debian's linux-image-amd64, every driver; default, in
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("initrd", help="build the layerboot initramfs (Python stage1, dracut)")
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    parser = sub.add_parser("initrd", help="build the layerboot initramfs (Python stage1, dracut)",
+                            description="Nodes boot Debian's cloud kernel with layerboot's initramfs: Python "
+                                        "stage1 as /init, trusting the store's public key.")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True, help="what to do")
     build = actions.add_parser(
         "build", help="build the initramfs for a Debian kernel and a driver set, trusting the store's public key",
         description=BUILD_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,13 +49,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("-o", "--output", type=Path, metavar="FILE", help="where to write the initramfs")
     build.add_argument("--profile", metavar="NAME", help="import kernel + initrd and set them on this profile")
     build.set_defaults(func=cmd_build)
+    examples(build, "layerboot initrd build --profile web", "layerboot initrd build -o initrd.img")
     payload = actions.add_parser(
         "payload", help="write stage1's files (/init, .pyc, public key) to a directory, for other builders",
         description="Write what the dracut module installs (stage1 and its stdlib subset as .pyc, /init, the "
                     "store's public key) into DIR, e.g. as LAYERBOOT_PAYLOAD for the mkinitcpio hook in "
                     "initrd/mkinitcpio/. Device nodes are not included.")
-    payload.add_argument("directory", type=Path, metavar="DIR")
+    payload.add_argument("directory", type=Path, metavar="DIR", help="a new or empty directory")
     payload.set_defaults(func=cmd_payload)
+    examples(payload, "layerboot initrd payload /tmp/payload && LAYERBOOT_PAYLOAD=/tmp/payload mkinitcpio ...")
 
 
 def _kernel(ctx: Context):  # noqa: ANN202 - (Kernel, digest of the layer it came from or None)

@@ -22,6 +22,7 @@ from layerboot.overlays.keys import load_public_key
 from layerboot.run import run
 from layerboot.tools.context import Context
 from layerboot.tools.output import table
+from layerboot.tools.parser import examples
 
 _SIZE = re.compile(r"^(\d+)\s*([MG]i?B?)?$", re.IGNORECASE)
 
@@ -73,20 +74,30 @@ def register(sub: argparse._SubParsersAction) -> None:
                                         "action is reported; running it again skips what is already done.")
     _install_options(parser, required=False)
     parser.set_defaults(func=cmd_install)
-    plans = parser.add_subparsers(dest="action", metavar="ACTION")
-    plan = plans.add_parser("plan", help="print the action list without touching the disk")
+    examples(parser, "layerboot install plan --disk /dev/vda --profile web    # look first",
+             "layerboot install --disk /dev/vda --profile web",
+             "layerboot install --disk /dev/sda --server http://10.0.0.1:8080 --node 52:54:00:12:34:56 "
+             "--token-file /run/token --key signing.pub")
+    plans = parser.add_subparsers(dest="action", metavar="ACTION", help="plan: show the actions only")
+    plan = plans.add_parser("plan", help="print the action list without touching the disk",
+                            description="Print the declared action list 'install' would run, touching nothing.")
     _install_options(plan)
     plan.add_argument("--json", action="store_true", help="one JSON object per action")
     plan.set_defaults(func=cmd_plan)
+    examples(plan, "layerboot install plan --disk /dev/vda --profile web --json")
 
-    abp = sub.add_parser("ab", help="A/B slots: status and updates")
-    actions = abp.add_subparsers(dest="action", metavar="ACTION", required=True)
-    status = actions.add_parser("status", help="the slots' state, tries left and contents")
+    abp = sub.add_parser("ab", help="A/B slots: status and updates",
+                         description="Inspect and update a disk laid out by 'layerboot install'.")
+    actions = abp.add_subparsers(dest="action", metavar="ACTION", required=True, help="what to do")
+    status = actions.add_parser("status", help="the slots' state, tries left and contents",
+                                description="Show both slots: state (good, trial, bad, empty), tries left, "
+                                            "what they hold, and which one boots next.")
     status.add_argument("--disk", help="default: the disk this system booted from")
     status.add_argument("--verify", action="store_true", help="re-hash each slot against its signed manifest")
     status.add_argument("--key", type=Path, help="with --verify: the trusted public key (default: the store's)")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.set_defaults(func=cmd_status)
+    examples(status, "layerboot ab status", "layerboot ab status --disk /dev/vda --verify --json")
     update = actions.add_parser("update", help="write a generation into the inactive slot and boot it on trial",
                                 description="From the local store (--profile), or on the node itself from "
                                             "layerbootd (--server): then the node's manifest is verified with "
@@ -95,13 +106,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     update.add_argument("--profile", help="take the profile's signed chain from the local store")
     update.add_argument("-g", "--generation", type=int, help="with --profile: default the current generation")
     _server_options(update)
-    update.add_argument("--tries", type=tries, default=ab.DEFAULT_TRIES)
+    update.add_argument("--tries", type=tries, default=ab.DEFAULT_TRIES,
+                        help=f"boot attempts the new slot gets before falling back (default {ab.DEFAULT_TRIES})")
     update.set_defaults(func=cmd_update)
+    examples(update, "layerboot ab update --disk /dev/vda --profile web",
+             "layerboot ab update --server http://10.0.0.1:8080 --node 52:54:00:12:34:56 --token-file /run/token "
+             "--key /etc/layerboot/signing.pub     # on the node")
 
-    switch = actions.add_parser("switch", help="boot the other (confirmed) slot from now on: a manual rollback")
-    switch.add_argument("slot", choices=SLOTS)
+    switch = actions.add_parser("switch", help="boot the other (confirmed) slot from now on: a manual rollback",
+                                description="Make SLOT boot first from now on (it must hold a confirmed system).")
+    switch.add_argument("slot", choices=SLOTS, help="the slot to boot")
     switch.add_argument("--disk", help="default: the disk this system booted from")
     switch.set_defaults(func=cmd_switch)
+    examples(switch, "layerboot ab switch A")
 
     good = sub.add_parser("mark-good", help="confirm the slot this system booted from (stops the countdown)",
                           description="Run on the node once the new system is healthy. Without it, the slot "
@@ -110,6 +127,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "kernel command line")
     good.add_argument("--slot", choices=SLOTS, help="default: the booted slot (from /proc/cmdline)")
     good.set_defaults(func=cmd_mark_good)
+    examples(good, "layerboot mark-good", "layerboot mark-good --disk /dev/vda --slot B")
 
 
 def _source(ctx: Context, disk: ab.AbDisk, target: str, scratch: Path) -> tuple[ab.SlotSource, bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -10,16 +11,24 @@ from layerboot.errors import LayerbootError
 from layerboot.overlays.keys import load_public_key
 from layerboot.overlays.manifest import verify_manifest
 from layerboot.tools.context import Context
+from layerboot.tools.parser import add_json, examples, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("manifest", help="print and verify signed manifests")
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    show = actions.add_parser("show", help="print a profile generation's signed manifest")
-    show.add_argument("profile")
+    parser = sub.add_parser("manifest", help="print and verify signed manifests",
+                            description="A signed manifest is the JSON envelope {format, key_id, signature, "
+                                        "payload}; the Ed25519 signature covers the exact bytes of payload.")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True, help="what to do")
+    show = actions.add_parser("show", help="print a profile generation's signed manifest",
+                              description="Print the signed envelope exactly as layerbootd serves it.")
+    show.add_argument("profile", help="profile name")
     show.add_argument("-g", "--generation", type=int, help="default: the current generation")
-    show.add_argument("--payload", action="store_true", help="print only the manifest inside the envelope")
+    show.add_argument("--payload", action="store_true", help="print only the manifest inside the envelope "
+                                                             "(after checking its signature)")
+    add_json(show)
     show.set_defaults(func=cmd_show)
+    examples(show, "layerboot manifest show web", "layerboot manifest show web -g 2 --payload",
+             "layerboot manifest show web --json       # the envelope with the payload parsed")
     verify = actions.add_parser("verify", help="check a signed manifest's signature (and serial, profile, node)",
                                 description="Exit 0 when FILE (or - for stdin) carries a valid signature by "
                                             "the trusted key and, with --min-serial, a serial at least that high; "
@@ -31,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     verify.add_argument("--profile", help="refuse a manifest of another profile")
     verify.add_argument("--node", metavar="MAC", help="refuse a manifest made for another node")
     verify.set_defaults(func=cmd_verify)
+    examples(verify, "layerboot manifest verify web-7.json --key signing.pub --min-serial 6",
+             "curl -s http://server:8080/profiles/web/manifest -H 'Authorization: Bearer ...' | "
+             "layerboot manifest verify -")
 
 
 def cmd_show(ctx: Context) -> int:
@@ -38,6 +50,9 @@ def cmd_show(ctx: Context) -> int:
     if ctx.args.payload:
         public = load_public_key(ctx.paths.public_key)
         print(verify_manifest(data, public, profile=ctx.args.profile).to_json())
+    elif ctx.args.json:
+        envelope = json.loads(data)
+        return print_json({**envelope, "payload": json.loads(envelope["payload"])})
     else:
         sys.stdout.write(data.decode("utf-8"))
     return 0

@@ -12,7 +12,8 @@ import os
 
 from layerboot.errors import LayerbootError
 from layerboot.tools.context import Context
-from layerboot.tools.output import print_json, table
+from layerboot.tools.output import table
+from layerboot.tools.parser import add_json, examples, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,17 +21,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "power", help="power nodes on, off, cycle them, or show their power state (IPMI, Redfish, QEMU QMP)",
         description="Acts on each node given (a list of MACs; groups come with fleet identity) at once, through "
                     "the driver its entry in the power file names. Exit status 1 if any node failed.")
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True, help="what to do")
     for name, text in (("on", "power on"), ("off", "power off at once (not a clean shutdown)"),
                        ("cycle", "power cycle (a hard reset; an off node is powered on)"),
                        ("status", "show the power state")):
-        p = actions.add_parser(name, help=text)
-        p.add_argument("nodes", nargs="+", metavar="MAC")
-        p.add_argument("--json", action="store_true")
+        p = actions.add_parser(name, help=text, description=text[0].upper() + text[1:] + ", for each node given.")
+        p.add_argument("nodes", nargs="+", metavar="MAC", help="the nodes (their entries in the power file)")
+        add_json(p)
         p.set_defaults(func=cmd_power, verb=name)
-    p = actions.add_parser("list", help="nodes with power control configured (no secrets shown)")
-    p.add_argument("--json", action="store_true")
+        examples(p, f"layerboot power {name} 52:54:00:12:34:56", f"layerboot power {name} 52:54:00:12:34:56 "
+                    "52:54:00:12:34:57 --json")
+    p = actions.add_parser("list", help="nodes with power control configured (no secrets shown)",
+                           description="The nodes of the power file with their driver and address (no secrets).")
+    add_json(p)
     p.set_defaults(func=cmd_list)
+    examples(p, "layerboot power list", "layerboot power list --json")
 
 
 def _targets(ctx: Context):  # noqa: ANN202

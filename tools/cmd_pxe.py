@@ -11,6 +11,7 @@ from layerboot.server import dnsmasq
 from layerboot.server.pxe import (EFI_BINARIES, SHIM_BINARY, export_grub_nodes, plan, prepare_tftp_root,
                                   server_problem)
 from layerboot.tools.context import Context
+from layerboot.tools.parser import examples
 
 GRUB_REFRESH = 15.0   # seconds between refreshes of the Secure Boot path's per-node GRUB entries
 DESCRIPTION = """\
@@ -24,7 +25,7 @@ is restarted if it dies; SIGTERM or Ctrl-C stops it.
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("pxe", help="run DHCP/proxy-DHCP + TFTP (dnsmasq) that chains nodes to layerbootd",
-                            description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+                            description=DESCRIPTION)
     parser.add_argument("--interface", "-i", metavar="IF", help="network interface to serve on (pxe.interface)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--proxy", action="store_true", help="proxy-DHCP only (the default unless pxe.range is set)")
@@ -44,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--print-config", action="store_true",
                         help="print the dnsmasq config and exit without starting anything")
     parser.set_defaults(func=cmd_pxe)
+    examples(parser, "layerboot pxe -i eth1 --server-url http://10.0.0.1:8080                # proxy-DHCP",
+             "layerboot pxe -i eth1 --range 10.0.0.100,10.0.0.199 --server-url http://10.0.0.1:8080",
+             "layerboot pxe -i eth1 --server-url http://10.0.0.1:8080 --print-config",
+             "systemctl enable --now layerboot-pxe       # as a service (pxe.* in the config)")
 
 
 def cmd_pxe(ctx: Context) -> int:

@@ -12,6 +12,7 @@ from layerboot.errors import LayerbootError
 from layerboot.safetext import printable
 from layerboot.server.client import NODE_SECRET
 from layerboot.tools.context import Context
+from layerboot.tools.parser import examples
 
 
 
@@ -24,15 +25,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                     f"$LAYERBOOT_NODE). The credential is the node secret, read from {NODE_SECRET} (root only; "
                     "stage1 claims it at boot) or --secret-file; the boot token on the command line is read-only "
                     "and is never used for uploads.")
-    p.add_argument("file", type=Path)
-    p.add_argument("--server", metavar="URL")
-    p.add_argument("--node", metavar="MAC")
+    p.add_argument("file", type=Path, help="the tar.zst made by 'layerboot capture'")
+    p.add_argument("--server", metavar="URL", help="layerbootd's URL (default: layerboot.server= on the kernel "
+                                                   "command line)")
+    p.add_argument("--node", metavar="MAC", help="this node's MAC (default: layerboot.node=)")
     p.add_argument("--secret-file", type=Path, metavar="FILE",
                    help=f"file holding the node secret (default {NODE_SECRET}; 'layerboot nodes register' and "
                         "'nodes secret rotate' print one)")
     p.add_argument("--name", help="name on the server (default: the file's name)")
     p.add_argument("--wait", type=float, metavar="SECONDS", help="wait up to SECONDS for the bake to finish")
     p.set_defaults(func=cmd_upload)
+    examples(p, "layerboot upload /run/change.tar.zst --wait 120",
+             "layerboot upload change.tar.zst --server http://10.0.0.1:8080 --node 52:54:00:12:34:56 "
+             "--secret-file node.secret")
 
     p = sub.add_parser(
         "asset-key", help="print this machine's asset key for 'layerboot nodes register --asset-key' (node, root)",
@@ -40,8 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "claim the node secret at boot. Run it as root on the node (or on a machine of the same model "
                     "to see the format) and register the value on the server. Treat it like a password: with "
                     "it and a boot token, anyone could claim this node's write credential.")
-    p.add_argument("--dmi", type=Path, default=Path("/sys/class/dmi/id"), help=argparse.SUPPRESS)
+    p.add_argument("--dmi", type=Path, default=Path("/sys/class/dmi/id"), metavar="DIR",
+                   help="where the SMBIOS fields are (default /sys/class/dmi/id)")
     p.set_defaults(func=cmd_asset_key)
+    examples(p, "layerboot asset-key")
 
 def cmd_upload(ctx: Context) -> int:
     from layerboot.server.client import boot_options, read_secret, upload, upload_status

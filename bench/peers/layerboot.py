@@ -82,7 +82,8 @@ def _script(name: str) -> str:
     """A layerboot console script: next to this interpreter (pip's place for them), else on PATH."""
     found = tool_path(name, Path(sys.executable).parent)
     if found is None:
-        raise LayerbootError(f"{name} is not installed", hint="pip install -e .[server] (see .ci/install)")
+        raise LayerbootError(f"{name} is not installed",
+                             hint="run bash .ci/install (it installs layerboot into /opt/layerboot)")
     return found
 
 
