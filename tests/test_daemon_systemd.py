@@ -131,8 +131,12 @@ def test_journal_handler_sends_structured_fields(tmp_path: Path) -> None:
     try:
         logger.warning("GET %s %d", "/objects/x", 404,
                        extra={"fields": {"REMOTE_ADDR": "10.0.0.5", "STATUS": 404, "duration_ms": "1.5"}})
-        logger.error("two\nlines")
-        first, second = journal.recv(65536), journal.recv(65536)
+        logger.error("forged\nGET /objects/y 200")         # node text cannot start a record of its own
+        try:
+            raise ValueError("bad")
+        except ValueError:
+            logger.exception("bake failed")
+        first, second, third = journal.recv(65536), journal.recv(65536), journal.recv(65536)
     finally:
         logger.removeHandler(handler)
         handler.close()
@@ -141,9 +145,11 @@ def test_journal_handler_sends_structured_fields(tmp_path: Path) -> None:
     assert fields[b"MESSAGE"] == b"GET /objects/x 404" and fields[b"PRIORITY"] == b"4"
     assert fields[b"SYSLOG_IDENTIFIER"] == b"layerbootd" and fields[b"LOGGER"] == b"layerboot.test.journal"
     assert (fields[b"REMOTE_ADDR"], fields[b"STATUS"], fields[b"DURATION_MS"]) == (b"10.0.0.5", b"404", b"1.5")
-    start = second.index(b"MESSAGE\n") + len(b"MESSAGE\n")       # a multi-line value: binary-safe framing
-    (length,) = struct.unpack("<Q", second[start:start + 8])
-    assert second[start + 8:start + 8 + length] == b"two\nlines"
+    assert dict(line.split(b"=", 1) for line in second.splitlines())[b"MESSAGE"] == b"forged\\nGET /objects/y 200"
+    start = third.index(b"MESSAGE\n") + len(b"MESSAGE\n")       # a traceback: binary-safe multi-line framing
+    (length,) = struct.unpack("<Q", third[start:start + 8])
+    message = third[start + 8:start + 8 + length].decode()
+    assert message.startswith("bake failed\n  Traceback") and message.endswith("  ValueError: bad")
 
 
 def test_watchdog_interval_and_notify_without_a_manager(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -91,8 +91,8 @@ def test_gc_keeps_recent_booted_and_current_and_deletes_the_rest(profiles: Profi
     serial_of = {g.number: g.serial for g in profiles.history("web")}
     registry.record_event(MAC, Event(stage="switch-root", ok=True, generation=3, serial=serial_of[3]))
     registry.record_event(OTHER, Event(stage="switch-root", ok=True, generation=2, serial=serial_of[2]))
-    registry.conn.execute("UPDATE events SET time = ? WHERE mac = ?", (_ago(40), OTHER))   # outside 30 days
-    registry.conn.execute("UPDATE nodes SET last_seen = ? WHERE mac = ?", (_ago(40), OTHER))
+    registry.db.execute("UPDATE events SET time = ? WHERE mac = ?", (_ago(40), OTHER))   # outside 30 days
+    registry.db.execute("UPDATE nodes SET last_seen = ? WHERE mac = ?", (_ago(40), OTHER))
     old_loose = make_layer({"etc/old": "x\n"}, base=history["base"])
     age_layer(profiles, old_loose, 30)
     fresh_loose = make_layer({"etc/fresh": "x\n"}, base=history["base"])
@@ -134,7 +134,7 @@ def test_held_uploads_keep_their_layer(profiles: Profiles, history, make_layer,
     Registry(connect(profiles.paths.database)).register(MAC, "web")
     records = UploadRecords(connect(profiles.paths.database), profiles.paths)
     upload = records.begin(MAC, "web", "change.tar.zst", via="http")
-    records.conn.execute("UPDATE uploads SET state = 'baked', layer = ? WHERE id = ?", (held, upload.id))
+    records.db.execute("UPDATE uploads SET state = 'baked', layer = ? WHERE id = ?", (held, upload.id))
     assert cli(profiles, "layer", "remove", held) == 1
     assert "an upload waiting for approval" in capsys.readouterr().err
     assert cli(profiles, "store", "gc", "--keep", "1", "--days", "0", "--booted-days", "0", "--delete") == 0

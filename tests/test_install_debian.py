@@ -125,8 +125,10 @@ def test_layerbootd_under_systemd_serves_a_node_client_on_debians_libraries(inst
     port = free_port()
     with Booted(root, tmp_path / "boot.log") as booted:
         run = booted.run
-        token = _setup_store(booted, port)
+        secret = _setup_store(booted, port)
+        root.write("srv/node.secret", secret + "\n", mode=0o600)
         run(["systemctl", "start", "layerbootd"])
+        token = run(["layerboot", "nodes", "boot-token", MAC]).text.strip()   # the daemon made the key
         started = time.monotonic()
         show = dict(line.split("=", 1) for line in run(["systemctl", "show", "layerbootd", "-p", "MainPID", "-p",
                                                         "ActiveState", "-p", "Type", "-p", "NRestarts"]).text.split())
@@ -143,7 +145,8 @@ def test_layerbootd_under_systemd_serves_a_node_client_on_debians_libraries(inst
         node = [f"{NODE_CLIENT}/layerboot-node"]
         run([*node, "capture", "--upper", "/srv/upper", "-o", "/srv/change.tar.zst"])
         upload = run([*node, "upload", "/srv/change.tar.zst", "--server", f"http://127.0.0.1:{port}", "--node", MAC,
-                      "--token", token, "--wait", "120"], check=False).text
+                      "--secret-file", "/srv/node.secret", "--wait", "120"], check=False)
+        upload = upload.text + upload.stderr.decode("utf-8", "replace")
         assert ": baked" in upload and "generation 2" in upload, \
             upload + run(["journalctl", "-u", "layerbootd", "--no-pager"]).text[-3000:]
         run(["sh", "-c", f"curl -sf -H 'Authorization: Bearer {token}' http://127.0.0.1:{port}/nodes/{MAC}/manifest "

@@ -79,7 +79,7 @@ def test_nodes_status_pin_and_incidents(profiles: Profiles, make_layer, tmp_path
     assert cli(root, "nodes", "show", MAC) == 0
     assert "pinned: generation 1 (testing)" in capsys.readouterr().out
     assert cli(root, "nodes", "pin", MAC, "7") == 1
-    assert "error: profile p1 has no generation 7 (it has 1..2)" in capsys.readouterr().err
+    assert "error: profile p1 has no generation 7 (it has 1-2)" in capsys.readouterr().err
     assert cli(root, "nodes", "unpin", MAC) == 0
     assert capsys.readouterr().out == f"{MAC} boots the newest generation of p1 again (2)\n"
     assert cli(root, "nodes", "unpin", MAC) == 1

@@ -237,4 +237,6 @@ def test_importing_the_cache_module_loads_nothing_heavy() -> None:
     code = ("import sys; before = set(sys.modules); import layerboot.initrd.stage1.cache; "
             "print(' '.join(sorted(set(sys.modules) - before)))")
     loaded = set(run([sys.executable, "-c", code], cwd="/").text.split())
-    assert loaded <= {"layerboot", "layerboot.initrd", "layerboot.initrd.stage1", "layerboot.initrd.stage1.cache"}
+    # __future__ (a stdlib module with no imports of its own) is already loaded by some interpreters' site hooks
+    assert loaded - {"__future__"} <= {"layerboot", "layerboot.initrd", "layerboot.initrd.stage1",
+                                       "layerboot.initrd.stage1.cache"}

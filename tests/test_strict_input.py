@@ -341,12 +341,13 @@ def test_config_and_store_records_with_out_of_range_numbers_are_one_line_errors(
         status, lines = layerboot("--config", config, "config", "show")
         assert status == 1 and len(lines) == 1 and reason in lines[0], (text[:40], lines)
     layerbootd = run([sys.executable, "-m", "layerboot.server.main", "--port", "99999"], check=False)
-    assert layerbootd.returncode == 2 and b"is not a TCP port" in layerbootd.stderr
+    assert layerbootd.returncode == 1 and b"is not a TCP port" in layerbootd.stderr   # usage errors exit 1
     (tmp_path / "upper").mkdir()
     for option, value in (("--level", "99"), ("--threads", "9" * 20), ("--threads", "-1")):
         status, lines = layerboot("capture", "--upper", tmp_path / "upper", "-o", tmp_path / "x.tar.zst", option, value)
-        assert status == 2 and lines[-1].startswith(f"layerboot capture: error: argument {option}: ") and \
-            "is not a whole number from" in lines[-1], lines
+        error = next(line for line in lines if ": error: " in line)
+        assert status == 1 and error.startswith(f"layerboot: error: capture: argument {option}: ") and \
+            "is not a whole number from" in error, lines
     (tmp_path / "c.tar.zst").write_bytes(b"x")
     secret = tmp_path / "node.secret"
     secret.write_text("lbs1." + "ab" * 24 + "\n")
