@@ -24,6 +24,7 @@ class Paths:
                               admin token, boot-token key, power.toml
       tmp/                    scratch space on the same filesystem, for atomic renames
       quarantine/             objects that failed their hash check, moved aside (never served)
+      isos/                   live ISO images offered for base import in the web console (console.iso_dir)
     """
 
     root: Path
@@ -93,6 +94,11 @@ class Paths:
     def power_file(self) -> Path:
         """BMC credentials per node (root-only), unless monitor.power_file names another file."""
         return self.state / "power.toml"
+
+    @property
+    def isos(self) -> Path:
+        """Live ISO images the console offers for base import, unless console.iso_dir names another place."""
+        return self.root / "isos"
 
     @property
     def tmp(self) -> Path:

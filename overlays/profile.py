@@ -56,8 +56,14 @@ class Generation:
         """What a node stacks, base first: the base, the kernel's modules layer (if any), the overlays."""
         return self.layers[:1] + ((self.modules,) if self.modules else ()) + self.layers[1:]
 
+    def to_dict(self) -> dict[str, Any]:
+        """The record as stored, as ``profile show --json`` and the API give it (``layers`` base first)."""
+        data = asdict(self)
+        data["layers"] = list(self.layers)
+        return data
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> "Generation":
@@ -79,6 +85,10 @@ class GenerationDiff:
     @property
     def empty(self) -> bool:
         return not (self.added or self.removed or self.reordered or self.changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"added": list(self.added), "removed": list(self.removed), "reordered": self.reordered,
+                "changes": list(self.changes), "empty": self.empty}
 
 
 class Profiles:

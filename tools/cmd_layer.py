@@ -8,7 +8,7 @@ from pathlib import Path
 from layerboot.errors import LayerbootError
 from layerboot.overlays.layer import KINDS, Layer
 from layerboot.tools.context import Context
-from layerboot.tools.output import human_size, table
+from layerboot.tools.output import human_size, print_json, table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     imp.set_defaults(func=cmd_import)
 
     lst = actions.add_parser("list", help="list every stored layer")
+    lst.add_argument("--json", action="store_true", help="each layer's record with the profiles using it (the "
+                     "records of GET /api/v1/layers)")
     lst.set_defaults(func=cmd_list)
 
     show = actions.add_parser("show", help="print one layer's record (JSON)")
@@ -59,6 +61,10 @@ def _row(layer: Layer) -> list[object]:
 
 
 def cmd_list(ctx: Context) -> int:
+    if ctx.args.json:
+        from layerboot.server.api.store import layer_records
+        print_json({"layers": layer_records(ctx.ready_store(), ctx.profiles)})
+        return 0
     layers = ctx.ready_store().layers()
     if not layers:
         print("no layers yet (import one with 'layerboot layer import')")

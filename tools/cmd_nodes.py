@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("nodes", help="register nodes (MAC -> profile, asset key, secret, SSH key) and see "
                             "their boots", description="Without an action: list the nodes with their last boot "
                             "report. Credentials (boot tokens, node secrets, asset keys): docs/security.md.")
-    parser.set_defaults(func=cmd_list)
+    parser.set_defaults(func=cmd_list, json=False)
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
 
     p = actions.add_parser("register", help="register a node; prints its node secret (write credential) once")
@@ -63,8 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ttl", type=int, metavar="SECONDS", help="valid this long (default server.boot_token_ttl)")
     p.set_defaults(func=cmd_boot_token)
 
-    actions.add_parser("list", help="list nodes with last seen, generation booted, failures").set_defaults(
-        func=cmd_list)
+    p = actions.add_parser("list", help="list nodes with last seen, generation booted, failures")
+    p.add_argument("--json", action="store_true", help="every node's record with its live status (the records "
+                   "of GET /api/v1/nodes)")
+    p.set_defaults(func=cmd_list)
 
     p = actions.add_parser("show", help="one node with its recent boot reports")
     p.add_argument("mac")
@@ -108,10 +110,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_add_key)
 
     uploads = sub.add_parser("uploads", help="uploads received by layerbootd: list, approve held ones, policy")
-    uploads.set_defaults(func=cmd_uploads_list, state=None)
+    uploads.set_defaults(func=cmd_uploads_list, state=None, json=False)
     uactions = uploads.add_subparsers(dest="action", metavar="ACTION")
     p = uactions.add_parser("list", help="list uploads: state, bake attempts, next try, last error")
     p.add_argument("--state", choices=("receiving", "received", "baking", "retry", "baked", "failed", "held"))
+    p.add_argument("--json", action="store_true", help="the records of GET /api/v1/uploads")
     p.set_defaults(func=cmd_uploads_list)
     p = uactions.add_parser("approve", help="append a held upload's layer to its profile (new generation)")
     p.add_argument("id")
@@ -235,7 +238,17 @@ def _when(value: str | None) -> str:
     return value.replace("+00:00", "Z") if value else "never"
 
 
+def _fleet(ctx: Context):  # noqa: ANN202
+    """What server/api/fleet.py needs (the daemon passes its ServerState): registry, profiles, config."""
+    from types import SimpleNamespace
+    return SimpleNamespace(registry=_registry(ctx), profiles=ctx.profiles, config=ctx.config)
+
+
 def cmd_list(ctx: Context) -> int:
+    if ctx.args.json:
+        from layerboot.server.api.fleet import node_records
+        print_json({"nodes": [r.to_dict() for r in node_records(_fleet(ctx))]})
+        return 0
     rows = []
     for n in _registry(ctx).all():
         last = f"{n.last_stage} {'ok' if n.last_ok else 'FAILED'}" if n.last_stage else "-"
@@ -247,12 +260,13 @@ def cmd_list(ctx: Context) -> int:
 
 
 def cmd_show(ctx: Context) -> int:
+    if ctx.args.json:       # the record of GET /api/v1/nodes/MAC
+        from layerboot.server.api.fleet import node_detail
+        print_json(node_detail(_fleet(ctx), ctx.args.mac))
+        return 0
     registry = _registry(ctx)
     node = registry.get(ctx.args.mac)
     events = registry.events(node.mac)
-    if ctx.args.json:
-        print_json(node.to_dict() | {"ssh_keys": registry.ssh_keys(node.mac), "events": [e.__dict__ for e in events]})
-        return 0
     print(f"node {node.mac}: profile {node.profile}{' (auto-registered)' if node.auto else ''}, "
           f"registered {_when(node.created)}")
     print(f"last seen: {_when(node.last_seen)}; generation booted: {node.last_generation or '-'}; "
@@ -351,6 +365,9 @@ def cmd_uploads_list(ctx: Context) -> int:
     uploads = records.list(state=None if state == "held" else state)
     if state == "held":
         uploads = [u for u in uploads if u.held]
+    if ctx.args.json:
+        print_json({"uploads": [u.public_dict() for u in reversed(uploads)]})
+        return 0
     rows = [[u.id, u.mac, u.profile, u.name, u.size, "held" if u.held else u.state, u.attempts,
              _epoch(u.next_try) if u.state == "retry" else "-", (u.layer or "-")[:12], u.generation or "-",
              u.last_error if u.state == "retry" else u.message] for u in uploads]

@@ -6,7 +6,7 @@ import argparse
 
 from layerboot.overlays.profile import Generation
 from layerboot.tools.context import Context
-from layerboot.tools.output import table
+from layerboot.tools.output import print_json, table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,11 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", required=True, metavar="REF")
     _boot_options(p)
 
-    action("list", "list profiles with their current generation", cmd_list)
+    p = action("list", "list profiles with their current generation", cmd_list)
+    p.add_argument("--json", action="store_true", help="the records of GET /api/v1/profiles")
 
     p = action("show", "show a generation's layers (the current one by default)", cmd_show)
     p.add_argument("name")
     p.add_argument("-g", "--generation", type=int)
+    p.add_argument("--json", action="store_true", help="the generation's record")
 
     p = action("add", "stack a layer on a profile (top by default)", cmd_add)
     p.add_argument("name")
@@ -64,11 +66,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = action("log", "list every generation with what changed", cmd_log)
     p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="every generation's record, newest first")
 
     p = action("diff", "compare two generations", cmd_diff)
     p.add_argument("name")
     p.add_argument("old", type=int)
     p.add_argument("new", type=int)
+    p.add_argument("--json", action="store_true", help="the record of GET /api/v1/profiles/NAME/diff")
 
 
 def _boot_options(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +94,10 @@ def cmd_create(ctx: Context) -> int:
 
 def cmd_list(ctx: Context) -> int:
     profiles = ctx.profiles
+    if ctx.args.json:
+        from layerboot.server.api.store import profile_summaries
+        print_json({"profiles": profile_summaries(profiles)})
+        return 0
     rows = []
     for name in profiles.names():
         gen = profiles.current(name)
@@ -101,6 +109,9 @@ def cmd_list(ctx: Context) -> int:
 def cmd_show(ctx: Context) -> int:
     profiles, a = ctx.profiles, ctx.args
     gen = profiles.current(a.name) if a.generation is None else profiles.generation(a.name, a.generation)
+    if a.json:
+        print_json(gen.to_dict())
+        return 0
     print(f"profile {gen.profile}, generation {gen.number}, serial {gen.serial}, created {gen.created}")
     print(f"kernel:  {gen.kernel or '-'}\ninitrd:  {gen.initrd or '-'}\ncmdline: {gen.cmdline}")
     rows = []
@@ -144,6 +155,9 @@ def cmd_set(ctx: Context) -> int:
 
 
 def cmd_log(ctx: Context) -> int:
+    if ctx.args.json:
+        print_json({"generations": [g.to_dict() for g in reversed(ctx.profiles.history(ctx.args.name))]})
+        return 0
     rows = [[g.number, g.serial, g.created, len(g.layers), g.action] for g in reversed(ctx.profiles.history(ctx.args.name))]
     print(table(["GEN", "SERIAL", "CREATED", "LAYERS", "ACTION"], rows))
     return 0
@@ -152,6 +166,9 @@ def cmd_log(ctx: Context) -> int:
 def cmd_diff(ctx: Context) -> int:
     a = ctx.args
     diff = ctx.profiles.diff(a.name, a.old, a.new)
+    if a.json:
+        print_json({"profile": a.name, "old": a.old, "new": a.new} | diff.to_dict())
+        return 0
     if diff.empty:
         print(f"generations {a.old} and {a.new} boot the same chain")
         return 0
