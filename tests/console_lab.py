@@ -78,7 +78,9 @@ class Browser:
         token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
         reply = self.http.post(f"{self.url}/console/login", timeout=60,
                                data={"csrf": token, "name": name, "password": password, "next": next_path})
-        self.get(next_path)
+        found = re.search(r'name="csrf" value="([^"]+)"', reply.text)
+        if found and reply.status_code == 200 and "/login" not in reply.url:
+            self.csrf = found.group(1)
         return reply
 
 
