@@ -1,7 +1,7 @@
 """The node page's boot timing chart: inline SVG drawn on the server (no script, no chart library).
 
-One row per boot report (newest at the top), one segment per step stage1 timed (``timings``: network,
-manifest, layers, ...), in stage1's order, each step in the same colour in every row; a failed boot is
+One row per boot report (newest at the top), one segment per step stage1 timed (``timings``: modules, net,
+manifest, layers, mount, ...), in the order stage1 runs them, each step in the same colour in every row; a failed boot is
 marked. Colours are SVG presentation attributes, so the page's Content-Security-Policy (no inline styles)
 allows them.
 """
@@ -16,6 +16,9 @@ from markupsafe import Markup
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
            "#bab0ac")
 ROW, LABEL, WIDTH, GAP = 22, 170, 760, 6
+# the order stage1 runs its steps in (initrd/stage1/main.py); the server stores timings sorted by name
+STAGE1_ORDER = ("mounts", "cmdline", "modules", "net", "network", "claim", "manifest", "layers", "stack", "mount",
+                "switch_root")
 
 
 def _ticks(total: float) -> list[float]:
@@ -30,11 +33,8 @@ def timing_chart(events: list[dict[str, Any]], *, rows: int = 12) -> Markup:
     timed = [e for e in events if e.get("timings")][-rows:][::-1]
     if not timed:
         return Markup("")
-    steps: list[str] = []
-    for event in reversed(timed):
-        for step in event["timings"]:
-            if step not in steps:
-                steps.append(step)
+    names = {step for event in timed for step in event["timings"]}
+    steps = [s for s in STAGE1_ORDER if s in names] + sorted(names - set(STAGE1_ORDER))
     colour = {step: PALETTE[i % len(PALETTE)] for i, step in enumerate(steps)}
     total = max(sum(e["timings"].values()) for e in timed) or 1.0
     scale = (WIDTH - LABEL - 50) / total
