@@ -24,7 +24,7 @@ class Paths:
                               admin token, boot-token key, power.toml
       tmp/                    scratch space on the same filesystem, for atomic renames
       quarantine/             objects that failed their hash check, moved aside (never served)
-      isos/                   live ISO images offered for base import in the web console (console.iso_dir)
+      imports/                live ISOs and OCI images offered for base import in the web console (console.import_dir)
     """
 
     root: Path
@@ -96,9 +96,9 @@ class Paths:
         return self.state / "power.toml"
 
     @property
-    def isos(self) -> Path:
-        """Live ISO images the console offers for base import, unless console.iso_dir names another place."""
-        return self.root / "isos"
+    def imports(self) -> Path:
+        """Live ISOs and OCI images the console offers for base import, unless console.import_dir says otherwise."""
+        return self.root / "imports"
 
     @property
     def tmp(self) -> Path:

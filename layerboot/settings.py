@@ -222,8 +222,9 @@ SETTINGS: tuple[Setting, ...] = (
             "failed logins from one client address within console.login_window before its logins are refused "
             "(0: no limit)"),
     Setting("console.login_window", _int, 900, "seconds over which failed logins are counted"),
-    Setting("console.iso_dir", _str, "",
-            "directory of live ISO images the console offers for base import; empty: isos/ in the store"),
+    Setting("console.import_dir", _str, "",
+            "directory of live ISO images (*.iso) and OCI images (OCI archives *.tar, OCI layout directories) the "
+            "console offers for base import; empty: imports/ in the store"),
     Setting("monitor.enabled", _bool, True,
             "run the fleet monitor inside layerbootd (incidents, action ladders, notifications; docs/monitor.md)"),
     Setting("monitor.interval", _int, 15, "seconds between two checks of every node"),

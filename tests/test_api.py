@@ -15,6 +15,7 @@ from openapi_core import OpenAPI
 from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAPIResponse
 
 from console_lab import ADMIN, Lab, make_lab
+from layerboot.server.api.jobs import oci_available
 from layerboot.server.api.openapi import document
 from layerboot.tools.cli import main
 from server_daemon import MAC, OTHER_MAC
@@ -128,9 +129,21 @@ def test_every_route_answers_as_its_openapi_document_says(lab: Lab, capsys: pyte
     check("POST", f"/incidents/{lab.incident_id}/close", 400)
 
     imports = check("GET", "/base-imports", 200).json()
-    assert imports["kinds"] == {"iso": True, "debootstrap": True, "oci": False} and imports["isos"] == []
+    assert imports["kinds"] == {"iso": True, "debootstrap": True, "oci": oci_available()} and imports["isos"] == []
     assert "no ISO image" in check("POST", "/base-imports", 400, json={"kind": "iso", "iso": "x.iso"}).json()["error"]
-    assert "import-oci" in check("POST", "/base-imports", 400, json={"kind": "oci", "image": "a/b"}).json()["error"]
+    oci_refused = check("POST", "/base-imports", 400, json={"kind": "oci", "image": "a/b"}).json()["error"]
+    assert ("no OCI image 'a/b'" if oci_available() else "needs 'layerboot base import-oci'") in oci_refused
+    offered = lab.daemon.paths.imports                 # what console.import_dir holds is offered, nothing else
+    (offered / "layout" / "blobs" / "sha256").mkdir(parents=True)
+    (offered / "layout" / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (offered / "layout" / "blobs" / "sha256" / "ab").write_bytes(b"x" * 1000)
+    (offered / "debian12.tar").write_bytes(b"t" * 2048)
+    (offered / "live.iso").write_bytes(b"i" * 4096)
+    (offered / "notes.txt").write_text("not an image")
+    (offered / "plain-dir").mkdir()
+    imports = check("GET", "/base-imports", 200).json()
+    assert imports["isos"] == [{"name": "live.iso", "size": 4096}]
+    assert imports["oci_images"] == [{"name": "debian12.tar", "size": 2048}, {"name": "layout", "size": 1000}]
     check("GET", "/base-imports/nope", 404)
 
     # every route of the application under /api/v1 is documented, and every documented one was called

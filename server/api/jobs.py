@@ -7,10 +7,12 @@ replica, so a job shows wherever one looks; the work runs in a worker thread of 
 (one import at a time: they are CPU- and disk-bound), which records itself as the job's ``owner``. A daemon
 that starts marks the jobs its dead predecessors on this host left ``running`` as failed.
 
-Importers: ``iso`` (build/iso.py, an ISO from ``console.iso_dir``), ``debootstrap`` (build/debootstrap.py,
-from the host's Debian mirror) and ``oci``. **OCI hook**: ``layerboot base import-oci`` is not part of this
-layerboot yet; once a module ``layerboot.build.oci`` with ``import_oci(store, reference, description=...)``
-exists, :func:`oci_available` finds it and the console offers the choice (until then it is shown disabled).
+Importers: ``iso`` (build/iso.py, a live ISO from ``console.import_dir``), ``debootstrap``
+(build/debootstrap.py, from the host's Debian mirror) and ``oci`` (an OCI archive ``*.tar`` or an OCI layout
+directory from ``console.import_dir``, flattened into one base). **OCI hook**: ``layerboot base import-oci``
+(``layerboot.build.oci.importer.import_oci(store, source, ref=..., description=...)``) is not part of this
+branch; where it is installed, :func:`oci_available` finds it and the console offers the choice (until then
+it is shown disabled). The images come from a local directory, not a registry: layerbootd fetches nothing.
 """
 
 from __future__ import annotations
@@ -40,27 +42,56 @@ KINDS = ("iso", "debootstrap", "oci")
 STATES = ("queued", "running", "done", "failed")
 SUITE_RE = re.compile(r"[a-z][a-z0-9-]{1,30}")
 PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]{0,99}")
-OCI_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,299}")
+REF_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")     # an image's name in an archive or layout
+OCI_IMPORTER = "layerboot.build.oci.importer"
 PROGRESS_EVERY = 0.5          # seconds between two writes of a job's progress line
 KEPT = 200                    # finished jobs kept
 
 
 def oci_available() -> bool:
-    """True once ``layerboot.build.oci`` (``layerboot base import-oci``) is installed: the OCI hook."""
-    return importlib.util.find_spec("layerboot.build.oci") is not None
+    """True where ``layerboot base import-oci`` (its importer module) is installed: the OCI hook."""
+    try:
+        return importlib.util.find_spec(OCI_IMPORTER) is not None
+    except ModuleNotFoundError:       # its parent package is missing too
+        return False
 
 
-def iso_dir(config: Any, paths: Any) -> Path:
-    return Path(config.console_iso_dir) if config.console_iso_dir else paths.isos
+def import_dir(config: Any, paths: Any) -> Path:
+    return Path(config.console_import_dir) if config.console_import_dir else paths.imports
+
+
+def _entries(config: Any, paths: Any) -> list[Path]:
+    directory = import_dir(config, paths)
+    if not directory.is_dir():
+        return []
+    return [p for p in sorted(directory.iterdir()) if not p.name.startswith(".")]
 
 
 def isos(config: Any, paths: Any) -> list[dict[str, Any]]:
-    """The ISO images the console offers (name, size), from ``console.iso_dir``."""
-    directory = iso_dir(config, paths)
-    if not directory.is_dir():
-        return []
-    return [{"name": p.name, "size": p.stat().st_size} for p in sorted(directory.iterdir())
-            if p.is_file() and p.name.lower().endswith(".iso") and not p.name.startswith(".")]
+    """The live ISO images the console offers (name, size): ``*.iso`` files in ``console.import_dir``."""
+    return [{"name": p.name, "size": p.stat().st_size} for p in _entries(config, paths)
+            if p.is_file() and p.name.lower().endswith(".iso")]
+
+
+def oci_images(config: Any, paths: Any) -> list[dict[str, Any]]:
+    """The OCI images the console offers (name, size): OCI archives (``*.tar``) and OCI layout directories
+    (with an ``oci-layout`` file) in ``console.import_dir``."""
+    found = []
+    for p in _entries(config, paths):
+        if p.is_file() and p.name.endswith(".tar"):
+            found.append({"name": p.name, "size": p.stat().st_size})
+        elif p.is_dir() and (p / "oci-layout").is_file():
+            blobs = p / "blobs"
+            found.append({"name": p.name, "size": sum(f.stat().st_size for f in blobs.rglob("*") if f.is_file())
+                          if blobs.is_dir() else 0})
+    return found
+
+
+def _offered(name: Any, offered: list[dict[str, Any]], what: str, config: Any, paths: Any) -> str:
+    if not isinstance(name, str) or name not in {entry["name"] for entry in offered}:
+        raise LayerbootError(f"no {what} {printable(str(name)[:80])!r} in {import_dir(config, paths)}",
+                             hint="copy it there (console.import_dir) and choose it from the list")
+    return name
 
 
 @dataclass(frozen=True)
@@ -102,12 +133,8 @@ def check_params(kind: str, params: Any, config: Any, paths: Any) -> dict[str, A
     if not isinstance(description, str) or len(description) > 200 or not description.isprintable():
         raise LayerbootError("description is at most 200 printable characters")
     if kind == "iso":
-        name = params.get("iso")
-        offered = {entry["name"] for entry in isos(config, paths)}
-        if not isinstance(name, str) or name not in offered:
-            raise LayerbootError(f"no ISO image {printable(str(name)[:80])!r} in {iso_dir(config, paths)}",
-                                 hint="copy the ISO there (console.iso_dir) and choose it from the list")
-        return {"iso": name, "description": description}
+        return {"iso": _offered(params.get("iso"), isos(config, paths), "ISO image", config, paths),
+                "description": description}
     if kind == "debootstrap":
         suite = params.get("suite") or "bookworm"
         if not isinstance(suite, str) or not SUITE_RE.fullmatch(suite):
@@ -122,17 +149,19 @@ def check_params(kind: str, params: Any, config: Any, paths: Any) -> dict[str, A
     if not oci_available():
         raise LayerbootError("importing an OCI image needs 'layerboot base import-oci', which this layerboot "
                              "does not have yet", hint="import an ISO or a debootstrap suite instead")
-    reference = params.get("image")
-    if not isinstance(reference, str) or not OCI_RE.fullmatch(reference):
-        raise LayerbootError("image must be an OCI image reference (registry/name:tag)")
-    return {"image": reference, "description": description}
+    image = _offered(params.get("image"), oci_images(config, paths), "OCI image", config, paths)
+    ref = params.get("ref") or ""
+    if not isinstance(ref, str) or (ref and not REF_RE.fullmatch(ref)):
+        raise LayerbootError(f"ref {printable(str(ref)[:40])!r} is not an image name of an OCI archive or layout")
+    return {"image": image, "ref": ref, "description": description}
 
 
 def run_import(kind: str, params: dict[str, Any], store: Any, config: Any) -> dict[str, Any]:
     """Do the import (in a worker thread); returns the digests it stored."""
     if kind == "iso":
         from layerboot.build.iso import import_iso
-        found = import_iso(store, iso_dir(config, store.paths) / params["iso"], description=params["description"])
+        found = import_iso(store, import_dir(config, store.paths) / params["iso"],
+                           description=params["description"])
         return {"base": found.base.digest, "kernel": found.kernel.digest, "initrd": found.initrd.digest}
     if kind == "debootstrap":
         from layerboot.build.debootstrap import (DEFAULT_CACHE, NODE_PACKAGES, DebootstrapSpec, debootstrap_base,
@@ -141,9 +170,10 @@ def run_import(kind: str, params: dict[str, Any], store: Any, config: Any) -> di
                                include=NODE_PACKAGES + tuple(params["include"]), arch=host_arch())
         layer = debootstrap_base(store, spec, cache=DEFAULT_CACHE, description=params["description"])
         return {"base": layer.digest}
-    module = importlib.import_module("layerboot.build.oci")       # the OCI hook (see the module docstring)
-    layer = module.import_oci(store, params["image"], description=params["description"])
-    return {"base": layer.digest}
+    module = importlib.import_module(OCI_IMPORTER)       # the OCI hook (see the module docstring)
+    found = module.import_oci(store, import_dir(config, store.paths) / params["image"], ref=params["ref"] or None,
+                              description=params["description"])
+    return {"base": found.layers[0].digest}
 
 
 class _Progress(logging.Handler):

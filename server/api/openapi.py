@@ -85,6 +85,7 @@ SCHEMAS: dict[str, Any] = {
                    "error": STR, "started_by": STR, "created": STR, "updated": STR, "finished": TIME,
                    "seconds": NUM}),
     "BaseImports": record({"jobs": array(ref("Job")), "isos": array(record({"name": STR, "size": INT})),
+                           "oci_images": array(record({"name": STR, "size": INT})),
                            "kinds": record({"iso": BOOL, "debootstrap": BOOL, "oci": BOOL})}),
     "Dashboard": record({"nodes": INT, "states": {"type": "object", "additionalProperties": INT},
                          "boots_last_hour": record({"events": INT, "failed": INT, "nodes": INT,
@@ -189,12 +190,12 @@ def paths() -> dict[str, Any]:
                                                        "Incident", params=[INCIDENT])}
            for action in ("pause", "resume", "close")},
         "/base-imports": {
-            "get": _op("Base import jobs, the ISO images offered, the importers available", "the imports",
+            "get": _op("Base import jobs, the ISO and OCI images offered, the importers available", "the imports",
                        "BaseImports", errors=("401", "403")),
             "post": _op("Start a base import in the background (kind iso: iso; debootstrap: suite, include; "
-                        "oci: image, once available)", "the job", "Job", status="202",
+                        "oci: image, ref, where import-oci is installed)", "the job", "Job", status="202",
                         body=_body(record({"kind": {"enum": ["iso", "debootstrap", "oci"]}}, iso=STR, suite=STR,
-                                          include=array(STR), image=STR, description=STR), "what to import"),
+                                          include=array(STR), image=STR, ref=STR, description=STR), "what to import"),
                         errors=("400", "401", "403"))},
         "/base-imports/{id}": {"get": _op("One import job with its progress", "the job", "Job",
                                           params=[_param("id", "path", STR, "job id")])},

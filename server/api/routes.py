@@ -172,11 +172,12 @@ async def get_incident(request: web.Request) -> web.StreamResponse:
 
 
 async def get_imports(request: web.Request) -> web.StreamResponse:
-    from layerboot.server.api.jobs import isos, oci_available
+    from layerboot.server.api.jobs import isos, oci_available, oci_images
     admin_caller(request)
     state = _state(request)
     jobs = await asyncio.to_thread(state.jobs.list)
     return reply({"jobs": [j.to_dict() for j in jobs], "isos": isos(state.config, state.paths),
+                  "oci_images": oci_images(state.config, state.paths),
                   "kinds": {"iso": True, "debootstrap": True, "oci": oci_available()}})
 
 

@@ -160,7 +160,7 @@ async def start_import(request: web.Request) -> web.StreamResponse:
     form = await _form(request)
     who = _changer(request, form)
     kind = str(form.get("kind", ""))
-    params = {key: str(form.get(key, "")) for key in ("iso", "suite", "include", "image", "description")
+    params = {key: str(form.get(key, "")) for key in ("iso", "suite", "include", "image", "ref", "description")
               if form.get(key) not in (None, "")}
     job = await asyncio.to_thread(actions.start_import, _state(request), kind, params, who)
     return back(request, f"base import {job.id} ({job.kind}) started", to=f"{PREFIX}/base")

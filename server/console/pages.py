@@ -168,13 +168,14 @@ async def incidents_page(request: web.Request) -> web.StreamResponse:
 
 @page
 async def imports_page(request: web.Request) -> web.StreamResponse:
-    from layerboot.server.api.jobs import iso_dir, isos, oci_available
+    from layerboot.server.api.jobs import import_dir, isos, oci_available, oci_images
     state = _state(request)
     jobs = await asyncio.to_thread(state.jobs.list)
     running = any(j.state in ("queued", "running") for j in jobs)
     return render("imports.html", request, {
         "title": "Base import", "jobs": [j.to_dict() for j in jobs], "isos": isos(state.config, state.paths),
-        "iso_dir": str(iso_dir(state.config, state.paths)), "oci": oci_available(),
+        "oci_images": oci_images(state.config, state.paths), "import_dir": str(import_dir(state.config, state.paths)),
+        "oci": oci_available(),
         "refresh": 3 if running else 0})
 
 
