@@ -25,6 +25,7 @@ class Paths:
                               admin token, boot-token key, power.toml
       tmp/                    scratch space on the same filesystem, for atomic renames
       quarantine/             objects that failed their hash check, moved aside (never served)
+      imports/                live ISOs and OCI images offered for base import in the web console (console.import_dir)
     """
 
     root: Path
@@ -94,6 +95,11 @@ class Paths:
     def power_file(self) -> Path:
         """BMC credentials per node (root-only), unless monitor.power_file names another file."""
         return self.state / "power.toml"
+
+    @property
+    def imports(self) -> Path:
+        """Live ISOs and OCI images the console offers for base import, unless console.import_dir says otherwise."""
+        return self.root / "imports"
 
     @property
     def tmp(self) -> Path:

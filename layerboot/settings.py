@@ -205,6 +205,28 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.upload_policy", _choice("hold", "auto"), "hold",
             "default for profiles without their own policy: 'auto' appends a baked upload as a new generation, "
             "'hold' waits for 'layerboot uploads approve'"),
+    Setting("server.tls_cert", _str, "",
+            "PEM certificate (chain) file: layerbootd also serves HTTPS on server.tls_port, and the console "
+            "redirects browsers there; nodes keep plain HTTP on server.port (iPXE and stage1 speak http://)"),
+    Setting("server.tls_key", _str, "", "PEM private key of server.tls_cert (root-only)"),
+    Setting("server.tls_port", _port, 8443, "HTTPS port when server.tls_cert is set"),
+    Setting("server.trusted_proxies", _str_list, (),
+            "addresses of reverse proxies (nginx) whose X-Forwarded-For and X-Forwarded-Proto headers are "
+            "believed: the client address for login limits and logs, https for Secure cookies (docs/console.md)"),
+    Setting("console.enabled", _bool, True, "serve the admin web console under /console/ (the API under /api/v1 "
+            "stays)"),
+    Setting("console.session_idle", _int, 8 * 3600,
+            "seconds a console login stays valid without use (sessions live in the database)"),
+    Setting("console.session_max_age", _int, 24 * 3600, "seconds a console login stays valid at most"),
+    Setting("console.login_failures_per_account", _int, 5,
+            "failed logins of one account within console.login_window before its logins are refused (0: no limit)"),
+    Setting("console.login_failures_per_address", _int, 20,
+            "failed logins from one client address within console.login_window before its logins are refused "
+            "(0: no limit)"),
+    Setting("console.login_window", _int, 900, "seconds over which failed logins are counted"),
+    Setting("console.import_dir", _str, "",
+            "directory of live ISO images (*.iso) and OCI images (OCI archives *.tar, OCI layout directories) the "
+            "console offers for base import; empty: imports/ in the store"),
     Setting("monitor.enabled", _bool, True,
             "run the fleet monitor inside layerbootd (incidents, action ladders, notifications; docs/monitor.md)"),
     Setting("monitor.interval", _int, 15, "seconds between two checks of every node"),

@@ -58,8 +58,12 @@ class Layer:
     def is_squashfs(self) -> bool:
         return self.kind in SQUASHFS_KINDS
 
+    def to_dict(self) -> dict[str, Any]:
+        """The record as ``layer show``, ``layer list --json`` and the API give it."""
+        return asdict(self)
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Layer":

@@ -73,8 +73,14 @@ class Generation:
         """Every store object this generation needs: its chain, kernel and initrd."""
         return self.chain + tuple(d for d in (self.kernel, self.initrd) if d)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The record as stored, as ``profile show --json`` and the API give it (``layers`` base first)."""
+        data = asdict(self)
+        data["layers"] = list(self.layers)
+        return data
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> "Generation":
@@ -96,6 +102,10 @@ class GenerationDiff:
     @property
     def empty(self) -> bool:
         return not (self.added or self.removed or self.reordered or self.changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"added": list(self.added), "removed": list(self.removed), "reordered": self.reordered,
+                "changes": list(self.changes), "empty": self.empty}
 
 
 class Profiles:

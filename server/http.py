@@ -81,6 +81,8 @@ class ServerState:
     sender: Sender | None = None   # server/guard/sender.py: set by main() (it starts threads)
     metrics: Any = None          # layerboot.server.monitor.metrics.Metrics
     monitor: Any = None          # layerboot.server.monitor.engine.Monitor, when monitor.enabled
+    admins: Any = None           # layerboot.server.auth.admins.Admins: console accounts, sessions, API tokens
+    jobs: Any = None             # layerboot.server.api.jobs.Jobs: background jobs (base imports)
 
 
 STATE = web.AppKey("layerboot", ServerState)
@@ -256,7 +258,7 @@ def node_status(state: ServerState, mac: str) -> dict[str, Any]:
     node = state.registry.get(mac)
     data = node.public_dict()
     data["ssh_keys"] = len(state.registry.ssh_keys(mac))
-    data["events"] = [e.__dict__ for e in state.registry.events(mac)]
+    data["events"] = [e.to_dict() for e in state.registry.events(mac)]
     return data
 
 
@@ -277,8 +279,8 @@ async def handle_nodes(request: web.Request) -> web.StreamResponse:
     return negotiate.respond(request, f"layerboot nodes ({len(nodes)})", {"nodes": nodes}, headers=NO_STORE)
 
 
-async def handle_status(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
+def status_data(state: ServerState) -> dict[str, Any]:
+    """What GET /status and GET /api/v1/status show (public: counts, no secrets)."""
     data: dict[str, Any] = {
         "service": "layerbootd", "version": __version__, "uptime": int(time.monotonic() - state.started),
         "nodes": len(state.registry.all()), "profiles": len(state.profiles.names()),
@@ -287,7 +289,13 @@ async def handle_status(request: web.Request) -> web.StreamResponse:
         data["uploads"] = state.uploads.counts()
     data["in_progress"] = ({"connections": 0, "downloads": 0, "uploads": 0} | state.slots.counts()
                            | {"sending": state.sender.active() if state.sender else 0})
-    return negotiate.respond(request, "layerbootd is running", data, headers=NO_STORE)
+    return data
+
+
+async def handle_status(request: web.Request) -> web.StreamResponse:
+    if request.path == "/" and negotiate.client_kind(request) == "html" and request.app[STATE].config.console_enabled:
+        raise web.HTTPFound("/console/")          # a browser at the server's address: the admin console
+    return negotiate.respond(request, "layerbootd is running", status_data(request.app[STATE]), headers=NO_STORE)
 
 
 # -- middleware --------------------------------------------------------------------------------------------
@@ -355,4 +363,9 @@ def build_app(state: ServerState, *, client_max_size: int) -> web.Application:
     claim.add_routes(app)
     from layerboot.server.monitor.http import add_routes as add_monitor_routes
     add_monitor_routes(app)
+    from layerboot.server.api.routes import add_routes as add_api_routes
+    add_api_routes(app)
+    if state.config.console_enabled:
+        from layerboot.server.console.app import setup as setup_console
+        setup_console(app)
     return app

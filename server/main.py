@@ -181,6 +181,13 @@ async def serve(config: Any, reload_config: Any = None) -> None:
                         started=time.monotonic(), limits=limits, slots=slots,
                         guard=ConnectionGuard(slots, limits.connections_per_client),
                         sender=Sender(send_timeout=limits.send_timeout))
+    from layerboot.server.api.jobs import Jobs
+    from layerboot.server.auth.admins import Admins, LoginLimits
+    state.admins = Admins(db, LoginLimits.from_config(config))
+    state.jobs = Jobs(db, store, config)
+    if state.jobs.recover():
+        log.warning("marked base imports of an earlier layerbootd that stopped as failed")
+    tls = tls_context(config)
     state.metrics = Metrics(state)
     if config.monitor_enabled:     # checks the monitor's config (channels) before anything starts
         state.monitor = Monitor(state)
@@ -201,6 +208,15 @@ async def serve(config: Any, reload_config: Any = None) -> None:
         await runner.cleanup()
         raise LayerbootError(f"cannot listen on {config.server_listen}:{config.server_port}: {err.strerror}",
                              hint="is another layerbootd running? change server.port") from None
+    tls_site = None
+    if tls is not None:
+        try:
+            tls_site = await listen(runner, config.server_listen, config.server_tls_port, state.guard, ssl=tls)
+        except OSError as err:
+            site.close()
+            await runner.cleanup()
+            raise LayerbootError(f"cannot listen on {config.server_listen}:{config.server_tls_port} for HTTPS: "
+                                 f"{err.strerror}", hint="change server.tls_port") from None
     if state.monitor is not None:
         await state.monitor.start()
     sftp = None
@@ -208,6 +224,7 @@ async def serve(config: Any, reload_config: Any = None) -> None:
         from layerboot.server.sftp import start_sftp
         sftp = await start_sftp(state, config.server_listen, config.server_ssh_port)
     where = f"http://{config.server_listen}:{config.server_port}" + \
+        (f", https port {config.server_tls_port}" if tls_site else "") + \
         (f" and sftp port {config.server_ssh_port}" if sftp else "")
     log.info("layerbootd %s serving %s on %s", __version__, paths.root, where)
     systemd.notify("READY=1", f"STATUS=serving {paths.root} on {where}")
@@ -230,7 +247,10 @@ async def serve(config: Any, reload_config: Any = None) -> None:
         if sftp is not None:
             sftp.close()
         site.close()
+        if tls_site is not None:
+            tls_site.close()
         await runner.cleanup()
+        state.jobs.stop()
         if state.monitor is not None:
             await state.monitor.stop()
         state.sender.stop()
@@ -276,6 +296,29 @@ def reload(state: Any, load_again: Any) -> list[str]:
     log.info("reloaded the configuration: %s", ", ".join(applied) or "nothing changed")
     systemd.notify("READY=1", "STATUS=reloaded: " + (", ".join(applied) or "nothing changed"))
     return applied
+
+
+def tls_context(config: Any) -> Any:
+    """The server's TLS context from server.tls_cert and server.tls_key (None when no certificate is set)."""
+    import ssl
+
+    if not config.server_tls_cert and not config.server_tls_key:
+        return None
+    if not (config.server_tls_cert and config.server_tls_key):
+        raise LayerbootError("server.tls_cert and server.tls_key go together: set both or neither")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(config.server_tls_cert, config.server_tls_key)
+    except FileNotFoundError as err:
+        raise LayerbootError(f"cannot read {err.filename}: no such file",
+                             hint="server.tls_cert and server.tls_key name PEM files") from None
+    except PermissionError as err:
+        raise LayerbootError(f"cannot read {err.filename}: permission denied", hint="run layerbootd as root") from None
+    except ssl.SSLError as err:
+        raise LayerbootError(f"server.tls_cert / server.tls_key: {err.reason or err}",
+                             hint="a PEM certificate (chain) and its matching unencrypted private key") from None
+    return context
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,9 +3,10 @@
 * iPXE (User-Agent contains "iPXE") gets an ``#!ipxe`` script that prints the message and stops. iPXE does
   not run a script it got with an error status, so these are sent with status 200 (except on /objects,
   where iPXE is fetching a kernel or initrd and a real error status is what makes its ``kernel`` fail);
-* a browser (Accept: text/html) gets a small HTML page;
-* ``Accept: application/json`` gets JSON;
-* anything else gets text/plain.
+* the API (``/api/...``) always answers JSON;
+* otherwise the ``Accept`` header decides, q-values and wildcards included (python-mimeparse, RFC 9110
+  section 12.5.1): the best of text/html (a small HTML page), application/json and text/plain. On a tie
+  (``*/*``, as curl sends) text/plain wins, and so it does with no Accept header or nothing acceptable.
 """
 
 from __future__ import annotations
@@ -14,23 +15,35 @@ import html
 import json
 from typing import Any
 
+import mimeparse
 from aiohttp import web
 
 from layerboot import strictjson
 
 IPXE_SLEEP = 30
+# What we can render, least preferred first: mimeparse.best_match gives ties to the later entry.
+OFFERED = ("text/html", "application/json", "text/plain")
+KINDS = {"text/html": "html", "application/json": "json", "text/plain": "text"}
 
 
 def client_kind(request: web.BaseRequest) -> str:
     """'ipxe', 'json', 'html' or 'text' for this request."""
     if "ipxe" in request.headers.get("User-Agent", "").lower():
         return "ipxe"
-    accept = request.headers.get("Accept", "").lower()
-    if "application/json" in accept:
+    if request.path.startswith("/api/"):       # the versioned API answers JSON, errors included
         return "json"
-    if "text/html" in accept:
-        return "html"
-    return "text"
+    return KINDS.get(best_type(request.headers.get("Accept", ""), OFFERED), "text")
+
+
+def best_type(accept: str, offered: tuple[str, ...]) -> str:
+    """The offered media type the Accept header prefers ('' when none is acceptable or the header is empty or
+    malformed); ties go to the later entry of ``offered``."""
+    if not accept.strip():
+        return ""
+    try:
+        return mimeparse.best_match(list(offered), accept[:2000])
+    except (ValueError, IndexError, mimeparse.MimeTypeParseException):   # a malformed header is "no preference"
+        return ""
 
 
 def ipxe_quote(text: str) -> str:

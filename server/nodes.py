@@ -141,6 +141,10 @@ class Event:
     time: str = ""
     timings: dict[str, float] = field(default_factory=dict)   # seconds per boot step, as stage1 measured them
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "ok": self.ok, "generation": self.generation, "serial": self.serial,
+                "elapsed": self.elapsed, "message": self.message, "time": self.time, "timings": dict(self.timings)}
+
     @classmethod
     def from_json(cls, data: Any) -> "Event":
         """Check a posted report (parsed by layerboot.strictjson) field by field; a bad one is a one-line error

@@ -120,8 +120,7 @@ async def handle_upload_status(request: web.Request) -> web.StreamResponse:
     upload = state.uploads.records.get(request.match_info["id"])
     if upload.mac != mac:
         raise web.HTTPNotFound(text=f"node {mac} has no upload {upload.id}")
-    data = upload.to_dict()
-    data.pop("path", None)
+    data = upload.public_dict()
     return negotiate.respond(request, f"upload {upload.id}: {upload.state}", data, headers={"Cache-Control": "no-store"})
 
 

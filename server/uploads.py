@@ -105,6 +105,13 @@ class Upload:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    def public_dict(self) -> dict[str, Any]:
+        """For HTTP answers and ``uploads list --json``: without the server's file path, with ``held``."""
+        data = self.to_dict()
+        data.pop("path", None)
+        data["held"] = self.held
+        return data
+
     @property
     def held(self) -> bool:
         return self.state == "baked" and self.generation is None

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import socket
 import sys
+import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import zstandard
 
 from layerboot.overlays.profile import Profiles
 from layerboot.paths import Paths
@@ -143,3 +147,23 @@ def boot_profile(profiles: Profiles, make_layer: Any, tmp_path: Path, name: str 
     profiles.create(name, base, cmdline="console=ttyS0 quiet", kernel=kernel, initrd=initrd)
     profiles.add(name, overlay)
     return {"base": base, "overlay": overlay, "kernel": kernel, "initrd": initrd}
+
+
+def layer_upload(files: dict[str, bytes], whiteouts: tuple[str, ...] = ()) -> bytes:
+    """A tar.zst as 'layerboot capture' sends it: directories, files and overlayfs whiteouts (char 0/0)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        names = list(files) + list(whiteouts)
+        for name in sorted({os.path.dirname(n) for n in names if os.path.dirname(n)}):
+            member = tarfile.TarInfo(name)
+            member.type, member.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(member)
+        for name, data in files.items():
+            member = tarfile.TarInfo(name)
+            member.size, member.mode = len(data), 0o644
+            tar.addfile(member, io.BytesIO(data))
+        for name in whiteouts:
+            member = tarfile.TarInfo(name)
+            member.type, member.mode, member.devmajor, member.devminor = tarfile.CHRTYPE, 0o600, 0, 0
+            tar.addfile(member)
+    return zstandard.ZstdCompressor(level=1).compress(out.getvalue())

@@ -3,41 +3,22 @@
 from __future__ import annotations
 
 import http.client
-import io
 import os
 import signal
 import socket
-import tarfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import zstandard
 
 from layerboot.errors import LayerbootError
 from layerboot.overlays.profile import Profiles
 from layerboot.server.client import upload, upload_status
 from layerboot.server.uploads import UploadRecords
-from server_daemon import MAC, OTHER_MAC, Daemon, boot_profile, write_config
+from server_daemon import MAC, OTHER_MAC, Daemon, boot_profile, layer_upload, write_config
 from layerboot.run import run
-
-
-def layer_upload(files: dict[str, bytes]) -> bytes:
-    """A tar.zst as 'layerboot capture' would send: a directory and some files."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        dirs = sorted({os.path.dirname(name) for name in files if os.path.dirname(name)})
-        for name in dirs:
-            member = tarfile.TarInfo(name)
-            member.type, member.mode = tarfile.DIRTYPE, 0o755
-            tar.addfile(member)
-        for name, data in files.items():
-            member = tarfile.TarInfo(name)
-            member.size, member.mode = len(data), 0o644
-            tar.addfile(member, io.BytesIO(data))
-    return zstandard.ZstdCompressor(level=1).compress(out.getvalue())
 
 
 class Setup:

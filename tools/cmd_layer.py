@@ -117,9 +117,11 @@ def _row(layer: Layer) -> list[object]:
 
 
 def cmd_list(ctx: Context) -> int:
-    layers = [layer for layer in ctx.ready_store().layers() if ctx.args.kind in (None, layer.kind)]
     if ctx.args.json:
-        return print_json(layers)
+        from layerboot.server.api.store import layer_records
+        return print_json({"layers": [record for record in layer_records(ctx.ready_store(), ctx.profiles)
+                                      if ctx.args.kind in (None, record["kind"])]})
+    layers = [layer for layer in ctx.ready_store().layers() if ctx.args.kind in (None, layer.kind)]
     if not layers:
         print("no layers yet (import one with 'layerboot layer import')")
         return 0

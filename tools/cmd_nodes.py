@@ -295,12 +295,18 @@ def _when(value: str | None) -> str:
     return value.replace("+00:00", "Z") if value else "never"
 
 
+def _fleet(ctx: Context):  # noqa: ANN202
+    """What server/api/fleet.py needs (the daemon passes its ServerState): registry, profiles, config."""
+    from types import SimpleNamespace
+    return SimpleNamespace(registry=_registry(ctx), profiles=ctx.profiles, config=ctx.config)
+
+
 def cmd_list(ctx: Context) -> int:
-    nodes = _registry(ctx).all()
     if ctx.args.json:
-        return print_json([n.public_dict() for n in nodes])   # the same records as GET /nodes
+        from layerboot.server.api.fleet import node_records
+        return print_json({"nodes": [r.to_dict() for r in node_records(_fleet(ctx))]})
     rows = []
-    for n in nodes:
+    for n in _registry(ctx).all():
         last = f"{n.last_stage} {'ok' if n.last_ok else 'FAILED'}" if n.last_stage else "-"
         rows.append([n.mac, n.profile + (" (auto)" if n.auto else ""), _when(n.last_seen),
                      n.last_generation if n.last_generation is not None else "-", last, n.failures, n.boots])
@@ -310,13 +316,12 @@ def cmd_list(ctx: Context) -> int:
 
 
 def cmd_show(ctx: Context) -> int:
+    if ctx.args.json:       # the record of GET /api/v1/nodes/MAC
+        from layerboot.server.api.fleet import node_detail
+        return print_json(node_detail(_fleet(ctx), ctx.args.mac))
     registry = _registry(ctx)
     node = registry.get(ctx.args.mac)
     events = registry.events(node.mac)
-    if ctx.args.json:
-        print_json(node.public_dict() | {"ssh_keys": registry.ssh_keys(node.mac),
-                                         "events": [e.__dict__ for e in events]})
-        return 0
     print(f"node {node.mac}: profile {node.profile}{' (auto-registered)' if node.auto else ''}, "
           f"registered {_when(node.created)}")
     print(f"last seen: {_when(node.last_seen)}; generation booted: {node.last_generation or '-'}; "
@@ -416,7 +421,7 @@ def cmd_uploads_list(ctx: Context) -> int:
     if state == "held":
         uploads = [u for u in uploads if u.held]
     if ctx.args.json:
-        return print_json([u.to_dict() | {"held": u.held} for u in uploads])
+        return print_json({"uploads": [u.public_dict() for u in reversed(uploads)]})
     rows = [[u.id, u.mac, u.profile, u.name, u.size, "held" if u.held else u.state, u.attempts,
              _epoch(u.next_try) if u.state == "retry" else "-", (u.layer or "-")[:12], u.generation or "-",
              u.last_error if u.state == "retry" else u.message] for u in uploads]

@@ -122,10 +122,13 @@ def cmd_create(ctx: Context) -> int:
 
 def cmd_list(ctx: Context) -> int:
     profiles = ctx.profiles
-    current = [profiles.current(name) for name in profiles.names()]
     if ctx.args.json:
-        return print_json(current)
-    rows = [[gen.profile, gen.number, len(gen.layers), gen.serial, gen.created] for gen in current]
+        from layerboot.server.api.store import profile_summaries
+        return print_json({"profiles": profile_summaries(profiles)})
+    rows = []
+    for name in profiles.names():
+        gen = profiles.current(name)
+        rows.append([name, gen.number, len(gen.layers), gen.serial, gen.created])
     print(table(["PROFILE", "GENERATION", "LAYERS", "SERIAL", "CHANGED"], rows) if rows else "no profiles yet")
     return 0
 
@@ -133,9 +136,8 @@ def cmd_list(ctx: Context) -> int:
 def cmd_show(ctx: Context) -> int:
     profiles, a = ctx.profiles, ctx.args
     gen = profiles.current(a.name) if a.generation is None else profiles.generation(a.name, a.generation)
-    layers = [profiles.store.get(digest) for digest in gen.layers]
     if a.json:
-        return print_json({**gen.__dict__, "layer_records": layers})
+        return print_json(gen.to_dict())
     print(f"profile {gen.profile}, generation {gen.number}, serial {gen.serial}, created {gen.created}")
     print(f"kernel:  {gen.kernel or '-'}\ninitrd:  {gen.initrd or '-'}\ncmdline: {gen.cmdline}")
     rows = []
@@ -180,7 +182,7 @@ def cmd_set(ctx: Context) -> int:
 def cmd_log(ctx: Context) -> int:
     history = list(reversed(ctx.profiles.history(ctx.args.name)))
     if ctx.args.json:
-        return print_json(history)
+        return print_json({"generations": [g.to_dict() for g in history]})
     rows = [[g.number, g.serial, g.created, len(g.layers), g.action] for g in history]
     print(table(["GEN", "SERIAL", "CREATED", "LAYERS", "ACTION"], rows))
     return 0
@@ -190,7 +192,7 @@ def cmd_diff(ctx: Context) -> int:
     a = ctx.args
     diff = ctx.profiles.diff(a.name, a.old, a.new)
     if a.json:
-        return print_json({"profile": a.name, "old": a.old, "new": a.new, **diff.__dict__})
+        return print_json({"profile": a.name, "old": a.old, "new": a.new} | diff.to_dict())
     if diff.empty:
         print(f"generations {a.old} and {a.new} boot the same chain")
         return 0

@@ -1,6 +1,8 @@
 """Who may do what on layerbootd: the credentials and the checks (docs/security.md has the whole model).
 
-* **admin token** (``state/admin.token``, root on the server): everything.
+* **admin token** (``state/admin.token``, root on the server): everything. **API tokens** of admin accounts
+  (:mod:`.admins`, ``layerboot admin token create``) count as the admin token; console sessions
+  (:mod:`.web`) open the console and the /api/v1 routes only.
 * **boot token** (:mod:`.boottoken`): read-only, stateless, minted by ``GET /boot/MAC.ipxe`` for the kernel
   command line. Reads that node's manifest and the objects its profile names, posts its boot events, claims a
   node secret (with proof of the asset key). Nothing that writes.

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from layerboot.server.auth.admins import TOKEN_PREFIX as API_TOKEN_PREFIX
 from layerboot.server.auth.boottoken import looks_like_boot_token
 from layerboot.server.auth.nodesecret import secret_hash
 from layerboot.server.nodes import AuthError, Node
@@ -25,6 +26,7 @@ SECRET_HINT = ("the node secret is root-only in /run/layerboot/node.secret on a 
 class Caller:
     kind: str                   # ADMIN, SECRET or BOOT
     node: Node | None = None    # None for the admin
+    who: str = ""               # for an admin: "admin token", or the account of an API token or session
 
 
 def bearer(request: web.Request, *, query: bool = False) -> str | None:
@@ -72,7 +74,12 @@ def identify(state: Any, token: str | None, missing: str) -> Caller:
     if not token:
         raise AuthError(missing)
     if hmac.compare_digest(secret_hash(token), state.admin_token_hash):
-        return Caller(ADMIN)
+        return Caller(ADMIN, who="admin token")
+    if token.startswith(API_TOKEN_PREFIX) and getattr(state, "admins", None) is not None:
+        account = state.admins.token_admin(token)
+        if account is None:
+            raise AuthError("unknown or revoked API token", hint="'layerboot admin token list' shows the valid ones")
+        return Caller(ADMIN, who=account)
     if looks_like_boot_token(token):
         return Caller(BOOT, _boot_node(state, token))
     mac = state.secrets.node_of(token)

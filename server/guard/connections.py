@@ -117,14 +117,14 @@ class GuardedConnection(asyncio.Protocol):
 
 
 async def listen(runner: web.AppRunner, host: str, port: int, guard: ConnectionGuard, *,
-                 backlog: int = 1024) -> asyncio.AbstractServer:
-    """Listen on host:port with aiohttp's protocol behind the guard (instead of web.TCPSite)."""
+                 backlog: int = 1024, ssl: Any = None) -> asyncio.AbstractServer:
+    """Listen on host:port with aiohttp's protocol behind the guard (instead of web.TCPSite); TLS with ``ssl``."""
     factory = runner.server
     if factory is None:
         raise RuntimeError("the runner is not set up")
     loop = asyncio.get_running_loop()
     return await loop.create_server(lambda: GuardedConnection(factory(), guard), host, port,
-                                    reuse_address=True, backlog=backlog)
+                                    reuse_address=True, backlog=backlog, ssl=ssl)
 
 
 class ProtocolLog(logging.LoggerAdapter):  # type: ignore[type-arg]

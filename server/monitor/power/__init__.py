@@ -53,7 +53,9 @@ _REQUIRED = {"ipmi": ("host",), "redfish": ("url",), "qmp": ("socket",)}
 
 
 class PowerError(LayerbootError):
-    pass
+    """The BMC or power controller failed or refused: layerbootd answers 502 (Bad Gateway)."""
+
+    http_status = 502
 
 
 @dataclass(frozen=True)
