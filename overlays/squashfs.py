@@ -32,13 +32,17 @@ def threads(requested: int) -> int:
 
 
 def mksquashfs(tree: Path, output: Path, *, compression: str = "zstd", block_size: int = 131072,
-               processors: int = 0, all_root: bool = False) -> None:
-    """Pack a directory tree into a squashfs image, keeping owners, modes, xattrs, hardlinks and mtimes."""
+               processors: int = 0, all_root: bool = False, reproducible: bool = False) -> None:
+    """Pack a directory tree into a squashfs image, keeping owners, modes, xattrs, hardlinks and mtimes.
+
+    ``reproducible``: every time stamp (files and the image's own) is 0 and xattrs are left out, so the same
+    tree gives the same bytes (mksquashfs orders entries by name and numbers inodes in that order)."""
     require_tool("mksquashfs", package="squashfs-tools")
     if not tree.is_dir():
         raise LayerbootError(f"{tree} is not a directory")
     argv = ["mksquashfs", tree, output, "-noappend", "-quiet", "-no-progress",
-            "-comp", compression, "-b", str(block_size), "-processors", str(threads(processors)), "-xattrs"]
+            "-comp", compression, "-b", str(block_size), "-processors", str(threads(processors))]
+    argv += ["-no-xattrs", "-mkfs-time", "0", "-all-time", "0"] if reproducible else ["-xattrs"]
     if all_root:
         argv.append("-all-root")
     run(argv, timeout=None)

@@ -151,6 +151,12 @@ async def serve(config: Any) -> None:
                         started=time.monotonic(), limits=limits, slots=slots,
                         guard=ConnectionGuard(slots, limits.connections_per_client),
                         sender=Sender(send_timeout=limits.send_timeout))
+    from layerboot.server.fleet.manifest import NodeManifests
+    from layerboot.server.fleet.queries import Fleet
+    state.fleet = Fleet(db)
+    state.node_manifests = NodeManifests(state.fleet, profiles, config)
+    discovery_rate = config.fleet_discovery_requests_per_minute
+    state.discovery_limiter = RateLimiter(discovery_rate, burst=discovery_rate)
     state.metrics = Metrics(state)
     if config.monitor_enabled:     # checks the monitor's config (channels) before anything starts
         state.monitor = Monitor(state)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from layerboot.errors import LayerbootError
-from layerboot.overlays.layer import KINDS, Layer
+from layerboot.overlays.layer import IMPORTABLE_KINDS, Layer
 from layerboot.tools.context import Context
 from layerboot.tools.output import human_size, table
 
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Import PATH into the store. A directory is packed with mksquashfs (zstd); a squashfs "
                     "file is stored as it is. Prints the new layer's digest.")
     imp.add_argument("path", type=Path)
-    imp.add_argument("--kind", choices=KINDS, default="base", help="what PATH is (default: base)")
+    imp.add_argument("--kind", choices=IMPORTABLE_KINDS, default="base", help="what PATH is (default: base)")
     imp.add_argument("--base", metavar="REF", help="for an overlay: the base layer it was made on")
     imp.add_argument("--parent", metavar="REF", help="for an overlay: the top layer it was captured from")
     imp.add_argument("-d", "--description", default="", help="free text shown by 'layer list'")

@@ -7,23 +7,34 @@ work whether layerbootd runs or not.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from layerboot.errors import LayerbootError
+from layerboot.tools import fleet_args as fa
 from layerboot.tools.context import Context
 from layerboot.tools.output import print_json, table
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("nodes", help="register nodes (MAC -> profile, asset key, secret, SSH key) and see "
-                            "their boots", description="Without an action: list the nodes with their last boot "
-                            "report. Credentials (boot tokens, node secrets, asset keys): docs/security.md.")
-    parser.set_defaults(func=cmd_list)
-    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+NODE_HELP = "the node: its name or any of its MACs"
 
-    p = actions.add_parser("register", help="register a node; prints its node secret (write credential) once")
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from layerboot.tools import cmd_nodes_enroll, cmd_nodes_fleet
+
+    parser = sub.add_parser("nodes", help="named nodes with interfaces, groups and clusters; registration, "
+                            "credentials, boots, enrollment", description="Without an action: list the nodes with "
+                            "their last boot report. Named nodes, groups, templates and enrollment: docs/nodes.md; "
+                            "credentials (boot tokens, node secrets, asset keys): docs/security.md. A node is named "
+                            "by its name or any of its MACs.")
+    parser.set_defaults(func=cmd_nodes_fleet.cmd_list, filter_group=None, filter_cluster=None, filter_profile=None,
+                        filter_state=None, json=False)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    cmd_nodes_fleet.register_actions(actions)
+    cmd_nodes_enroll.register_actions(actions)
+
+    p = actions.add_parser("register", help="register a node by MAC only; prints its node secret (write "
+                           "credential) once")
     p.add_argument("mac")
     p.add_argument("--profile", required=True)
     p.add_argument("--asset-key", metavar="UUID:SERIAL",
@@ -33,42 +44,47 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="OpenSSH public key file allowed to upload over SFTP (repeatable)")
     p.add_argument("--replace", action="store_true",
                    help="re-register: new secret, forget old secrets, keys and reports, revoke boot tokens")
+    fa.add_json(p)
     p.set_defaults(func=cmd_register)
-
-    p = actions.add_parser("set", help="change a node's profile or asset key")
-    p.add_argument("mac")
-    p.add_argument("--profile", help="boot this profile from now on")
-    key = p.add_mutually_exclusive_group()
-    key.add_argument("--asset-key", metavar="UUID:SERIAL", help="the node's SMBIOS identity as 'layerboot "
-                     "asset-key' prints it on the node (what its claims prove)")
-    key.add_argument("--no-asset-key", action="store_true", help="forget the asset key: no more claims")
-    p.set_defaults(func=cmd_set)
 
     p = actions.add_parser("secret", help="node secrets (write credentials): rotate or list them")
     secret = p.add_subparsers(dest="secret_action", metavar="ACTION", required=True)
     q = secret.add_parser("rotate", help="forget every secret of the node and print a new one (once)")
-    q.add_argument("mac")
+    q.add_argument("mac", metavar="NODE", help=NODE_HELP)
+    fa.add_json(q)
     q.set_defaults(func=cmd_secret_rotate)
     q = secret.add_parser("list", help="the node's secrets: origin, created, last used (never the secrets)")
-    q.add_argument("mac")
+    q.add_argument("mac", metavar="NODE", help=NODE_HELP)
+    fa.add_json(q)
     q.set_defaults(func=cmd_secret_list)
 
     p = actions.add_parser("revoke-tokens", help="refuse every boot token the node was given so far")
-    p.add_argument("mac")
+    p.add_argument("mac", metavar="NODE", help=NODE_HELP)
+    fa.add_json(p)
     p.set_defaults(func=cmd_revoke_tokens)
 
     p = actions.add_parser("boot-token", help="print a read-only boot token for a node (e.g. for the command "
                            "line of an A/B disk that reports boot events)")
-    p.add_argument("mac")
+    p.add_argument("mac", metavar="NODE", help=NODE_HELP)
     p.add_argument("--ttl", type=int, metavar="SECONDS", help="valid this long (default server.boot_token_ttl)")
+    fa.add_json(p)
     p.set_defaults(func=cmd_boot_token)
 
-    actions.add_parser("list", help="list nodes with last seen, generation booted, failures").set_defaults(
-        func=cmd_list)
+    p = actions.add_parser("list", help="list nodes: name, MAC, profile, cluster, groups, address, last boot",
+                           description="Every node (named, or registered by MAC only), filtered.")
+    p.add_argument("--group", dest="filter_group", metavar="GROUP", help="only members of this group")
+    p.add_argument("--cluster", dest="filter_cluster", metavar="CLUSTER", help="only members of this cluster")
+    p.add_argument("--profile", dest="filter_profile", metavar="PROFILE", help="only nodes booting this profile")
+    p.add_argument("--state", dest="filter_state", metavar="STATE",
+                   choices=("up", "down", "booting", "stuck", "failed", "booted", "unknown"),
+                   help="only nodes the monitor sees in this state (see 'nodes status')")
+    fa.add_json(p)
+    p.set_defaults(func=cmd_nodes_fleet.cmd_list)
 
-    p = actions.add_parser("show", help="one node with its recent boot reports")
-    p.add_argument("mac")
-    p.add_argument("--json", action="store_true")
+    p = actions.add_parser("show", help="one node: its configuration as it boots (and where each value comes "
+                           "from), host keys, manifest, recent boot reports")
+    p.add_argument("mac", metavar="NODE", help=NODE_HELP)
+    fa.add_json(p)
     p.set_defaults(func=cmd_show)
 
     p = actions.add_parser("status", help="live status: state, heartbeat age, generation, pin, open incidents",
@@ -76,7 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "stuck, failed, booted, unknown; see docs/monitor.md), its last heartbeat, "
                                        "the generation it runs against its profile's newest, its last good and "
                                        "pinned generation and its open incidents.")
-    p.add_argument("macs", nargs="*", metavar="MAC", help="only these nodes")
+    p.add_argument("macs", nargs="*", metavar="NODE", help="only these nodes (names or MACs)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
@@ -84,27 +100,33 @@ def register(sub: argparse._SubParsersAction) -> None:
                            description="GET /nodes/MAC/manifest then serves that generation, signed afresh with "
                                        "a new serial (so nodes with a cache disk accept it). The pin stays until "
                                        "'nodes unpin' or 'nodes set-profile'.")
-    p.add_argument("mac")
+    p.add_argument("mac", metavar="NODE", help=NODE_HELP)
     p.add_argument("generation", type=int)
     p.add_argument("--reason", default="", help="why (shown in 'nodes status --json' and 'nodes show')")
+    fa.add_json(p)
     p.set_defaults(func=cmd_pin)
 
     p = actions.add_parser("unpin", help="boot the profile's newest generation again")
-    p.add_argument("mac")
+    p.add_argument("mac", metavar="NODE", help=NODE_HELP)
+    fa.add_json(p)
     p.set_defaults(func=cmd_unpin)
 
-    p = actions.add_parser("remove", help="forget a node (its tokens stop working at once)")
-    p.add_argument("mac")
+    p = actions.add_parser("remove", help="forget a node (its tokens stop working at once; a named node's host "
+                           "keys and node layers go too)")
+    p.add_argument("mac", metavar="NODE", help=NODE_HELP)
+    fa.add_json(p)
     p.set_defaults(func=cmd_remove)
 
     p = actions.add_parser("set-profile", help="boot a node from another profile")
-    p.add_argument("mac")
+    p.add_argument("mac", metavar="NODE", help=NODE_HELP)
     p.add_argument("profile")
+    fa.add_json(p)
     p.set_defaults(func=cmd_set_profile)
 
     p = actions.add_parser("add-key", help="allow another SSH public key for a node's SFTP uploads")
-    p.add_argument("mac")
+    p.add_argument("mac", metavar="NODE", help=NODE_HELP)
     p.add_argument("key", type=Path, metavar="FILE")
+    fa.add_json(p)
     p.set_defaults(func=cmd_add_key)
 
     uploads = sub.add_parser("uploads", help="uploads received by layerbootd: list, approve held ones, policy")
@@ -143,10 +165,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _registry(ctx: Context):  # noqa: ANN202
-    from layerboot.server.db import open_database
     from layerboot.server.nodes import Registry
-    ctx.ready_store()
-    return Registry(open_database(ctx.config, ctx.paths))
+    return Registry(fa.database(ctx))
+
+
+def _mac(ctx: Context) -> str:
+    """The node the command names (ctx.args.mac: a name or any of its MACs), as its key MAC."""
+    return fa.key_mac(ctx, ctx.args.mac)
 
 
 def _secrets(ctx: Context):  # noqa: ANN202
@@ -174,57 +199,46 @@ def cmd_register(ctx: Context) -> int:
     keys = tuple(_read_key(p) for p in a.ssh_key)
     node, secret = _registry(ctx).register(a.mac, a.profile, ssh_keys=keys, replace=a.replace,
                                            asset_key=a.asset_key)
-    print(f"registered {node.mac} with profile {node.profile}" + (f" and {len(keys)} SSH key(s)" if keys else "")
-          + (", asset key set: it claims its own secret at boot" if node.asset_key else ""))
-    print(f"node secret (shown once, only its hash is stored): {secret}")
-    return 0
-
-
-def cmd_set(ctx: Context) -> int:
-    a = ctx.args
-    if not (a.profile or a.asset_key or a.no_asset_key):
-        raise LayerbootError("nothing to change", hint="give --profile, --asset-key or --no-asset-key")
-    registry = _registry(ctx)
-    node = registry.get(a.mac)
-    if a.profile:
-        ctx.profiles.current(a.profile)
-        node = registry.set_profile(node.mac, a.profile)
-    if a.asset_key or a.no_asset_key:
-        node = registry.set_asset_key(node.mac, None if a.no_asset_key else a.asset_key)
-    print(f"{node.mac}: profile {node.profile}, asset key {node.asset_key or 'none (no secret claims)'}")
-    return 0
+    text = (f"registered {node.mac} with profile {node.profile}" + (f" and {len(keys)} SSH key(s)" if keys else "")
+            + (", asset key set: it claims its own secret at boot" if node.asset_key else "")
+            + f"\nnode secret (shown once, only its hash is stored): {secret}")
+    return fa.done(ctx, text, node.public_dict() | {"secret": secret})
 
 
 def cmd_secret_rotate(ctx: Context) -> int:
-    node = _registry(ctx).get(ctx.args.mac)
+    node = _registry(ctx).get(_mac(ctx))
     secret = _secrets(ctx).rotate(node.mac)
-    print(f"{node.mac}: every earlier secret is revoked")
-    print(f"node secret (shown once, only its hash is stored): {secret}")
-    return 0
+    return fa.done(ctx, f"{node.mac}: every earlier secret is revoked\nnode secret (shown once, only its hash is "
+                        f"stored): {secret}", {"node": node.mac, "secret": secret})
 
 
 def cmd_secret_list(ctx: Context) -> int:
-    node = _registry(ctx).get(ctx.args.mac)
-    rows = [[r.hash[:12], r.origin, _epoch(r.created), _epoch(r.last_used)] for r in _secrets(ctx).list(node.mac)]
+    node = _registry(ctx).get(_mac(ctx))
+    secrets = _secrets(ctx).list(node.mac)
+    if ctx.args.json:
+        print_json({"node": node.mac, "secrets": [{"hash": r.hash[:12], "origin": r.origin, "created": r.created,
+                                                   "last_used": r.last_used} for r in secrets]})
+        return 0
+    rows = [[r.hash[:12], r.origin, _epoch(r.created), _epoch(r.last_used)] for r in secrets]
     print(table(["HASH", "ORIGIN", "CREATED", "LAST USED"], rows) if rows else f"{node.mac} has no node secret")
     return 0
 
 
 def cmd_revoke_tokens(ctx: Context) -> int:
-    node = _registry(ctx).revoke_tokens(ctx.args.mac)
-    print(f"{node.mac}: boot tokens issued until {_epoch(node.tokens_not_before)} are refused; the node gets a new "
-          "one at its next PXE boot")
-    return 0
+    node = _registry(ctx).revoke_tokens(_mac(ctx))
+    return fa.done(ctx, f"{node.mac}: boot tokens issued until {_epoch(node.tokens_not_before)} are refused; the node "
+                        "gets a new one at its next PXE boot", {"node": node.mac,
+                                                                "tokens_not_before": node.tokens_not_before})
 
 
 def cmd_boot_token(ctx: Context) -> int:
     from layerboot.server.auth.boottoken import open_boot_tokens
     if ctx.args.ttl is not None and ctx.args.ttl <= 0:
         raise LayerbootError(f"--ttl {ctx.args.ttl}: a boot token must stay valid for at least one second")
-    node = _registry(ctx).get(ctx.args.mac)
+    node = _registry(ctx).get(_mac(ctx))
     tokens = open_boot_tokens(ctx.paths.boot_token_key, ctx.config.server_boot_token_ttl)
-    print(tokens.mint(node.mac, ttl=ctx.args.ttl))
-    return 0
+    token = tokens.mint(node.mac, ttl=ctx.args.ttl)
+    return fa.done(ctx, token, {"node": node.mac, "token": token})
 
 
 def _epoch(value: float | None) -> str:
@@ -235,26 +249,20 @@ def _when(value: str | None) -> str:
     return value.replace("+00:00", "Z") if value else "never"
 
 
-def cmd_list(ctx: Context) -> int:
-    rows = []
-    for n in _registry(ctx).all():
-        last = f"{n.last_stage} {'ok' if n.last_ok else 'FAILED'}" if n.last_stage else "-"
-        rows.append([n.mac, n.profile + (" (auto)" if n.auto else ""), _when(n.last_seen),
-                     n.last_generation if n.last_generation is not None else "-", last, n.failures, n.boots])
-    print(table(["MAC", "PROFILE", "LAST SEEN", "GEN BOOTED", "LAST REPORT", "FAILURES", "BOOTS"], rows)
-          if rows else "no nodes registered yet (layerboot nodes register MAC --profile P)")
-    return 0
-
-
 def cmd_show(ctx: Context) -> int:
+    from layerboot.tools.cmd_nodes_fleet import fleet_details, print_fleet_details
     registry = _registry(ctx)
-    node = registry.get(ctx.args.mac)
+    node = registry.get(_mac(ctx))
     events = registry.events(node.mac)
+    details = fleet_details(ctx, node.mac)
     if ctx.args.json:
-        print_json(node.to_dict() | {"ssh_keys": registry.ssh_keys(node.mac), "events": [e.__dict__ for e in events]})
+        print_json(node.to_dict() | {"ssh_keys": registry.ssh_keys(node.mac), "events": [e.__dict__ for e in events]}
+                   | ({"fleet": details} if details else {}))
         return 0
-    print(f"node {node.mac}: profile {node.profile}{' (auto-registered)' if node.auto else ''}, "
-          f"registered {_when(node.created)}")
+    print(f"node {node.name or node.mac}: {node.mac}, profile {node.profile}"
+          f"{' (auto-registered)' if node.auto else ''}, registered {_when(node.created)}")
+    if details:
+        print_fleet_details(details)
     print(f"last seen: {_when(node.last_seen)}; generation booted: {node.last_generation or '-'}; "
           f"boots: {node.boots}; failures: {node.failures}")
     from layerboot.server.auth.nodesecret import NodeSecrets
@@ -279,14 +287,11 @@ def cmd_status(ctx: Context) -> int:
     from layerboot.server.monitor.detectors import Limits
     from layerboot.server.monitor.records import MonitorRecords
     from layerboot.server.monitor.status import fleet_status
-    from layerboot.server.nodes import normalize_mac
 
     registry = _registry(ctx)
     fleet = fleet_status(registry, MonitorRecords(registry.db), ctx.profiles, Limits.from_config(ctx.config))
     if ctx.args.macs:
-        wanted = {normalize_mac(m) for m in ctx.args.macs}
-        for mac in wanted - {n.mac for n in fleet}:
-            registry.get(mac)                       # "no node ... is registered"
+        wanted = {fa.key_mac(ctx, m) for m in ctx.args.macs}     # "no node named ..." for an unknown one
         fleet = [n for n in fleet if n.mac in wanted]
     if ctx.args.json:
         print_json({"nodes": [n.to_dict() for n in fleet]})
@@ -304,45 +309,62 @@ def cmd_status(ctx: Context) -> int:
 def cmd_pin(ctx: Context) -> int:
     from layerboot.server.monitor.pins import check_pin
     registry = _registry(ctx)
-    node = registry.get(ctx.args.mac)
+    node = registry.get(_mac(ctx))
     gen = check_pin(ctx.profiles, node, ctx.args.generation)
     node = registry.pin(node.mac, gen.number, ctx.args.reason or "pinned by an admin")
-    print(f"{node.mac} boots generation {gen.number} of {node.profile} (newest: "
-          f"{ctx.profiles.current(node.profile).number}) until 'layerboot nodes unpin {node.mac}'")
-    return 0
+    return fa.done(ctx, f"{node.mac} boots generation {gen.number} of {node.profile} (newest: "
+                        f"{ctx.profiles.current(node.profile).number}) until 'layerboot nodes unpin {node.mac}'",
+                   node.public_dict())
 
 
 def cmd_unpin(ctx: Context) -> int:
     registry = _registry(ctx)
-    node = registry.get(ctx.args.mac)
+    node = registry.get(_mac(ctx))
     if node.pinned_generation is None:
         raise LayerbootError(f"node {node.mac} is not pinned")
-    registry.unpin(node.mac)
-    print(f"{node.mac} boots the newest generation of {node.profile} again "
-          f"({ctx.profiles.current(node.profile).number})")
-    return 0
+    node = registry.unpin(node.mac)
+    return fa.done(ctx, f"{node.mac} boots the newest generation of {node.profile} again "
+                        f"({ctx.profiles.current(node.profile).number})", node.public_dict())
 
 
 def cmd_remove(ctx: Context) -> int:
+    from layerboot.server.fleet.hostkeys import forget
+    from layerboot.server.fleet.nodelayer import drop_node_layer
     registry = _registry(ctx)
-    node = registry.get(ctx.args.mac)
+    node = registry.get(_mac(ctx))
+    f = fa.fleet(ctx)
+    record, row = f.find(node.mac), f.manifest_row(node.mac)
     registry.remove(node.mac)
-    print(f"removed {node.mac}")
-    return 0
+    if record is not None:
+        forget(ctx.paths, record.machine_id)
+    for digest in (row.layer, row.previous_layer) if row is not None else ():
+        if digest:
+            drop_node_layer(ctx.store, digest)
+    return fa.done(ctx, f"removed {node.name or node.mac}" + (" (its host keys and node layers too)" if record else ""),
+                   {"node": node.mac, "name": node.name, "removed": True})
 
 
 def cmd_set_profile(ctx: Context) -> int:
     ctx.profiles.current(ctx.args.profile)
-    node = _registry(ctx).set_profile(ctx.args.mac, ctx.args.profile)
-    print(f"{node.mac} now boots profile {node.profile}")
-    return 0
+    mac = _mac(ctx)
+    f = fa.fleet(ctx)
+    record = f.find(mac)
+    if record is not None:      # a named node: its own profile setting (groups' and cluster's stay below it)
+        from dataclasses import replace
+        f.save([replace(record, own=replace(record.own, profile=ctx.args.profile))],
+               check_profile=lambda name: ctx.profiles.current(name))
+        node = _registry(ctx).get(mac)
+    else:
+        node = _registry(ctx).set_profile(mac, ctx.args.profile)
+    return fa.done(ctx, f"{node.name or node.mac} now boots profile {node.profile}", node.public_dict())
 
 
 def cmd_add_key(ctx: Context) -> int:
     registry = _registry(ctx)
-    registry.add_ssh_key(ctx.args.mac, _read_key(ctx.args.key))
-    print(f"{registry.get(ctx.args.mac).mac}: {len(registry.ssh_keys(ctx.args.mac))} SSH key(s)")
-    return 0
+    mac = _mac(ctx)
+    registry.add_ssh_key(mac, _read_key(ctx.args.key))
+    count = len(registry.ssh_keys(mac))
+    return fa.done(ctx, f"{mac}: {count} SSH key(s)", {"node": mac, "ssh_keys": count})
 
 
 def cmd_uploads_list(ctx: Context) -> int:
