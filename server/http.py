@@ -241,6 +241,8 @@ async def handle_profile_manifest(request: web.Request) -> web.StreamResponse:
     profile = request.match_info["profile"]
     caller = any_node_or_admin(state, request, "this needs the admin token or a credential of a node of "
                                "this profile")
+    if caller.node is not None and discovering(state, caller.node):
+        raise AuthError(f"{caller.node.mac} is in its discovery boot: it reads no manifest", status=403)
     if caller.node is not None and caller.node.profile != profile:
         raise AuthError(f"node {caller.node.mac} boots profile {caller.node.profile}, not {profile}", status=403)
     gen = state.profiles.current(profile)
