@@ -113,7 +113,7 @@ def _exchange(method: str, url: str, document: object, timeout: float) -> tuple[
     from .http import request
     from .jsonlite import dumps, loads
 
-    body = dumps(document).encode("utf-8") if document is not None else None
+    body = dumps(document).encode("utf-8") if document is not None else b""
     response = request(method, url, body=body, timeout=timeout,
                        headers={"Accept": "application/json", **({"Content-Type": "application/json"} if body else {})})
     try:
@@ -125,11 +125,12 @@ def _exchange(method: str, url: str, document: object, timeout: float) -> tuple[
 
 
 def discover(server: str, mac: str, *, clone: str = "", name: str = "", timeout: float = 10.0,
-             sleep=time.sleep, clock=time.monotonic, rounds: int = -1) -> str:  # noqa: ANN001
-    """Report and wait; returns "accepted" or "rejected" (``rounds``: stop after that many polls, for tests)."""
+             sleep=time.sleep, clock=time.monotonic, rounds: int = -1, report: dict | None = None) -> str:  # noqa: ANN001
+    """Report and wait; returns "accepted" or "rejected" (for tests: ``rounds`` stops after that many questions
+    with "waiting", ``report`` replaces this machine's facts)."""
     from .console import StageError
 
-    report = facts()
+    report = dict(report or facts())
     request = {k: unquote(v) for k, v in (("clone_of", clone), ("name", name)) if v and unquote(v)}
     if request:
         report["request"] = request

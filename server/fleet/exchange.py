@@ -19,7 +19,7 @@ TOML::
 
 Every field of the records (server/fleet/records.py) may appear; unknown ones are errors naming the table.
 CSV: a header row, then one row per interface; a node's further interfaces are rows with the same name whose
-node columns are empty (or the same). Columns: ``name``, the interface's (``device``, ``mac``, ``ipv4``,
+node columns are empty (or the same); a first interface without a device is ``eth0``. Columns: ``name``, the interface's (``device``, ``mac``, ``ipv4``,
 ``gateway``, ``ipv6``, ``gateway6``, ``mtu``, ``vlan``, ``bond``, ``bond_options``), the node's (``profile``,
 ``cluster``, ``groups``, ``kernel_args``, ``domain``, ``dns``, ``ntp``, ``syslog``, ``asset_key``; lists space
 separated, an empty cell is unset) and ``var:KEY`` for each template variable.
@@ -95,6 +95,10 @@ def _parse_csv(text: str, source: str) -> dict[str, dict[str, Any]]:
                 node.setdefault("vars", {})[column[4:]] = row[column]
         iface = {c: (row.get(c) or "").strip() for c in IFACE_COLUMNS if (row.get(c) or "").strip()}
         if iface:
+            if "device" not in iface:
+                if node["interfaces"]:
+                    raise LayerbootError(f"{where}: a node's second interface needs its device name")
+                iface["device"] = "eth0"          # a node's only (first) interface: eth0 unless named
             node["interfaces"].append(iface)
     return nodes
 
