@@ -25,21 +25,20 @@ log = logging.getLogger("layerboot.fleet")
 MAX_REPORT = 16 << 10
 
 
-def _enabled(state) -> None:  # noqa: ANN001 - ServerState
+def _open(request: web.Request):  # noqa: ANN202 - (ServerState, mac, a 429 response or None)
+    """The state and MAC of a discovery request, or the 429 that answers it (per client address)."""
+    from layerboot.server import negotiate
+    from layerboot.server.http import STATE, path_mac
+
+    state = request.app[STATE]
     if state.config.server_unknown_mac != "discover" or state.fleet is None:
         raise web.HTTPNotFound(text="discovery is off on this server (server.unknown_mac)")
-
-
-def _limit(request: web.Request) -> web.Response | None:
-    from layerboot.server import negotiate
-    from layerboot.server.http import STATE
-
-    limiter = request.app[STATE].discovery_limiter
-    wait = limiter.wait(request.remote or "-") if limiter else 0.0
+    mac = path_mac(request)
+    wait = state.discovery_limiter.wait(request.remote or "-") if state.discovery_limiter else 0.0
     if wait:
-        return negotiate.error(request, 429, f"too many discovery requests from {request.remote}; try again in "
-                               f"{int(wait) + 1} s", headers={"Retry-After": str(int(wait) + 1)})
-    return None
+        return state, mac, negotiate.error(request, 429, f"too many discovery requests from {request.remote}; try "
+                                           f"again in {int(wait) + 1} s", headers={"Retry-After": str(int(wait) + 1)})
+    return state, mac, None
 
 
 def _answer(state, record_state: str, **extra: object) -> web.Response:  # noqa: ANN001
@@ -49,12 +48,9 @@ def _answer(state, record_state: str, **extra: object) -> web.Response:  # noqa:
 
 
 async def handle_report(request: web.Request) -> web.StreamResponse:
-    from layerboot.server.http import STATE, path_mac, read_json
+    from layerboot.server.http import read_json
 
-    state = request.app[STATE]
-    _enabled(state)
-    mac = path_mac(request)
-    refused = _limit(request)
+    state, mac, refused = _open(request)
     if refused is not None:
         return refused
     if await asyncio.to_thread(state.fleet.key_of, mac):
@@ -75,12 +71,7 @@ async def handle_report(request: web.Request) -> web.StreamResponse:
 
 
 async def handle_poll(request: web.Request) -> web.StreamResponse:
-    from layerboot.server.http import STATE, path_mac
-
-    state = request.app[STATE]
-    _enabled(state)
-    mac = path_mac(request)
-    refused = _limit(request)
+    state, mac, refused = _open(request)
     if refused is not None:
         return refused
     if await asyncio.to_thread(state.fleet.key_of, mac):

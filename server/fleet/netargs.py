@@ -35,7 +35,7 @@ def resolve_servers(values: tuple[str, ...] | None, host: str) -> list[str]:
     return out
 
 
-def _boot_device(interfaces: tuple[Interface, ...]) -> Interface | None:
+def boot_device(interfaces: tuple[Interface, ...]) -> Interface | None:
     """The device that carries the boot NIC's addresses: the first NIC, or the bond it is a slave of."""
     first = next((i for i in interfaces if i.mac), None)
     if first is not None and first.bond:
@@ -82,18 +82,19 @@ def network_args(eff: Effective, *, host: str = "") -> list[str]:
             parts.append(str(bond.mtu))
         words.append("bond=" + ":".join(parts))
     words += [f"vlan={i.netdev}:{i.device}" for i in interfaces if i.vlan]
-    boot = _boot_device(interfaces)
+    boot = boot_device(interfaces)
     for iface in interfaces:
         if not iface.bond:
             is_boot = iface is boot
             words += _ip_words(iface, eff.name if is_boot else "", is_boot)
-    dns = [d for d in resolve_servers(eff.settings.dns, host) if _is_address(d)]
+    dns = [d for d in resolve_servers(eff.settings.dns, host) if is_address(d)]
     words += [f"nameserver={d}" for d in dns[:MAX_NAMESERVERS]]
     check_words(words, eff.name)
     return words
 
 
-def _is_address(text: str) -> bool:
+def is_address(text: str) -> bool:
+    """An IPv4 or IPv6 address (not a host name)."""
     import ipaddress
     try:
         ipaddress.ip_address(text)

@@ -28,7 +28,7 @@ from typing import Any
 from layerboot.errors import LayerbootError
 from layerboot.safetext import printable
 from layerboot.server.fleet.hostkeys import HostKey
-from layerboot.server.fleet.netargs import _boot_device, resolve_servers
+from layerboot.server.fleet.netargs import boot_device, is_address, resolve_servers
 from layerboot.server.fleet.records import Effective, Interface
 
 PACKAGE_TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -236,7 +236,7 @@ def _addresses(iface: Interface | None) -> dict[str, Any]:
 def network_devices(eff: Effective) -> list[dict[str, Any]]:
     """Every network device of the node (NICs, bonds, VLAN devices) with where its addresses are."""
     interfaces = eff.interfaces
-    boot = _boot_device(interfaces)
+    boot = boot_device(interfaces)
     devices = []
     for iface in interfaces:
         device = {"name": iface.device, "kind": "ether" if iface.mac else "bond", "mac": iface.mac,
@@ -262,7 +262,7 @@ def host_entries(members: tuple[Effective, ...]) -> list[dict[str, Any]]:
     devices' as NAME-DEVICE."""
     entries = []
     for eff in sorted(members, key=lambda e: e.name):
-        boot = _boot_device(eff.interfaces)
+        boot = boot_device(eff.interfaces)
         for iface in eff.interfaces:
             names = ([_fqdn(eff), eff.name] if _fqdn(eff) != eff.name else [eff.name]) if iface is boot else \
                 [f"{eff.name}-{iface.netdev.replace('.', '-')}"]
@@ -275,7 +275,7 @@ def host_entries(members: tuple[Effective, ...]) -> list[dict[str, Any]]:
 def template_context(inputs: Inputs) -> dict[str, Any]:
     eff = inputs.node
     settings = eff.settings
-    boot = _boot_device(eff.interfaces)
+    boot = boot_device(eff.interfaces)
     own = [str(a.ip) for a in (boot.static4, boot.static6) if a is not None] if boot else []
     fqdn = _fqdn(eff)
     dns = resolve_servers(settings.dns, inputs.server_host)
@@ -292,7 +292,7 @@ def template_context(inputs: Inputs) -> dict[str, Any]:
         "cluster": {"name": eff.node.cluster, "domain": settings.domain,
                     "members": sorted(m.name for m in inputs.members)},
         "hosts": host_entries(inputs.members),
-        "services": {"dns": dns, "dns_addresses": [d for d in dns if _is_ip(d)],
+        "services": {"dns": dns, "dns_addresses": [d for d in dns if is_address(d)],
                      "ntp": resolve_servers(settings.ntp, inputs.server_host),
                      "syslog": resolve_servers(settings.syslog, inputs.server_host),
                      "search": [settings.domain] if settings.domain else []},
@@ -303,12 +303,3 @@ def template_context(inputs: Inputs) -> dict[str, Any]:
         "server": {"host": inputs.server_host, "url": inputs.server_url},
         **inputs.extra,
     }
-
-
-def _is_ip(text: str) -> bool:
-    import ipaddress
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
