@@ -171,11 +171,9 @@ def node_cmdline(state: ServerState, node: Node, gen: Any) -> str:
     named node the profile's with the node's kernel args and network (server/fleet/netargs.py)."""
     if not node.name or state.fleet is None:
         return gen.cmdline
-    from layerboot.server.fleet.netargs import node_kernel_args, server_host
-    from layerboot.server.fleet.records import fleet_defaults
+    from layerboot.server.fleet.netargs import fleet_cmdline
 
-    eff = state.fleet.effective(state.fleet.get(node.mac), base=fleet_defaults(state.config))
-    return node_kernel_args(gen.cmdline, eff, host=server_host(state.config))
+    return fleet_cmdline(state.fleet, state.config, node.mac, gen.cmdline)
 
 
 def discovery_script(request: web.Request, state: ServerState, mac: str) -> web.StreamResponse:

@@ -97,6 +97,27 @@ def test_the_per_node_script_carries_the_nodes_network_from_any_of_its_nics(daem
     assert daemon.get(f"/nodes/{N1}/manifest", token=token).status == 200
 
 
+def test_a_named_nodes_grub_entry_carries_the_same_words_as_its_ipxe_script(daemon: Daemon, tmp_path: Path,
+                                                                            profiles: Profiles) -> None:
+    """The Secure Boot path (no HTTP in signed GRUB): the entry written ahead boots with the node's network too."""
+    from layerboot.server.fleet.netargs import fleet_cmdline
+    from layerboot.server.pxe import export_grub_nodes
+    from layerboot.settings import load_config
+
+    config = load_config(daemon.config)
+    root = tmp_path / "tftp"
+    export_grub_nodes(root, "http://10.0.0.250:8080", [(N1, "p1"), (X1, "p1")], profiles, lambda mac: "tok",
+                      max_age=1000, node_cmdline=lambda mac, line: fleet_cmdline(daemon.fleet, config, mac, line))
+    script, _ = boot_script(daemon, N1)
+    entry = (root / "grub" / "nodes" / f"{N1}.cfg").read_text()
+    linux = next(line.split()[2:] for line in entry.splitlines() if line.strip().startswith("linux "))
+    words = [w for w in script[1:] if not w.startswith(("BOOTIF=", "layerboot.token="))]
+    assert [w for w in linux if not w.startswith(("BOOTIF=", "layerboot.token="))] == words
+    assert "ip=10.0.0.1::10.0.0.254:24:n001:eth0:none" in linux and "nosmt" in linux
+    other = (root / "grub" / "nodes" / f"{X1}.cfg").read_text()
+    assert "ip=10.0.0.3::10.0.0.254:24:x001:eth0:none" in other and "n001" not in other
+
+
 def test_a_node_gets_its_own_signed_manifest_and_layer_and_nobody_elses(daemon: Daemon, tmp_path: Path,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     token1, token2 = daemon.boot_token(N1), daemon.boot_token(N2)

@@ -124,3 +124,16 @@ def node_kernel_args(profile_cmdline: str, eff: Effective, *, host: str = "") ->
     dropped when the node has interfaces of its own), the node's kernel args, its network."""
     base = without_network_words(profile_cmdline) if eff.interfaces else profile_cmdline
     return " ".join(filter(None, (base.strip(), eff.settings.kernel_args, *network_args(eff, host=host))))
+
+
+def fleet_cmdline(fleet, config, mac: str, profile_cmdline: str) -> str:  # noqa: ANN001 - Fleet, Settings
+    """The command line the node with NIC ``mac`` boots with (before layerbootd's own options): the profile's,
+    or for a named node :func:`node_kernel_args` with its group/cluster defaults. One answer for the per-node
+    iPXE script (server/http.py) and the node's GRUB entry (server/pxe.py export_grub_nodes)."""
+    from layerboot.server.fleet.records import fleet_defaults
+
+    node = fleet.find(mac) if fleet is not None else None
+    if node is None:
+        return profile_cmdline
+    eff = fleet.effective(node, base=fleet_defaults(config))
+    return node_kernel_args(profile_cmdline, eff, host=server_host(config))
