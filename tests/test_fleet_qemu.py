@@ -23,16 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from layerboot.build.busybox_tree import build_busybox_tree
-from layerboot.build.initrd import build_initrd
-from layerboot.build.kernel import fetch_kernel
 from layerboot.build.qemu import NodeConfig, QemuNode
-from layerboot.overlays.profile import Profiles
-from layerboot.paths import Paths
 from pxenet import Lan
 from server_daemon import write_config
-from test_boot_net_qemu import dnsmasq, tap_nic
-from test_boot_qemu import CACHE, assert_clean, store_with_cached_key
+from test_boot_net_qemu import busybox_store, dnsmasq, tap_nic
+from test_boot_qemu import assert_clean
 from test_pxe_qemu import needs_qemu, start_daemon
 
 pytestmark = [pytest.mark.qemu, pytest.mark.root, needs_qemu]
@@ -74,16 +69,11 @@ poweroff -f
 
 @pytest.fixture(scope="module")
 def fleet_store(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    kernel = fetch_kernel()
     work = tmp_path_factory.mktemp("fleet-store")
-    paths = Paths(work / "store")
-    store = store_with_cached_key(paths)
-    base = store.import_tree(build_busybox_tree(work / "base", init_script=FLEET_INIT), kind="base", all_root=True,
-                             description="busybox base that prints who the node is").digest
-    initrd = build_initrd(kernel, paths.public_key, work / "initrd.img", cache=CACHE / "initrd")
-    Profiles(store).create("fleet", base, cmdline=CMDLINE, kernel=store.import_boot_file(kernel.image,
-                                                                                          kind="kernel").digest,
-                           initrd=store.import_boot_file(initrd.path, kind="initrd").digest)
+    built = busybox_store(work, FLEET_INIT, "busybox base that prints who the node is")
+    paths = built["paths"]
+    built["profiles"].create("fleet", built["base"], cmdline=CMDLINE, kernel=built["kernel_digest"],
+                             initrd=built["initrd_digest"])
     config = write_config(work / "layerbootd.toml", paths, public_url=URL, unknown_mac="discover", debug=True)
     config.write_text(config.read_text() + '[fleet]\ndiscovery_profile = "fleet"\nmenu_timeout = 0\n'
                       'discovery_poll = 2\nssh_host_key_types = ["ed25519"]\n')
