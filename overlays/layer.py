@@ -11,10 +11,13 @@ from layerboot import strictjson
 from layerboot.errors import LayerbootError
 from layerboot.overlays.names import check_digest
 
-KINDS = ("base", "overlay", "kernel", "initrd", "modules")
+KINDS = ("base", "overlay", "kernel", "initrd", "modules", "node")
 # "modules": a kernel's /lib/modules/VERSION tree, stacked just above the base by the profile's kernel
 # (Generation.modules), so a node can load drivers after switch_root (docs/hardware.md).
-SQUASHFS_KINDS = ("base", "overlay", "modules")
+# "node": one node's per-node layer, rendered by layerbootd from templates (server/fleet/); it tops that node's
+# per-node manifest only and is never part of a profile. Root-only in the store: it holds the node's host keys.
+SQUASHFS_KINDS = ("base", "overlay", "modules", "node")
+IMPORTABLE_KINDS = ("base", "overlay", "kernel", "initrd", "modules")
 
 
 def utc_now() -> str:

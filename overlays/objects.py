@@ -61,7 +61,7 @@ class ObjectStore:
     def exists(self, digest: str) -> bool:
         return self.path(digest).is_file()
 
-    def put_stream(self, source: BinaryIO, *, name: str = "the input") -> tuple[str, int]:
+    def put_stream(self, source: BinaryIO, *, name: str = "the input", mode: int = 0o444) -> tuple[str, int]:
         """Copy a stream into the store while hashing it; returns (digest, size). Atomic and idempotent."""
         self.paths.tmp.mkdir(parents=True, exist_ok=True)
         fd, tmp = locked_tmp(self.paths.tmp, prefix="object.", suffix="")
@@ -87,19 +87,21 @@ class ObjectStore:
                     os.fsync(out.fileno())
                 except OSError as err:
                     raise storage_error(err, tmp, doing="writing") or err from None
-                return self._publish(tmp, digest.hexdigest()), size   # published while still locked
+                return self._publish(tmp, digest.hexdigest(), mode), size   # published while still locked
         finally:
             tmp.unlink(missing_ok=True)
 
-    def put_file(self, source: Path, *, move: bool = False) -> tuple[str, int]:
-        """Store a file. With ``move`` a file already inside the store's tmp/ is renamed rather than copied."""
+    def put_file(self, source: Path, *, move: bool = False, mode: int = 0o444) -> tuple[str, int]:
+        """Store a file. With ``move`` a file already inside the store's tmp/ is renamed rather than copied.
+
+        ``mode`` 0o400 keeps an object root-only (a node's private layer: it holds that node's SSH host keys)."""
         if move:
             with Progress(f"hashing {source.name}", total=source.stat().st_size) as step:
                 digest, size = sha256_file(source, step)
             with open(source, "rb+") as handle:
                 os.fsync(handle.fileno())
             try:
-                return self._publish(source, digest), size
+                return self._publish(source, digest, mode), size
             finally:
                 source.unlink(missing_ok=True)
         try:
@@ -110,16 +112,16 @@ class ObjectStore:
             size = os.fstat(handle.fileno()).st_size
             require_space(self.paths.tmp, size, what=f"importing {source}")
             with Progress(f"copying {source.name} into the store", total=size) as step:
-                return self.put_stream(step.reader(handle), name=str(source))  # type: ignore[arg-type]
+                return self.put_stream(step.reader(handle), name=str(source), mode=mode)  # type: ignore[arg-type]
 
-    def _publish(self, tmp: Path, digest: str) -> str:
+    def _publish(self, tmp: Path, digest: str, mode: int = 0o444) -> str:
         target = self.path(digest)
         if target.exists():
             problem = self.verify(digest)
             if problem is None:
                 return digest
             self.quarantine(digest, reason=f"was damaged ({problem}) and is replaced by the imported copy")
-        tmp.chmod(0o444)
+        tmp.chmod(mode)
         self.paths.objects.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, target)
         fsync_dir(target.parent)

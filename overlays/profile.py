@@ -266,6 +266,8 @@ class Profiles:
         layer = self.store.get(ref)
         if not layer.is_squashfs:
             raise LayerbootError(f"{layer.short} is a {layer.kind}, not a squashfs layer")
+        if layer.kind == "node":
+            raise LayerbootError(f"{layer.short} is a node's private per-node layer; it is never part of a profile")
         if layer.kind == "modules":
             raise LayerbootError(f"{layer.short} is a kernel modules layer; it goes with the kernel",
                                  hint=f"layerboot profile set {gen.profile} --modules {layer.short} "

@@ -54,18 +54,23 @@ def _bar_blocks(line: str) -> tuple[float, float] | None:
 
 def mksquashfs(tree: Path, output: Path, *, compression: str = "zstd", block_size: int = 131072,
                processors: int = 0, all_root: bool = False, owner: tuple[int, int] | None = None,
-               mtime: int | None = None) -> None:
+               mtime: int | None = None, reproducible: bool = False) -> None:
     """Pack a directory tree into a squashfs image, keeping owners, modes, xattrs, hardlinks and mtimes.
 
     The same tree gives the same image: mksquashfs sorts directories and packs reproducibly; the superblock
     time is ``mtime`` when given (every file gets it too), else $SOURCE_DATE_EPOCH (mksquashfs clamps newer
     file times to it), else the newest time in the tree. ``all_root`` or ``owner`` (uid, gid) normalise owners.
+    ``reproducible`` (rendered per-node layers) goes further: every time stamp is 0 and xattrs are left out, so
+    the same files give the same bytes whatever their times on disk.
     """
     require_tool("mksquashfs", package="squashfs-tools")
     if not tree.is_dir():
         raise LayerbootError(f"{tree} is not a directory")
     argv: list[str | Path] = ["mksquashfs", tree, output, "-noappend", "-comp", compression, "-b",
-                              str(block_size), "-processors", str(threads(processors)), "-xattrs"]
+                              str(block_size), "-processors", str(threads(processors)),
+                              "-no-xattrs" if reproducible else "-xattrs"]
+    if reproducible:
+        mtime = 0
     env: dict[str, str | None] | None = None
     if mtime is not None:
         argv += ["-all-time", str(mtime), "-mkfs-time", str(mtime)]

@@ -91,8 +91,11 @@ class Store:
 
     # -- imports -----------------------------------------------------------------------------------------
     def import_squashfs(self, image: Path, *, kind: str = "base", source: str = "", description: str = "",
-                        base: str | None = None, parent: str | None = None, move: bool = False) -> Layer:
-        """Add an existing squashfs image. Importing identical bytes twice returns the same layer."""
+                        base: str | None = None, parent: str | None = None, move: bool = False,
+                        private: bool = False) -> Layer:
+        """Add an existing squashfs image. Importing identical bytes twice returns the same layer.
+
+        ``private``: the object file is root-only (mode 0400; a node layer holds that node's private keys)."""
         require_squashfs(image)
         if kind not in SQUASHFS_KINDS:
             raise LayerbootError(f"a squashfs image must be a base, overlay or modules layer, not {kind!r}")
@@ -100,7 +103,7 @@ class Store:
             raise LayerbootError("an overlay layer needs the base it was made on", hint="pass --base DIGEST")
         base_digest = self.get(base).digest if base else None
         parent_digest = self.get(parent).digest if parent else None
-        digest, size = self.objects.put_file(image, move=move)
+        digest, size = self.objects.put_file(image, move=move, mode=0o400 if private else 0o444)
         return self._remember(Layer(digest=digest, kind=kind, size=size, source=source or str(image),
                                     base=base_digest, parent=parent_digest, description=description))
 

@@ -15,6 +15,8 @@ form). "node" is that node's boot token (read-only) or its node secret; "secret"
     GET  /nodes/{mac}/uploads/{id}        state of one upload                          (secret or admin)
     GET  /nodes/{mac}                     node status                                  (secret or admin)
     GET  /nodes                           every node with its last report                       (admin)
+    POST /discover/{mac}                  a discovery report of an unknown machine (anonymous; server/fleet)
+    GET  /discover/{mac}                  is it accepted yet? (anonymous; server/fleet/discovery.py)
     GET  /status                          daemon status (public, no secrets)
     GET  /metrics                         Prometheus metrics (public, no secrets; server/monitor/metrics.py)
 """
@@ -39,13 +41,14 @@ from layerboot.overlays.store import Store
 from layerboot.paths import Paths
 from layerboot.overlays.cmdline import CmdlineError
 from layerboot.server import negotiate
-from layerboot.server.auth.access import ADMIN, any_node_or_admin, bearer, for_node, identify
+from layerboot.server.auth.access import ADMIN, SECRET, SECRET_HINT, any_node_or_admin, bearer, for_node, identify
 from layerboot.server.db.errors import DatabaseError
 from layerboot.server.guard.body import read_body
 from layerboot.server.guard.connections import ConnectionGuard
 from layerboot.server.guard.limits import Limits, Slots, TooBusy
 from layerboot.server.guard.sender import Sender
 from layerboot.server.ipxe import BootScript
+from layerboot.server.monitor.pins import boot_generation
 from layerboot.server.nodes import AuthError, Event, Node, Registry, normalize_mac
 from layerboot.server.objects import ProfileIndex, etag_matches, send_object
 from layerboot.settings import Config
@@ -83,6 +86,9 @@ class ServerState:
     monitor: Any = None          # layerboot.server.monitor.engine.Monitor, when monitor.enabled
     admins: Any = None           # layerboot.server.auth.admins.Admins: console accounts, sessions, API tokens
     jobs: Any = None             # layerboot.server.api.jobs.Jobs: background jobs (base imports)
+    fleet: Any = None            # layerboot.server.fleet.queries.Fleet: named nodes, groups, discoveries
+    node_manifests: Any = None   # layerboot.server.fleet.manifest.NodeManifests: per-node manifests
+    discovery_limiter: Any = None   # auth.ratelimit.RateLimiter: discovery reports and polls per address
 
 
 STATE = web.AppKey("layerboot", ServerState)
@@ -124,8 +130,11 @@ async def handle_boot(request: web.Request) -> web.StreamResponse:
         log.warning("refused a boot script for %s to %s: over server.boot_scripts_per_minute", mac, request.remote)
         return negotiate.error(request, 429, f"too many boot scripts for {request.remote}; try again in "
                                f"{int(wait) + 1} s", headers={"Retry-After": str(int(wait) + 1)})
-    node = state.registry.find(mac)
+    key = state.fleet.key_of(mac) if state.fleet is not None else None     # any NIC of a named node
+    node = state.registry.find(key or mac)
     if node is None:
+        if state.config.server_unknown_mac == "discover":
+            return discovery_script(request, state, mac)
         if state.config.server_unknown_mac != "default":
             log.warning("refused unknown MAC %s (server.unknown_mac = refuse)", mac)
             return negotiate.error(request, 403, f"node {mac} is not registered with this server",
@@ -139,22 +148,65 @@ async def handle_boot(request: web.Request) -> web.StreamResponse:
         log.info("unknown MAC %s boots the default profile %s%s", mac, profile, "" if node else " (not recorded)")
         if node is None:   # not recorded (a full disk?): it boots all the same
             node = Node(mac=mac, profile=profile, auto=True, created="")
-    gen = state.profiles.current(node.profile)
+    gen = boot_generation(node, state.profiles)
     if not gen.kernel or not gen.initrd:
         return negotiate.error(request, 409, f"profile {gen.profile} generation {gen.number} has no "
                                f"{'kernel' if not gen.kernel else 'initrd'}",
                                hint=f"layerboot profile set {gen.profile} --kernel REF --initrd REF")
-    script = BootScript(base=public_url(request), mac=mac, profile=gen.profile, token=state.tokens.mint(mac),
-                        kernel=gen.kernel, initrd=gen.initrd, cmdline=gen.cmdline)
     try:
+        cmdline = node_cmdline(state, node, gen)
+        script = BootScript(base=public_url(request), mac=mac, node=node.mac, profile=gen.profile,
+                            token=state.tokens.mint(node.mac), kernel=gen.kernel, initrd=gen.initrd, cmdline=cmdline)
         text = script.render()
-    except CmdlineError as err:
+    except LayerbootError as err:
         log.warning("no boot script for %s: %s", mac, err.message)
         return negotiate.error(request, 409, err.message, hint=err.hint)
     if node.created:
-        state.registry.saw_boot(mac)
-    log.info("boot script for %s: profile %s generation %d", mac, gen.profile, gen.number)
+        state.registry.saw_boot(node.mac)
+    log.info("boot script for %s%s: profile %s generation %d", mac, f" ({node.name})" if node.name else "",
+             gen.profile, gen.number)
     return web.Response(text=text, content_type="text/plain", headers=NO_STORE)
+
+
+def node_cmdline(state: ServerState, node: Node, gen: Any) -> str:
+    """The kernel command line a node boots with (before layerbootd's own options): the profile's, or for a
+    named node the profile's with the node's kernel args and network (server/fleet/netargs.py)."""
+    if not node.name or state.fleet is None:
+        return gen.cmdline
+    from layerboot.server.fleet.netargs import fleet_cmdline
+
+    return fleet_cmdline(state.fleet, state.config, node.mac, gen.cmdline)
+
+
+def discovery_script(request: web.Request, state: ServerState, mac: str) -> web.StreamResponse:
+    """An unknown MAC's discovery boot (server.unknown_mac = "discover"; server/fleet/discovery.py)."""
+    from layerboot.server.ipxe import DiscoveryScript
+
+    record = state.fleet.discovery(mac) if state.fleet is not None else None
+    if record is not None and record["state"] == "rejected":
+        log.warning("refused %s: the admin rejected it", mac)
+        return negotiate.error(request, 403, f"machine {mac} was rejected by this server's admin",
+                               hint="layerboot nodes pending --all shows it; 'nodes forget MAC' lets it try again")
+    profile = state.config.fleet_discovery_profile
+    if not profile:
+        return negotiate.error(request, 503, "unknown MACs get the discovery boot, but fleet.discovery_profile "
+                               "is not set", hint="set fleet.discovery_profile (its kernel and initrd are used)")
+    gen = state.profiles.current(profile)
+    if not gen.kernel or not gen.initrd:
+        return negotiate.error(request, 409, f"the discovery profile {profile} has no kernel or initrd")
+    script = DiscoveryScript(base=public_url(request), mac=mac, token=state.tokens.mint(mac), kernel=gen.kernel,
+                             initrd=gen.initrd, cmdline=gen.cmdline, menu_timeout=state.config.fleet_menu_timeout)
+    try:
+        text = script.render()
+    except CmdlineError as err:
+        return negotiate.error(request, 409, err.message, hint=err.hint)
+    log.info("unknown MAC %s: discovery boot (profile %s generation %d)", mac, profile, gen.number)
+    return web.Response(text=text, content_type="text/plain", headers=NO_STORE)
+
+
+def discovering(state: ServerState, node: Node) -> bool:
+    """A machine in its discovery boot: it holds a boot token but is no node."""
+    return not node.created and state.config.server_unknown_mac == "discover"
 
 
 # -- manifests and objects ---------------------------------------------------------------------------------
@@ -172,6 +224,11 @@ async def handle_node_manifest(request: web.Request) -> web.StreamResponse:
     mac = path_mac(request)
     caller = for_node(state, request, mac, "the node's manifest", admin=True)
     node = caller.node or state.registry.get(mac)
+    if discovering(state, node):
+        raise AuthError(f"{mac} is in its discovery boot: it gets no manifest until it is accepted", status=403)
+    if node.name and state.node_manifests is not None:     # a named node: its own manifest (server/fleet)
+        body, gen, serial = await asyncio.to_thread(state.node_manifests.serve, node.mac)
+        return manifest_response(body, gen.number, serial)
     if node.pinned_generation is None:
         gen = state.profiles.current(node.profile)
         return manifest_response(state.profiles.signed_manifest(node.profile, gen.number), gen.number, gen.serial)
@@ -184,6 +241,8 @@ async def handle_profile_manifest(request: web.Request) -> web.StreamResponse:
     profile = request.match_info["profile"]
     caller = any_node_or_admin(state, request, "this needs the admin token or a credential of a node of "
                                "this profile")
+    if caller.node is not None and discovering(state, caller.node):
+        raise AuthError(f"{caller.node.mac} is in its discovery boot: it reads no manifest", status=403)
     if caller.node is not None and caller.node.profile != profile:
         raise AuthError(f"node {caller.node.mac} boots profile {caller.node.profile}, not {profile}", status=403)
     gen = state.profiles.current(profile)
@@ -195,12 +254,19 @@ async def handle_object(request: web.Request) -> web.StreamResponse:
     digest = request.match_info["digest"]
     if not DIGEST_RE.fullmatch(digest):
         raise LayerbootError(f"{digest[:80]!r} is not a sha256 digest (64 lowercase hex characters)")
-    node = any_node_or_admin(state, request, "objects need a credential (Authorization: Bearer, or a boot "
-                             "token as ?token=)", query=True).node
+    caller = any_node_or_admin(state, request, "objects need a credential (Authorization: Bearer, or a boot "
+                               "token as ?token=)", query=True)
+    node = caller.node
+    private = False
     if node is not None:
-        if not state.index.allows(node.profile, digest):
-            raise AuthError(f"object {digest[:12]} is not named by any manifest of profile {node.profile}",
-                            status=403)
+        if discovering(state, node):
+            gen = state.profiles.current(node.profile)
+            if digest not in (gen.kernel, gen.initrd):
+                raise AuthError("a machine in its discovery boot gets the discovery kernel and initrd only", status=403)
+        elif not state.index.allows(node.profile, digest):
+            private = node_layer_access(state, caller, digest)
+    elif state.fleet is not None:
+        private = state.fleet.layer_owner(digest) is not None
     path = state.paths.object(digest)
     if not path.is_file():
         if state.verifier is not None and state.verifier.quarantined(digest):
@@ -213,7 +279,7 @@ async def handle_object(request: web.Request) -> web.StreamResponse:
         if state.verifier is not None and request.method != "HEAD" and \
                 not etag_matches(request.headers.get("If-None-Match", ""), digest):
             handle = await state.verifier.open(path, digest)   # verified before a byte of it goes out
-        return await send_object(request, path, digest, state.sender, handle=handle)
+        return await send_object(request, path, digest, state.sender, handle=handle, private=private)
 
     if node is None:
         response = await send()
@@ -224,6 +290,22 @@ async def handle_object(request: web.Request) -> web.StreamResponse:
     if state.metrics is not None and request.method != "HEAD":
         state.metrics.served_bytes.inc(response.content_length or 0)
     return response
+
+
+def node_layer_access(state: ServerState, caller: Any, digest: str) -> bool:
+    """True when ``digest`` is the caller's own per-node layer and it proved itself with its node secret; an
+    AuthError otherwise. Such a layer holds the node's private keys and its cluster's hosts: never served with a
+    boot token (anyone on the node, or anyone fetching /boot/MAC.ipxe, has that), nor to another node."""
+    node = caller.node
+    owner = state.fleet.layer_owner(digest) if state.fleet is not None else None
+    if owner is None:
+        raise AuthError(f"object {digest[:12]} is not named by any manifest of profile {node.profile}", status=403)
+    if owner != node.mac:
+        raise AuthError(f"object {digest[:12]} is another node's private layer", status=403)
+    if caller.kind != SECRET:
+        raise AuthError(f"object {digest[:12]} is node {node.mac}'s private layer: it is served with the node "
+                        "secret only, not with a boot token", status=403, hint=SECRET_HINT)
+    return True
 
 
 # -- reports and status ------------------------------------------------------------------------------------
@@ -238,6 +320,8 @@ async def handle_event(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     node = for_node(state, request, path_mac(request), "posting a boot event").node
     assert node is not None
+    if discovering(state, node):
+        raise AuthError(f"{node.mac} is in its discovery boot: it is no node yet", status=403)
     event = Event.from_json(await read_json(request, MAX_EVENT_BYTES, "boot event"))
     if state.metrics is not None:
         state.metrics.boot_event(event)
@@ -368,4 +452,6 @@ def build_app(state: ServerState, *, client_max_size: int) -> web.Application:
     if state.config.console_enabled:
         from layerboot.server.console.app import setup as setup_console
         setup_console(app)
+    from layerboot.server.fleet.discovery import add_routes as add_discovery_routes
+    add_discovery_routes(app)
     return app

@@ -188,6 +188,12 @@ async def serve(config: Any, reload_config: Any = None) -> None:
     if state.jobs.recover():
         log.warning("marked base imports of an earlier layerbootd that stopped as failed")
     tls = tls_context(config)
+    from layerboot.server.fleet.manifest import NodeManifests
+    from layerboot.server.fleet.queries import Fleet
+    state.fleet = Fleet(db)
+    state.node_manifests = NodeManifests(state.fleet, profiles, config)
+    discovery_rate = config.fleet_discovery_requests_per_minute
+    state.discovery_limiter = RateLimiter(discovery_rate, burst=discovery_rate)
     state.metrics = Metrics(state)
     if config.monitor_enabled:     # checks the monitor's config (channels) before anything starts
         state.monitor = Monitor(state)

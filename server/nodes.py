@@ -106,6 +106,8 @@ class Node:
     good_generation: int | None = None     # the generation it last ran well on (a heartbeat reported it)
     pinned_generation: int | None = None   # boot this generation of its profile, not the newest (monitor/pins.py)
     pin_reason: str = ""
+    name: str | None = None            # its host name, for a named node (server/fleet); None: known by MAC only
+    cluster: str = ""
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "Node":
@@ -116,7 +118,7 @@ class Node:
                    last_message=row["last_message"], failures=row["failures"], boots=row["boots"],
                    asset_key=row["asset_key"], tokens_not_before=row["tokens_not_before"],
                    good_generation=row["good_generation"], pinned_generation=row["pinned_generation"],
-                   pin_reason=row["pin_reason"])
+                   pin_reason=row["pin_reason"], name=row.get("name"), cluster=row.get("cluster") or "")
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -100,12 +100,14 @@ def etag_matches(header: str, digest: str) -> bool:
 
 
 async def send_object(request: web.Request, path: Path, digest: str, sender: Sender, *,
-                      handle: BinaryIO | None = None) -> web.StreamResponse:
+                      handle: BinaryIO | None = None, private: bool = False) -> web.StreamResponse:
     """Send one object (200, 206 for a Range, 304 for a matching If-None-Match, 416 for a bad range).
 
-    ``handle``: the object already open (and verified: server.verify); it is closed when done.
+    ``handle``: the object already open (and verified: server.verify); it is closed when done. ``private``: a
+    node's own layer (its keys): no cache on the way may keep it.
     """
-    headers = {"ETag": f'"{digest}"', "Cache-Control": CACHE_CONTROL, "Accept-Ranges": "bytes",
+    headers = {"ETag": f'"{digest}"', "Cache-Control": "private, no-store" if private else CACHE_CONTROL,
+               "Accept-Ranges": "bytes",
                "Content-Type": "application/octet-stream"}
     if etag_matches(request.headers.get("If-None-Match", ""), digest):
         if handle is not None:

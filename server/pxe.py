@@ -11,6 +11,7 @@ turns a :class:`PxePlan` into a dnsmasq config and keeps dnsmasq running.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import ipaddress
 import json
 import os
@@ -247,11 +248,13 @@ TOKEN_OPTION = "layerboot.token="
 
 
 def export_grub_nodes(root: Path, server_url: str, nodes: list[tuple[str, str]], profiles, issue_token,  # noqa: ANN001
-                      *, max_age: float, now: float | None = None) -> list[str]:
+                      *, max_age: float, now: float | None = None,
+                      node_cmdline: Callable[[str, str], str] | None = None) -> list[str]:
     """Bring grub/nodes/<mac>.cfg in line with the registered nodes; returns one line per change.
 
     Each entry boots the node's profile's current kernel and initrd (copied once, by digest, under layerboot/)
-    with its command line plus BOOTIF=, layerboot.server=, layerboot.node=, layerboot.profile= and a boot token. The GRUB path cannot ask
+    with its command line (``node_cmdline(mac, profile_cmdline)`` when given: a named node's kernel args and
+    network, server/fleet/netargs.py fleet_cmdline, the same words as its iPXE script) plus BOOTIF=, layerboot.server=, layerboot.node=, layerboot.profile= and a boot token. The GRUB path cannot ask
     layerbootd (no HTTP in Debian's signed GRUB), so the entry is written ahead; its token is readable over TFTP
     as /boot/<mac>.ipxe hands one out over HTTP (the MAC is the identity on a PXE network). An entry is rewritten,
     with a new token, only when what it boots changed or it is older than ``max_age`` seconds (so its token,
@@ -280,7 +283,8 @@ def export_grub_nodes(root: Path, server_url: str, nodes: list[tuple[str, str]],
                 os.chmod(tmp, 0o644)
                 os.replace(tmp, target)
         bootif = "BOOTIF=01-" + mac.replace(":", "-")   # the NIC this entry is for (GRUB booted from it)
-        cmdline = " ".join(part for part in (gen.cmdline.strip(), bootif, f"layerboot.server={server_url}",
+        base = node_cmdline(mac, gen.cmdline) if node_cmdline is not None else gen.cmdline
+        cmdline = " ".join(part for part in (base.strip(), bootif, f"layerboot.server={server_url}",
                                              f"layerboot.node={mac}", f"layerboot.profile={profile}") if part)
         path = entries / f"{mac}.cfg"
         old = _without_token(path.read_text()) if path.exists() else None

@@ -65,12 +65,16 @@ poweroff -f
 
 @pytest.fixture(scope="module")
 def net_store(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return busybox_store(tmp_path_factory.mktemp("net-store"), NET_INIT, "busybox base that prints the boot network")
+
+
+def busybox_store(work: Path, init: str, description: str) -> dict:
+    """A store in ``work`` with a busybox base running ``init``, the kernel and layerboot's initrd imported."""
     kernel = fetch_kernel()
-    work = tmp_path_factory.mktemp("net-store")
     paths = Paths(work / "store")
     store = store_with_cached_key(paths)
-    base = store.import_tree(build_busybox_tree(work / "base", init_script=NET_INIT), kind="base", all_root=True,
-                             description="busybox base that prints the boot network").digest
+    base = store.import_tree(build_busybox_tree(work / "base", init_script=init), kind="base", all_root=True,
+                             description=description).digest
     initrd = build_initrd(kernel, paths.public_key, work / "initrd.img", cache=CACHE / "initrd")
     return {"paths": paths, "profiles": Profiles(store), "work": work, "kernel": kernel, "initrd": initrd.path,
             "base": base, "kernel_digest": store.import_boot_file(kernel.image, kind="kernel").digest,

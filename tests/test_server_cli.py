@@ -60,9 +60,9 @@ def test_nodes_register_list_show_set_profile_remove(profiles: Profiles, make_la
     registry.record_event(MAC, Event(stage="layers", ok=False, generation=2, message="sha256 mismatch"))
     assert cli(root, "nodes") == 0
     listing = capsys.readouterr().out.splitlines()
-    assert listing[0].split()[:3] == ["MAC", "PROFILE", "LAST"]
+    assert listing[0].split()[:3] == ["NAME", "MAC", "PROFILE"]      # a node registered by MAC only has no name
     row = listing[1].split()
-    assert row[0] == MAC and row[1] == "p1" and "layers" in listing[1] and "FAILED" in listing[1]
+    assert row[:3] == ["-", MAC, "p1"] and "layers" in listing[1] and "FAILED" in listing[1]
     assert row[-2] == "1"   # failures
     assert cli(root, "nodes", "show", MAC, "--json") == 0
     shown = json.loads(capsys.readouterr().out)

@@ -10,7 +10,7 @@ from layerboot import __version__, progress
 from layerboot.log import run_main, setup_logging
 from layerboot.tools import cmd_config, cmd_demo, cmd_key, cmd_layer, cmd_manifest, cmd_profile, cmd_store
 from layerboot.tools import cmd_bake, cmd_capture
-from layerboot.tools import cmd_db, cmd_nodes, cmd_upload
+from layerboot.tools import cmd_db, cmd_groups, cmd_nodes, cmd_upload
 from layerboot.tools import cmd_pxe
 from layerboot.tools import cmd_base
 from layerboot.tools import cmd_install
@@ -20,7 +20,7 @@ from layerboot.tools.context import Context
 from layerboot.tools.parser import Parser, add_global_options, examples, spread_global_options
 
 COMMAND_GROUPS = (cmd_store, cmd_layer, cmd_profile, cmd_manifest, cmd_key, cmd_config, cmd_demo, cmd_install,
-                  cmd_capture, cmd_bake, cmd_pxe, cmd_base, cmd_nodes, cmd_db, cmd_upload, cmd_initrd,
+                  cmd_capture, cmd_bake, cmd_pxe, cmd_base, cmd_nodes, cmd_groups, cmd_db, cmd_upload, cmd_initrd,
                   cmd_incidents, cmd_power, cmd_heartbeat, cmd_docs, cmd_admin)
 
 DESCRIPTION = """\

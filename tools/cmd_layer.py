@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from layerboot.errors import LayerbootError
-from layerboot.overlays.layer import KINDS, Layer
+from layerboot.overlays.layer import IMPORTABLE_KINDS, KINDS, Layer
 from layerboot.tools.context import Context
 from layerboot.tools.output import human_size, table
 from layerboot.tools.parser import add_json, examples, print_json
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "import", help="add a directory tree or squashfs image as a layer, or a kernel/initrd",
         description=IMPORT_DESCRIPTION)
     imp.add_argument("path", type=Path, help="a directory tree, a squashfs image, or a kernel/initrd file")
-    imp.add_argument("--kind", choices=KINDS, default="base", help="what PATH is (default: base)")
+    imp.add_argument("--kind", choices=IMPORTABLE_KINDS, default="base", help="what PATH is (default: base)")
     imp.add_argument("--base", metavar="REF", help="for an overlay: the base layer it was made on")
     imp.add_argument("--parent", metavar="REF", help="for an overlay: the top layer it was captured from")
     imp.add_argument("-d", "--description", default="", help="free text shown by 'layer list'")

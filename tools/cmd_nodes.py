@@ -11,27 +11,33 @@ import time
 from pathlib import Path
 
 from layerboot.errors import LayerbootError
+from layerboot.tools import fleet_args as fa
 from layerboot.tools.context import Context
 from layerboot.tools.output import table
-from layerboot.tools.parser import add_json, examples, print_json
+from layerboot.tools.parser import print_json
 
-MAC_HELP = "the node's MAC address (52:54:00:12:34:56; '-' or no separators also work)"
+
+NODE_HELP = "the node: its name or any of its MACs"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("nodes", help="register nodes (MAC -> profile, asset key, secret, SSH key) and see "
-                            "their boots", description="Without an action: list the nodes with their last boot "
-                            "report. Credentials (boot tokens, node secrets, asset keys): docs/security.md.")
-    parser.set_defaults(func=cmd_list)
-    add_json(parser)
-    examples(parser, "layerboot nodes", "layerboot nodes --json")
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", help="what to do (default: list)")
+    from layerboot.tools import cmd_nodes_enroll, cmd_nodes_fleet
 
-    p = actions.add_parser("register", help="register a node; prints its node secret (write credential) once",
-                           description="Register a node by MAC for a profile. Prints its first node secret once; "
-                                       "only its hash is stored.")
-    p.add_argument("mac", help=MAC_HELP)
-    p.add_argument("--profile", required=True, help="the profile the node boots")
+    parser = sub.add_parser("nodes", help="named nodes with interfaces, groups and clusters; registration, "
+                            "credentials, boots, enrollment", description="Without an action: list the nodes with "
+                            "their last boot report. Named nodes, groups, templates and enrollment: docs/nodes.md; "
+                            "credentials (boot tokens, node secrets, asset keys): docs/security.md. A node is named "
+                            "by its name or any of its MACs.")
+    parser.set_defaults(func=cmd_nodes_fleet.cmd_list, filter_group=None, filter_cluster=None, filter_profile=None,
+                        filter_state=None, json=False)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    cmd_nodes_fleet.register_actions(actions)
+    cmd_nodes_enroll.register_actions(actions)
+
+    p = actions.add_parser("register", help="register a node by MAC only; prints its node secret (write "
+                           "credential) once")
+    p.add_argument("mac")
+    p.add_argument("--profile", required=True)
     p.add_argument("--asset-key", metavar="UUID:SERIAL",
                    help="the node's SMBIOS identity as 'layerboot asset-key' prints it on the node: lets the "
                         "diskless node claim its own node secret at boot")
@@ -39,149 +45,110 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="OpenSSH public key file allowed to upload over SFTP (repeatable)")
     p.add_argument("--replace", action="store_true",
                    help="re-register: new secret, forget old secrets, keys and reports, revoke boot tokens")
+    fa.add_json(p)
     p.set_defaults(func=cmd_register)
-    examples(p, "layerboot nodes register 52:54:00:12:34:56 --profile web",
-             "layerboot nodes register 52:54:00:12:34:56 --profile web --asset-key UUID:SERIAL --ssh-key node.pub")
 
-    p = actions.add_parser("set", help="change a node's profile or asset key",
-                           description="Change a node's profile (from its next boot) or its asset key.")
-    p.add_argument("mac", help=MAC_HELP)
-    p.add_argument("--profile", help="boot this profile from now on")
-    key = p.add_mutually_exclusive_group()
-    key.add_argument("--asset-key", metavar="UUID:SERIAL", help="the node's SMBIOS identity as 'layerboot "
-                     "asset-key' prints it on the node (what its claims prove)")
-    key.add_argument("--no-asset-key", action="store_true", help="forget the asset key: no more claims")
-    p.set_defaults(func=cmd_set)
-    examples(p, "layerboot nodes set 52:54:00:12:34:56 --profile db",
-             "layerboot nodes set 52:54:00:12:34:56 --asset-key 4c4c4544-0042-...:CZJ1234567")
-
-    p = actions.add_parser("secret", help="node secrets (write credentials): rotate or list them",
-                           description="Node secrets are the nodes' write credentials (uploads, heartbeats).")
-    secret = p.add_subparsers(dest="secret_action", metavar="ACTION", required=True, help="rotate or list")
-    q = secret.add_parser("rotate", help="forget every secret of the node and print a new one (once)",
-                          description="Forget every secret of the node and print a new one, once.")
-    q.add_argument("mac", help=MAC_HELP)
+    p = actions.add_parser("secret", help="node secrets (write credentials): rotate or list them")
+    secret = p.add_subparsers(dest="secret_action", metavar="ACTION", required=True)
+    q = secret.add_parser("rotate", help="forget every secret of the node and print a new one (once)")
+    q.add_argument("mac", metavar="NODE", help=NODE_HELP)
+    fa.add_json(q)
     q.set_defaults(func=cmd_secret_rotate)
-    examples(q, "layerboot nodes secret rotate 52:54:00:12:34:56")
-    q = secret.add_parser("list", help="the node's secrets: origin, created, last used (never the secrets)",
-                          description="The node's secrets: origin, created, last used (never the secrets).")
-    q.add_argument("mac", help=MAC_HELP)
-    add_json(q)
+    q = secret.add_parser("list", help="the node's secrets: origin, created, last used (never the secrets)")
+    q.add_argument("mac", metavar="NODE", help=NODE_HELP)
+    fa.add_json(q)
     q.set_defaults(func=cmd_secret_list)
-    examples(q, "layerboot nodes secret list 52:54:00:12:34:56")
 
-    p = actions.add_parser("revoke-tokens", help="refuse every boot token the node was given so far",
-                           description="Refuse every boot token issued to the node until now (it gets a new one "
-                                       "at its next PXE boot).")
-    p.add_argument("mac", help=MAC_HELP)
+    p = actions.add_parser("revoke-tokens", help="refuse every boot token the node was given so far")
+    p.add_argument("mac", metavar="NODE", help=NODE_HELP)
+    fa.add_json(p)
     p.set_defaults(func=cmd_revoke_tokens)
-    examples(p, "layerboot nodes revoke-tokens 52:54:00:12:34:56")
 
     p = actions.add_parser("boot-token", help="print a read-only boot token for a node (e.g. for the command "
-                           "line of an A/B disk that reports boot events)",
-                           description="Print a read-only boot token for a node.")
-    p.add_argument("mac", help=MAC_HELP)
+                           "line of an A/B disk that reports boot events)")
+    p.add_argument("mac", metavar="NODE", help=NODE_HELP)
     p.add_argument("--ttl", type=int, metavar="SECONDS", help="valid this long (default server.boot_token_ttl)")
+    fa.add_json(p)
     p.set_defaults(func=cmd_boot_token)
-    examples(p, "layerboot nodes boot-token 52:54:00:12:34:56 --ttl 3600")
 
-    p = actions.add_parser("list", help="list nodes with last seen, generation booted, failures",
-                           description="List the registered nodes with their last boot report.")
-    add_json(p)
-    p.set_defaults(func=cmd_list)
-    examples(p, "layerboot nodes list", "layerboot nodes list --json")
+    p = actions.add_parser("list", help="list nodes: name, MAC, profile, cluster, groups, address, last boot",
+                           description="Every node (named, or registered by MAC only), filtered.")
+    p.add_argument("--group", dest="filter_group", metavar="GROUP", help="only members of this group")
+    p.add_argument("--cluster", dest="filter_cluster", metavar="CLUSTER", help="only members of this cluster")
+    p.add_argument("--profile", dest="filter_profile", metavar="PROFILE", help="only nodes booting this profile")
+    p.add_argument("--state", dest="filter_state", metavar="STATE",
+                   choices=("up", "down", "booting", "stuck", "failed", "booted", "unknown"),
+                   help="only nodes the monitor sees in this state (see 'nodes status')")
+    fa.add_json(p)
+    p.set_defaults(func=cmd_nodes_fleet.cmd_list)
 
-    p = actions.add_parser("show", help="one node with its recent boot reports",
-                           description="Show one node: profile, last seen, generation booted, failures, asset "
-                                       "key, secrets, SSH keys and its recent boot reports with their timings.")
-    p.add_argument("mac", help=MAC_HELP)
-    add_json(p)
+    p = actions.add_parser("show", help="one node: its configuration as it boots (and where each value comes "
+                           "from), host keys, manifest, recent boot reports")
+    p.add_argument("mac", metavar="NODE", help=NODE_HELP)
+    fa.add_json(p)
     p.set_defaults(func=cmd_show)
-    examples(p, "layerboot nodes show 52:54:00:12:34:56", "layerboot nodes show 52:54:00:12:34:56 --json")
 
     p = actions.add_parser("status", help="live status: state, heartbeat age, generation, pin, open incidents",
                            description="Each node's state as layerbootd's monitor sees it (up, down, booting, "
                                        "stuck, failed, booted, unknown; see docs/monitor.md), its last heartbeat, "
                                        "the generation it runs against its profile's newest, its last good and "
                                        "pinned generation and its open incidents.")
-    p.add_argument("macs", nargs="*", metavar="MAC", help="only these nodes")
-    add_json(p)
+    p.add_argument("macs", nargs="*", metavar="NODE", help="only these nodes (names or MACs)")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
-    examples(p, "layerboot nodes status", "layerboot nodes status 52:54:00:12:34:56 --json")
 
     p = actions.add_parser("pin", help="boot a node on one generation of its profile, not the newest",
                            description="GET /nodes/MAC/manifest then serves that generation, signed afresh with "
                                        "a new serial (so nodes with a cache disk accept it). The pin stays until "
                                        "'nodes unpin' or 'nodes set-profile'.")
-    p.add_argument("mac", help=MAC_HELP)
-    p.add_argument("generation", type=int, help="the generation of its profile to boot")
+    p.add_argument("mac", metavar="NODE", help=NODE_HELP)
+    p.add_argument("generation", type=int)
     p.add_argument("--reason", default="", help="why (shown in 'nodes status --json' and 'nodes show')")
+    fa.add_json(p)
     p.set_defaults(func=cmd_pin)
-    examples(p, "layerboot nodes pin 52:54:00:12:34:56 4 --reason 'generation 5 breaks the NIC driver'")
 
-    p = actions.add_parser("unpin", help="boot the profile's newest generation again",
-                           description="Drop a node's generation pin: it boots its profile's newest generation.")
-    p.add_argument("mac", help=MAC_HELP)
+    p = actions.add_parser("unpin", help="boot the profile's newest generation again")
+    p.add_argument("mac", metavar="NODE", help=NODE_HELP)
+    fa.add_json(p)
     p.set_defaults(func=cmd_unpin)
-    examples(p, "layerboot nodes unpin 52:54:00:12:34:56")
 
-    p = actions.add_parser("remove", help="forget a node (its credentials stop working at once)",
-                           description="Forget a node: its secrets, SSH keys and reports.")
-    p.add_argument("mac", help=MAC_HELP)
+    p = actions.add_parser("remove", help="forget a node (its tokens stop working at once; a named node's host "
+                           "keys and node layers go too)")
+    p.add_argument("mac", metavar="NODE", help=NODE_HELP)
+    fa.add_json(p)
     p.set_defaults(func=cmd_remove)
-    examples(p, "layerboot nodes remove 52:54:00:12:34:56")
 
-    p = actions.add_parser("set-profile", help="boot a node from another profile",
-                           description="Boot a node from another profile from its next boot on.")
-    p.add_argument("mac", help=MAC_HELP)
-    p.add_argument("profile", help="the profile it boots from now on")
+    p = actions.add_parser("set-profile", help="boot a node from another profile")
+    p.add_argument("mac", metavar="NODE", help=NODE_HELP)
+    p.add_argument("profile")
+    fa.add_json(p)
     p.set_defaults(func=cmd_set_profile)
-    examples(p, "layerboot nodes set-profile 52:54:00:12:34:56 db")
 
-    p = actions.add_parser("add-key", help="allow another SSH public key for a node's SFTP uploads",
-                           description="Allow another OpenSSH public key to upload over SFTP as this node.")
-    p.add_argument("mac", help=MAC_HELP)
-    p.add_argument("key", type=Path, metavar="FILE", help="OpenSSH public key file (one line)")
+    p = actions.add_parser("add-key", help="allow another SSH public key for a node's SFTP uploads")
+    p.add_argument("mac", metavar="NODE", help=NODE_HELP)
+    p.add_argument("key", type=Path, metavar="FILE")
+    fa.add_json(p)
     p.set_defaults(func=cmd_add_key)
-    examples(p, "layerboot nodes add-key 52:54:00:12:34:56 node2.pub")
 
-    uploads = sub.add_parser("uploads", help="uploads received by layerbootd: list, approve held ones, policy",
-                             description="Without an action: list the uploads.")
+    uploads = sub.add_parser("uploads", help="uploads received by layerbootd: list, approve held ones, policy")
     uploads.set_defaults(func=cmd_uploads_list, state=None)
-    add_json(uploads)
-    examples(uploads, "layerboot uploads", "layerboot uploads --json")
-    uactions = uploads.add_subparsers(dest="action", metavar="ACTION", help="what to do (default: list)")
-    p = uactions.add_parser("list", help="list uploads: state, bake attempts, next try, last error",
-                            description="List uploads: id, node, profile, size, state, attempts, next try, "
-                                        "layer, generation, message.")
-    p.add_argument("--state", choices=("receiving", "received", "baking", "retry", "baked", "failed", "held"),
-                   help="only uploads in this state ('held': baked, waiting for approval)")
-    add_json(p)
+    uactions = uploads.add_subparsers(dest="action", metavar="ACTION")
+    p = uactions.add_parser("list", help="list uploads: state, bake attempts, next try, last error")
+    p.add_argument("--state", choices=("receiving", "received", "baking", "retry", "baked", "failed", "held"))
     p.set_defaults(func=cmd_uploads_list)
-    examples(p, "layerboot uploads list --state held", "layerboot uploads list --json")
-    p = uactions.add_parser("approve", help="append a held upload's layer to its profile (new generation)",
-                            description="Append a held upload's layer to its profile as a new generation.")
-    p.add_argument("id", help="upload id (from 'uploads list')")
+    p = uactions.add_parser("approve", help="append a held upload's layer to its profile (new generation)")
+    p.add_argument("id")
     p.set_defaults(func=cmd_uploads_approve)
-    examples(p, "layerboot uploads approve 20250101120000-1a2b3c4d")
-    p = uactions.add_parser("reject", help="drop a held upload (its layer is not appended), or a queued one",
-                            description="Drop a held upload (its layer is not appended and is removed unless "
-                                        "something else uses it), or one waiting in the queue.")
-    p.add_argument("id", help="upload id (from 'uploads list')")
+    p = uactions.add_parser("reject", help="drop a held upload (its layer is not appended), or a queued one")
+    p.add_argument("id")
     p.set_defaults(func=cmd_uploads_reject)
-    examples(p, "layerboot uploads reject 20250101120000-1a2b3c4d")
     p = uactions.add_parser("retry", help="bake uploads waiting to retry now (after fixing what failed)",
                             description="Make one upload (ID) or every upload in state 'retry' due at once; "
                                         "a running layerbootd takes them within a few seconds.")
-    p.add_argument("id", nargs="?", help="upload id (default: every upload waiting to retry)")
+    p.add_argument("id", nargs="?")
     p.set_defaults(func=cmd_uploads_retry)
-    examples(p, "layerboot uploads retry", "layerboot uploads retry 20250101120000-1a2b3c4d")
-    p = uactions.add_parser("usage", help="what each node keeps on the server against its quota",
-                            description="Per node: queued, failed (kept), held uploads and SFTP files, against "
-                                        "server.node_max_uploads and server.node_max_bytes.")
-    add_json(p)
+    p = uactions.add_parser("usage", help="what each node keeps on the server against its quota")
     p.set_defaults(func=cmd_uploads_usage)
-    examples(p, "layerboot uploads usage", "layerboot uploads usage --json")
     p = uactions.add_parser(
         "policy", help="show or set a profile's upload policy (auto/hold, and the content it may carry)",
         description="Without options: show the profile's policy. 'auto' appends each baked upload as a new "
@@ -189,20 +156,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(setuid), file capabilities (caps) or device nodes (devices) are refused unless the "
                     "profile allows that class; --allow adds classes, --deny removes them (each takes a "
                     "comma-separated list, or 'all').")
-    p.add_argument("profile", help="profile name")
-    p.add_argument("policy", nargs="?", choices=("auto", "hold"),
-                   help="auto: append each baked upload; hold: wait for 'uploads approve'")
+    p.add_argument("profile")
+    p.add_argument("policy", nargs="?", choices=("auto", "hold"))
     p.add_argument("--allow", action="append", default=[], metavar="CLASSES",
                    help="allow these content classes: setuid, caps, devices, all")
     p.add_argument("--deny", action="append", default=[], metavar="CLASSES",
                    help="refuse these content classes again")
     p.set_defaults(func=cmd_uploads_policy)
-    examples(p, "layerboot uploads policy web", "layerboot uploads policy web auto --allow setuid,caps")
 
 
 def _registry(ctx: Context):  # noqa: ANN202
     from layerboot.server.nodes import Registry
-    return Registry(ctx.database())
+    return Registry(fa.database(ctx))
+
+
+def _mac(ctx: Context) -> str:
+    """The node the command names (ctx.args.mac: a name or any of its MACs), as its key MAC."""
+    return fa.key_mac(ctx, ctx.args.mac)
 
 
 def _secrets(ctx: Context):  # noqa: ANN202
@@ -230,61 +200,46 @@ def cmd_register(ctx: Context) -> int:
     keys = tuple(_read_key(p) for p in a.ssh_key)
     node, secret = _registry(ctx).register(a.mac, a.profile, ssh_keys=keys, replace=a.replace,
                                            asset_key=a.asset_key)
-    print(f"registered {node.mac} with profile {node.profile}" + (f" and {len(keys)} SSH key(s)" if keys else "")
-          + (", asset key set: it claims its own secret at boot" if node.asset_key else ""))
-    print(f"node secret (shown once, only its hash is stored): {secret}")
-    return 0
-
-
-def cmd_set(ctx: Context) -> int:
-    a = ctx.args
-    if not (a.profile or a.asset_key or a.no_asset_key):
-        raise LayerbootError("nothing to change", hint="give --profile, --asset-key or --no-asset-key")
-    registry = _registry(ctx)
-    node = registry.get(a.mac)
-    if a.profile:
-        ctx.profiles.current(a.profile)
-        node = registry.set_profile(node.mac, a.profile)
-    if a.asset_key or a.no_asset_key:
-        node = registry.set_asset_key(node.mac, None if a.no_asset_key else a.asset_key)
-    print(f"{node.mac}: profile {node.profile}, asset key {node.asset_key or 'none (no secret claims)'}")
-    return 0
+    text = (f"registered {node.mac} with profile {node.profile}" + (f" and {len(keys)} SSH key(s)" if keys else "")
+            + (", asset key set: it claims its own secret at boot" if node.asset_key else "")
+            + f"\nnode secret (shown once, only its hash is stored): {secret}")
+    return fa.done(ctx, text, node.public_dict() | {"secret": secret})
 
 
 def cmd_secret_rotate(ctx: Context) -> int:
-    node = _registry(ctx).get(ctx.args.mac)
+    node = _registry(ctx).get(_mac(ctx))
     secret = _secrets(ctx).rotate(node.mac)
-    print(f"{node.mac}: every earlier secret is revoked")
-    print(f"node secret (shown once, only its hash is stored): {secret}")
-    return 0
+    return fa.done(ctx, f"{node.mac}: every earlier secret is revoked\nnode secret (shown once, only its hash is "
+                        f"stored): {secret}", {"node": node.mac, "secret": secret})
 
 
 def cmd_secret_list(ctx: Context) -> int:
-    node = _registry(ctx).get(ctx.args.mac)
-    records = _secrets(ctx).list(node.mac)
+    node = _registry(ctx).get(_mac(ctx))
+    secrets = _secrets(ctx).list(node.mac)
     if ctx.args.json:
-        return print_json([{"hash": r.hash[:12], "origin": r.origin, "created": r.created, "last_used": r.last_used}
-                           for r in records])
-    rows = [[r.hash[:12], r.origin, _epoch(r.created), _epoch(r.last_used)] for r in records]
+        print_json({"node": node.mac, "secrets": [{"hash": r.hash[:12], "origin": r.origin, "created": r.created,
+                                                   "last_used": r.last_used} for r in secrets]})
+        return 0
+    rows = [[r.hash[:12], r.origin, _epoch(r.created), _epoch(r.last_used)] for r in secrets]
     print(table(["HASH", "ORIGIN", "CREATED", "LAST USED"], rows) if rows else f"{node.mac} has no node secret")
     return 0
 
 
 def cmd_revoke_tokens(ctx: Context) -> int:
-    node = _registry(ctx).revoke_tokens(ctx.args.mac)
-    print(f"{node.mac}: boot tokens issued until {_epoch(node.tokens_not_before)} are refused; the node gets a new "
-          "one at its next PXE boot")
-    return 0
+    node = _registry(ctx).revoke_tokens(_mac(ctx))
+    return fa.done(ctx, f"{node.mac}: boot tokens issued until {_epoch(node.tokens_not_before)} are refused; the node "
+                        "gets a new one at its next PXE boot", {"node": node.mac,
+                                                                "tokens_not_before": node.tokens_not_before})
 
 
 def cmd_boot_token(ctx: Context) -> int:
     from layerboot.server.auth.boottoken import open_boot_tokens
     if ctx.args.ttl is not None and ctx.args.ttl <= 0:
         raise LayerbootError(f"--ttl {ctx.args.ttl}: a boot token must stay valid for at least one second")
-    node = _registry(ctx).get(ctx.args.mac)
+    node = _registry(ctx).get(_mac(ctx))
     tokens = open_boot_tokens(ctx.paths.boot_token_key, ctx.config.server_boot_token_ttl)
-    print(tokens.mint(node.mac, ttl=ctx.args.ttl))
-    return 0
+    token = tokens.mint(node.mac, ttl=ctx.args.ttl)
+    return fa.done(ctx, token, {"node": node.mac, "token": token})
 
 
 def _epoch(value: float | None) -> str:
@@ -295,35 +250,20 @@ def _when(value: str | None) -> str:
     return value.replace("+00:00", "Z") if value else "never"
 
 
-def _fleet(ctx: Context):  # noqa: ANN202
-    """What server/api/fleet.py needs (the daemon passes its ServerState): registry, profiles, config."""
-    from types import SimpleNamespace
-    return SimpleNamespace(registry=_registry(ctx), profiles=ctx.profiles, config=ctx.config)
-
-
-def cmd_list(ctx: Context) -> int:
-    if ctx.args.json:
-        from layerboot.server.api.fleet import node_records
-        return print_json({"nodes": [r.to_dict() for r in node_records(_fleet(ctx))]})
-    rows = []
-    for n in _registry(ctx).all():
-        last = f"{n.last_stage} {'ok' if n.last_ok else 'FAILED'}" if n.last_stage else "-"
-        rows.append([n.mac, n.profile + (" (auto)" if n.auto else ""), _when(n.last_seen),
-                     n.last_generation if n.last_generation is not None else "-", last, n.failures, n.boots])
-    print(table(["MAC", "PROFILE", "LAST SEEN", "GEN BOOTED", "LAST REPORT", "FAILURES", "BOOTS"], rows)
-          if rows else "no nodes registered yet (layerboot nodes register MAC --profile P)")
-    return 0
-
-
 def cmd_show(ctx: Context) -> int:
-    if ctx.args.json:       # the record of GET /api/v1/nodes/MAC
-        from layerboot.server.api.fleet import node_detail
-        return print_json(node_detail(_fleet(ctx), ctx.args.mac))
+    from layerboot.tools.cmd_nodes_fleet import fleet_details, print_fleet_details
     registry = _registry(ctx)
-    node = registry.get(ctx.args.mac)
+    node = registry.get(_mac(ctx))
     events = registry.events(node.mac)
-    print(f"node {node.mac}: profile {node.profile}{' (auto-registered)' if node.auto else ''}, "
-          f"registered {_when(node.created)}")
+    details = fleet_details(ctx, node.mac)
+    if ctx.args.json:
+        print_json(node.to_dict() | {"ssh_keys": registry.ssh_keys(node.mac), "events": [e.__dict__ for e in events]}
+                   | ({"fleet": details} if details else {}))
+        return 0
+    print(f"node {node.name or node.mac}: {node.mac}, profile {node.profile}"
+          f"{' (auto-registered)' if node.auto else ''}, registered {_when(node.created)}")
+    if details:
+        print_fleet_details(details)
     print(f"last seen: {_when(node.last_seen)}; generation booted: {node.last_generation or '-'}; "
           f"boots: {node.boots}; failures: {node.failures}")
     from layerboot.server.auth.nodesecret import NodeSecrets
@@ -348,14 +288,11 @@ def cmd_status(ctx: Context) -> int:
     from layerboot.server.monitor.detectors import Limits
     from layerboot.server.monitor.records import MonitorRecords
     from layerboot.server.monitor.status import fleet_status
-    from layerboot.server.nodes import normalize_mac
 
     registry = _registry(ctx)
     fleet = fleet_status(registry, MonitorRecords(registry.db), ctx.profiles, Limits.from_config(ctx.config))
     if ctx.args.macs:
-        wanted = {normalize_mac(m) for m in ctx.args.macs}
-        for mac in wanted - {n.mac for n in fleet}:
-            registry.get(mac)                       # "no node ... is registered"
+        wanted = {fa.key_mac(ctx, m) for m in ctx.args.macs}     # "no node named ..." for an unknown one
         fleet = [n for n in fleet if n.mac in wanted]
     if ctx.args.json:
         print_json({"nodes": [n.to_dict() for n in fleet]})
@@ -373,45 +310,62 @@ def cmd_status(ctx: Context) -> int:
 def cmd_pin(ctx: Context) -> int:
     from layerboot.server.monitor.pins import check_pin
     registry = _registry(ctx)
-    node = registry.get(ctx.args.mac)
+    node = registry.get(_mac(ctx))
     gen = check_pin(ctx.profiles, node, ctx.args.generation)
     node = registry.pin(node.mac, gen.number, ctx.args.reason or "pinned by an admin")
-    print(f"{node.mac} boots generation {gen.number} of {node.profile} (newest: "
-          f"{ctx.profiles.current(node.profile).number}) until 'layerboot nodes unpin {node.mac}'")
-    return 0
+    return fa.done(ctx, f"{node.mac} boots generation {gen.number} of {node.profile} (newest: "
+                        f"{ctx.profiles.current(node.profile).number}) until 'layerboot nodes unpin {node.mac}'",
+                   node.public_dict())
 
 
 def cmd_unpin(ctx: Context) -> int:
     registry = _registry(ctx)
-    node = registry.get(ctx.args.mac)
+    node = registry.get(_mac(ctx))
     if node.pinned_generation is None:
         raise LayerbootError(f"node {node.mac} is not pinned")
-    registry.unpin(node.mac)
-    print(f"{node.mac} boots the newest generation of {node.profile} again "
-          f"({ctx.profiles.current(node.profile).number})")
-    return 0
+    node = registry.unpin(node.mac)
+    return fa.done(ctx, f"{node.mac} boots the newest generation of {node.profile} again "
+                        f"({ctx.profiles.current(node.profile).number})", node.public_dict())
 
 
 def cmd_remove(ctx: Context) -> int:
+    from layerboot.server.fleet.hostkeys import forget
+    from layerboot.server.fleet.nodelayer import drop_node_layer
     registry = _registry(ctx)
-    node = registry.get(ctx.args.mac)
+    node = registry.get(_mac(ctx))
+    f = fa.fleet(ctx)
+    record, row = f.find(node.mac), f.manifest_row(node.mac)
     registry.remove(node.mac)
-    print(f"removed {node.mac}")
-    return 0
+    if record is not None:
+        forget(ctx.paths, record.machine_id)
+    for digest in (row.layer, row.previous_layer) if row is not None else ():
+        if digest:
+            drop_node_layer(ctx.store, digest)
+    return fa.done(ctx, f"removed {node.name or node.mac}" + (" (its host keys and node layers too)" if record else ""),
+                   {"node": node.mac, "name": node.name, "removed": True})
 
 
 def cmd_set_profile(ctx: Context) -> int:
     ctx.profiles.current(ctx.args.profile)
-    node = _registry(ctx).set_profile(ctx.args.mac, ctx.args.profile)
-    print(f"{node.mac} now boots profile {node.profile}")
-    return 0
+    mac = _mac(ctx)
+    f = fa.fleet(ctx)
+    record = f.find(mac)
+    if record is not None:      # a named node: its own profile setting (groups' and cluster's stay below it)
+        from dataclasses import replace
+        f.save([replace(record, own=replace(record.own, profile=ctx.args.profile))],
+               check_profile=lambda name: ctx.profiles.current(name))
+        node = _registry(ctx).get(mac)
+    else:
+        node = _registry(ctx).set_profile(mac, ctx.args.profile)
+    return fa.done(ctx, f"{node.name or node.mac} now boots profile {node.profile}", node.public_dict())
 
 
 def cmd_add_key(ctx: Context) -> int:
     registry = _registry(ctx)
-    registry.add_ssh_key(ctx.args.mac, _read_key(ctx.args.key))
-    print(f"{registry.get(ctx.args.mac).mac}: {len(registry.ssh_keys(ctx.args.mac))} SSH key(s)")
-    return 0
+    mac = _mac(ctx)
+    registry.add_ssh_key(mac, _read_key(ctx.args.key))
+    count = len(registry.ssh_keys(mac))
+    return fa.done(ctx, f"{mac}: {count} SSH key(s)", {"node": mac, "ssh_keys": count})
 
 
 def cmd_uploads_list(ctx: Context) -> int:
@@ -420,8 +374,6 @@ def cmd_uploads_list(ctx: Context) -> int:
     uploads = records.list(state=None if state == "held" else state)
     if state == "held":
         uploads = [u for u in uploads if u.held]
-    if ctx.args.json:
-        return print_json({"uploads": [u.public_dict() for u in reversed(uploads)]})
     rows = [[u.id, u.mac, u.profile, u.name, u.size, "held" if u.held else u.state, u.attempts,
              _epoch(u.next_try) if u.state == "retry" else "-", (u.layer or "-")[:12], u.generation or "-",
              u.last_error if u.state == "retry" else u.message] for u in uploads]
@@ -445,9 +397,6 @@ def cmd_uploads_usage(ctx: Context) -> int:
         usage = node_usage(records, ctx.store, node.mac)
         rows.append([node.mac, usage.pending, usage.failed, usage.held, usage.area, usage.count,
                      cfg.server_node_max_uploads or "-", usage.bytes, cfg.server_node_max_bytes or "-"])
-    if ctx.args.json:
-        return print_json([dict(zip(("node", "queued", "failed", "held", "sftp", "uploads", "max_uploads", "bytes",
-                                     "max_bytes"), row)) for row in rows])
     print(table(["NODE", "QUEUED", "FAILED", "HELD", "SFTP", "UPLOADS", "MAX", "BYTES", "MAX BYTES"], rows)
           if rows else "no nodes registered")
     return 0

@@ -97,16 +97,20 @@ def _keep_grub_entries(ctx: Context, the_plan, log: logging.Logger) -> None:  # 
 
     from layerboot.server.auth.boottoken import open_boot_tokens
     from layerboot.server.db import open_database
+    from layerboot.server.fleet.netargs import fleet_cmdline
+    from layerboot.server.fleet.queries import Fleet
     from layerboot.server.nodes import Registry
 
-    registry = Registry(open_database(ctx.config, ctx.paths))
+    db = open_database(ctx.config, ctx.paths)
+    registry, fleet = Registry(db), Fleet(db)
     ttl = ctx.config.server_boot_token_ttl
     tokens = open_boot_tokens(ctx.paths.boot_token_key, ttl)   # the key layerbootd checks boot tokens with
 
     def export() -> None:
         nodes = [(node.mac, node.profile) for node in registry.all()]
         for line in export_grub_nodes(the_plan.tftp_root, the_plan.server_url, nodes, ctx.profiles,
-                                      tokens.mint, max_age=ttl / 2):
+                                      tokens.mint, max_age=ttl / 2,
+                                      node_cmdline=lambda mac, cmdline: fleet_cmdline(fleet, ctx.config, mac, cmdline)):
             log.info("GRUB entry %s", line)
 
     export()

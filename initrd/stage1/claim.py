@@ -80,15 +80,16 @@ def _store(secret: str, path: str) -> None:
 
 
 def claim_secret(server: str, node: str, token: str, *, timeout: float, say,  # noqa: ANN001 - say(str)
-                 path: str = SECRET_FILE, dmi: str = DMI_DIR) -> bool:
-    """Claim and store the node secret; True when stored. Never raises: one line says what happened."""
+                 path: str = SECRET_FILE, dmi: str = DMI_DIR) -> str:
+    """Claim and store the node secret; returns it when stored, "" otherwise. Never raises: one line says what
+    happened. stage1 fetches the layers with it (a named node's own layer is served with it only)."""
     from .console import StageError
     from .http import request
     from .jsonlite import dumps, loads
 
     if not token:
         say("node secret: not claimed (no layerboot.token= on the command line); booting read-only")
-        return False
+        return ""
     key = read_asset_key(dmi)
     body = dumps({"proof": claim_proof(key, token)} if key else {}).encode("ascii")
     try:
@@ -101,17 +102,17 @@ def claim_secret(server: str, node: str, token: str, *, timeout: float, say,  # 
         data = loads(text) if text.strip().startswith("{") else {}
     except (StageError, OSError, ValueError) as err:
         say(f"node secret: not claimed ({err}); booting read-only")
-        return False
+        return ""
     secret = data.get("secret") if status == 201 and isinstance(data, dict) else None
     if not (isinstance(secret, str) and 8 <= len(secret) <= 128 and _SECRET_CHARS.issuperset(secret)):
         reason = data.get("error") if isinstance(data, dict) and data.get("error") else text.strip()[:200]
         say(f"node secret: not claimed ({status} {reason}); booting read-only: uploads need a secret the "
             "admin places")
-        return False
+        return ""
     try:
         _store(secret, path)
     except OSError as err:
         say(f"node secret: claimed but not stored ({err.strerror}); booting read-only")
-        return False
+        return ""
     say(f"node secret: claimed with {'the asset key' if key else 'the MAC only'}, stored in {path} (root only)")
-    return True
+    return secret

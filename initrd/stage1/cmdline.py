@@ -32,6 +32,9 @@ class Options(Record):
     timeout: float = 10.0             # layerboot.timeout=SECONDS per network operation
     upper_size: str = "50%"           # layerboot.upper_size=SIZE of the tmpfs for the writable layer
     layers: str = ""                  # layerboot.layers=ram|cache: where fetched layers live (default: cache if any)
+    discover: bool = False            # layerboot.discover: the discovery boot of an unknown machine (discover.py)
+    clone: str = ""                   # layerboot.clone=NODE (discovery menu): ask to become a clone of NODE
+    name: str = ""                    # layerboot.name=NAME (discovery menu): ... named NAME
     init: str = DEFAULT_INIT          # init=/path of the real init in the new root
     net: NetPlan = NetPlan()          # ip= vlan= bond= ifname= nameserver= BOOTIF= rd.* (dracut syntax, netcmd.py)
 
@@ -80,8 +83,8 @@ def parse_cmdline(text: str) -> Options:
             network.append((key, value if sep else None))
         elif key.startswith("layerboot."):
             name = key[len("layerboot."):]
-            if name == "debug":
-                values["debug"] = value.lower() not in ("0", "no", "off", "false") if sep else True
+            if name in ("debug", "discover"):
+                values[name] = value.lower() not in ("0", "no", "off", "false") if sep else True
             elif name == "break":
                 wanted = tuple(s for s in value.split(",") if s) if sep else ("switch_root",)
                 for stage in wanted:
@@ -100,7 +103,8 @@ def parse_cmdline(text: str) -> Options:
                 values[name] = int(_positive(key, value, int))
             elif name == "timeout":
                 values[name] = float(_positive(key, value, float))
-            elif name in ("server", "node", "profile", "token", "cache", "interface", "upper_size", "slot"):
+            elif name in ("server", "node", "profile", "token", "cache", "interface", "upper_size", "slot", "clone",
+                          "name"):
                 values[name] = value
             else:
                 raise CmdlineError(f"unknown kernel option {key}")
@@ -109,7 +113,7 @@ def parse_cmdline(text: str) -> Options:
         if not server.startswith("http://"):
             raise CmdlineError(f"layerboot.server={server!r} must be an http:// URL")
         values["server"] = server.rstrip("/")
-        if not values.get("profile") and not values.get("slot"):
+        if not values.get("profile") and not values.get("slot") and not values.get("discover"):
             raise CmdlineError("layerboot.server= without layerboot.profile= (layerbootd's iPXE script sets both): "
                                "stage1 boots only a manifest of the profile it was asked for")
     init = str(values.get("init", DEFAULT_INIT))

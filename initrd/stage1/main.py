@@ -96,7 +96,7 @@ def run_stages(boot: Boot) -> None:
 
     boot.mark = time.monotonic()
     stage("modules")
-    load_modules(optional=CACHE_MODULES if options.cache or options.slot else ())
+    load_modules(optional=CACHE_MODULES if options.cache or options.slot or options.discover else ())  # disks
 
     stage("net")
     written: list[str] = []
@@ -111,10 +111,13 @@ def run_stages(boot: Boot) -> None:
         boot.node = options.node
 
     stage("manifest")
+    if options.discover:    # an unknown machine: report it and wait to be accepted (discover.py); never returns
+        discovery(options, boot)
+    secret = ""
     if boot.network_up and not options.slot:   # the write credential, before anything else; best effort
         from .claim import claim_secret
 
-        claim_secret(options.server, boot.node, options.token, timeout=min(options.timeout, 5.0), say=say)
+        secret = claim_secret(options.server, boot.node, options.token, timeout=min(options.timeout, 5.0), say=say)
     from .verify import VerifyError, load_public_key, verify_envelope
 
     cache = None
@@ -168,8 +171,15 @@ def run_stages(boot: Boot) -> None:
             wanted = [layer for layer in manifest.layers if layer.digest not in cached]
             ram_for_layers(sum(layer.size for layer in wanted), len(manifest.layers),
                            room=sum(layer.size for layer in manifest.layers))
-        files = fetch_layers(options.server, options.token, manifest.layers, LAYER_DIR, retries=options.retries,
-                             timeout=options.timeout, cache=cache, on_disk=on_disk)
+        try:   # with the node secret when there is one: a named node's own layer is served with it only
+            files = fetch_layers(options.server, secret or options.token, manifest.layers, LAYER_DIR,
+                                 retries=options.retries, timeout=options.timeout, cache=cache, on_disk=on_disk)
+        except StageError as err:
+            if manifest.node and not secret and "403" in str(err):
+                raise StageError(f"{err}: node {manifest.node}'s own layer is served with its node secret only, "
+                                 "and this boot has none (see the claim line above): set the node's asset key on "
+                                 "the server (layerboot nodes set NAME --asset-key UUID:SERIAL)") from None
+            raise
 
     stage("mount")
     stack(files, options.upper_size)
@@ -190,6 +200,19 @@ def run_stages(boot: Boot) -> None:
         f"exec {options.init}")
     switch_root(options.init)
     raise StageError(f"switch_root to {options.init} failed")
+
+
+def discovery(options, boot: Boot) -> None:  # noqa: ANN001
+    """The discovery boot: report, wait, then reboot (accepted) or power off (rejected). Never returns."""
+    from .discover import discover
+
+    if not boot.network_up:
+        raise StageError("the discovery boot needs the network")
+    mac, boot.node = boot.node, ""     # no boot events: this machine is no node (yet)
+    result = discover(options.server, mac, clone=options.clone, name=options.name, timeout=options.timeout)
+    console.write_status(_status(boot, True, f"discovery: {result}"))
+    say("rebooting into this machine's own boot" if result == "accepted" else "powering off")
+    console.emergency("reboot" if result == "accepted" else "poweroff")
 
 
 def bring_up_network(options, boot: Boot, *, run_dir: str = "/run/layerboot", etc: str = "/etc") -> list[str]:  # noqa: ANN001

@@ -62,6 +62,9 @@ def _boot_node(state: Any, token: str) -> Node:
         profile = state.config.server_default_profile
         if state.config.server_unknown_mac == "default" and profile:
             return Node(mac=issued.mac, profile=profile, auto=True, created="")   # not recorded (yet)
+        discovery = state.config.fleet_discovery_profile
+        if state.config.server_unknown_mac == "discover" and discovery:        # in its discovery boot: the
+            return Node(mac=issued.mac, profile=discovery, auto=True, created="")   # discovery kernel and initrd
         raise AuthError(f"node {issued.mac} is not registered")
     if issued.issued <= node.tokens_not_before:
         raise AuthError("this boot token was revoked ('layerboot nodes revoke-tokens')",
