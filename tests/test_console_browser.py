@@ -20,6 +20,7 @@ import pytest
 from console_lab import ADMIN, PASSWORD, Lab, make_lab
 from powerlab import qmp_guest, write_power_file
 from server_daemon import MAC
+from test_base_import import INITRD, KERNEL, ROOTFS, make_iso, squashfs_of
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -153,11 +154,25 @@ def test_an_admin_uses_the_console_in_chromium(browser: "object", profiles, make
             assert lab.api("POST", f"/nodes/{MAC}/power", json={"action": "status"}).json()["state"] == "off"
 
             for path, name, words in (("/console/layers", "layers", "extra config"),
-                                      ("/console/incidents", "incidents", "boot-failing"),
-                                      ("/console/base", "base-import", "Live ISO")):
+                                      ("/console/incidents", "incidents", "boot-failing")):
                 ui.open(path)
                 ui.wait_text(words)
                 ui.shot(name)
+
+            # import a live ISO in the background; the page follows the job to its end
+            iso = make_iso(tmp_path, "debianlive", {"live/filesystem.squashfs": squashfs_of(tmp_path, "live", ROOTFS),
+                                                    "live/vmlinuz-6.1.0-99-amd64": KERNEL,
+                                                    "live/initrd.img-6.1.0-99-amd64": INITRD})
+            lab.daemon.paths.imports.mkdir(exist_ok=True)
+            iso.rename(lab.daemon.paths.imports / "debian-live-12.iso")
+            ui.open("/console/base")
+            ui.find("#iso-description").send_keys("Debian live 12")
+            ui.click("#import-iso")
+            ui.wait_text("(iso) started")
+            ui.wait_text("finished", timeout=300)           # console.js refreshes the page while a job runs
+            job = lab.api("GET", "/base-imports").json()["jobs"][0]
+            assert job["state"] == "done" and job["params"]["iso"] == "debian-live-12.iso", job
+            ui.shot("base-import")
             ui.click("header form.logout button")
             ui.wait_text("Log in to layerboot")
     finally:

@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from console_lab import ADMIN, PASSWORD, Browser, Lab, make_lab
+from layerboot.errors import LayerbootError
 from layerboot.ports import free_port
 from layerboot.server.api.jobs import oci_available
 from layerboot.server.nodes import Event
@@ -157,6 +158,26 @@ def test_a_base_import_runs_in_the_background_and_the_page_follows_it(lab: Lab, 
     assert row and "done" in text_of(row.group(0)) and job["result"]["base"][:12] in row.group(0)
     log = lab.daemon.log.read_text()
     assert f"job {job_id}: iso import" in log and f"started by {ADMIN}" in log and f"job {job_id} done" in log
+
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not oci_available(), reason="needs 'layerboot base import-oci' (layerboot.build.oci)")
+def test_an_oci_image_offered_for_import_becomes_a_base(store, tmp_path: Path) -> None:
+    """The console's OCI choice through import-oci's importer: an OCI layout in console.import_dir."""
+    import types
+
+    from layerboot.server.api.jobs import check_params, oci_images, run_import
+    from test_oci_import import write_layout
+    write_layout(store.paths.imports / "myimage")
+    config = types.SimpleNamespace(console_import_dir="")
+    assert [image["name"] for image in oci_images(config, store.paths)] == ["myimage"]
+    params = check_params("oci", {"image": "myimage", "ref": "v1", "description": "from the console"}, config,
+                          store.paths)
+    base = store.get(run_import("oci", params, store, config)["base"])
+    assert (base.kind, base.description) == ("base", "from the console")
+    with pytest.raises(LayerbootError, match="no OCI image '../myimage'"):
+        check_params("oci", {"image": "../myimage"}, config, store.paths)
 
 
 def test_login_limits_and_where_a_login_may_lead(lab: Lab) -> None:

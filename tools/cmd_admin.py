@@ -36,14 +36,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     password_option(p)
     p.set_defaults(func=cmd_add)
     p = actions.add_parser("passwd", help="set an account's password (ends its console sessions)")
-    p.add_argument("name")
+    p.add_argument("name", help="the account")
     password_option(p)
     p.set_defaults(func=cmd_passwd)
     p = actions.add_parser("remove", help="delete an account with its sessions and API tokens")
-    p.add_argument("name")
+    p.add_argument("name", help="the account")
     p.set_defaults(func=cmd_remove)
     p = actions.add_parser("list", help="accounts with their last login and live sessions")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON instead of a table")
     p.set_defaults(func=cmd_list)
 
     p = actions.add_parser("token", help="API tokens: create, list, revoke")
@@ -51,10 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = tokens.add_parser("create", help="make an API token for an account; prints it once")
     q.add_argument("name", help="the account the token acts as")
     q.add_argument("--label", default="", help="what the token is for (shown by 'token list')")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true",
+                   help="print JSON instead of a table")
     q.set_defaults(func=cmd_token_create)
     q = tokens.add_parser("list", help="API tokens (their ids, never the tokens)")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true",
+                   help="print JSON instead of a table")
     q.set_defaults(func=cmd_token_list)
     q = tokens.add_parser("revoke", help="stop an API token at once")
     q.add_argument("id", help="the token's id (the 8 hex digits after 'lbt1.')")
