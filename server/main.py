@@ -22,6 +22,7 @@ from layerboot import __version__
 from layerboot.atomic import write_text
 from layerboot.errors import LayerbootError
 from layerboot.log import SafeFormatter, run_main
+from layerboot.overlays.mirrors import MirrorPolicy
 from layerboot.overlays.profile import Profiles
 from layerboot.overlays.store import Store
 from layerboot.paths import Paths
@@ -139,7 +140,7 @@ async def serve(config: Any) -> None:
     for directory in (paths.incoming, paths.state, paths.tmp):
         directory.mkdir(parents=True, exist_ok=True)
     lock = DaemonLock(paths).acquire()   # held for the daemon's life; the kernel drops it when we exit
-    profiles = Profiles(store)
+    profiles = Profiles(store, mirrors=MirrorPolicy.from_config(config))
     db = open_database(config, paths)
     log.info("database %s (schema version %d)", db.display_url, db.scalar("SELECT max(version) FROM schema_version"))
     limits, slots = Limits.from_config(config), Slots()

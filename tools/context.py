@@ -8,6 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from layerboot.overlays.mirrors import MirrorPolicy
 from layerboot.overlays.profile import Profiles
 from layerboot.overlays.store import Store
 from layerboot.paths import Paths
@@ -39,4 +40,4 @@ class Context:
 
     @cached_property
     def profiles(self) -> Profiles:
-        return Profiles(self.ready_store())
+        return Profiles(self.ready_store(), mirrors=MirrorPolicy.from_config(self.config))

@@ -9,6 +9,7 @@ from .record import Record
 
 EMERGENCY_ACTIONS = ("shell", "reboot", "poweroff")
 LAYER_PLACES = ("ram", "cache")
+MIRROR_MODES = ("on", "off")
 STAGES = ("modules", "net", "manifest", "layers", "mount", "switch_root")
 DEFAULT_INIT = "/sbin/init"
 
@@ -32,6 +33,7 @@ class Options(Record):
     timeout: float = 10.0             # layerboot.timeout=SECONDS per network operation
     upper_size: str = "50%"           # layerboot.upper_size=SIZE of the tmpfs for the writable layer
     layers: str = ""                  # layerboot.layers=ram|cache: where fetched layers live (default: cache if any)
+    mirrors: str = "on"               # layerboot.mirrors=on|off: use the signed manifest's mirrors (sources.py)
     init: str = DEFAULT_INIT          # init=/path of the real init in the new root
     net: NetPlan = NetPlan()          # ip= vlan= bond= ifname= nameserver= BOOTIF= rd.* (dracut syntax, netcmd.py)
 
@@ -96,6 +98,10 @@ def parse_cmdline(text: str) -> Options:
                 if value not in LAYER_PLACES:
                     raise CmdlineError(f"layerboot.layers={value!r}: use one of {', '.join(LAYER_PLACES)}")
                 values["layers"] = value
+            elif name == "mirrors":
+                if value not in MIRROR_MODES:
+                    raise CmdlineError(f"layerboot.mirrors={value!r}: use one of {', '.join(MIRROR_MODES)}")
+                values["mirrors"] = value
             elif name in ("retries",):
                 values[name] = int(_positive(key, value, int))
             elif name == "timeout":

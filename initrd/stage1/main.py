@@ -169,7 +169,8 @@ def run_stages(boot: Boot) -> None:
             ram_for_layers(sum(layer.size for layer in wanted), len(manifest.layers),
                            room=sum(layer.size for layer in manifest.layers))
         files = fetch_layers(options.server, options.token, manifest.layers, LAYER_DIR, retries=options.retries,
-                             timeout=options.timeout, cache=cache, on_disk=on_disk)
+                             timeout=options.timeout, cache=cache, on_disk=on_disk,
+                             sources=layer_sources(options, manifest, cache))
 
     stage("mount")
     stack(files, options.upper_size)
@@ -190,6 +191,21 @@ def run_stages(boot: Boot) -> None:
         f"exec {options.init}")
     switch_root(options.init)
     raise StageError(f"switch_root to {options.init} failed")
+
+
+def layer_sources(options, manifest, cache):  # noqa: ANN001, ANN201 - Options, BootManifest, LayerCache
+    """The signed manifest's mirrors, ranked (stage1/sources.py), when it names some, the boot uses them
+    (``layerboot.mirrors=on``, the default) and some layer is not in the cache; else None (the origin only)."""
+    if not getattr(manifest, "mirrors", ()) or options.mirrors == "off":
+        return None
+    if cache is not None and {layer.digest for layer in manifest.layers} <= cache.digests():
+        return None     # all cached (each is still checked before use): nothing to rank mirrors for
+    from .sources import Sources
+
+    sources = Sources.for_manifest(options.server, manifest, say=say)
+    sources.rank()
+    say(sources.describe())
+    return sources
 
 
 def bring_up_network(options, boot: Boot, *, run_dir: str = "/run/layerboot", etc: str = "/etc") -> list[str]:  # noqa: ANN001
