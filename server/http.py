@@ -81,6 +81,7 @@ class ServerState:
     sender: Sender | None = None   # server/guard/sender.py: set by main() (it starts threads)
     metrics: Any = None          # layerboot.server.monitor.metrics.Metrics
     monitor: Any = None          # layerboot.server.monitor.engine.Monitor, when monitor.enabled
+    replica: Any = None          # layerboot.server.replica.member.Replica: this daemon's id and claims
 
 
 STATE = web.AppKey("layerboot", ServerState)
@@ -287,6 +288,8 @@ async def handle_status(request: web.Request) -> web.StreamResponse:
         data["uploads"] = state.uploads.counts()
     data["in_progress"] = ({"connections": 0, "downloads": 0, "uploads": 0} | state.slots.counts()
                            | {"sending": state.sender.active() if state.sender else 0})
+    if state.replica is not None and state.replica.enabled:
+        data["replica"] = {"id": state.replica.id, "others": [row["id"] for row in state.replica.others()]}
     return negotiate.respond(request, "layerbootd is running", data, headers=NO_STORE)
 
 

@@ -121,7 +121,8 @@ async def handle_upload_status(request: web.Request) -> web.StreamResponse:
     if upload.mac != mac:
         raise web.HTTPNotFound(text=f"node {mac} has no upload {upload.id}")
     data = upload.to_dict()
-    data.pop("path", None)
+    for private in ("path", "owner", "lease_until"):   # the server's own business
+        data.pop(private, None)
     return negotiate.respond(request, f"upload {upload.id}: {upload.state}", data, headers={"Cache-Control": "no-store"})
 
 
