@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import math
 import sys
 import time
@@ -107,9 +108,9 @@ def build_chain(work: Path, base_mb: int, layers_mb: tuple[int, ...], racks: int
 
 
 # -- servers -----------------------------------------------------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its live children (nginx workers), from /proc."""
-    total = 0.0
+def _family(pid: int) -> list[tuple[int, list[str]]]:
+    """A process and its children (nginx's workers): (pid, /proc/PID/stat fields after the name)."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -119,8 +120,13 @@ def cpu_seconds(pid: int) -> float:
             continue
         fields = text[text.rindex(")") + 2:].split()
         if int(entry.name) == pid or int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return total
+            found.append((int(entry.name), fields))
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its live children (nginx workers), from /proc."""
+    return sum(int(fields[11]) + int(fields[12]) for _, fields in _family(pid)) / CLK_TCK
 
 
 def listening(ns: str, port: int) -> bool:
@@ -156,6 +162,16 @@ class Server:
 
     def stop(self) -> None:
         self.process.terminate(timeout=10)
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers at once (a crash: no graceful close of its transfers)."""
+        workers = [pid for pid, _ in _family(self.process.pid) if pid != self.process.pid]
+        self.process.kill()              # the master first, so it cannot start new workers
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def spawn(name: str, host: Host, port: int, argv: list[str], log: Path) -> Server:
