@@ -233,7 +233,7 @@ SETTINGS: tuple[Setting, ...] = (
             "how nodes order the mirrors: 'latency' (the nearest first, measured at boot) or 'listed'"),
     Setting("mirrors.profiles", _mirror_profiles, (),
             "per-profile mirror lists replacing mirrors.urls: a table of profile = [URLs] ([] : none)",
-            render=_render_mirror_profiles),
+            render=_render_mirror_profiles, shown="none"),
     Setting("monitor.enabled", _bool, True,
             "run the fleet monitor inside layerbootd (incidents, action ladders, notifications; docs/monitor.md)"),
     Setting("monitor.interval", _int, 15, "seconds between two checks of every node"),

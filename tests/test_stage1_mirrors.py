@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from layerboot.initrd.stage1.fetch import FetchError, fetch_layers
 from layerboot.initrd.stage1.sources import Sources, mirrorable
 from layerboot.initrd.stage1.verify import Layer, VerifyError, parse_payload
 from layerboot.overlays.manifest import Artifact, Manifest, ManifestError
+from layerboot.errors import LayerbootError
 from layerboot.overlays.mirrors import MirrorPolicy
+from layerboot.settings import config_as_toml, load_config
 from test_stage1_fetch import Server, blob
 
 
@@ -166,10 +169,23 @@ def test_signed_mirror_fields_round_trip_and_bad_ones_are_refused() -> None:
                  mirrors=("ftp://x",))
 
 
-def test_policy_per_profile_and_the_kernel_switch() -> None:
-    policy = MirrorPolicy(("http://a", "http://b"), "listed", {"db": (), "lab": ("http://c",)})
-    assert policy.for_profile("web") == ("http://a", "http://b")
+def test_policy_per_profile_settings_round_trip_and_the_kernel_switch(tmp_path: Path) -> None:
+    config_file = tmp_path / "layerboot.toml"
+    config_file.write_text('[mirrors]\nurls = ["http://a/", "http://b:8080"]\norder = "listed"\n'
+                           '[mirrors.profiles]\ndb = []\nlab = ["http://c"]\n')
+    config = load_config(config_file)
+    policy = MirrorPolicy.from_config(config)
+    assert policy.for_profile("web") == ("http://a", "http://b:8080") and policy.order == "listed"
     assert policy.for_profile("db") == () and policy.for_profile("lab") == ("http://c",)
+    again = tmp_path / "again.toml"
+    again.write_text(config_as_toml(config))
+    assert load_config(again) == config
+    for text, words in (('[mirrors.profiles]\n"Bad Name" = []\n', "mirrors.profiles.Bad Name: invalid profile"),
+                        ('[mirrors]\nurls = ["http://a", "http://a/"]\n', "mirrors.urls: a mirror is listed twice"),
+                        ('[mirrors]\norder = "random"\n', "mirrors.order: expected one of latency, listed")):
+        config_file.write_text(text)
+        with pytest.raises(LayerbootError, match=re.escape(words)):
+            load_config(config_file)
     assert parse_cmdline("layerboot.server=http://s layerboot.profile=p").mirrors == "on"
     assert parse_cmdline("layerboot.server=http://s layerboot.profile=p layerboot.mirrors=off").mirrors == "off"
     with pytest.raises(CmdlineError, match="layerboot.mirrors='maybe': use one of on, off"):
