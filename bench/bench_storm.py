@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Boot storm: N nodes power on at once; how long until every one holds its verified chain, and what it costs.
 
-    python3 bench/bench_storm.py                                   # 100 nodes, the three set-ups, ~10 min
+    python3 bench/bench_storm.py                                   # 100 nodes, the three set-ups, ~8 min
     python3 bench/bench_storm.py --nodes 50,100,200 --base-mb 192  # the issue's three sizes
     python3 bench/bench_storm.py --nodes 20 --base-mb 32 --layers-mb 4,2,1   # a quick look
 

@@ -185,8 +185,7 @@ def start_layerbootd(work: Path, chain: Chain, host: Host, mirror_urls: list[str
     lines = [f'[store]\nroot = "{chain.paths.root}"\n', "[server]",
              f'public_url = "http://{host.ip}:{ORIGIN_PORT}"',
              "max_connections_per_client = 256",     # a mirror's address forwards its whole rack's misses
-             "max_downloads_per_node = 8",           # stage1 opens 4; the default, stated
-             "boot_scripts_per_minute = 0"]
+             "max_downloads_per_node = 8"]           # stage1 opens 4; the default, stated
     if database:
         lines.append(f'database = "{database}"')
     if mirror_urls:

@@ -16,7 +16,8 @@ Nothing touches the host's own network namespace: every device lives in namespac
 
 Delays need netem (``CONFIG_NET_SCH_NETEM``); on a kernel without it (this CI VM's has only HTB and TBF) the
 links are shaped but add no latency, and :attr:`StormNet.delays` says so. Namespaces are made with
-``ip -batch`` (a 200-node network takes seconds) and always deleted on exit.
+``ip -batch`` (a 200-node network takes seconds) and always deleted on exit; those of a run that was killed
+(``lbs<PID>x*`` whose PID no longer runs) are deleted by the next run as it starts.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 from layerboot.run import run
@@ -31,6 +33,20 @@ from layerboot.run import run
 _counter = itertools.count()
 PREFIX = "10.77"
 MAX_PER_RACK = 240
+
+
+def remove_stale() -> list[str]:
+    """Delete the namespaces of storm networks whose process is gone (killed before it could clean up)."""
+    listing = run(["ip", "netns", "list"], check=False).stdout.decode(errors="replace")
+    stale = []
+    for line in listing.splitlines():
+        name = line.split(maxsplit=1)[0] if line.strip() else ""
+        match = re.fullmatch(r"lbs(\d+)x\d+-\S+", name)
+        if match and not os.path.exists(f"/proc/{match.group(1)}"):
+            stale.append(name)
+    if stale:
+        run(["ip", "-force", "-batch", "-"], input="".join(f"netns del {n}\n" for n in stale).encode(), check=False)
+    return stale
 
 
 @dataclass
@@ -46,7 +62,7 @@ class StormNet:
     rate: str = "1gbit"
     uplink_delay: str = "0.5ms"
     hop_delay: str = "0.5ms"
-    tag: str = field(default_factory=lambda: f"lbs{os.getpid() % 100000}x{next(_counter)}")
+    tag: str = field(default_factory=lambda: f"lbs{os.getpid()}x{next(_counter)}")
     namespaces: list[str] = field(default_factory=list)
     counts: dict[int, int] = field(default_factory=dict)
     delays: bool = False      # whether netem could add the delays (set on entering)
@@ -57,6 +73,7 @@ class StormNet:
 
     # -- life cycle -------------------------------------------------------------------------------------------
     def __enter__(self) -> "StormNet":
+        remove_stale()
         try:
             self._netns_add([self.router])
             lines = ["link set lo up"]
