@@ -92,6 +92,21 @@ def _default_incident_types() -> Any:
     return DEFAULT_TYPES
 
 
+def _mirror_urls(value: Any) -> Any:
+    from layerboot.overlays.mirrors import parse_urls
+    return parse_urls(value)
+
+
+def _mirror_profiles(value: Any) -> Any:
+    from layerboot.overlays.mirrors import parse_profiles
+    return parse_profiles(value)
+
+
+def _render_mirror_profiles(value: Any) -> str:
+    from layerboot.overlays.mirrors import render_profiles
+    return render_profiles(value)
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         if value not in choices:
@@ -110,6 +125,7 @@ class Setting:
     # A structured section (its whole TOML table goes to ``parse``; errors carry a ``path`` below the key),
     # rendered back to TOML by ``render``.
     render: Callable[[Any], str] | None = None
+    shown: str = ""               # the reference's "default" column when the value is too big to print
 
     @property
     def field(self) -> str:
@@ -249,6 +265,21 @@ SETTINGS: tuple[Setting, ...] = (
             "seconds a pending or rejected machine is kept after its last report"),
     Setting("fleet.menu_timeout", _int, 5,
             "seconds the discovery boot's iPXE menu waits before it reports the machine (0: no menu)"),
+    Setting("server.replicas", _bool, False,
+            "run several layerbootd replicas on one store and one PostgreSQL database (server.database): bakes, "
+            "the monitor and clean-up are coordinated through the database (docs/scale.md); false: one "
+            "layerbootd per store, enforced by state/layerbootd.lock"),
+    Setting("server.replica_lease", _seconds, 60,
+            "seconds a replica's claim on a bake or an upload (and the monitor's turn) lasts without being "
+            "renewed; after a replica dies, another one takes its work over within this time"),
+    Setting("mirrors.urls", _mirror_urls, (),
+            "HTTP caches that may serve layers to nodes (http://HOST[:PORT][/PATH] base URLs), named in every "
+            "profile's signed manifests; nodes try them before this server (docs/scale.md)"),
+    Setting("mirrors.order", _choice("latency", "listed"), "latency",
+            "how nodes order the mirrors: 'latency' (the nearest first, measured at boot) or 'listed'"),
+    Setting("mirrors.profiles", _mirror_profiles, (),
+            "per-profile mirror lists replacing mirrors.urls: a table of profile = [URLs] ([] : none)",
+            render=_render_mirror_profiles, shown="none"),
     Setting("monitor.enabled", _bool, True,
             "run the fleet monitor inside layerbootd (incidents, action ladders, notifications; docs/monitor.md)"),
     Setting("monitor.interval", _int, 15, "seconds between two checks of every node"),
@@ -262,7 +293,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("monitor.power_timeout", _int, 30, "seconds one power command (IPMI, Redfish, QMP) may take"),
     Setting("monitor.incidents", _incident_types, _default_incident_types(),
             "incident types: thresholds, damping, notifications and action ladders (see docs/monitor.md)",
-            render=_render_incident_types),
+            render=_render_incident_types, shown="see docs/monitor.md"),
     Setting("notify.email_to", _str_list, (), "addresses that get incident mail (empty: no email channel)"),
     Setting("notify.email_from", _str, "", "sender of incident mail; empty: layerbootd@ this host's name"),
     Setting("notify.smtp_host", _str, "localhost", "SMTP server for incident mail"),
@@ -378,6 +409,6 @@ def settings_reference() -> str:
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for s in SETTINGS:
         shown = list(s.default) if isinstance(s.default, tuple) else s.default
-        default = "see docs/monitor.md" if s.render is not None else f"`{shown}`"
+        default = s.shown or f"`{shown}`"
         rows.append(f"| `{s.key}` | {default} | {s.help} |")
     return "\n".join(rows) + "\n"

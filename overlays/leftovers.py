@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,9 +165,30 @@ def remove(leftover: Leftover) -> bool:
     return True
 
 
-def sweep(paths: Paths, *, repair: bool) -> tuple[list[Leftover], list[Leftover]]:
-    """Find every leftover; with ``repair`` remove what can be removed. Returns (found, removed)."""
-    found = find_temp_files(paths) + find_scratch(paths)
+def age(path: Path) -> float:
+    """Seconds since anything in ``path`` (a file, or a directory tree) last changed."""
+    newest = 0.0
+    try:
+        newest = path.lstat().st_mtime
+        if path.is_dir() and not path.is_symlink():
+            for dirpath, dirnames, filenames in os.walk(path):
+                for name in dirnames + filenames:
+                    try:
+                        newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
+                    except OSError:
+                        pass
+    except OSError:
+        pass
+    return time.time() - newest
+
+
+def sweep(paths: Paths, *, repair: bool, min_age: float = 0.0) -> tuple[list[Leftover], list[Leftover]]:
+    """Find every leftover; with ``repair`` remove what can be removed. Returns (found, removed).
+
+    ``min_age``: temp files and scratch that changed less than this many seconds ago are not leftovers yet
+    (replicas on a shared store: another host's work in progress, should its flock not reach this host).
+    """
+    found = [item for item in find_temp_files(paths) + find_scratch(paths) if not min_age or age(item.path) >= min_age]
     removed = []
     if repair:
         removed += [item for item in found if remove(item)]

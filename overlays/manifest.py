@@ -6,6 +6,8 @@ On disk and on the wire a manifest is a JSON envelope::
 
 The signature covers the exact UTF-8 bytes of ``payload``, so no canonical re-serialisation is needed to verify.
 
+The payload may name mirrors (``mirrors``, ``mirror_order``; overlays/mirrors.py), left out when there are none.
+
 The signed payload says what it is for: ``profile`` always, ``node`` (a MAC) for a manifest made for one node
 only (null: every node of the profile). Whoever verifies one also checks it is the one asked for
 (:func:`check_binding`): a man in the middle cannot hand a node another profile's or another node's manifest,
@@ -22,6 +24,7 @@ from typing import Any
 from layerboot import strictjson
 from layerboot.errors import LayerbootError
 from layerboot.overlays.keys import key_id, public_raw, verify_signature
+from layerboot.overlays.mirrors import ORDERS, parse_urls
 from layerboot.overlays.names import check_digest, check_node_name, check_profile_name
 
 MANIFEST_FORMAT = "layerboot-manifest/1"
@@ -82,6 +85,8 @@ class Manifest:
     kernel: Artifact | None = None
     initrd: Artifact | None = None
     node: str | None = None               # the one node (MAC) this manifest is for; None: any node of the profile
+    mirrors: tuple[str, ...] = ()         # HTTP caches that may serve the layers (overlays/mirrors.py), in order
+    mirror_order: str = "latency"         # how stage1 orders them: "latency" (nearest first) or "listed"
     format: str = field(default=MANIFEST_FORMAT)
 
     def __post_init__(self) -> None:
@@ -95,6 +100,12 @@ class Manifest:
                 raise ManifestError(f"generation and serial must be positive integers, got {number!r}")
         if not isinstance(self.created, str) or not isinstance(self.cmdline, str):
             raise ManifestError("a manifest's 'created' and 'cmdline' must be strings")
+        try:
+            object.__setattr__(self, "mirrors", parse_urls(list(self.mirrors)))
+        except (TypeError, ValueError) as err:
+            raise ManifestError(f"a manifest's 'mirrors': {err}") from None
+        if self.mirror_order not in ORDERS:
+            raise ManifestError(f"a manifest's 'mirror_order' must be one of {', '.join(ORDERS)}")
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -102,6 +113,10 @@ class Manifest:
         for name in ("kernel", "initrd"):
             artifact = getattr(self, name)
             data[name] = None if artifact is None else artifact.as_dict()
+        if self.mirrors:      # additive: a manifest without mirrors reads exactly as before they existed
+            data["mirrors"] = list(self.mirrors)
+        else:
+            del data["mirrors"], data["mirror_order"]
         return json.dumps(data, indent=1, sort_keys=True)
 
     @classmethod
@@ -117,6 +132,7 @@ class Manifest:
                 created=data["created"], cmdline=data.get("cmdline", ""),
                 layers=tuple(Artifact(**item) for item in data["layers"]),
                 kernel=artifact(data.get("kernel")), initrd=artifact(data.get("initrd")), node=data.get("node"),
+                mirrors=tuple(data.get("mirrors") or ()), mirror_order=data.get("mirror_order", "latency"),
             )
         except (KeyError, TypeError) as err:
             raise ManifestError(f"malformed manifest: {err}") from None

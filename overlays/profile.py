@@ -21,6 +21,7 @@ from layerboot.overlays.keys import load_private_key
 from layerboot.overlays.cmdline import check_cmdline
 from layerboot.overlays.layer import Layer, utc_now
 from layerboot.overlays.manifest import Artifact, Manifest, sign_manifest
+from layerboot.overlays.mirrors import MirrorPolicy
 from layerboot.overlays.names import check_digest, check_profile_name
 from layerboot.overlays.serial import locked, next_serial
 from layerboot.overlays.store import Store
@@ -109,9 +110,11 @@ class GenerationDiff:
 
 
 class Profiles:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, mirrors: MirrorPolicy | None = None) -> None:
+        """``mirrors``: what new manifests name as mirrors (the ``mirrors.*`` settings; none by default)."""
         self.store = store
         self.paths = store.paths
+        self.mirrors = mirrors or MirrorPolicy()
 
     # -- reading -----------------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -241,6 +244,13 @@ class Profiles:
         return self._commit(name, gen.layers, "set " + ", ".join(parts), cmdline=new_cmdline, kernel=new_kernel,
                             initrd=new_initrd, modules=new_modules, expect_number=gen.number)
 
+    def republish(self, name: str, action: str) -> Generation:
+        """A new generation with the same content, so its manifest is signed again with what changed outside
+        the generation record (the mirrors settings: ``layerboot mirror publish``)."""
+        gen = self.current(name)
+        return self._commit(name, gen.layers, action, cmdline=gen.cmdline, kernel=gen.kernel, initrd=gen.initrd,
+                            modules=gen.modules, expect_number=gen.number)
+
     def replace_layers(self, name: str, layers: tuple[str, ...], action: str, *, expect_number: int) -> Generation:
         """Commit an arbitrary new layer list (used by squash); fails if the profile moved on meanwhile."""
         gen = self.current(name)
@@ -345,6 +355,7 @@ class Profiles:
             profile=gen.profile, generation=gen.number, serial=gen.serial, created=gen.created,
             cmdline=gen.cmdline, layers=tuple(layer(d) for d in gen.chain),
             kernel=artifact(gen.kernel), initrd=artifact(gen.initrd),
+            mirrors=self.mirrors.for_profile(gen.profile), mirror_order=self.mirrors.order,
         )
 
     # -- checks ------------------------------------------------------------------------------------------

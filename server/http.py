@@ -89,6 +89,7 @@ class ServerState:
     fleet: Any = None            # layerboot.server.fleet.queries.Fleet: named nodes, groups, discoveries
     node_manifests: Any = None   # layerboot.server.fleet.manifest.NodeManifests: per-node manifests
     discovery_limiter: Any = None   # auth.ratelimit.RateLimiter: discovery reports and polls per address
+    replica: Any = None          # layerboot.server.replica.member.Replica: this daemon's id and claims
 
 
 STATE = web.AppKey("layerboot", ServerState)
@@ -373,6 +374,8 @@ def status_data(state: ServerState) -> dict[str, Any]:
         data["uploads"] = state.uploads.counts()
     data["in_progress"] = ({"connections": 0, "downloads": 0, "uploads": 0} | state.slots.counts()
                            | {"sending": state.sender.active() if state.sender else 0})
+    if state.replica is not None and state.replica.enabled:
+        data["replica"] = {"id": state.replica.id, "others": [row["id"] for row in state.replica.others()]}
     return data
 
 

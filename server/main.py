@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from layerboot import __version__, progress, systemd
-from layerboot.atomic import write_text
+from layerboot.atomic import create_exclusive
 from layerboot.errors import LayerbootError
 from layerboot.log import SafeFormatter, run_main
+from layerboot.overlays.mirrors import MirrorPolicy
 from layerboot.overlays.profile import Profiles
 from layerboot.overlays.store import Store
 from layerboot.paths import Paths
@@ -92,9 +93,18 @@ def admin_token(paths: Paths) -> str:
             return token
     except FileNotFoundError:
         pass
-    token = secrets.token_hex(24)
-    write_text(path, token + "\n", mode=0o600)
-    return token
+    # exclusive: replicas starting together on a fresh store must end up with one token, not one each
+    create_exclusive(path, (secrets.token_hex(24) + "\n").encode(), mode=0o600)
+    return path.read_text(encoding="utf-8").strip()
+
+
+def check_replicas(config: Any) -> None:
+    """server.replicas needs a database every replica reaches: PostgreSQL, not the store's SQLite file."""
+    if config.server_replicas and not config.server_database.startswith(("postgresql:", "postgres:",
+                                                                         "postgresql+psycopg:")):
+        raise LayerbootError("server.replicas = true needs a PostgreSQL server.database (postgresql://...): the "
+                             "replicas coordinate their bakes and the monitor through it",
+                             hint="set server.database, or server.replicas = false for one layerbootd per store")
 
 
 def _port(text: str) -> int:
@@ -155,6 +165,7 @@ async def serve(config: Any, reload_config: Any = None) -> None:
     from layerboot.server.nodes import Registry
     from layerboot.server.objects import ProfileIndex
     from layerboot.server.queue import Uploads
+    from layerboot.server.replica.member import Replica, scrub_turn
     from layerboot.server.verify import ObjectVerifier, keep_verified
 
     if config.server_public_url:
@@ -166,12 +177,16 @@ async def serve(config: Any, reload_config: Any = None) -> None:
     store.require_initialized()
     if not paths.signing_key.exists():
         raise LayerbootError(f"the store at {paths.root} has no signing key", hint="run 'layerboot key generate'")
+    check_replicas(config)
     for directory in (paths.incoming, paths.state, paths.tmp):
         directory.mkdir(parents=True, exist_ok=True)
-    lock = DaemonLock(paths).acquire()   # held for the daemon's life; the kernel drops it when we exit
-    profiles = Profiles(store)
+    # held for the daemon's life (shared by replicas); the kernel drops it when we exit
+    lock = DaemonLock(paths, shared=config.server_replicas).acquire()
+    profiles = Profiles(store, mirrors=MirrorPolicy.from_config(config))
     db = open_database(config, paths)
     log.info("database %s (schema version %d)", db.display_url, db.scalar("SELECT max(version) FROM schema_version"))
+    replica = Replica(db, enabled=config.server_replicas, lease=config.server_replica_lease,
+                      url=config.server_public_url)
     limits, slots = Limits.from_config(config), Slots()
     per_minute = config.server_boot_scripts_per_minute
     state = ServerState(config=config, paths=paths, store=store, profiles=profiles, registry=Registry(db),
@@ -180,7 +195,7 @@ async def serve(config: Any, reload_config: Any = None) -> None:
                         secrets=NodeSecrets(db), boot_limiter=RateLimiter(per_minute, burst=per_minute),
                         started=time.monotonic(), limits=limits, slots=slots,
                         guard=ConnectionGuard(slots, limits.connections_per_client),
-                        sender=Sender(send_timeout=limits.send_timeout))
+                        sender=Sender(send_timeout=limits.send_timeout), replica=replica)
     from layerboot.server.api.jobs import Jobs
     from layerboot.server.auth.admins import Admins, LoginLimits
     state.admins = Admins(db, LoginLimits.from_config(config))
@@ -199,6 +214,8 @@ async def serve(config: Any, reload_config: Any = None) -> None:
         state.monitor = Monitor(state)
     state.uploads = Uploads(state)
     state.verifier = ObjectVerifier(store.objects, enabled=config.server_verify_objects)
+    replica.renewers.append(state.uploads.records)
+    await replica.start()
     await state.uploads.start()
 
     app = build_app(state, client_max_size=1 << 20)
@@ -235,7 +252,8 @@ async def serve(config: Any, reload_config: Any = None) -> None:
     log.info("layerbootd %s serving %s on %s", __version__, paths.root, where)
     systemd.notify("READY=1", f"STATUS=serving {paths.root} on {where}")
     verifying = asyncio.create_task(keep_verified(state.verifier, profiles,
-                                                  scrub_interval=config.server_scrub_interval))
+                                                  scrub_interval=config.server_scrub_interval,
+                                                  turn=scrub_turn(replica, config.server_scrub_interval)))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -261,6 +279,7 @@ async def serve(config: Any, reload_config: Any = None) -> None:
             await state.monitor.stop()
         state.sender.stop()
         await state.uploads.stop()
+        await replica.stop()
         state.verifier.close()
         db.close()
         lock.release()

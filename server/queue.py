@@ -34,6 +34,7 @@ from layerboot.server.uploads import (UploadRecords, append_layer, is_complete_n
 log = logging.getLogger("layerboot.server.queue")
 
 SWEEP_SECONDS = 5.0
+CLEANUP_SECONDS = 600.0      # with replicas: how often crash leftovers are looked for again (not only at start)
 
 
 class QueueFull(LayerbootError):
@@ -47,7 +48,12 @@ class Uploads:
         self.state = state
         self.paths = state.paths
         self.config = state.config
-        self.records = UploadRecords(state.registry.db, state.paths, default_policy=state.config.server_upload_policy)
+        replica = getattr(state, "replica", None)
+        self.replicas = bool(replica is not None and replica.enabled)   # server.replicas: others share the queue
+        self.records = UploadRecords(state.registry.db, state.paths, default_policy=state.config.server_upload_policy,
+                                     owner=replica.id if replica is not None else "",
+                                     lease=float(state.config.server_replica_lease))
+        self.next_cleanup = time.monotonic() + CLEANUP_SECONDS
         self.wake = asyncio.Event()
         self.append_lock = asyncio.Lock()
         self.workers: list[asyncio.Task[None]] = []
@@ -67,10 +73,11 @@ class Uploads:
 
     # -- life cycle --------------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Clean what a crash left, recover the queue, start the workers (the caller holds the daemon lock)."""
+        """Clean what a crash left, recover the queue, start the workers (the caller holds the daemon lock:
+        alone, or shared with the other replicas, whose work in progress is left alone)."""
         queue_dir(self.paths).mkdir(parents=True, exist_ok=True)
         self.clean_leftovers()
-        requeued, failed = self.records.recover()
+        requeued, failed = self.records.recover(alone=not self.replicas)
         if requeued or failed:
             log.info("recovered the upload queue: %d re-queued, %d failed", requeued, failed)
         self.records.expire_failed()
@@ -94,9 +101,14 @@ class Uploads:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def clean_leftovers(self) -> None:
-        """Remove what a killed process left in the store and the queue (overlays.leftovers), and log it."""
-        found, removed = leftovers.sweep(self.paths, repair=True)
-        queue = self.records.queue_leftovers()
+        """Remove what a killed process left in the store and the queue (overlays.leftovers), and log it.
+
+        With replicas, temp files and scratch are removed only when nobody holds them (as always) *and* they
+        have not changed for two leases, in case the shared filesystem does not carry another host's flock.
+        """
+        min_age = 2 * self.records.lease if self.replicas else 0.0
+        found, removed = leftovers.sweep(self.paths, repair=True, min_age=min_age)
+        queue = [item for item in self.records.queue_leftovers() if leftovers.age(item.path) >= min_age]
         found += queue
         removed += [item for item in queue if leftovers.remove(item)]
         for item in found:
@@ -148,8 +160,17 @@ class Uploads:
     def take_sftp_file(self, path: Path) -> None:
         """Move a completed file from a node's area into the queue (unless the queue is full).
 
-        Its bytes were counted against the node's quota while they were written (server.sftp).
+        Its bytes were counted against the node's quota while they were written (server.sftp). Replicas all
+        see the file: the one that gets the file's database lock takes it, the others leave it.
         """
+        try:
+            with self.records.db.exclusive(f"layerboot-sftp:{path}") as mine:
+                if mine and path.is_file():
+                    self._take_sftp_file(path)
+        except DatabaseError:
+            return   # stays in the node's area; a later sweep takes it
+
+    def _take_sftp_file(self, path: Path) -> None:
         try:
             mac = normalize_mac(path.parent.name)
             node = self.state.registry.find(mac)
@@ -195,6 +216,12 @@ class Uploads:
                 stuck = self.records.requeue_stuck(self.active)
                 if stuck:
                     log.warning("re-queued %d upload(s) whose bake outcome could not be recorded", stuck)
+                for upload, done in self.records.take_over():
+                    log.warning("upload %s: %s stopped renewing its claim (lease over since %.0f s): %s",
+                                upload.id, upload.owner or "a daemon", time.time() - (upload.lease_until or 0), done)
+                if self.replicas and time.monotonic() >= self.next_cleanup:
+                    self.next_cleanup = time.monotonic() + CLEANUP_SECONDS
+                    self.clean_leftovers()
             except Exception as err:   # a full disk or a failing sqlite write: try again next time
                 problem = storage_error(err)
                 log.warning("queue sweep failed: %s", problem.message if problem else err)
@@ -239,11 +266,11 @@ class Uploads:
         try:
             allow = self.records.allowed(upload.profile)   # read here: the database stays on the loop thread
             digest = await loop.run_in_executor(self.pool, self._bake, upload, allow)
-            generation = None
-            if self.records.policy(upload.profile) == "auto":
-                async with self.append_lock:   # one new generation at a time
-                    generation = await loop.run_in_executor(self.pool, append_layer, self.state.profiles,
-                                                            upload.profile, digest)
+            auto = self.records.policy(upload.profile) == "auto"
+            append = (lambda: append_layer(self.state.profiles, upload.profile, digest)) if auto else None
+            async with self.append_lock:   # one new generation at a time (across replicas: the row lock)
+                recorded, generation = await loop.run_in_executor(
+                    self.pool, self.records.finish_bake, upload.id, digest, append, "" if auto else "held for approval")
         except asyncio.CancelledError:
             raise
         except Exception as err:
@@ -252,9 +279,12 @@ class Uploads:
                 log.exception("upload %s: internal error", upload.id)
             self._record(self._failure, upload, outcome.retry, outcome.message)
             return
+        if not recorded:
+            log.warning("upload %s: baked into layer %s, but another replica took the upload over meanwhile "
+                        "(this one's claim ran out): leaving it to that one", upload.id, digest[:12])
+            return
+        Path(upload.path).unlink(missing_ok=True)
         held = generation is None
-        if self._record(self.records.baked, upload.id, digest, generation, "held for approval" if held else ""):
-            Path(upload.path).unlink(missing_ok=True)
         log.info("upload %s baked into layer %s in %.1fs%s", upload.id, digest[:12], time.monotonic() - started,
                  f"; held for 'layerboot uploads approve {upload.id}'" if held
                  else f"; profile {upload.profile} generation {generation}")
@@ -263,12 +293,15 @@ class Uploads:
         if retry:
             delay = backoff(upload.attempts, initial=self.config.server_retry_initial,
                             maximum=self.config.server_retry_max)
-            self.records.retry(upload.id, message, delay=delay)
-            log.warning("upload %s: bake attempt %d failed, retrying in %.0fs: %s", upload.id, upload.attempts,
-                        delay, message)
-        else:
-            self.records.failed(upload.id, message, keep=self.config.server_failed_upload_keep)
+            if self.records.retry(upload.id, message, delay=delay, fenced=True):
+                log.warning("upload %s: bake attempt %d failed, retrying in %.0fs: %s", upload.id, upload.attempts,
+                            delay, message)
+                return
+        elif self.records.failed(upload.id, message, keep=self.config.server_failed_upload_keep, fenced=True):
             log.warning("upload %s refused: %s", upload.id, message)
+            return
+        log.warning("upload %s: bake attempt %d failed (%s), but another replica took it over meanwhile",
+                    upload.id, upload.attempts, message)
 
     def _record(self, action: Any, *args: Any) -> bool:
         """Write a bake's outcome; when the database cannot be written the row stays 'baking' and the

@@ -10,6 +10,11 @@
 * ``received``: complete on disk, waiting for a bake worker.
 * ``baking``: a worker is on it. Baking publishes a layer only when complete (overlays.bake), so on restart a
   ``baking`` row simply goes back to ``received``. ``attempts`` counts the bakes started.
+* ``owner`` and ``lease_until`` (``receiving`` and ``baking``): the replica working on it and until when its
+  claim holds unless renewed (server/replica). Alone on a store, a daemon's start takes every such row over;
+  with replicas only those whose lease has run out (their replica died), and a bake's outcome is recorded only
+  while the claim is still the baker's (:meth:`UploadRecords.finish_bake`), so an upload is baked into the
+  profile at most once.
 * ``retry``: the last bake failed for a reason that is not the upload's content (a full or failing disk, a
   tool killed by a signal, an internal error): the file stays queued and is baked again at ``next_try``
   (exponential backoff, server.retry_initial .. server.retry_max); ``last_error`` says why.
@@ -97,6 +102,8 @@ class Upload:
     next_try: float | None = None      # epoch seconds, for state ``retry``
     last_error: str = ""
     keep_until: float | None = None    # epoch seconds: a failed upload's file is kept until then
+    owner: str = ""                    # the replica receiving or baking it (server/replica), "" otherwise
+    lease_until: float | None = None   # epoch seconds: the owner's claim lasts until then unless renewed
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "Upload":
@@ -106,9 +113,11 @@ class Upload:
         return dict(self.__dict__)
 
     def public_dict(self) -> dict[str, Any]:
-        """For HTTP answers and ``uploads list --json``: without the server's file path, with ``held``."""
+        """For HTTP answers and ``uploads list --json``: without the server's own business (its file path, the
+        replica holding the upload and its lease), with ``held``."""
         data = self.to_dict()
-        data.pop("path", None)
+        for private in ("path", "owner", "lease_until"):
+            data.pop(private, None)
         data["held"] = self.held
         return data
 
@@ -120,10 +129,15 @@ class Upload:
 class UploadRecords:
     """The uploads table and per-profile policies; used by layerbootd and by ``layerboot uploads``."""
 
-    def __init__(self, db: "Database", paths: Paths, *, default_policy: str = "hold") -> None:
+    def __init__(self, db: "Database", paths: Paths, *, default_policy: str = "hold", owner: str = "",
+                 lease: float = 60.0) -> None:
+        """``owner``: the replica id this process claims work as (server/replica); ``lease``: seconds a claim
+        lasts unless renewed (server.replica_lease)."""
         self.db = db
         self.paths = paths
         self.default_policy = default_policy
+        self.owner = owner
+        self.lease = lease
 
     # -- rows --------------------------------------------------------------------------------------------
     def begin(self, mac: str, profile: str, name: str, *, via: str, size: int = 0) -> Upload:
@@ -132,9 +146,10 @@ class UploadRecords:
         path = queue_dir(self.paths) / f"{upload_id}.tar.zst"
         now = utc_now()
         self.db.execute(
-            "INSERT INTO uploads (id, mac, profile, name, path, size, via, state, received, updated) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 'receiving', ?, ?)",
-            (upload_id, mac, profile, check_upload_name(name), str(path), size, via, now, now))
+            "INSERT INTO uploads (id, mac, profile, name, path, size, via, state, received, updated, owner, "
+            "lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, 'receiving', ?, ?, ?, ?)",
+            (upload_id, mac, profile, check_upload_name(name), str(path), size, via, now, now, self.owner,
+             time.time() + self.lease))
         return self.get(upload_id)
 
     @staticmethod
@@ -178,7 +193,8 @@ class UploadRecords:
         return counts
 
     def claim(self, now: float | None = None) -> Upload | None:
-        """Take the oldest ``received`` upload, or ``retry`` one that is due, and mark it ``baking`` (atomically).
+        """Take the oldest ``received`` upload, or ``retry`` one that is due, and mark it ``baking`` with this
+        process as its owner for one lease (atomically).
 
         Safe from several threads or processes at once: on PostgreSQL a claimer skips the rows another one
         has locked (FOR UPDATE SKIP LOCKED); on SQLite BEGIN IMMEDIATE lets one claimer in at a time.
@@ -190,8 +206,39 @@ class UploadRecords:
             if row is None:
                 return None
             tx.execute("UPDATE uploads SET state = 'baking', updated = ?, attempts = attempts + 1, "
-                       "next_try = NULL WHERE id = ?", (utc_now(), row["id"]))
+                       "next_try = NULL, owner = ?, lease_until = ? WHERE id = ?",
+                       (utc_now(), self.owner, now + self.lease, row["id"]))
         return self.get(row["id"])
+
+    def renew(self, now: float | None = None) -> int:
+        """Extend the lease of every upload this process is receiving or baking; returns how many."""
+        now = time.time() if now is None else now
+        return self.db.execute("UPDATE uploads SET lease_until = ? WHERE owner = ? AND state IN "
+                               "('receiving', 'baking')", (now + self.lease, self.owner))
+
+    def finish_bake(self, upload_id: str, digest: str, append: Any = None,
+                    message: str = "") -> tuple[bool, int | None]:
+        """Record a bake as done, fenced by the claim: only while the upload is still ``baking`` and ours (a
+        replica whose lease ran out while it was stalled must not record a bake another one took over).
+
+        ``append()`` (policy auto: add the layer to the profile, returns the generation) runs inside the same
+        transaction, with the upload's row locked, so a bake is appended at most once. Returns (recorded,
+        generation).
+        """
+        with self.db.transaction() as tx:
+            row = tx.one("SELECT owner FROM uploads WHERE id = ? AND state = 'baking'" + tx.for_update(),
+                         (upload_id,))
+            if row is None or row["owner"] != self.owner:
+                return False, None
+            generation = append() if append is not None else None
+            tx.execute("UPDATE uploads SET state = 'baked', updated = ?, layer = ?, generation = ?, message = ?, "
+                       "lease_until = NULL WHERE id = ?", (utc_now(), digest, generation, message, upload_id))
+        return True, generation
+
+    def still_ours(self, upload_id: str) -> bool:
+        """Whether this process still holds the claim on a ``baking`` upload."""
+        return bool(self.db.scalar("SELECT count(*) FROM uploads WHERE id = ? AND state = 'baking' AND owner = ?",
+                                   (upload_id, self.owner)))
 
     def next_due(self) -> float | None:
         """When the earliest ``retry`` upload is due (epoch seconds), or None."""
@@ -200,20 +247,27 @@ class UploadRecords:
     def baked(self, upload_id: str, layer: str, generation: int | None, message: str = "") -> None:
         self._set(upload_id, "baked", layer=layer, generation=generation, message=message)
 
-    def failed(self, upload_id: str, message: str, *, keep: float = 0) -> None:
-        """Mark an upload failed; its file (if any) is kept ``keep`` seconds for inspection, else removed."""
+    def failed(self, upload_id: str, message: str, *, keep: float = 0, fenced: bool = False) -> bool:
+        """Mark an upload failed; its file (if any) is kept ``keep`` seconds for inspection, else removed.
+
+        ``fenced``: a bake's own outcome, recorded only while the upload is still ``baking`` and ours (False
+        when another replica took it over meanwhile: then nothing changes).
+        """
         upload = self.get(upload_id)
         kept = keep > 0 and Path(upload.path).is_file()
-        self._set(upload_id, "failed", message=message, next_try=None,
-                  keep_until=time.time() + keep if kept else None)
+        if not self._set(upload_id, "failed", fenced=fenced, message=message, next_try=None,
+                         keep_until=time.time() + keep if kept else None, lease_until=None):
+            return False
         if not kept:
             Path(upload.path).unlink(missing_ok=True)
+        return True
 
-    def retry(self, upload_id: str, error: str, *, delay: float) -> None:
-        """A failure that is not the upload's fault: keep it queued and bake it again in ``delay`` seconds."""
+    def retry(self, upload_id: str, error: str, *, delay: float, fenced: bool = False) -> bool:
+        """A failure that is not the upload's fault: keep it queued and bake it again in ``delay`` seconds.
+        ``fenced`` as for :meth:`failed`."""
         when = time.time() + delay
-        self._set(upload_id, "retry", next_try=when, last_error=error,
-                  message=f"retry at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(when))}")
+        return self._set(upload_id, "retry", fenced=fenced, next_try=when, last_error=error, lease_until=None,
+                         message=f"retry at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(when))}")
 
     def retry_now(self, upload_id: str | None = None) -> int:
         """Make ``retry`` uploads (one, or all) due at once; returns how many."""
@@ -225,12 +279,45 @@ class UploadRecords:
         return self.db.execute(query, tuple(args))
 
     def requeue_stuck(self, active: set[str]) -> int:
-        """Put ``baking`` rows no worker is on (their outcome could not be written) back in the queue."""
-        stuck = [u for u in self.list(state="baking", limit=1_000_000) if u.id not in active]
+        """Put this process's ``baking`` rows no worker of it is on (their outcome could not be written) back
+        in the queue. Other replicas' rows are theirs until their lease runs out (:meth:`take_over`)."""
+        stuck = [u for u in self.list(state="baking", limit=1_000_000) if u.id not in active and u.owner == self.owner]
         for upload in stuck:
             self._set(upload.id, "retry", next_try=time.time(), message="re-queued",
                       last_error="the outcome of its last bake could not be recorded")
         return len(stuck)
+
+    def take_over(self, now: float | None = None) -> list[tuple[Upload, str]]:
+        """Uploads whose owner stopped renewing its claim (a replica killed or cut off) and whose lease has
+        run out: ``baking`` ones go back to ``received``, ``receiving`` ones as :meth:`recover` says.
+        Returns each with what was done."""
+        now = time.time() if now is None else now
+        rows = [Upload.from_row(r) for r in self.db.all(
+            "SELECT * FROM uploads WHERE state IN ('receiving', 'baking') AND owner <> ? AND lease_until IS NOT NULL "
+            "AND lease_until < ? ORDER BY received, id", (self.owner, now))]
+        return [(upload, done) for upload in rows if (done := self._recover_one(upload, now))]
+
+    def _recover_one(self, upload: Upload, now: float) -> str:
+        """Re-queue or fail one abandoned ``receiving``/``baking`` row, unless someone renewed it meanwhile."""
+        guard = "id = ? AND state = ? AND owner = ? AND (lease_until IS NULL OR lease_until < ?)"
+        args = (upload.id, upload.state, upload.owner, now)
+        if upload.state == "baking":
+            changed = self.db.execute(f"UPDATE uploads SET state = 'received', updated = ?, message = ?, owner = '', "
+                                      f"lease_until = NULL WHERE {guard}", (utc_now(), "re-queued: its bake was "
+                                      "abandoned (the daemon that baked it stopped)", *args))
+            return "re-queued its bake" if changed else ""
+        if Path(upload.path).is_file():
+            changed = self.db.execute(f"UPDATE uploads SET state = 'received', updated = ?, size = ?, owner = '', "
+                                      f"lease_until = NULL WHERE {guard}",
+                                      (utc_now(), Path(upload.path).stat().st_size, *args))
+            return "queued the complete file" if changed else ""
+        changed = self.db.execute(f"UPDATE uploads SET state = 'failed', updated = ?, message = ?, owner = '', "
+                                  f"lease_until = NULL, next_try = NULL WHERE {guard}",
+                                  (utc_now(), "interrupted while receiving (the daemon stopped); upload it again",
+                                   *args))
+        if changed:
+            self.part_path(upload).unlink(missing_ok=True)
+        return "failed it: cut off while receiving" if changed else ""
 
     def expire_failed(self, now: float | None = None) -> list[Upload]:
         """Remove the files of failed uploads whose inspection time is over; returns those uploads."""
@@ -248,28 +335,29 @@ class UploadRecords:
             f"SELECT * FROM uploads WHERE mac = ? AND (state IN {PENDING} OR (state = 'failed' AND keep_until "
             "IS NOT NULL) OR (state = 'baked' AND generation IS NULL)) ORDER BY received, id", (mac,))]
 
-    def _set(self, upload_id: str, state: str, **fields: Any) -> None:
+    def _set(self, upload_id: str, state: str, *, fenced: bool = False, **fields: Any) -> bool:
+        """Set an upload's state and fields; ``fenced``: only if it is ``baking`` and ours. True if it changed."""
         names = "".join(f", {key} = ?" for key in fields)
-        self.db.execute(f"UPDATE uploads SET state = ?, updated = ?{names} WHERE id = ?",
-                        (state, utc_now(), *fields.values(), upload_id))
+        fence, args = (" AND state = 'baking' AND owner = ?", (self.owner,)) if fenced else ("", ())
+        return bool(self.db.execute(f"UPDATE uploads SET state = ?, updated = ?{names} WHERE id = ?{fence}",
+                                    (state, utc_now(), *fields.values(), upload_id, *args)))
 
-    def recover(self) -> tuple[int, int]:
-        """After a crash or restart: finish or fail ``receiving`` rows, re-queue ``baking`` ones.
+    def recover(self, *, alone: bool = True) -> tuple[int, int]:
+        """At start: finish or fail ``receiving`` rows, re-queue ``baking`` ones, fail queued ones whose file
+        vanished. Returns (re-queued, failed).
 
-        Returns (re-queued, failed).
+        ``alone`` (one layerbootd per store, holding the daemon lock): every such row was left by a process
+        that is gone, whatever its lease says. With replicas, only rows whose lease has run out: the others
+        belong to a replica that is working on them now.
         """
         requeued = failed = 0
-        for upload in self.list(state="receiving"):
-            if Path(upload.path).is_file():
-                self._set(upload.id, "received", size=Path(upload.path).stat().st_size)
-                requeued += 1
-            else:
-                self.part_path(upload).unlink(missing_ok=True)
-                self.failed(upload.id, "interrupted while receiving (the daemon stopped); upload it again")
-                failed += 1
-        for upload in self.list(state="baking"):
-            self._set(upload.id, "received", message="re-queued after a restart")
-            requeued += 1
+        now = float("inf") if alone else time.time()
+        for upload in [*self.list(state="receiving", limit=1_000_000), *self.list(state="baking", limit=1_000_000)]:
+            if upload.owner == self.owner and not alone:
+                continue
+            done = self._recover_one(upload, now)
+            failed += done.startswith("failed")
+            requeued += bool(done) and not done.startswith("failed")
         for upload in [*self.list(state="received"), *self.list(state="retry")]:
             if not Path(upload.path).is_file():
                 self.failed(upload.id, "its file vanished from the queue directory")

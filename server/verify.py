@@ -150,10 +150,12 @@ class ObjectVerifier:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-async def keep_verified(verifier: ObjectVerifier, profiles: Any, *, scrub_interval: int) -> None:
+async def keep_verified(verifier: ObjectVerifier, profiles: Any, *, scrub_interval: int,
+                        turn: Any = None) -> None:
     """Layerbootd's background task: right after start, verify what the profiles' current generations name
     (what booting nodes ask for first, so they need not wait for the hash); then every ``scrub_interval``
-    seconds re-hash every object in the store (0: never)."""
+    seconds re-hash every object in the store (0: never). ``turn()`` (blocking) says whether this replica
+    scrubs this time: replicas share one store, so one scrub of it is enough (server/replica)."""
     if not verifier.enabled:
         return
     try:
@@ -167,6 +169,8 @@ async def keep_verified(verifier: ObjectVerifier, profiles: Any, *, scrub_interv
     while scrub_interval:
         await asyncio.sleep(scrub_interval)
         try:
+            if turn is not None and not await asyncio.to_thread(turn):
+                continue
             await verifier.sweep(profiles.store.digests(), force=True, what="scrub")
         except Exception as err:
             log.warning("scrub stopped: %s; next one in %ds", err, scrub_interval)

@@ -439,3 +439,50 @@ def test_cache_layers_are_verified_before_use(daemon: Daemon, node_store: dict, 
     assert node.text().count(": from the cache") == len(layers) - 1
     assert re.search(rf"layer {victim[:12]}: \d+ bytes in ", node.text())   # fetched again from the server
     print("cache: altered layer refused and fetched again; cached layers checked by fs-verity")
+
+
+def test_layers_come_through_a_rack_mirror_after_a_dead_one(daemon: Daemon, node_store: dict, kernel,  # noqa: ANN001
+                                                            tmp_path: Path) -> None:
+    """A profile whose signed manifest names a dead mirror, then a real nginx mirror made by 'layerboot mirror
+    nginx-config': stage1 drops the dead one in one line, fetches every layer through the mirror, boots."""
+    from layerboot.overlays.mirrors import MirrorPolicy
+    from layerboot.ports import free_port, wait_listening
+    from layerboot.run import Process, require_tool
+    from layerboot.tools.cli import main
+
+    port, dead, mac = free_port(), free_port(), "52:54:00:12:34:57"
+    run_dir, conf = tmp_path / "mirror", tmp_path / "mirror.conf"
+    assert main(["mirror", "nginx-config", "--origin", daemon.url, "--listen", f"127.0.0.1:{port}", "--full",
+                 "--user", "root", "--run-dir", str(run_dir), "--cache-dir", str(run_dir / "cache"), "--foreground",
+                 "-o", str(conf)]) == 0
+    run_dir.mkdir()
+    mirrors = (f"http://10.0.2.2:{dead}", f"http://10.0.2.2:{port}")    # the host, as the guest reaches it
+    node = node_store["profiles"].current("node")
+    mirrored = Profiles(node_store["profiles"].store, mirrors=MirrorPolicy(mirrors, "listed"))
+    name = f"mirrored-{port}"
+    mirrored.create(name, node.base, cmdline=CMDLINE, kernel=node.kernel, initrd=node.initrd)
+    for layer in node.layers[1:]:
+        mirrored.add(name, layer)
+    daemon.registry().register(mac, name, replace=True)
+    server = f"http://10.0.2.2:{daemon.port}"
+    append = (f"{CMDLINE} layerboot.server={server} layerboot.node={mac} layerboot.profile={name} "
+              f"layerboot.token={daemon.boot_token(mac)} lbtest=check")
+    nginx = Process([require_tool("nginx", package="nginx-light"), "-c", conf, "-p", run_dir])
+    try:
+        wait_listening(port, nginx, "the mirror's nginx", log=run_dir / "error.log")
+        config = NodeConfig(kernel=kernel.image, initrd=node_store["initrd"].path, append=append, mac=mac)
+        with QemuNode(config, tmp_path / "serial.log") as guest:
+            order = guest.wait_for(r"layerboot: mirrors \(listed\): ", timeout=120,
+                                   fail=(r"layerboot: FAILED", r"Kernel panic"))
+            guest.wait_for(r"ROOTFS-PASS", timeout=120, fail=(r"layerboot: FAILED", r"Kernel panic", r"Traceback"))
+            guest.wait_exit(60)
+    finally:
+        nginx.terminate()
+    assert_clean(guest)
+    assert order.text == f"layerboot: mirrors (listed): {mirrors[0]}, {mirrors[1]}; then the origin {server}"
+    dropped = [line for line in guest.text().splitlines() if f"layerboot: mirror {mirrors[0]}: " in line]
+    assert len(dropped) == 1 and dropped[0].endswith("Connection refused; using the next source"), dropped
+    served = (run_dir / "access.log").read_text()
+    for digest in mirrored.current(name).chain:           # every layer came through the mirror
+        assert re.search(rf"GET /objects/{digest} 200 \d+ cache=MISS", served), digest
+    print("mirror: a dead mirror dropped in one line, every layer through the nginx mirror")

@@ -9,6 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from layerboot.overlays.mirrors import MirrorPolicy
 from layerboot.overlays.profile import Profiles
 from layerboot.overlays.store import Store
 from layerboot.paths import Paths
@@ -40,7 +41,7 @@ class Context:
 
     @cached_property
     def profiles(self) -> Profiles:
-        return Profiles(self.ready_store())
+        return Profiles(self.ready_store(), mirrors=MirrorPolicy.from_config(self.config))
 
     # -- the daemon's database ----------------------------------------------------------------------------
     def database(self):  # noqa: ANN202 - layerboot.server.db.Database

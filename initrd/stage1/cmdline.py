@@ -9,6 +9,7 @@ from .record import Record
 
 EMERGENCY_ACTIONS = ("shell", "reboot", "poweroff")
 LAYER_PLACES = ("ram", "cache")
+MIRROR_MODES = ("on", "off")
 STAGES = ("modules", "net", "manifest", "layers", "mount", "switch_root")
 DEFAULT_INIT = "/sbin/init"
 
@@ -35,6 +36,7 @@ class Options(Record):
     discover: bool = False            # layerboot.discover: the discovery boot of an unknown machine (discover.py)
     clone: str = ""                   # layerboot.clone=NODE (discovery menu): ask to become a clone of NODE
     name: str = ""                    # layerboot.name=NAME (discovery menu): ... named NAME
+    mirrors: str = "on"               # layerboot.mirrors=on|off: use the signed manifest's mirrors (sources.py)
     init: str = DEFAULT_INIT          # init=/path of the real init in the new root
     net: NetPlan = NetPlan()          # ip= vlan= bond= ifname= nameserver= BOOTIF= rd.* (dracut syntax, netcmd.py)
 
@@ -99,6 +101,10 @@ def parse_cmdline(text: str) -> Options:
                 if value not in LAYER_PLACES:
                     raise CmdlineError(f"layerboot.layers={value!r}: use one of {', '.join(LAYER_PLACES)}")
                 values["layers"] = value
+            elif name == "mirrors":
+                if value not in MIRROR_MODES:
+                    raise CmdlineError(f"layerboot.mirrors={value!r}: use one of {', '.join(MIRROR_MODES)}")
+                values["mirrors"] = value
             elif name in ("retries",):
                 values[name] = int(_positive(key, value, int))
             elif name == "timeout":

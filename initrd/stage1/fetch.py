@@ -5,7 +5,9 @@ renamed to its final name only when its size and sha256 match the signed manifes
 before that, and any failure removes the partial file. The per-byte path is ``recv_into`` into reused 1 MiB
 buffers, ``os.write`` from them, and SHA-256 from them on a second thread when the node has two CPUs
 (hashing.py). Threads come from ``_thread`` directly (``threading`` costs a dozen imports). With
-``layerboot.cache=`` a LayerCache (initrd/stage1/cache.py) is asked first and given each verified layer.
+``layerboot.cache=`` a LayerCache (initrd/stage1/cache.py) is asked first and given each verified layer. The
+signed manifest's mirrors come before the origin (sources.py decides the order; a mirror that fails or sends
+wrong bytes is dropped and the next source takes over).
 """
 
 from __future__ import annotations
@@ -77,18 +79,39 @@ def _write_error(layer: Layer, directory: str, err: OSError) -> FetchError:
     return FetchError(f"layer {layer.digest[:12]}: writing {directory}: {err.strerror or err}")
 
 
+def _download(url: str, token: str, sink, layer: Layer, *, retries: int, timeout: float) -> None:  # noqa: ANN001
+    """Fill ``sink`` from ``url`` (resuming at ``sink.size``), retrying ``retries`` times with backoff;
+    raises the last HttpError. 401, 403, 404 and 410 are not retried."""
+    delay = 0.5
+    for attempt in range(retries + 1):
+        try:
+            _attempt(url, token, sink, timeout, layer.size)
+            return
+        except HttpError as err:
+            if err.status in (401, 403, 404, 410) or attempt == retries:
+                raise
+            debug(f"layer {layer.digest[:12]}: {err}; retry {attempt + 1}/{retries} in {delay:.1f}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        if sink.size >= layer.size:
+            return
+
+
 def fetch_layer(server: str, token: str, layer: Layer, directory: str, *, retries: int = 4,
-                timeout: float = 10.0, part: str | None = None) -> str:
+                timeout: float = 10.0, part: str | None = None, sources=None) -> str:  # noqa: ANN001
     """Return the path of the verified layer file; raise FetchError with one clear line.
 
     The download goes to ``part`` (default ``<directory>/<digest>.part``) and is renamed to
-    ``<directory>/<digest>`` once verified; on any failure nothing is left behind.
+    ``<directory>/<digest>`` once verified; on any failure nothing is left behind. With ``sources``
+    (sources.Sources) it tries the base URLs :meth:`~sources.Sources.for_layer` names, in order: a mirror gets
+    one try, and on an error the download resumes (Range) from the next source at once; a wrong size or hash
+    starts it over from the next source. The origin (last, ``server`` without ``sources``) gets ``retries``.
     """
     from .hashing import HashSink
 
     final = os.path.join(directory, layer.digest)
     part = part or final + ".part"
-    url = f"{server}/{layer.path}"
+    bases = sources.for_layer(layer) if sources is not None else [server]
     where = os.path.dirname(part)
     try:
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -96,21 +119,33 @@ def fetch_layer(server: str, token: str, layer: Layer, directory: str, *, retrie
         raise _write_error(layer, where, err) from None
     try:
         with HashSink(fd) as sink:
-            delay = 0.5
-            for attempt in range(retries + 1):
+            contributors: list[str] = []          # sources whose bytes are in the sink now
+            for index, base in enumerate(bases):
+                origin = index == len(bases) - 1
+                before = sink.size
                 try:
-                    _attempt(url, token, sink, timeout, layer.size)
-                    break
+                    _download(f"{base}/{layer.path}", token, sink, layer, retries=retries if origin else 0,
+                              timeout=timeout)
                 except HttpError as err:
-                    if err.status in (401, 403, 404, 410) or attempt == retries:
+                    if origin:
                         raise FetchError(f"layer {layer.digest[:12]}: {err}") from None
-                    debug(f"layer {layer.digest[:12]}: {err}; retry {attempt + 1}/{retries} in {delay:.1f}s")
-                    time.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+                    sources.failed(base, str(err))
+                    continue
                 except OSError as err:   # writing the file (the network's errors are HttpErrors)
                     raise _write_error(layer, where, err) from None
-                if sink.size >= layer.size:
+                finally:
+                    if sink.size > before:
+                        contributors.append(base)
+                        if sources is not None:
+                            sources.delivered(base, sink.size - before)
+                size, digest = sink.size, sink.hexdigest()
+                if (size, digest) == (layer.size, layer.digest) or origin:
                     break
+                for bad in contributors:
+                    sources.failed(bad, f"sent layer {layer.digest[:12]} with {size} bytes and sha256 {digest[:12]}, "
+                                        "not the signed ones")
+                contributors = []
+                sink.restart()
             size, digest = sink.size, sink.hexdigest()
     except BaseException:
         os.close(fd)
@@ -162,12 +197,14 @@ class _Batch:
 
 
 def fetch_layers(server: str, token: str, layers: tuple[Layer, ...], directory: str, *, retries: int = 4,
-                 timeout: float = 10.0, cache=None, on_disk: bool = True) -> list[str]:  # noqa: ANN001
+                 timeout: float = 10.0, cache=None, on_disk: bool = True,
+                 sources=None) -> list[str]:  # noqa: ANN001
     """Fetch (or take from ``cache``) every layer; return the verified paths, base first.
 
     With a cache and ``on_disk`` (``layerboot.layers=cache``, the default with a cache) a layer is downloaded
     straight onto the cache filesystem and renamed in: no copy in RAM. Without ``on_disk`` it is downloaded
-    into ``directory`` (RAM) and booted from there, and the cache gets a copy for the next boot.
+    into ``directory`` (RAM) and booted from there, and the cache gets a copy for the next boot. ``sources``
+    (sources.Sources) adds the signed manifest's mirrors in front of ``server``.
     """
     import _thread
 
@@ -183,10 +220,10 @@ def fetch_layers(server: str, token: str, layers: tuple[Layer, ...], directory: 
         started = time.monotonic()
         if cache is not None and on_disk:
             part = fetch_layer(server, token, layer, directory, retries=retries, timeout=timeout,
-                               part=cache.tmp_path(layer.digest))
+                               part=cache.tmp_path(layer.digest), sources=sources)
             path = cache.admit(layer, part, verified=True)
         else:
-            path = fetch_layer(server, token, layer, directory, retries=retries, timeout=timeout)
+            path = fetch_layer(server, token, layer, directory, retries=retries, timeout=timeout, sources=sources)
             if cache is not None:
                 cache.admit(layer, path)
         debug(f"layer {layer.digest[:12]}: {layer.size} bytes in {time.monotonic() - started:.2f}s")

@@ -200,11 +200,24 @@ def _parse_head(head: bytes, what: str) -> tuple[int, str, dict[str, str]]:
     return int(parts[1]), parts[2] if len(parts) > 2 else "", headers
 
 
+def open_socket(host: str, port: int):  # noqa: ANN201 - (_socket.socket, address)
+    """A TCP socket for ``host`` (an IPv4 literal as it is; a name or IPv6 literal resolved) and its address."""
+    import _socket
+
+    try:
+        try:
+            _socket.inet_aton(host)
+            family, address = _socket.AF_INET, (host, port)
+        except OSError:  # a name: resolve it (bytes, so the idna codec is not needed)
+            family, _, _, _, address = _socket.getaddrinfo(host.encode("ascii"), port, 0, _socket.SOCK_STREAM)[0]
+        return _socket.socket(family, _socket.SOCK_STREAM), address
+    except (OSError, UnicodeError) as err:
+        raise HttpError(f"cannot resolve {host}: {err}") from None
+
+
 def request(method: str, url: str, *, token: str = "", headers: dict[str, str] | None = None,
             body: bytes = b"", timeout: float = 10.0) -> Response:
     """Send a request and return the response with its headers read (status not checked)."""
-    import _socket
-
     host, port, path = split_url(url)
     what = f"{method} {url.split('?')[0]}"
     lines = [f"{method} {path} HTTP/1.1", f"Host: {f'[{host}]' if ':' in host else host}:{port}", "Connection: close",
@@ -216,15 +229,7 @@ def request(method: str, url: str, *, token: str = "", headers: dict[str, str] |
     if body or method in ("POST", "PUT"):
         lines.append(f"Content-Length: {len(body)}")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    try:
-        try:
-            _socket.inet_aton(host)
-            family, address = _socket.AF_INET, (host, port)
-        except OSError:  # a name: resolve it (bytes, so the idna codec is not needed)
-            family, _, _, _, address = _socket.getaddrinfo(host.encode("ascii"), port, 0, _socket.SOCK_STREAM)[0]
-        sock = _socket.socket(family, _socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as err:
-        raise HttpError(f"cannot resolve {host}: {err}") from None
+    sock, address = open_socket(host, port)
     try:
         sock.settimeout(timeout)
         sock.connect(address)

@@ -173,7 +173,8 @@ def run_stages(boot: Boot) -> None:
                            room=sum(layer.size for layer in manifest.layers))
         try:   # with the node secret when there is one: a named node's own layer is served with it only
             files = fetch_layers(options.server, secret or options.token, manifest.layers, LAYER_DIR,
-                                 retries=options.retries, timeout=options.timeout, cache=cache, on_disk=on_disk)
+                                 retries=options.retries, timeout=options.timeout, cache=cache, on_disk=on_disk,
+                                 sources=layer_sources(options, manifest, cache))
         except StageError as err:
             if manifest.node and not secret and "403" in str(err):
                 raise StageError(f"{err}: node {manifest.node}'s own layer is served with its node secret only, "
@@ -213,6 +214,21 @@ def discovery(options, boot: Boot) -> None:  # noqa: ANN001
     console.write_status(_status(boot, True, f"discovery: {result}"))
     say("rebooting into this machine's own boot" if result == "accepted" else "powering off")
     console.emergency("reboot" if result == "accepted" else "poweroff")
+
+
+def layer_sources(options, manifest, cache):  # noqa: ANN001, ANN201 - Options, BootManifest, LayerCache
+    """The signed manifest's mirrors, ranked (stage1/sources.py), when it names some, the boot uses them
+    (``layerboot.mirrors=on``, the default) and some layer is not in the cache; else None (the origin only)."""
+    if not getattr(manifest, "mirrors", ()) or options.mirrors == "off":
+        return None
+    if cache is not None and {layer.digest for layer in manifest.layers} <= cache.digests():
+        return None     # all cached (each is still checked before use): nothing to rank mirrors for
+    from .sources import Sources
+
+    sources = Sources.for_manifest(options.server, manifest, say=say)
+    sources.rank()
+    say(sources.describe())
+    return sources
 
 
 def bring_up_network(options, boot: Boot, *, run_dir: str = "/run/layerboot", etc: str = "/etc") -> list[str]:  # noqa: ANN001

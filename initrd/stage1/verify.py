@@ -43,6 +43,8 @@ class BootManifest(Record):
     layers: tuple[Layer, ...]   # base first
     cmdline: str = ""
     node: str = ""              # the one node (MAC) it was made for; "" for every node of the profile
+    mirrors: tuple[str, ...] = ()   # base URLs of HTTP caches that may serve the layers (sources.py)
+    mirror_order: str = "listed"    # "listed": in the signed order; "latency": nearest first
 
 
 def key_id(public: bytes) -> str:
@@ -86,6 +88,24 @@ def _layer(item: object) -> Layer:
     return Layer(digest, size, path, fsverity or "")
 
 
+MAX_MIRRORS = 16
+MIRROR_ORDERS = ("listed", "latency")
+
+
+def _mirrors(data: dict) -> tuple[tuple[str, ...], str]:
+    """The optional ``mirrors`` list (http:// base URLs) and ``mirror_order`` of a payload."""
+    mirrors, order = data.get("mirrors") or [], data.get("mirror_order") or "listed"
+    if not isinstance(mirrors, list) or len(mirrors) > MAX_MIRRORS:
+        raise VerifyError(f"manifest 'mirrors' is not a list of at most {MAX_MIRRORS} base URLs")
+    for url in mirrors:
+        if not isinstance(url, str) or not url.startswith("http://") or len(url) > 256 or not url.isprintable() \
+                or " " in url or "?" in url or "#" in url or "@" in url or len(url) <= len("http://"):
+            raise VerifyError(f"manifest names an invalid mirror {str(url)[:80]!r} (an http:// base URL)")
+    if order not in MIRROR_ORDERS:
+        raise VerifyError(f"manifest 'mirror_order' {str(order)[:20]!r} is not one of {', '.join(MIRROR_ORDERS)}")
+    return tuple(url.rstrip("/") for url in mirrors), order
+
+
 def parse_payload(payload: str) -> BootManifest:
     try:
         data = loads(payload)
@@ -103,7 +123,9 @@ def parse_payload(payload: str) -> BootManifest:
     profile, cmdline, node = data.get("profile"), data.get("cmdline", ""), data.get("node") or ""
     if not isinstance(profile, str) or not isinstance(cmdline, str) or not isinstance(node, str):
         raise VerifyError("manifest profile/cmdline/node are not strings")
-    return BootManifest(profile, generation, serial, tuple(_layer(item) for item in layers), cmdline, node.lower())
+    mirrors, order = _mirrors(data)
+    return BootManifest(profile, generation, serial, tuple(_layer(item) for item in layers), cmdline, node.lower(),
+                        mirrors, order)
 
 
 def check_binding(manifest: BootManifest, profile: str, node: str, source: str = "the manifest") -> BootManifest:

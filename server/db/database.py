@@ -195,6 +195,28 @@ class Database(Queries):
             with conn.begin():
                 yield Transaction(self, conn)
 
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """A short job only one process may do at a time (replicas moving one SFTP file into the queue):
+        yields True when this process got the lock named ``name``, False when another one holds it.
+
+        PostgreSQL: a session advisory lock (``pg_try_advisory_lock``), released at the end of the block or when
+        the process dies; SQLite: always True (one daemon per store; BEGIN IMMEDIATE serialises the rest).
+        """
+        if self.dialect != "postgresql":
+            yield True
+            return
+        import hashlib
+
+        key = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big", signed=True)
+        with self.translating(), self.engine.connect() as conn:
+            got = bool(conn.exec_driver_sql("SELECT pg_try_advisory_lock(%(k)s)", {"k": key}).scalar())
+            try:
+                yield got
+            finally:
+                if got:
+                    conn.exec_driver_sql("SELECT pg_advisory_unlock(%(k)s)", {"k": key})
+
     def prepare_file(self) -> None:
         """Create the directory of an SQLite file (PostgreSQL databases are created by their admin)."""
         if self.dialect == "sqlite":

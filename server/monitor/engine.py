@@ -5,7 +5,8 @@ close incidents with flap damping (records.reconcile), announce what opened or c
 channels, and start the ladder step of every open incident that is due. Steps run as their own tasks (a
 slow BMC delays only its own incident); database work runs in worker threads; power, SMTP and webhooks are
 async or in executors. Nothing here blocks the event loop, and an error in one check is logged and the next
-check runs as usual.
+check runs as usual. With replicas (server.replicas) only the one holding the ``monitor`` lease in the
+database checks; the others stand by and take over within the lease when it stops renewing.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from layerboot.server.monitor.notify import Message, Notifier, summarize
 from layerboot.server.monitor.power import Targets, power_file
 from layerboot.server.monitor.records import MonitorRecords
 from layerboot.server.monitor.status import newest_generations
+from layerboot.server.replica.lease import Leases
 
 log = logging.getLogger("layerboot.monitor")
+
+LEASE = "monitor"             # the database lease (server/replica/lease.py) replicas take turns on
 
 
 class Monitor:
@@ -41,6 +45,10 @@ class Monitor:
         self.notifier = Notifier(config, counter=metrics.notifications if metrics else None)
         self._power_counter = metrics.power_actions if metrics else None
         self._task: asyncio.Task[None] | None = None
+        replica = getattr(state, "replica", None)
+        self.replica = replica if replica is not None and replica.enabled else None   # server.replicas
+        self.turn_ttl = max(replica.lease, 3.0 * self.interval) if self.replica is not None else 0.0
+        self.running_here: bool | None = None   # with replicas: whether this one holds the monitor lease
         self._steps: dict[int, asyncio.Task[Any]] = {}
         self._messages: set[asyncio.Task[Any]] = set()
         check_channels(self.types, self.notifier.available())
@@ -59,12 +67,33 @@ class Monitor:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.replica is not None and self.running_here:
+            try:   # another replica takes over at its next check instead of waiting for the lease to run out
+                await asyncio.to_thread(Leases(self.state.registry.db).release, LEASE, self.replica.id)
+            except Exception:  # noqa: BLE001 - the lease runs out by itself
+                pass
+
+    async def my_turn(self) -> bool:
+        """Alone: always. With replicas: whether this replica holds (takes, or renews) the monitor lease, so
+        one replica at a time checks the fleet and climbs the ladders; it says so when that changes."""
+        if self.replica is None:
+            return True
+        holds = await asyncio.to_thread(Leases(self.state.registry.db).hold, LEASE, self.replica.id, self.turn_ttl)
+        if holds != self.running_here:
+            if holds:
+                log.info("monitor: this replica (%s) runs the monitor now", self.replica.id)
+            else:
+                holder = await asyncio.to_thread(Leases(self.state.registry.db).holder, LEASE)
+                log.info("monitor: replica %s runs the monitor; this one stands by", holder.owner if holder else "?")
+            self.running_here = holds
+        return holds
 
     async def _run(self) -> None:
         while True:
             started = time.monotonic()
             try:
-                await self.check()
+                if await self.my_turn():
+                    await self.check()
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - one bad check must not end the monitor
