@@ -9,6 +9,7 @@ from .record import Record
 
 EMERGENCY_ACTIONS = ("shell", "reboot", "poweroff")
 LAYER_PLACES = ("ram", "cache")
+FETCH_MODES = ("full", "stream")
 STAGES = ("modules", "net", "manifest", "layers", "mount", "switch_root")
 DEFAULT_INIT = "/sbin/init"
 
@@ -32,6 +33,8 @@ class Options(Record):
     timeout: float = 10.0             # layerboot.timeout=SECONDS per network operation
     upper_size: str = "50%"           # layerboot.upper_size=SIZE of the tmpfs for the writable layer
     layers: str = ""                  # layerboot.layers=ram|cache: where fetched layers live (default: cache if any)
+    fetch: str = "full"               # layerboot.fetch=full|stream: download whole layers, or stream blocks (stream.py)
+    stream_giveup: float = 0.0        # layerboot.stream_giveup=SECONDS: a streamed read fails with EIO after (0: never)
     init: str = DEFAULT_INIT          # init=/path of the real init in the new root
     net: NetPlan = NetPlan()          # ip= vlan= bond= ifname= nameserver= BOOTIF= rd.* (dracut syntax, netcmd.py)
 
@@ -96,6 +99,12 @@ def parse_cmdline(text: str) -> Options:
                 if value not in LAYER_PLACES:
                     raise CmdlineError(f"layerboot.layers={value!r}: use one of {', '.join(LAYER_PLACES)}")
                 values["layers"] = value
+            elif name == "fetch":
+                if value not in FETCH_MODES:
+                    raise CmdlineError(f"layerboot.fetch={value!r}: use one of {', '.join(FETCH_MODES)}")
+                values["fetch"] = value
+            elif name == "stream_giveup":
+                values[name] = 0.0 if value == "0" else float(_positive(key, value, float))
             elif name in ("retries",):
                 values[name] = int(_positive(key, value, int))
             elif name == "timeout":

@@ -25,6 +25,12 @@ class FetchError(StageError):
     pass
 
 
+def base_urls(server: str) -> list[str]:
+    """Where objects are fetched from, in order of preference (``layer.path`` is relative to each): the one place
+    that decides, for whole downloads and for streaming (stream.py). Today ``layerboot.server=`` only."""
+    return [server]
+
+
 def _receive(response, sink, limit: int) -> None:  # noqa: ANN001 - http.Response, hashing.HashSink
     """Move the body into ``sink`` until it ends or the sink holds more than ``limit`` bytes."""
     while sink.size <= limit:
@@ -88,7 +94,7 @@ def fetch_layer(server: str, token: str, layer: Layer, directory: str, *, retrie
 
     final = os.path.join(directory, layer.digest)
     part = part or final + ".part"
-    url = f"{server}/{layer.path}"
+    url = f"{base_urls(server)[0]}/{layer.path}"
     where = os.path.dirname(part)
     try:
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
