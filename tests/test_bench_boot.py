@@ -22,7 +22,7 @@ sys.path.insert(0, str(BENCH))
 from peers import layerboot as bench_layerboot  # noqa: E402
 from peers.boot import MARKER_PATTERN, Guest, node_config  # noqa: E402
 from peers.cache import cached, input_key  # noqa: E402
-from peers.report import Measured, SystemResult, describe, mb, ratio_lines, ratios  # noqa: E402
+from peers.report import Measured, SystemResult, describe, mb, ratio_lines, ratios, stream_lines  # noqa: E402
 from peers.rootfs import MARKER_SCRIPT, filler_bytes, parse_marker, rootfs_image  # noqa: E402
 from peers.serve import CountingRelay, CountingServer  # noqa: E402
 
@@ -155,6 +155,20 @@ def test_median_needs_every_run_and_ratios_use_only_measured_systems() -> None:
                                           Measured(9.0, 5, None, 4.0)])
     assert timed.median_cpu == 3.0 and "QEMU cpu 3.0 s" in describe(timed)
     assert mb(15_663_104) == "15.7 MB" and mb(9_312) == "9.3 kB" and mb(None) == "-"
+
+
+def test_streaming_is_judged_against_the_full_fetch_and_live_boot() -> None:
+    live = SystemResult("live-boot", 1, [Measured(20.0, 10)])
+    full = SystemResult("layerboot", 1, [Measured(12.0, 10)])
+    stream = SystemResult("layerboot-stream", 1, [Measured(2.4, 1)])
+    assert stream_lines([live, full, stream]) == [
+        "ratio layerboot-stream / live-boot: 0.12x", "ratio layerboot-stream / layerboot: 0.20x",
+        "target layerboot-stream <= 0.25x layerboot: PASS", "target layerboot-stream <= 0.15x live-boot: PASS"]
+    slow = SystemResult("layerboot-stream", 1, [Measured(4.0, 1)])
+    assert stream_lines([live, full, slow])[-2:] == ["target layerboot-stream <= 0.25x layerboot: MISS",
+                                                     "target layerboot-stream <= 0.15x live-boot: MISS"]
+    assert stream_lines([live, SystemResult("layerboot-stream", 1, [Measured(None, 0, "timeout")])]) == \
+        ["layerboot-stream: no ratios in this run"]
 
 
 def test_an_unavailable_system_is_reported_as_such_never_as_a_figure() -> None:

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 TARGET = ("live-boot", 0.5)   # issue 5's target: layerboot <= 0.5x live-boot
 # issue 20's targets on the size curve: layerboot / live-boot at most this, by rootfs size (MB, from this size up)
 SIZE_TARGETS = ((0, 0.5), (500, 1.0))
+# issue 18's targets for streamed layers (a 1 GiB base of which the boot reads at most 10%)
+STREAM_TARGETS = (("layerboot", 0.25), ("live-boot", 0.15))
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,18 @@ def ratio_lines(results: list[SystemResult], subject: str = "layerboot", target:
     if target_name in found:
         verdict = "PASS" if found[target_name] <= target else "MISS"
         lines.append(f"target {subject} <= {target}x {target_name}: {verdict}")
+    return lines
+
+
+def stream_lines(results: list[SystemResult], subject: str = "layerboot-stream") -> list[str]:
+    """Streaming's ratios to each other system measured, and issue 18's verdicts (STREAM_TARGETS)."""
+    found = ratios(results, subject)
+    if not found:
+        return [f"{subject}: no ratios in this run"]
+    lines = [f"ratio {subject} / {name}: {value:.2f}x" for name, value in found.items()]
+    for name, limit in STREAM_TARGETS:
+        if name in found:
+            lines.append(f"target {subject} <= {limit}x {name}: {'PASS' if found[name] <= limit else 'MISS'}")
     return lines
 
 

@@ -2,7 +2,7 @@
 network block device with dm-verity on top, and its squashfs is mounted from that: nothing is downloaded before
 the root filesystem exists, only the blocks the node reads are fetched, and the kernel checks each of them
 against the signed root hash (a block that does not match is EIO, never data). docs/stage1.md, "Streaming
-layers", has the contract and the figures that chose this design.
+layers", has the contract and the reasons for this design.
 
 Per layer: socket pairs (one per connection), the kernel's ends given to the nbd driver over netlink (nbd.py),
 the other ends to the stream daemon (streamd.py, a process of its own that outlives stage1: ``@layerboot-stream``),
@@ -18,7 +18,7 @@ import time
 from .console import BUSYBOX, StageError, debug, spawn
 
 STREAM_MODULES = ("dm_mod", "dm_verity")
-CONNECTIONS = 1                     # sockets per device (docs/stage1.md: more did not help under TCG)
+CONNECTIONS = 1                     # sockets per device (the daemon answers each in order, one thread each)
 READY_TIMEOUT = 30.0
 DAEMON_NAME = "@layerboot-stream"   # '@': systemd's shutdown does not kill it (the root filesystem needs it)
 STATS_FILE = "/run/layerboot/stream-stats.json"

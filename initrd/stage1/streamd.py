@@ -37,7 +37,7 @@ from .jsonlite import dumps, loads
 from .nbd import NBD_CMD_DISC, NBD_CMD_READ, NBD_REPLY_MAGIC, NBD_REQUEST_MAGIC, REPLY, REQUEST
 
 BLOCK = 4096
-CHUNK = 256 << 10          # fetched at once (measured in docs/stage1.md, "Streaming layers")
+CHUNK = 256 << 10          # fetched at once: a few squashfs blocks (128 KiB) per request, 64 dm-verity tree blocks
 HELD = 16                  # chunks per device kept in memory when there is no cache file (4 MiB)
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 REFUSED = (403, 404, 410, 416)
