@@ -116,7 +116,7 @@ def boot_once(bench: Bench, system: System, version: str, label: str, *, timeout
     if failure is None and result.marker is not None and result.marker.version != version:
         failure = f"booted rootfs {result.marker.version}, expected {version}"
     measured = Measured(result.seconds if failure is None else None, system.traffic.bytes, failure,
-                        round(result.cpu_seconds, 2))
+                        round(result.cpu_seconds, 2), result.marker.used_kb if result.marker else None)
     shown = f"{result.seconds:.2f} s (QEMU cpu {result.cpu_seconds:.1f} s)" if measured.seconds is not None \
         else f"FAILED ({failure})"
     print(f"  {label:30} {shown}, {mb(measured.http_bytes)} served", flush=True)

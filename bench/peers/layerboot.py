@@ -10,6 +10,7 @@ build/initrd.py's own cache. layerbootd listens on a free loopback port behind a
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
 import sys
@@ -80,7 +81,8 @@ def _signing_key(cache: Path, private: Path, public: Path) -> None:
 
 def _script(name: str) -> str:
     """A layerboot console script: next to this interpreter (pip's place for them), else on PATH."""
-    found = tool_path(name, Path(sys.executable).parent)
+    here = Path(sys.executable).parent / name   # first: the fixed PATH may hold another install (/usr/local/bin)
+    found = str(here) if here.is_file() and os.access(here, os.X_OK) else tool_path(name)
     if found is None:
         raise LayerbootError(f"{name} is not installed", hint="pip install -e .[server] (see .ci/install)")
     return found
