@@ -21,7 +21,7 @@ import pytest
 
 from layerboot.build.initrd import PYTHON
 from layerboot.overlays.profile import Profiles
-from server_daemon import MAC, Daemon, write_config
+from server_daemon import MAC, OTHER_MAC, Daemon, write_config
 
 pytestmark = pytest.mark.skipif(not os.path.exists(PYTHON), reason=f"{PYTHON} (python3-minimal) missing")
 
@@ -198,3 +198,12 @@ def test_credentials_and_refusals(served: dict) -> None:
     finally:
         stop(pid)
     assert "403" in log.read_text()
+
+
+def test_a_layers_tree_is_served_only_to_nodes_of_its_profiles(served: dict) -> None:
+    daemon, tree = served["daemon"], served["layer"].verity.tree
+    assert served["layer"].verity.tree_size > 0     # a real tree, not the empty one every one-block layer has
+    assert daemon.get(f"/objects/{tree}", token=served["token"]).body == daemon.paths.object(tree).read_bytes()
+    _, secret = daemon.registry().register(OTHER_MAC, "elsewhere", replace=True)   # that node's own secret
+    assert daemon.get(f"/objects/{served['other'].digest}", token=secret).status == 200
+    assert daemon.get(f"/objects/{tree}", token=secret).status == 403
