@@ -207,3 +207,16 @@ def test_a_layers_tree_is_served_only_to_nodes_of_its_profiles(served: dict) -> 
     _, secret = daemon.registry().register(OTHER_MAC, "elsewhere", replace=True)   # that node's own secret
     assert daemon.get(f"/objects/{served['other'].digest}", token=secret).status == 200
     assert daemon.get(f"/objects/{tree}", token=secret).status == 403
+
+
+def test_a_missing_tree_is_made_again_when_layerbootd_starts(served: dict) -> None:
+    daemon, tree = served["daemon"], served["layer"].verity.tree
+    daemon.stop()
+    daemon.paths.object(tree).unlink()      # what an older layerbootd's clean-up or fsck --repair did
+    daemon.start()
+    deadline = time.monotonic() + 30
+    while not daemon.paths.object(tree).is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert daemon.get(f"/objects/{tree}", token=served["token"]).body == served["device"][-len(
+        daemon.paths.object(tree).read_bytes()):]
+    assert "dm-verity tree of layer" in (served["tmp"] / "layerbootd.log").read_text()
