@@ -413,13 +413,13 @@ def test_cache_layers_are_verified_before_use(daemon: Daemon, node_store: dict, 
     options = "layerboot.cache=LABEL=layerboot-cache"
     layers = node_store["profiles"].current("node").layers
     victim = node_store["layers"][1]
-    with direct(node_store, kernel, tmp_path / "fill", server, daemon.node_token, options + " lbtest=check",
+    with direct(node_store, kernel, tmp_path / "fill", server, daemon.boot_token(), options + " lbtest=check",
                 disks=(disk,)) as node:
         node.wait_for(r"ROOTFS-PASS", timeout=120, fail=(r"layerboot: FAILED", r"Kernel panic", r"Traceback"))
         node.wait_exit(60)
     assert_clean(node)
     assert "layerboot: cache:" not in node.text()          # no fallback note: fs-verity is on for every layer
-    with direct(node_store, kernel, tmp_path / "tamper", server, daemon.node_token,
+    with direct(node_store, kernel, tmp_path / "tamper", server, daemon.boot_token(),
                 f"{options} lbtest=tamper:{victim}", disks=(disk,)) as node:
         tampered = node.wait_for(r"NODE-TAMPERED", timeout=120, fail=(r"layerboot: FAILED", r"Kernel panic"))
         node.wait_exit(60)
@@ -427,7 +427,7 @@ def test_cache_layers_are_verified_before_use(daemon: Daemon, node_store: dict, 
     size_mtime, _, before = tampered.text.removeprefix("NODE-TAMPERED ").partition(" was ")
     assert size_mtime == before                            # same size, same mtime: only the bytes differ
     assert node.text().count(": from the cache") == len(layers) and "layerboot: cache:" not in node.text()
-    with direct(node_store, kernel, tmp_path / "after", server, daemon.node_token, options + " lbtest=check",
+    with direct(node_store, kernel, tmp_path / "after", server, daemon.boot_token(), options + " lbtest=check",
                 disks=(disk,)) as node:
         refused = node.wait_for(r"layerboot: cache: ", timeout=120, fail=(r"layerboot: FAILED", r"Kernel panic"))
         node.wait_for(r"ROOTFS-PASS", timeout=60, fail=(r"layerboot: FAILED", r"Kernel panic", r"Traceback"))
