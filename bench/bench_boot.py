@@ -3,6 +3,7 @@
 
     python3 bench/bench_boot.py [--runs 3] [--systems live-boot,dracut-livenet,layerboot] [--second-boot]
     python3 bench/bench_boot.py --filler-mb 14,256,768 --runs 1      # the size curve (issue 20)
+    python3 bench/bench_boot.py --filler-mb 1024 --systems live-boot,layerboot,layerboot-stream   # issue 18
 
 Every system boots the same Debian cloud kernel (build/kernel.py) under QEMU TCG (``-accel tcg -cpu
 qemu64,+rdrand``, 1 vCPU, 1 GiB, user networking, virtio NIC) with its own initrd, fetches the same squashfs
@@ -12,6 +13,8 @@ rootfs over HTTP from 127.0.0.1 (10.0.2.2 in the guest), and runs that rootfs's 
   live-boot        Debian live-boot (initramfs-tools), boot=live fetch=http://.../rootfs.squashfs
   dracut-livenet   dracut livenet + dmsquash-live, root=live:http://.../rootfs.squashfs
   layerboot        layerboot's Python stage1 initrd, the rootfs as the base layer served by layerbootd
+  layerboot-stream the same with layerboot.fetch=stream: the layer is a network block device with dm-verity on
+                   top, and only the blocks the boot reads are fetched (issue 18)
 
 Runs are interleaved (run 1 of every system, then run 2, ...) so drifts of the shared VM hit all alike.
 Prints per system the initrd size, the median and every run, the bytes served per boot, and the ratios of
@@ -42,13 +45,14 @@ from layerboot.log import run_main  # noqa: E402
 from peers import dracut_livenet, layerboot, live_boot  # noqa: E402
 from peers.cache import DEFAULT_CACHE  # noqa: E402
 from peers.report import (Measured, SystemResult, describe, mb, ratio_lines, ratios, size_table,  # noqa: E402
-                          size_target)
+                          size_target, stream_lines)
 from peers.system import Bench, System, Unavailable, name_list  # noqa: E402
 
 SYSTEMS: dict[str, Callable[[Bench], AbstractContextManager[System]]] = {
     "live-boot": live_boot.system,
     "dracut-livenet": dracut_livenet.system,
     "layerboot": layerboot.system,
+    "layerboot-stream": layerboot.stream_system,
 }
 
 
@@ -112,7 +116,7 @@ def boot_once(bench: Bench, system: System, version: str, label: str, *, timeout
     if failure is None and result.marker is not None and result.marker.version != version:
         failure = f"booted rootfs {result.marker.version}, expected {version}"
     measured = Measured(result.seconds if failure is None else None, system.traffic.bytes, failure,
-                        round(result.cpu_seconds, 2))
+                        round(result.cpu_seconds, 2), result.marker.used_kb if result.marker else None)
     shown = f"{result.seconds:.2f} s (QEMU cpu {result.cpu_seconds:.1f} s)" if measured.seconds is not None \
         else f"FAILED ({failure})"
     print(f"  {label:30} {shown}, {mb(measured.http_bytes)} served", flush=True)
@@ -193,6 +197,9 @@ def measure_size(args: argparse.Namespace, kernel, filler_mb: int, logs: Path) -
         print("  " + describe(result))
     for line in ratio_lines(list(results.values()), target=size_target(images["v1"].stat().st_size)):
         print("  " + line)
+    if "layerboot-stream" in results:
+        for line in stream_lines(list(results.values())):
+            print("  " + line)
     second_results = [SystemResult(name, results[name.removesuffix("-cache")].initrd_bytes, runs)
                       for name, runs in second.items()]
     if args.second_boot:
@@ -205,6 +212,7 @@ def measure_size(args: argparse.Namespace, kernel, filler_mb: int, logs: Path) -
                   "this tree yet")
     return {"filler_mb": filler_mb, "rootfs_bytes": images["v1"].stat().st_size, "load": [load_before, load_after],
             "first_boot": [r.to_json() for r in results.values()], "ratios": ratios(list(results.values())),
+            "stream_ratios": ratios(list(results.values()), "layerboot-stream"),
             "second_boot": [r.to_json() for r in second_results], "results": list(results.values())}
 
 

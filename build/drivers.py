@@ -6,9 +6,10 @@ a node may need. Two sets:
 * ``virtio``: virtual machines (virtio NIC/disk/SCSI, AHCI, NVMe): the small image;
 * ``hardware``: ``virtio`` plus the NICs and storage controllers of common servers (below).
 
-Every set also carries the layer stack (loop, squashfs, overlay) and what a cache or slot disk needs (sd_mod,
-ext4, vfat). A name may also be dracut's ``=drivers/net/ethernet`` (every module under that directory of the
-kernel tree). Modules a kernel does not have (the cloud kernel carries no e1000e) are left out of a set with a
+Every set also carries the layer stack (loop, squashfs, overlay), what a cache or slot disk needs (sd_mod,
+ext4, vfat), and the network block device and dm-verity (nbd, dm_mod, dm_verity: streamed layers,
+``layerboot.fetch=stream``, and dm-verity checked cache and slot layers). A name may also be dracut's
+``=drivers/net/ethernet`` (every module under that directory of the kernel tree). Modules a kernel does not have (the cloud kernel carries no e1000e) are left out of a set with a
 note; a module asked for with ``--add-drivers`` that the kernel does not have is an error. Firmware the chosen
 modules declare (``modinfo -F firmware``) is copied from the firmware directories when present; what is missing
 is reported, since Debian ships most of it in non-free-firmware packages.
@@ -27,6 +28,7 @@ from layerboot.run import run
 
 STACK = ("loop", "squashfs", "overlay")
 NET_STACK = ("8021q", "bonding")        # vlan= and bond= on the kernel command line (stage1/net.py loads them)
+STREAM = ("nbd", "dm_mod", "dm_verity")  # layerboot.fetch=stream (stage1/stream.py loads them); dm-verity for disks
 DISK = ("sd_mod", "ext4", "crc32c_generic", "vfat",   # ext4 asks the crypto API for crc32c: no symbol dependency
         "sha256_ssse3")                               # SHA-NI/AVX2 SHA-256 for fs-verity on a cache disk
 VIRTIO = ("virtio_pci", "virtio_net", "virtio_blk", "virtio_scsi", "ahci", "nvme")
@@ -37,8 +39,8 @@ SERVER_NICS = ("e1000", "e1000e", "igb", "ixgbe", "i40e", "ice",          # Inte
                "vmxnet3")                                                  # VMware
 SERVER_STORAGE = ("megaraid_sas", "mpt3sas", "ata_piix")   # ata_piix: SATA in IDE/legacy mode
 DRIVER_SETS = {
-    "virtio": STACK + NET_STACK + DISK + VIRTIO,
-    "hardware": STACK + NET_STACK + DISK + VIRTIO + SERVER_NICS + SERVER_STORAGE,
+    "virtio": STACK + NET_STACK + STREAM + DISK + VIRTIO,
+    "hardware": STACK + NET_STACK + STREAM + DISK + VIRTIO + SERVER_NICS + SERVER_STORAGE,
 }
 DEFAULT_FIRMWARE_DIRS = (Path("/lib/firmware/updates"), Path("/lib/firmware"))
 _NAME = re.compile(r"^(=[\w./-]+|[\w-]+)$")

@@ -10,6 +10,7 @@ from typing import Any
 from layerboot import strictjson
 from layerboot.errors import LayerbootError
 from layerboot.overlays.names import check_digest
+from layerboot.overlays.verity import VerityTree
 
 KINDS = ("base", "overlay", "kernel", "initrd", "modules", "node")
 # "modules": a kernel's /lib/modules/VERSION tree, stacked just above the base by the profile's kernel
@@ -30,7 +31,9 @@ class Layer:
 
     ``base`` is the digest of the base layer an overlay was made on; ``parent`` the top layer of the chain it
     was captured from (None for a base, a kernel or an initrd). ``fsverity`` is a squashfs layer's fs-verity
-    digest (overlays/verity.py), which signed manifests carry for the nodes' caches.
+    digest (overlays/verity.py), which signed manifests carry for the nodes' caches; ``verity`` names its
+    dm-verity hash tree (an object with no record of its own: this record names it) and root hash, for
+    streaming and checked disks.
     """
 
     digest: str
@@ -42,8 +45,11 @@ class Layer:
     parent: str | None = None
     description: str = ""
     fsverity: str | None = None
+    verity: VerityTree | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.verity, dict):      # read from JSON
+            object.__setattr__(self, "verity", VerityTree.from_dict(self.verity))
         check_digest(self.digest)
         if self.fsverity is not None:
             check_digest(self.fsverity)
@@ -62,8 +68,12 @@ class Layer:
         return self.kind in SQUASHFS_KINDS
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as ``layer show``, ``layer list --json`` and the API give it."""
-        return asdict(self)
+        """The record as ``layer show``, ``layer list --json`` and the API give it (``verity`` only when the layer
+        has a dm-verity tree)."""
+        data = asdict(self)
+        if data["verity"] is None:
+            del data["verity"]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"

@@ -7,7 +7,8 @@ A process killed in the middle of a write (``kill -9``, OOM, a power cut) can le
 * **scratch** in tmp/: ``object.*`` copies of an import, ``bake.*``/``squash.*``/``import.*``/… directories;
 * **orphan manifests**: manifests/P/N.json whose generation profiles/P/N.json was never created (the commit
   signs the manifest first);
-* **unrecorded objects**: objects/DIGEST with no meta/DIGEST.json (an import killed between the two).
+* **unrecorded objects**: objects/DIGEST with no meta/DIGEST.json (an import killed between the two), unless a
+  layer's record names it as its dm-verity tree (overlays/verity.py: trees have no record of their own).
 
 Temp files and scratch are held under flock while in use (layerboot.atomic), so one that is not locked is a
 leftover, whatever its age; orphan manifests and unrecorded objects are judged under the store lock that
@@ -141,13 +142,30 @@ def find_orphan_manifests(paths: Paths) -> list[Leftover]:
     return found
 
 
+def _named_trees(paths: Paths) -> set[str]:
+    """The dm-verity trees the layer records name (an unreadable record names none: fsck reports it)."""
+    from layerboot.errors import LayerbootError
+    from layerboot.overlays.layer import Layer
+
+    trees = set()
+    for meta in paths.meta.glob("*.json") if paths.meta.is_dir() else ():
+        try:
+            verity = Layer.from_json(meta.read_text(encoding="utf-8")).verity
+        except (OSError, UnicodeDecodeError, LayerbootError):
+            continue
+        if verity is not None:
+            trees.add(verity.tree)
+    return trees
+
+
 def find_unrecorded_objects(paths: Paths) -> list[Leftover]:
-    """Objects without a metadata record. Call with the store lock held."""
+    """Objects without a metadata record (and not a layer's dm-verity tree). Call with the store lock held."""
     found = []
     if not paths.objects.is_dir():
         return found
+    trees = _named_trees(paths)
     for path in sorted(paths.objects.iterdir()):
-        if DIGEST_RE.match(path.name) and not paths.object_meta(path.name).exists():
+        if DIGEST_RE.match(path.name) and not paths.object_meta(path.name).exists() and path.name not in trees:
             found.append(Leftover("unrecorded object", path, tree_size(path),
                                   "an import stopped before writing its record; nothing refers to it"))
     return found

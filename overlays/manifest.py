@@ -26,6 +26,7 @@ from layerboot.errors import LayerbootError
 from layerboot.overlays.keys import key_id, public_raw, verify_signature
 from layerboot.overlays.mirrors import ORDERS, parse_urls
 from layerboot.overlays.names import check_digest, check_node_name, check_profile_name
+from layerboot.overlays.verity import VerityTree
 
 MANIFEST_FORMAT = "layerboot-manifest/1"
 ENVELOPE_FORMAT = "layerboot-signed/1"
@@ -46,22 +47,48 @@ class Artifact:
 
     ``fsverity`` (optional, layers only) is the file's fs-verity digest (overlays/verity.py): a node's cache
     checks a cached layer against it in O(1) instead of re-hashing it (initrd/stage1/cache.py). It is left out
-    of the JSON when absent, so manifests without it read exactly as before.
+    of the JSON when absent, so manifests without it read exactly as before. ``verity`` (optional, layers only)
+    names the layer's dm-verity hash tree and root hash; in the JSON it also carries ``tree_path``, where the
+    tree object is served (initrd/stage1/stream.py streams a layer with it, docs/stage1.md).
     """
 
     digest: str
     size: int
     path: str
     fsverity: str | None = None
+    verity: VerityTree | None = None
 
     @classmethod
-    def for_object(cls, digest: str, size: int, fsverity: str | None = None) -> "Artifact":
-        return cls(digest=digest, size=size, path=object_url_path(digest), fsverity=fsverity)
+    def for_object(cls, digest: str, size: int, fsverity: str | None = None,
+                   verity: VerityTree | None = None) -> "Artifact":
+        return cls(digest=digest, size=size, path=object_url_path(digest), fsverity=fsverity, verity=verity)
+
+    @classmethod
+    def from_dict(cls, value: Any) -> "Artifact":
+        if not isinstance(value, dict):
+            raise ManifestError("a manifest artifact is not a JSON object")
+        data = dict(value)
+        verity = data.pop("verity", None)
+        if verity is not None:
+            if not isinstance(verity, dict):
+                raise ManifestError("a layer's verity entry is not a JSON object")
+            verity = dict(verity)
+            path = verity.pop("tree_path", None)
+            tree = VerityTree.from_dict(verity)
+            if path != object_url_path(tree.tree):
+                raise ManifestError(f"the dm-verity tree of {str(data.get('digest'))[:12]} has the path {path!r}, "
+                                    f"not {object_url_path(tree.tree)!r}")
+            data["verity"] = tree
+        return cls(**data)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         if self.fsverity is None:
             del data["fsverity"]
+        if self.verity is None:
+            del data["verity"]
+        else:
+            data["verity"]["tree_path"] = object_url_path(self.verity.tree)
         return data
 
     def __post_init__(self) -> None:
@@ -125,12 +152,12 @@ class Manifest:
             raise ManifestError(f"not a {MANIFEST_FORMAT} manifest")
         try:
             def artifact(value: Any) -> Artifact | None:
-                return None if value is None else Artifact(**value)
+                return None if value is None else Artifact.from_dict(value)
 
             return cls(
                 profile=data["profile"], generation=data["generation"], serial=data["serial"],
                 created=data["created"], cmdline=data.get("cmdline", ""),
-                layers=tuple(Artifact(**item) for item in data["layers"]),
+                layers=tuple(Artifact.from_dict(item) for item in data["layers"]),
                 kernel=artifact(data.get("kernel")), initrd=artifact(data.get("initrd")), node=data.get("node"),
                 mirrors=tuple(data.get("mirrors") or ()), mirror_order=data.get("mirror_order", "latency"),
             )

@@ -348,8 +348,8 @@ class Profiles:
             return None if digest is None else Artifact.for_object(digest, self.store.get(digest).size)
 
         def layer(digest: str) -> Artifact:
-            record = self.store.with_fsverity(self.store.get(digest))   # older records: computed once here
-            return Artifact.for_object(digest, record.size, record.fsverity)
+            record = self.store.with_verity(self.store.get(digest))   # older records: computed once here
+            return Artifact.for_object(digest, record.size, record.fsverity, record.verity)
 
         return Manifest(
             profile=gen.profile, generation=gen.number, serial=gen.serial, created=gen.created,
@@ -360,23 +360,30 @@ class Profiles:
 
     # -- checks ------------------------------------------------------------------------------------------
     def referenced(self) -> set[str]:
-        """Every digest named by some generation of some profile, or as base/parent of a stored layer."""
+        """Every digest named by some generation of some profile, or as base/parent of a stored layer, and the
+        dm-verity trees of those."""
         found: set[str] = set()
         for name in self.names():
             for number in self.numbers(name):
                 gen = self.generation(name, number)
                 found.update(gen.objects)
-        for layer in self.store.layers():
+        layers = self.store.layers()
+        for layer in layers:
             found.update(d for d in (layer.base, layer.parent) if d)
+        found.update(layer.verity.tree for layer in layers if layer.verity is not None and layer.digest in found)
         return found
 
     def drop_unused_layer(self, digest: str, *, keep: set[str] = frozenset()) -> bool:  # type: ignore[assignment]
-        """Remove a layer (record and object) that nothing refers to; False when something does."""
+        """Remove a layer (record and object, and its dm-verity tree unless another layer shares it) that nothing
+        refers to; False when something does."""
         with locked(self.paths.store_lock):
             if digest in keep or digest in self.referenced() or not self.paths.object_meta(digest).exists():
                 return False
+            tree = self.store.get(digest).verity
             self.paths.object_meta(digest).unlink()
             self.store.objects.remove(digest)
+            if tree is not None and tree.tree not in self.store.trees().values():
+                self.store.objects.remove(tree.tree)
         log.info("removed layer %s: nothing refers to it", digest[:12])
         return True
 

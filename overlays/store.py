@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -16,7 +17,7 @@ from layerboot.overlays.names import DIGEST_RE
 from layerboot.overlays.objects import ObjectStore
 from layerboot.overlays.serial import locked
 from layerboot.overlays.squashfs import is_squashfs, mksquashfs, require_squashfs
-from layerboot.overlays.verity import fsverity_digest
+from layerboot.overlays.verity import VerityTree, merkle_tree
 from layerboot.paths import Paths
 
 log = logging.getLogger("layerboot.store")
@@ -129,20 +130,30 @@ class Store:
         return self._remember(Layer(digest=digest, kind=kind, size=size, source=str(path),
                                     description=description or path.name))
 
-    def with_fsverity(self, layer: Layer, *, save: bool = True) -> Layer:
-        """The layer with its fs-verity digest (computed from the object and recorded the first time)."""
-        if layer.fsverity is not None or not layer.is_squashfs:
+    def with_verity(self, layer: Layer, *, save: bool = True) -> Layer:
+        """The layer with its fs-verity digest and dm-verity tree (computed in one pass over the object and
+        recorded the first time; overlays/verity.py). The tree is an object with no record of its own: the
+        layer's record names it (leftovers.find_unrecorded_objects knows; a tree lost to a concurrent
+        ``store fsck --repair`` is made again here, by the next manifest that names the layer)."""
+        if not layer.is_squashfs or (layer.fsverity is not None and layer.verity is not None
+                                     and self.objects.exists(layer.verity.tree)):
             return layer
-        layer = replace(layer, fsverity=fsverity_digest(self.path(layer)))
+        tree = merkle_tree(self.path(layer))
+        digest, size = self.objects.put_stream(io.BytesIO(tree.tree), name=f"the dm-verity tree of {layer.short}")
+        layer = replace(layer, fsverity=tree.fsverity, verity=VerityTree(root=tree.root, tree=digest, tree_size=size))
         return self.record(layer) if save else layer
+
+    def trees(self) -> dict[str, str]:
+        """Each recorded squashfs layer's dm-verity tree: {layer digest: tree digest}."""
+        return {layer.digest: layer.verity.tree for layer in self.layers() if layer.verity is not None}
 
     def _remember(self, layer: Layer) -> Layer:
         existing = self.paths.object_meta(layer.digest)
         if existing.exists():
-            known = self.with_fsverity(self.get(layer.digest))
+            known = self.with_verity(self.get(layer.digest))
             log.info("layer %s is already in the store", known.short)
             return known
-        layer = self.with_fsverity(layer, save=False)
+        layer = self.with_verity(layer, save=False)
         with locked(self.paths.store_lock):   # 'store fsck --repair' removes unrecorded objects under this lock
             if not self.objects.exists(layer.digest):
                 raise LayerbootError(f"object {layer.short} vanished before its record was written",
@@ -183,6 +194,12 @@ class Store:
                 problems.append(FsckProblem(digest, "recorded as a squashfs layer but is not one"))
             if layer.size != self.objects.path(digest).stat().st_size:
                 problems.append(FsckProblem(digest, f"size differs from its record ({layer.size})"))
+            if layer.verity is not None:
+                problem = self.objects.verify(layer.verity.tree)
+                if problem:
+                    problems.append(FsckProblem(layer.verity.tree, f"the dm-verity tree of {layer.short}: {problem} "
+                                                "(the next manifest that names the layer makes it again)",
+                                                damaged=self.objects.exists(layer.verity.tree)))
             for label, ref in (("base", layer.base), ("parent", layer.parent)):
                 if ref and ref not in recorded:
                     problems.append(FsckProblem(digest, f"its {label} {ref[:12]} is not in the store"))

@@ -1,7 +1,8 @@
 """Serving immutable store objects: which ones a node may fetch, and a sendfile response with Range.
 
 A node may fetch the digests named by any generation of its profile (so a generation published while it boots
-does not break the boot). Generations are immutable, so the digest set of each generation is read once and
+does not break the boot), and the dm-verity hash trees of those layers (a streaming node reads them with the
+layer: initrd/stage1/stream.py). Generations are immutable, so the digest set of each generation is read once and
 cached; only new generation numbers are read later.
 
 The response body goes out with sendfile(2) from the worker threads of server/guard/sender.py (zero copy, like
@@ -24,6 +25,7 @@ from typing import BinaryIO
 
 from aiohttp import web
 
+from layerboot.errors import LayerbootError
 from layerboot.overlays.profile import Profiles
 from layerboot.server.guard.connections import client_key
 from layerboot.server.guard.sender import Sender
@@ -38,7 +40,8 @@ _MAX_DIGITS = 19
 
 @dataclass
 class ProfileIndex:
-    """Digests each profile's generations name (layers, kernel, initrd), read once per generation."""
+    """Digests each profile's generations name (layers, kernel, initrd, the layers' dm-verity trees), read once
+    per generation."""
 
     profiles: Profiles
     _seen: dict[str, dict[int, frozenset[str]]] = field(default_factory=dict)
@@ -48,11 +51,20 @@ class ProfileIndex:
         for number in self.profiles.numbers(profile):
             if number not in known:
                 gen = self.profiles.generation(profile, number)
-                known[number] = frozenset(gen.objects)
+                trees = (self._tree(d) for d in gen.chain)
+                known[number] = frozenset(d for d in (*gen.objects, *trees) if d)
         result: set[str] = set()
         for digests in known.values():
             result |= digests
         return result
+
+    def _tree(self, digest: str) -> str | None:
+        """The layer's dm-verity tree: the one its signed manifest names (made when the manifest was signed)."""
+        try:
+            verity = self.profiles.store.get(digest).verity
+        except LayerbootError:
+            return None
+        return verity.tree if verity is not None else None
 
     def allows(self, profile: str, digest: str) -> bool:
         return digest in self.digests(profile)

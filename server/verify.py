@@ -150,19 +150,40 @@ class ObjectVerifier:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
+def current_trees(store: Any, digests: list[str]) -> list[str]:
+    """The dm-verity trees of the layers among ``digests``, each made again when its object is missing (removed by
+    ``store fsck --repair`` or by the clean-up of a layerbootd that did not know trees): signed manifests name
+    it, streaming nodes need it, and it comes out byte for byte the same (overlays/verity.py)."""
+    trees = []
+    for digest in digests:
+        try:
+            layer = store.get(digest)
+        except LayerbootError:
+            continue
+        if layer.verity is None:
+            continue
+        if not store.objects.exists(layer.verity.tree):
+            log.warning("the dm-verity tree of layer %s is missing: making it again", digest[:12])
+            layer = store.with_verity(layer)
+        trees.append(layer.verity.tree)
+    return trees
+
+
 async def keep_verified(verifier: ObjectVerifier, profiles: Any, *, scrub_interval: int,
                         turn: Any = None) -> None:
-    """Layerbootd's background task: right after start, verify what the profiles' current generations name
-    (what booting nodes ask for first, so they need not wait for the hash); then every ``scrub_interval``
-    seconds re-hash every object in the store (0: never). ``turn()`` (blocking) says whether this replica
-    scrubs this time: replicas share one store, so one scrub of it is enough (server/replica)."""
-    if not verifier.enabled:
-        return
+    """Layerbootd's background task: right after start, make missing dm-verity trees of the current generations
+    again and verify what those generations name (what booting nodes ask for first, so they need not wait for
+    the hash); then every ``scrub_interval`` seconds re-hash every object in the store (0: never). ``turn()``
+    (blocking) says whether this replica scrubs this time: replicas share one store, so one scrub of it is
+    enough (server/replica)."""
     try:
         current: list[str] = []
         for name in profiles.names():
             gen = profiles.current(name)
             current += [d for d in gen.objects if d not in current]
+        current += await asyncio.get_running_loop().run_in_executor(None, current_trees, profiles.store, current)
+        if not verifier.enabled:
+            return
         await verifier.sweep(current, force=False, what="start-up verification of the current generations")
     except Exception as err:   # a broken profile record: serving verifies on demand all the same
         log.warning("start-up verification stopped: %s", err)

@@ -22,14 +22,16 @@ sys.path.insert(0, str(BENCH))
 from peers import layerboot as bench_layerboot  # noqa: E402
 from peers.boot import MARKER_PATTERN, Guest, node_config  # noqa: E402
 from peers.cache import cached, input_key  # noqa: E402
-from peers.report import Measured, SystemResult, describe, mb, ratio_lines, ratios  # noqa: E402
+from peers.report import Measured, SystemResult, describe, mb, ratio_lines, ratios, stream_lines  # noqa: E402
 from peers.rootfs import MARKER_SCRIPT, filler_bytes, parse_marker, rootfs_image  # noqa: E402
 from peers.serve import CountingRelay, CountingServer  # noqa: E402
 
 
 def test_marker_line_is_found_with_uptime_and_version() -> None:
     found = parse_marker("[   12.345] ROOTFS-UP 11.02 version=v2\r")
-    assert found is not None and found.uptime == 11.02 and found.version == "v2"
+    assert found is not None and found.uptime == 11.02 and found.version == "v2" and found.used_kb is None
+    found = parse_marker("[   12.345] ROOTFS-UP 11.02 version=v2 used_kb=81234\r")
+    assert found is not None and found.version == "v2" and found.used_kb == 81234
     assert parse_marker("echo \"ROOTFS-UP $up version=$(cat /etc/bench-version)\"") is None
     assert parse_marker("random kernel line") is None
     assert re.search(MARKER_PATTERN, "ROOTFS-UP 11.02 version=v2") and not re.search(MARKER_PATTERN, "ROOTFS-UP")
@@ -39,9 +41,12 @@ def test_marker_script_prints_what_the_parser_expects(tmp_path: Path) -> None:
     """Run the init's echo line with a fake uptime and version: the parser must accept its output."""
     echo = next(line for line in MARKER_SCRIPT.splitlines() if line.startswith("echo"))
     (tmp_path / "v").write_text("v7\n")
-    script = f"up=3.50; {echo.replace('/etc/bench-version', str(tmp_path / 'v'))}"
+    script = f"up=3.50; used=2048; {echo.replace('/etc/bench-version', str(tmp_path / 'v'))}"
     out = run(["sh", "-c", script]).text
-    assert parse_marker(out) == parse_marker("ROOTFS-UP 3.50 version=v7")
+    assert parse_marker(out) == parse_marker("ROOTFS-UP 3.50 version=v7 used_kb=2048")
+    used = next(line for line in MARKER_SCRIPT.splitlines() if line.startswith("used="))
+    out = run(["sh", "-c", f"{used}; echo $used"]).text   # this host's RAM in use, as the guest computes it
+    assert 0 < int(out) < 1 << 40
 
 
 def test_filler_is_deterministic_and_incompressible() -> None:
@@ -155,6 +160,24 @@ def test_median_needs_every_run_and_ratios_use_only_measured_systems() -> None:
                                           Measured(9.0, 5, None, 4.0)])
     assert timed.median_cpu == 3.0 and "QEMU cpu 3.0 s" in describe(timed)
     assert mb(15_663_104) == "15.7 MB" and mb(9_312) == "9.3 kB" and mb(None) == "-"
+
+
+def test_streaming_is_judged_against_the_full_fetch_and_live_boot() -> None:
+    live = SystemResult("live-boot", 1, [Measured(20.0, 10)])
+    full = SystemResult("layerboot", 1, [Measured(12.0, 10)])
+    stream = SystemResult("layerboot-stream", 1, [Measured(2.4, 1)])
+    assert stream_lines([live, full, stream]) == [
+        "ratio layerboot-stream / live-boot: 0.12x", "ratio layerboot-stream / layerboot: 0.20x",
+        "target layerboot-stream <= 0.25x layerboot: PASS", "target layerboot-stream <= 0.15x live-boot: PASS"]
+    lean = SystemResult("layerboot-stream", 1, [Measured(2.4, 1, used_kb=60_000)])
+    assert stream_lines([SystemResult("layerboot", 1, [Measured(12.0, 10, used_kb=400_000)]), lean])[-1] == \
+        "RAM at the marker layerboot-stream / layerboot: 0.15x; target <= 0.2x: PASS"
+    assert "RAM used 59 MiB" in describe(lean)
+    slow = SystemResult("layerboot-stream", 1, [Measured(4.0, 1)])
+    assert stream_lines([live, full, slow])[-2:] == ["target layerboot-stream <= 0.25x layerboot: MISS",
+                                                     "target layerboot-stream <= 0.15x live-boot: MISS"]
+    assert stream_lines([live, SystemResult("layerboot-stream", 1, [Measured(None, 0, "timeout")])]) == \
+        ["layerboot-stream: no ratios in this run"]
 
 
 def test_an_unavailable_system_is_reported_as_such_never_as_a_figure() -> None:

@@ -233,6 +233,26 @@ def test_gc_keeps_the_current_and_previous_generation(cache: LayerCache, tmp_pat
     assert not any(name.startswith(g1) for name in os.listdir(cache.layers))
 
 
+@pytest.mark.root
+def test_stream_files_are_sparse_keep_their_blocks_and_go_with_their_generation(cache: LayerCache) -> None:
+    kept, old = "c" * 64, "d" * 64
+    fd = cache.stream_file(kept, 1 << 20)
+    os.pwrite(fd, b"block", 8192)
+    os.close(fd)
+    fd = cache.stream_file(kept, 1 << 20)          # the next boot: the same file, what was written still there
+    assert os.pread(fd, 5, 8192) == b"block" and os.fstat(fd).st_size == 1 << 20
+    assert os.fstat(fd).st_blocks * 512 < 1 << 20  # sparse: holes where nothing was read
+    os.close(fd)
+    fd = cache.stream_file(kept, 2 << 20)          # another size (not this layer's file): emptied, never misread
+    assert os.pread(fd, 5, 8192) == bytes(5) and os.fstat(fd).st_size == 2 << 20
+    os.close(fd)
+    os.close(cache.stream_file(old, 4096))
+    cache.gc({kept})
+    assert os.listdir(os.path.join(cache.root, "stream")) == [kept]
+    with pytest.raises(CacheError):
+        cache.stream_file("../etc", 4096)
+
+
 def test_importing_the_cache_module_loads_nothing_heavy() -> None:
     code = ("import sys; before = set(sys.modules); import layerboot.initrd.stage1.cache; "
             "print(' '.join(sorted(set(sys.modules) - before)))")

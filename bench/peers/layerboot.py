@@ -10,6 +10,7 @@ build/initrd.py's own cache. layerbootd listens on a free loopback port behind a
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
 import sys
@@ -80,7 +81,8 @@ def _signing_key(cache: Path, private: Path, public: Path) -> None:
 
 def _script(name: str) -> str:
     """A layerboot console script: next to this interpreter (pip's place for them), else on PATH."""
-    found = tool_path(name, Path(sys.executable).parent)
+    here = Path(sys.executable).parent / name   # first: the fixed PATH may hold another install (/usr/local/bin)
+    found = str(here) if here.is_file() and os.access(here, os.X_OK) else tool_path(name)
     if found is None:
         raise LayerbootError(f"{name} is not installed",
                              hint="run bash .ci/install (it installs layerboot into /opt/layerboot)")
@@ -127,13 +129,30 @@ def prepare_store(bench: Bench, root: Path) -> tuple[Path, dict[str, str]]:
 
 @contextmanager
 def system(bench: Bench) -> Iterator[System]:
+    """layerboot downloading each layer whole (the default, ``layerboot.fetch=full``), and its cache variant."""
+    with _system(bench, "layerboot") as found:
+        yield found
+
+
+@contextmanager
+def stream_system(bench: Bench) -> Iterator[System]:
+    """layerboot streaming its layers (``layerboot.fetch=stream``: nbd + dm-verity, only the blocks read are
+    fetched; docs/stage1.md "Streaming layers"), from a store and layerbootd of its own."""
+    if importlib.util.find_spec("layerboot.initrd.stage1.stream") is None:
+        raise Unavailable("not yet available: initrd/stage1/stream.py (issue 18) not in this tree")
+    with _system(bench, "layerboot-stream", " layerboot.fetch=stream") as found:
+        yield found
+
+
+@contextmanager
+def _system(bench: Bench, name: str, extra: str = "") -> Iterator[System]:
     missing = missing_parts()
     if missing:
         raise Unavailable("not yet available: " + ", ".join(missing) + " not in this tree")
-    root = bench.workdir / "layerboot-store"
+    root = bench.workdir / f"{name}-store"
     initrd, tokens = prepare_store(bench, root)
     port = free_port()
-    log_path = bench.logs / "layerbootd.log"
+    log_path = bench.logs / f"{name}-layerbootd.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("wb")
     daemon = Process([_script("layerbootd"), "--store", root, "--listen", "127.0.0.1", "--port", str(port),
@@ -143,12 +162,12 @@ def system(bench: Bench) -> Iterator[System]:
         with CountingRelay(port) as relay:
             server = f"http://10.0.2.2:{relay.port}"
             cached = None
-            if importlib.util.find_spec("layerboot.initrd.stage1.cache") is not None:
+            if importlib.util.find_spec("layerboot.initrd.stage1.cache") is not None and not extra:
                 with_cache = f" layerboot.cache=LABEL={CACHE_LABEL}"
                 cached = System("layerboot-cache", initrd,
                                 lambda v: cmdline(server, MACS[v], tokens[v], f"bench-{v}") + with_cache,
                                 FAIL_CACHED, relay.traffic, mac=MACS)
-            yield System("layerboot", initrd, lambda v: cmdline(server, MACS[v], tokens[v], f"bench-{v}"), FAIL,
+            yield System(name, initrd, lambda v: cmdline(server, MACS[v], tokens[v], f"bench-{v}") + extra, FAIL,
                          relay.traffic, mac=MACS, cache_variant=cached)
     finally:
         daemon.terminate()

@@ -11,6 +11,9 @@ from dataclasses import asdict, dataclass, field
 TARGET = ("live-boot", 0.5)   # issue 5's target: layerboot <= 0.5x live-boot
 # issue 20's targets on the size curve: layerboot / live-boot at most this, by rootfs size (MB, from this size up)
 SIZE_TARGETS = ((0, 0.5), (500, 1.0))
+# issue 18's targets for streamed layers (a 1 GiB base of which the boot reads at most 10%)
+STREAM_TARGETS = (("layerboot", 0.25), ("live-boot", 0.15))
+STREAM_RAM_TARGET = 0.2   # RAM in use at the rootfs marker, against layerboot's full fetch
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,7 @@ class Measured:
     http_bytes: int
     failure: str | None = None
     cpu_seconds: float | None = None   # QEMU's CPU time for the boot (guest work; less load-sensitive)
+    used_kb: int | None = None         # guest RAM in use at the rootfs marker (MemTotal - MemAvailable)
 
 
 @dataclass
@@ -48,12 +52,17 @@ class SystemResult:
         return statistics.median(cpu) if cpu and len(cpu) == len(self.runs) else None
 
     @property
+    def median_used_kb(self) -> int | None:
+        used = [r.used_kb for r in self.runs if r.used_kb is not None and r.failure is None]
+        return int(statistics.median(used)) if used and len(used) == len(self.runs) else None
+
+    @property
     def median_bytes(self) -> int | None:
         return int(statistics.median(r.http_bytes for r in self.runs)) if self.runs else None
 
     def to_json(self) -> dict[str, object]:
         return {**asdict(self), "median": self.median, "median_cpu": self.median_cpu,
-                "median_bytes": self.median_bytes}
+                "median_bytes": self.median_bytes, "median_used_kb": self.median_used_kb}
 
 
 def ratios(results: list[SystemResult], subject: str = "layerboot") -> dict[str, float]:
@@ -91,7 +100,8 @@ def describe(result: SystemResult) -> str:
     each = " ".join("FAIL" if r.seconds is None or r.failure else f"{r.seconds:.2f}" for r in result.runs)
     median = "no median" if result.median is None else f"median {result.median:6.2f} s"
     cpu = "" if result.median_cpu is None else f", QEMU cpu {result.median_cpu:.1f} s"
-    line = f"{head}   {median} ({each}){cpu}   served {mb(result.median_bytes)}"
+    used = "" if result.median_used_kb is None else f", RAM used {result.median_used_kb / 1024:.0f} MiB"
+    line = f"{head}   {median} ({each}){cpu}   served {mb(result.median_bytes)}{used}"
     failures = sorted({r.failure for r in result.runs if r.failure})
     return line + "".join(f"\n{'':25}failed: {f}" for f in failures)
 
@@ -112,6 +122,24 @@ def ratio_lines(results: list[SystemResult], subject: str = "layerboot", target:
     if target_name in found:
         verdict = "PASS" if found[target_name] <= target else "MISS"
         lines.append(f"target {subject} <= {target}x {target_name}: {verdict}")
+    return lines
+
+
+def stream_lines(results: list[SystemResult], subject: str = "layerboot-stream") -> list[str]:
+    """Streaming's ratios to each other system measured, and issue 18's verdicts (STREAM_TARGETS)."""
+    found = ratios(results, subject)
+    if not found:
+        return [f"{subject}: no ratios in this run"]
+    lines = [f"ratio {subject} / {name}: {value:.2f}x" for name, value in found.items()]
+    for name, limit in STREAM_TARGETS:
+        if name in found:
+            lines.append(f"target {subject} <= {limit}x {name}: {'PASS' if found[name] <= limit else 'MISS'}")
+    by_name = {r.name: r for r in results}
+    full, mine = by_name.get("layerboot"), by_name[subject]
+    if full is not None and full.median_used_kb and mine.median_used_kb is not None:
+        share = mine.median_used_kb / full.median_used_kb
+        lines.append(f"RAM at the marker {subject} / layerboot: {share:.2f}x; target <= {STREAM_RAM_TARGET}x: "
+                     + ("PASS" if share <= STREAM_RAM_TARGET else "MISS"))
     return lines
 
 

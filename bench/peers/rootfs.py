@@ -1,8 +1,9 @@
 """The one root filesystem every system boots: busybox, a marker init, and incompressible filler.
 
 Its init (``/sbin/init``, also at ``/marker`` for the peers' ``init=/marker``) prints
-``ROOTFS-UP <uptime> version=<v>`` on the console and powers off, so the time to that line is the time until
-the real rootfs runs. ``/etc/bench-version`` is the one file the second-boot benchmark changes (v1 -> v2).
+``ROOTFS-UP <uptime> version=<v> used_kb=<n>`` on the console and powers off, so the time to that line is the
+time until the real rootfs runs, and ``used_kb`` the RAM in use then (MemTotal - MemAvailable: what the boot
+holds that the kernel could not hand back, e.g. layers in a tmpfs). ``/etc/bench-version`` is the one file the second-boot benchmark changes (v1 -> v2).
 The filler is a deterministic pseudo-random stream (incompressible), so the squashfs is about
 ``filler_mb`` MB whatever the host has installed, and equal inputs give an equal image.
 """
@@ -26,13 +27,14 @@ MARKER_SCRIPT = """#!/bin/sh
 [ -r /proc/uptime ] || mount -t proc proc /proc
 [ -c /dev/console ] && exec >/dev/console 2>&1
 read up idle < /proc/uptime
-echo "ROOTFS-UP $up version=$(cat /etc/bench-version)"
+used=$(awk '/^MemTotal:/ {t = $2} /^MemAvailable:/ {a = $2} END {print t - a}' /proc/meminfo)
+echo "ROOTFS-UP $up version=$(cat /etc/bench-version) used_kb=$used"
 sync
 poweroff -f
 """
 VERSION_FILE = "etc/bench-version"
 FILLER_FILE = "usr/share/bench/filler.bin"
-_MARKER_LINE = re.compile(r"ROOTFS-UP (\d+(?:\.\d+)?) version=(\S+)")
+_MARKER_LINE = re.compile(r"ROOTFS-UP (\d+(?:\.\d+)?) version=(\S+)(?: used_kb=(\d+))?")
 
 
 @dataclass(frozen=True)
@@ -41,12 +43,15 @@ class MarkerLine:
 
     uptime: float
     version: str
+    used_kb: int | None = None    # RAM in use at the marker (None: an older marker without it)
 
 
 def parse_marker(line: str) -> MarkerLine | None:
     """The marker in a console line (None when the line is not the marker)."""
     match = _MARKER_LINE.search(line)
-    return MarkerLine(float(match.group(1)), match.group(2)) if match else None
+    if not match:
+        return None
+    return MarkerLine(float(match.group(1)), match.group(2), int(match.group(3)) if match.group(3) else None)
 
 
 def filler_bytes(size: int, seed: bytes = b"layerboot-bench") -> bytes:

@@ -13,6 +13,10 @@ Layout (root of the cache filesystem)::
 
     layers/<sha256>        a verified layer, read-only; with fs-verity on when the filesystem has the feature
                            and the signed manifest names the layer's fs-verity digest
+    stream/<sha256>        a streamed layer's blocks read so far (``layerboot.fetch=stream``): a sparse file laid
+                           out like its block device (the layer, then its dm-verity tree); holes are blocks
+                           never read. Written by the stream daemon (streamd.py), checked on every read by
+                           dm-verity above it, like the network's bytes
     manifest.json          the last accepted signed manifest envelope, byte for byte
     previous-manifest.json the one accepted before it (garbage collection keeps both generations' layers)
     last-serial            the last accepted serial: the same file and format as verify.SerialCache
@@ -36,6 +40,7 @@ SERIAL_FILE = "last-serial"
 MANIFEST_FILE = "manifest.json"
 PREVIOUS_FILE = "previous-manifest.json"
 LAYERS = "layers"
+STREAM = "stream"
 RECORD_SUFFIX = ".ok"     # hash records of older versions (size + mtime: forgeable); removed by gc
 TMP_SUFFIX = ".tmp"
 EXT_MAGIC = 0xEF53
@@ -202,6 +207,27 @@ class LayerCache:
     def path(self, digest: str) -> str:
         return os.path.join(self.layers, _check_digest(digest))
 
+    def stream_file(self, digest: str, size: int) -> int:
+        """An open read-write fd of the layer's sparse stream file (``size`` bytes, made or resized here), for the
+        stream daemon; -1 after one line when it cannot be had (the layer is then streamed without it)."""
+        directory = os.path.join(self.root, STREAM)
+        path = os.path.join(directory, _check_digest(digest))
+        try:
+            os.makedirs(directory, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            self._once("stream", f"cannot keep streamed blocks in {directory} ({err.strerror}); streaming without")
+            return -1
+        try:
+            if os.fstat(fd).st_size != size:   # a new layer, or a file cut short: it never holds wrong sizes
+                os.ftruncate(fd, 0)
+                os.ftruncate(fd, size)
+        except OSError as err:
+            os.close(fd)
+            self._once("stream", f"cannot size {path} ({err.strerror}); streaming without the cache")
+            return -1
+        return fd
+
     def tmp_path(self, digest: str) -> str:
         """Where a caller may download a layer on the cache filesystem, so ``admit`` only renames it."""
         return os.path.join(self.layers, f".{_check_digest(digest)}{TMP_SUFFIX}")
@@ -362,6 +388,12 @@ class LayerCache:
             if name.endswith(RECORD_SUFFIX):
                 os.unlink(os.path.join(self.layers, name))
         _fsync_dir(self.layers)
+        streamed = os.path.join(self.root, STREAM)
+        for name in os.listdir(streamed) if os.path.isdir(streamed) else ():
+            if name not in keep:
+                path = os.path.join(streamed, name)
+                freed += os.stat(path).st_blocks * 512
+                os.unlink(path)
         return freed
 
     # -- manifests ------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from .record import Record
 EMERGENCY_ACTIONS = ("shell", "reboot", "poweroff")
 LAYER_PLACES = ("ram", "cache")
 MIRROR_MODES = ("on", "off")
+FETCH_MODES = ("full", "stream")
 STAGES = ("modules", "net", "manifest", "layers", "mount", "switch_root")
 DEFAULT_INIT = "/sbin/init"
 
@@ -37,6 +38,9 @@ class Options(Record):
     clone: str = ""                   # layerboot.clone=NODE (discovery menu): ask to become a clone of NODE
     name: str = ""                    # layerboot.name=NAME (discovery menu): ... named NAME
     mirrors: str = "on"               # layerboot.mirrors=on|off: use the signed manifest's mirrors (sources.py)
+
+    fetch: str = "full"               # layerboot.fetch=full|stream: download whole layers, or stream blocks (stream.py)
+    stream_giveup: float = 0.0        # layerboot.stream_giveup=SECONDS: a streamed read fails with EIO after (0: never)
     init: str = DEFAULT_INIT          # init=/path of the real init in the new root
     net: NetPlan = NetPlan()          # ip= vlan= bond= ifname= nameserver= BOOTIF= rd.* (dracut syntax, netcmd.py)
 
@@ -105,6 +109,13 @@ def parse_cmdline(text: str) -> Options:
                 if value not in MIRROR_MODES:
                     raise CmdlineError(f"layerboot.mirrors={value!r}: use one of {', '.join(MIRROR_MODES)}")
                 values["mirrors"] = value
+
+            elif name == "fetch":
+                if value not in FETCH_MODES:
+                    raise CmdlineError(f"layerboot.fetch={value!r}: use one of {', '.join(FETCH_MODES)}")
+                values["fetch"] = value
+            elif name == "stream_giveup":
+                values[name] = 0.0 if value == "0" else float(_positive(key, value, float))
             elif name in ("retries",):
                 values[name] = int(_positive(key, value, int))
             elif name == "timeout":

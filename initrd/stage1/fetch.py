@@ -27,6 +27,13 @@ class FetchError(StageError):
     pass
 
 
+def base_urls(server: str) -> list[str]:
+    """Where streamed layers (stream.py) read blocks from, in order of preference (``layer.path`` is relative to
+    each): the origin, ``layerboot.server=``. Whole downloads rank the signed manifest's mirrors first
+    (sources.py); streaming does not use mirrors yet (docs/scale.md)."""
+    return [server]
+
+
 def _receive(response, sink, limit: int) -> None:  # noqa: ANN001 - http.Response, hashing.HashSink
     """Move the body into ``sink`` until it ends or the sink holds more than ``limit`` bytes."""
     while sink.size <= limit:
@@ -111,7 +118,7 @@ def fetch_layer(server: str, token: str, layer: Layer, directory: str, *, retrie
 
     final = os.path.join(directory, layer.digest)
     part = part or final + ".part"
-    bases = sources.for_layer(layer) if sources is not None else [server]
+    bases = sources.for_layer(layer) if sources is not None else base_urls(server)
     where = os.path.dirname(part)
     try:
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)

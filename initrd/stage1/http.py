@@ -75,6 +75,7 @@ class Response:
             self._left = parse_number(length.strip(), f"{what}: Content-Length")
         self._chunk_left = 0
         self._done = self._left == 0
+        self.reusable = False      # exchange(keep_alive=True): the socket may carry the next request
 
     # -- framing ------------------------------------------------------------------------------------------
     def _line(self) -> bytes:
@@ -200,8 +201,8 @@ def _parse_head(head: bytes, what: str) -> tuple[int, str, dict[str, str]]:
     return int(parts[1]), parts[2] if len(parts) > 2 else "", headers
 
 
-def open_socket(host: str, port: int):  # noqa: ANN201 - (_socket.socket, address)
-    """A TCP socket for ``host`` (an IPv4 literal as it is; a name or IPv6 literal resolved) and its address."""
+def open_socket(host: str, port: int, timeout: float):  # noqa: ANN201 - a connected _socket.socket
+    """A TCP connection to ``host``:``port`` (an address, or a name resolved here); HttpError when it fails."""
     import _socket
 
     try:
@@ -210,18 +211,29 @@ def open_socket(host: str, port: int):  # noqa: ANN201 - (_socket.socket, addres
             family, address = _socket.AF_INET, (host, port)
         except OSError:  # a name: resolve it (bytes, so the idna codec is not needed)
             family, _, _, _, address = _socket.getaddrinfo(host.encode("ascii"), port, 0, _socket.SOCK_STREAM)[0]
-        return _socket.socket(family, _socket.SOCK_STREAM), address
+        sock = _socket.socket(family, _socket.SOCK_STREAM)
     except (OSError, UnicodeError) as err:
         raise HttpError(f"cannot resolve {host}: {err}") from None
+    try:
+        sock.settimeout(timeout)
+        sock.connect(address)
+    except OSError as err:
+        sock.close()
+        raise HttpError(f"{host}:{port}: {err.strerror or err}") from None
+    return sock
 
 
-def request(method: str, url: str, *, token: str = "", headers: dict[str, str] | None = None,
-            body: bytes = b"", timeout: float = 10.0) -> Response:
-    """Send a request and return the response with its headers read (status not checked)."""
+def exchange(sock, method: str, url: str, *, token: str = "", headers: dict[str, str] | None = None,  # noqa: ANN001
+             body: bytes = b"", keep_alive: bool = False) -> Response:
+    """Send one request on the connected ``sock`` and read the response head (status not checked).
+
+    With ``keep_alive`` the request does not ask the server to close: once the body is read, the caller may
+    send the next request on the same socket (streamd.py) unless ``Response.reusable`` is false.
+    """
     host, port, path = split_url(url)
     what = f"{method} {url.split('?')[0]}"
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {f'[{host}]' if ':' in host else host}:{port}", "Connection: close",
-             "User-Agent: layerboot-stage1"]
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {f'[{host}]' if ':' in host else host}:{port}",
+             "Connection: keep-alive" if keep_alive else "Connection: close", "User-Agent: layerboot-stage1"]
     if token:
         lines.append(f"Authorization: Bearer {token}")
     for key, value in (headers or {}).items():
@@ -229,10 +241,7 @@ def request(method: str, url: str, *, token: str = "", headers: dict[str, str] |
     if body or method in ("POST", "PUT"):
         lines.append(f"Content-Length: {len(body)}")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    sock, address = open_socket(host, port)
     try:
-        sock.settimeout(timeout)
-        sock.connect(address)
         sock.sendall(head + body)
         data = b""
         while b"\r\n\r\n" not in data:
@@ -242,14 +251,29 @@ def request(method: str, url: str, *, token: str = "", headers: dict[str, str] |
             if not piece:
                 raise HttpError(f"{what}: {host}:{port} closed the connection before answering")
             data += piece
-        head_bytes, _, rest = data.partition(b"\r\n\r\n")
-        if len(head_bytes) > HEAD_LIMIT:
-            raise HttpError(f"{what}: {host}:{port} sent oversized response headers")
-        status, reason, parsed = _parse_head(head_bytes, what)
-        return Response(sock, status, reason, parsed, rest, what)
     except OSError as err:
-        sock.close()
         raise HttpError(f"{what}: {err.strerror or err}") from None
+    head_bytes, _, rest = data.partition(b"\r\n\r\n")
+    if len(head_bytes) > HEAD_LIMIT:
+        raise HttpError(f"{what}: {host}:{port} sent oversized response headers")
+    status, reason, parsed = _parse_head(head_bytes, what)
+    response = Response(sock, status, reason, parsed, rest, what)
+    response.reusable = keep_alive and parsed.get("connection", "").strip().lower() != "close"
+    return response
+
+
+def request(method: str, url: str, *, token: str = "", headers: dict[str, str] | None = None,
+            body: bytes = b"", timeout: float = 10.0) -> Response:
+    """Send a request on a new connection and return the response with its headers read (status not checked)."""
+    host, port, _ = split_url(url)
+    try:
+        sock = open_socket(host, port, timeout)
+    except HttpError as err:
+        if str(err).startswith("cannot resolve"):
+            raise
+        raise HttpError(f"{method} {url.split('?')[0]}: {str(err).split(': ', 1)[1]}") from None
+    try:
+        return exchange(sock, method, url, token=token, headers=headers, body=body)
     except HttpError:
         sock.close()
         raise

@@ -97,6 +97,10 @@ def run_stages(boot: Boot) -> None:
     boot.mark = time.monotonic()
     stage("modules")
     load_modules(optional=CACHE_MODULES if options.cache or options.slot or options.discover else ())  # disks
+    if options.fetch == "stream":   # nbd and dm-verity (stream.py)
+        from .stream import load_modules as load_stream_modules
+
+        load_stream_modules()
 
     stage("net")
     written: list[str] = []
@@ -163,24 +167,35 @@ def run_stages(boot: Boot) -> None:
         except SlotError as err:
             raise StageError(str(err)) from None
     else:
-        from .fetch import fetch_layers
+        from .fetch import base_urls, fetch_layers
 
+        streamed: dict[str, str] = {}
+        if options.fetch == "stream":   # block devices with dm-verity, nothing downloaded (stream.py)
+            from .stream import attach
+
+            streamed = attach(manifest.layers, bases=base_urls(options.server), token=secret or options.token,
+                              cache=cache, giveup=options.stream_giveup, timeout=options.timeout)
+            whole = len(manifest.layers) - len(streamed)
+            say(f"streaming {len(streamed)} layers" + (f"; {whole} without a dm-verity tree are fetched whole"
+                                                       if whole else ""))
+        rest = tuple(layer for layer in manifest.layers if layer.digest not in streamed)
         on_disk = cache is not None and options.layers != "ram"   # layerboot.layers=, docs/stage1.md
-        if not on_disk:
+        if not on_disk and rest:
             cached = cache.digests() if cache is not None else set()
-            wanted = [layer for layer in manifest.layers if layer.digest not in cached]
-            ram_for_layers(sum(layer.size for layer in wanted), len(manifest.layers),
-                           room=sum(layer.size for layer in manifest.layers))
+            wanted = [layer for layer in rest if layer.digest not in cached]
+            ram_for_layers(sum(layer.size for layer in wanted), len(rest), room=sum(layer.size for layer in rest))
         try:   # with the node secret when there is one: a named node's own layer is served with it only
-            files = fetch_layers(options.server, secret or options.token, manifest.layers, LAYER_DIR,
-                                 retries=options.retries, timeout=options.timeout, cache=cache, on_disk=on_disk,
-                                 sources=layer_sources(options, manifest, cache))
+            fetched = iter(fetch_layers(options.server, secret or options.token, rest, LAYER_DIR,
+                                        retries=options.retries, timeout=options.timeout, cache=cache,
+                                        on_disk=on_disk, sources=layer_sources(options, manifest, cache))
+                           if rest else ())
         except StageError as err:
             if manifest.node and not secret and "403" in str(err):
                 raise StageError(f"{err}: node {manifest.node}'s own layer is served with its node secret only, "
                                  "and this boot has none (see the claim line above): set the node's asset key on "
                                  "the server (layerboot nodes set NAME --asset-key UUID:SERIAL)") from None
             raise
+        files = [streamed.get(layer.digest) or next(fetched) for layer in manifest.layers]
 
     stage("mount")
     stack(files, options.upper_size)

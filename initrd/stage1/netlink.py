@@ -79,12 +79,13 @@ def unpack_address(family: int, data: bytes) -> str:
 
 
 class Netlink:
-    """One NETLINK_ROUTE socket; use as a context manager."""
+    """One netlink socket (NETLINK_ROUTE unless ``protocol`` says otherwise: nbd.py speaks generic netlink over
+    the same framing); use as a context manager."""
 
-    def __init__(self) -> None:
+    def __init__(self, protocol: int = NETLINK_ROUTE) -> None:
         import _socket
 
-        self._sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+        self._sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, protocol)
         self._sock.bind((0, 0))
         self._seq = 0
 

@@ -37,19 +37,13 @@ def connect_time(url: str, timeout: float = PROBE_TIMEOUT) -> float | None:
     from .http import HttpError, open_socket, split_url
 
     host, port, _ = split_url(url)
+    started = time.monotonic()
     try:
-        sock, address = open_socket(host, port)
+        sock = open_socket(host, port, timeout)
     except HttpError:
         return None
-    try:
-        sock.settimeout(timeout)
-        started = time.monotonic()
-        sock.connect(address)
-        return time.monotonic() - started
-    except OSError:
-        return None
-    finally:
-        sock.close()
+    sock.close()
+    return time.monotonic() - started
 
 
 class Sources:

@@ -167,15 +167,20 @@ def lowerdir_option(mountpoints_base_first: list[str]) -> str:
 
 
 def stack(layer_files_base_first: list[str], upper_size: str) -> None:
-    """Loop-mount each verified layer, then overlayfs over them with a tmpfs upper at RW_DIR, at NEWROOT."""
+    """Mount each verified layer (a file: through a loop device; a block device such as a dm-verity device
+    over a streamed layer: directly), then overlayfs over them with a tmpfs upper at RW_DIR, at NEWROOT."""
     lowers = []
     for index, path in enumerate(layer_files_base_first):
-        device, fd = attach_loop(path)
         target = f"{LOWER_DIR}/{index}"
-        try:
-            mount(device, target, "squashfs", "ro")
-        finally:
-            os.close(fd)
+        if path.startswith("/dev/"):
+            mount(path, target, "squashfs", "ro")
+            device = path
+        else:
+            device, fd = attach_loop(path)
+            try:
+                mount(device, target, "squashfs", "ro")
+            finally:
+                os.close(fd)
         debug(f"layer {index}: {os.path.basename(path)[:12]} on {device} at {target}")
         lowers.append(target)
     mount("tmpfs", RW_DIR, "tmpfs", f"mode=0755,size={upper_size}")

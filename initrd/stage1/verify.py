@@ -22,6 +22,11 @@ except ImportError:  # pragma: no cover - other builds
 
 ENVELOPE_FORMAT = "layerboot-signed/1"
 MANIFEST_FORMAT = "layerboot-manifest/1"
+VERITY_BLOCK = 4096
+# The only dm-verity parameters stage1 uses (what the server makes). A tree made with others is not used (the
+# layer is then fetched whole), so a newer server's manifest still boots an older initrd.
+VERITY_PARAMETERS = {"algorithm": "sha256", "data_block": VERITY_BLOCK, "hash_block": VERITY_BLOCK, "salt": "",
+                     "format": 1}
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -29,11 +34,24 @@ class VerifyError(Exception):
     pass
 
 
+class Verity(Record):
+    """A layer's dm-verity hash tree (overlays/verity.py): sha256, 4096-byte blocks, no salt, format 1, no
+    superblock. The tree object is ``tree_size`` bytes at ``tree_path``; dm-verity checks reads against ``root``."""
+    root: str
+    tree: str
+    tree_size: int
+    tree_path: str
+
+    def data_blocks(self, size: int) -> int:
+        return -(-size // VERITY_BLOCK)
+
+
 class Layer(Record):
     digest: str
     size: int
     path: str
     fsverity: str = ""          # the layer's fs-verity SHA-256 digest, when the manifest names it (cache.py)
+    verity: Verity | None = None   # its dm-verity tree, when the manifest names one (stream.py)
 
 
 class BootManifest(Record):
@@ -72,20 +90,47 @@ def check_digest(value: object) -> str:
     return value
 
 
+def _size(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise VerifyError(f"{what} has an invalid size {value!r}")
+    return value
+
+
+def _path(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value or value.startswith("/") or ".." in value.split("/") \
+            or "?" in value:
+        raise VerifyError(f"{what} has an unsafe path {value!r}")
+    return value
+
+
+def _verity(item: object, digest: str) -> Verity | None:
+    what = f"the dm-verity tree of layer {digest[:12]}"
+    if not isinstance(item, dict):
+        raise VerifyError(f"{what} is not an object")
+    if any(item.get(key, wanted) != wanted for key, wanted in VERITY_PARAMETERS.items()):
+        return None
+    root, tree = item.get("root"), item.get("tree")
+    for value in (root, tree):
+        if not isinstance(value, str) or len(value) != 64 or not _HEX.issuperset(value):
+            raise VerifyError(f"{what} names an invalid hash {value!r}")
+    size = _size(item.get("tree_size"), what)
+    if size % VERITY_BLOCK:
+        raise VerifyError(f"{what} has a size of {size} bytes, not whole {VERITY_BLOCK}-byte blocks")
+    return Verity(root, tree, size, _path(item.get("tree_path"), what))
+
+
 def _layer(item: object) -> Layer:
     if not isinstance(item, dict):
         raise VerifyError("manifest layer entry is not an object")
     digest = check_digest(item.get("digest"))
-    size, path = item.get("size"), item.get("path")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise VerifyError(f"layer {digest[:12]} has an invalid size {size!r}")
-    if not isinstance(path, str) or not path or path.startswith("/") or ".." in path.split("/") or "?" in path:
-        raise VerifyError(f"layer {digest[:12]} has an unsafe path {path!r}")
+    size = _size(item.get("size"), f"layer {digest[:12]}")
+    path = _path(item.get("path"), f"layer {digest[:12]}")
     fsverity = item.get("fsverity")
     if fsverity is not None and (not isinstance(fsverity, str) or len(fsverity) != 64
                                  or not _HEX.issuperset(fsverity)):
         raise VerifyError(f"layer {digest[:12]} has an invalid fs-verity digest {fsverity!r}")
-    return Layer(digest, size, path, fsverity or "")
+    verity = item.get("verity")
+    return Layer(digest, size, path, fsverity or "", None if verity is None else _verity(verity, digest))
 
 
 MAX_MIRRORS = 16
