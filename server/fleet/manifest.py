@@ -101,7 +101,7 @@ class NodeManifests:
             return row, False
         gen = build.generation
         layer = store_node_layer(self.store, build.tree, name=build.node.name, mac=build.mac, base=gen.base)
-        layer = self.store.with_fsverity(layer)
+        layer = self.store.with_verity(layer)
         with self.lock, locked(self.paths.store_lock):
             row = self.fleet.manifest_row(build.mac)        # another process may have been quicker
             if row is not None and row.fingerprint == build.fingerprint:
