@@ -11,6 +11,7 @@ from layerboot.overlays.keys import load_public_key
 from layerboot.overlays.manifest import verify_manifest
 from layerboot.tools.context import Context
 from layerboot.tools.output import table
+from layerboot.tools.parser import add_json, examples, print_json
 
 DESCRIPTION = """\
 Objects (layers, kernels, initrds) are immutable and named by their sha256, so any HTTP cache can serve them.
@@ -22,10 +23,14 @@ docs/scale.md describes the deployment, docs/security.md what a mirror can and c
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("mirror", help="rack mirrors: what manifests name, nginx configuration for one",
-                            description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = actions.add_parser("list", help="the mirrors each profile's manifests name: configured and published")
+                            description=DESCRIPTION)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True, help="what to do")
+    p = actions.add_parser("list", help="the mirrors each profile's manifests name: configured and published",
+                           description="For every profile: its current generation, the mirrors the settings "
+                                       "name for it, and whether its current signed manifest names the same.")
+    add_json(p)
     p.set_defaults(func=cmd_list)
+    examples(p, "layerboot mirror list", "layerboot mirror list --json")
     p = actions.add_parser("publish", help="sign a new generation of each profile whose current manifest does not "
                                            "name the configured mirrors yet",
                            description="A manifest names the mirrors configured when it was signed. After "
@@ -36,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("profiles", nargs="*", metavar="PROFILE", help="only these profiles (default: all)")
     p.add_argument("-n", "--dry-run", action="store_true", help="say what would change, change nothing")
     p.set_defaults(func=cmd_publish)
+    examples(p, "layerboot mirror publish --dry-run", "layerboot mirror publish web db")
     p = actions.add_parser(
         "nginx-config", help="write an nginx proxy_cache configuration for a rack mirror of this server",
         description="An nginx configuration that makes nginx a cache of this server's /objects/ (sliced, "
@@ -65,6 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--foreground", action="store_true", help="--full: 'daemon off' (for systemd or a test)")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write it here (atomically), not to stdout")
     p.set_defaults(func=cmd_nginx_config)
+    examples(p, "layerboot mirror nginx-config --origin http://10.0.0.1:8080 --allow 10.1.0.0/24 "
+                "-o /etc/nginx/conf.d/layerboot-mirror.conf",
+             "layerboot mirror nginx-config --full --foreground --listen 8081 -o /tmp/mirror.conf")
 
 
 def _state(ctx: Context, profile: str) -> tuple[tuple[tuple[str, ...], str], tuple[tuple[str, ...], str], int]:
@@ -83,11 +92,16 @@ def _shown(state: tuple[tuple[str, ...], str]) -> str:
 
 
 def cmd_list(ctx: Context) -> int:
-    rows = []
+    rows, records = [], []
     for profile in ctx.profiles.names():
         wanted, published, generation = _state(ctx, profile)
+        records.append({"profile": profile, "generation": generation, "configured": list(wanted[0]),
+                        "configured_order": wanted[1], "published": list(published[0]),
+                        "published_order": published[1], "up_to_date": wanted == published})
         rows.append([profile, generation, _shown(wanted),
                      "same" if wanted == published else f"{_shown(published)}: run 'layerboot mirror publish'"])
+    if ctx.args.json:
+        return print_json({"profiles": records})
     if not rows:
         print("no profiles")
         return 0
