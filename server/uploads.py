@@ -184,6 +184,14 @@ class UploadRecords:
             return self.db.scalar(f"SELECT count(*) FROM uploads WHERE state IN {PENDING}")
         return self.db.scalar(f"SELECT count(*) FROM uploads WHERE state IN {PENDING} AND mac = ?", (mac,))
 
+    def listed(self, state: str | None = None) -> list[Upload]:
+        """Uploads as ``layerboot uploads list`` and ``GET /api/v1/uploads`` give them, oldest first: all, those
+        in ``state``, or ``held`` ones (baked, waiting for approval)."""
+        if state and state not in (*STATES, "held"):
+            raise LayerbootError(f"state must be one of {', '.join((*STATES, 'held'))}")
+        uploads = self.list(state=None if state in (None, "", "held") else state)
+        return [u for u in uploads if u.held] if state == "held" else uploads
+
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
         for row in self.db.all("SELECT state, count(*) AS n FROM uploads GROUP BY state"):

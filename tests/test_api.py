@@ -77,6 +77,26 @@ def test_every_route_answers_as_its_openapi_document_says(lab: Lab, capsys: pyte
         {k: v for k, v in node.items() if k != "heartbeat_age"}
     assert main(["--config", str(lab.daemon.config), "nodes", "list", "--json"]) == 0
     assert [n["mac"] for n in json.loads(capsys.readouterr().out)["nodes"]] == sorted([MAC, OTHER_MAC])
+    # a named node's record carries its fleet identity (name, cluster, groups, interfaces, what it boots with)
+    cli = ["--config", str(lab.daemon.config)]
+    assert main([*cli, "clusters", "add", "c1"]) == 0 and main([*cli, "groups", "add", "edge"]) == 0
+    assert main([*cli, "nodes", "set", MAC, "--name", "web1"]) == 0
+    assert main([*cli, "nodes", "set", "web1", "--cluster", "c1", "--add-group", "edge", "--ip", "10.0.0.5/24"]) == 0
+    capsys.readouterr()
+    named = check("GET", "/nodes/web1", 200).json()
+    assert (named["mac"], named["name"], named["cluster"], named["groups"]) == (MAC, "web1", "c1", ["edge"])
+    assert named["interfaces"] == [{"device": "eth0", "mac": MAC, "ipv4": "10.0.0.5/24"}]
+    assert named["fleet"]["sources"]["profile"] == "node" and named["fleet"]["host_keys"][0]["fingerprint"]
+    assert named["events"] == node["events"] and check("GET", f"/nodes/{MAC}", 200).json()["name"] == "web1"
+    assert [n["name"] for n in check("GET", "/nodes?q=web", 200).json()["nodes"]] == ["web1"]
+    assert [n["name"] for n in check("GET", "/nodes?sort=name", 200).json()["nodes"]] == ["web1", None]
+    assert main([*cli, "nodes", "show", "web1", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert {k: v for k, v in shown.items() if k != "heartbeat_age"} == \
+        {k: v for k, v in named.items() if k != "heartbeat_age"}
+    assert main([*cli, "nodes", "list", "--cluster", "c1", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["nodes"]
+    assert [(n["name"], n["groups"], n["interfaces"]) for n in listed] == [("web1", ["edge"], named["interfaces"])]
     check("GET", "/nodes/52:54:00:00:00:99", 404)
     check("GET", "/nodes?sort=bogus", 400)
     assert "no power control" in check("POST", f"/nodes/{MAC}/power", 404, json={"action": "status"}).json()["error"]

@@ -63,7 +63,7 @@ def test_global_options_work_after_the_command(tmp_path: Path, capsys: pytest.Ca
     assert capsys.readouterr().out.strip() == f"store ready at {store}"
     # the value after the command wins over the one before it; the one before it stays when none follows
     assert main(["--store", str(tmp_path / "elsewhere"), "layer", "list", "--store", str(store), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == []
+    assert json.loads(capsys.readouterr().out) == {"layers": []}
     assert main(["--store", str(store), "-v", "layer", "list"]) == 0
     assert "no layers yet" in capsys.readouterr().out
 
@@ -116,21 +116,21 @@ def test_json_output_carries_the_records(store, make_layer, profiles, capsys: py
         assert main([*s, *argv, "--json"]) == 0
         return json.loads(capsys.readouterr().out)
 
-    layers = cli_json("layer", "list")
+    layers = cli_json("layer", "list")["layers"]        # the documents of /api/v1 (server/api/openapi.py)
     assert {layer["digest"]: layer["description"] for layer in layers}[base] == "the base" and len(layers) == 2
     shown = cli_json("layer", "show", base[:8])
     assert shown["digest"] == base
     assert shown["used_by"] == ["profile web generations 1-2", f"the base of layer {top[:12]}"]
-    assert cli_json("profile", "list")[0] | {"created": None} == {
+    assert cli_json("profile", "list")["profiles"][0]["current"] | {"created": None} == {
         "profile": "web", "number": 2, "layers": [base, top], "action": f"add {top[:12]} at 1", "serial": 2,
         "cmdline": "console=ttyS0", "kernel": None, "initrd": None, "modules": None, "created": None}
-    assert [g["number"] for g in cli_json("profile", "log", "web")] == [2, 1]
-    assert cli_json("profile", "show", "web")["layer_records"][1]["digest"] == top
+    assert [g["number"] for g in cli_json("profile", "log", "web")["generations"]] == [2, 1]
+    assert cli_json("profile", "show", "web")["layers"] == [base, top]
     assert cli_json("profile", "diff", "web", "1", "2")["added"] == [top]
     assert cli_json("manifest", "show", "web")["payload"]["serial"] == 2
     assert cli_json("key", "show")["key_id"]
     assert cli_json("config", "show")["store.root"] == str(store.paths.root)
-    assert cli_json("nodes") == [] and cli_json("uploads") == []
+    assert cli_json("nodes") == {"nodes": []} and cli_json("uploads") == {"uploads": []}
 
 
 def test_bash_completion_completes_commands_and_actions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

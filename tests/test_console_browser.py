@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from console_lab import ADMIN, PASSWORD, Lab, make_lab
+from layerboot.tools.cli import main
 from powerlab import qmp_guest, write_power_file
 from server_daemon import MAC
 from test_base_import import INITRD, KERNEL, ROOTFS, make_iso, squashfs_of
@@ -107,6 +108,11 @@ def test_an_admin_uses_the_console_in_chromium(browser: "object", profiles, make
     try:
         with qmp_guest(tmp_path / "guest") as guest:          # a QEMU node, paused: power is off
             write_power_file(lab.daemon.paths.state / "power.toml", {MAC: guest["entry"]})
+            cli = ["--config", str(lab.daemon.config)]        # one named node (fleet identity), one known by MAC
+            for argv in (["clusters", "add", "lab"], ["groups", "add", "web"], ["nodes", "set", MAC, "--name", "web1"],
+                         ["nodes", "set", "web1", "--cluster", "lab", "--add-group", "web", "--ip", "10.0.0.5/24",
+                          "--gateway", "10.0.0.1"]):
+                assert main([*cli, *argv]) == 0, argv
             ui = Pages(browser, lab, shots)
             ui.open("/console/nodes")
             assert "/console/login" in browser.current_url
@@ -114,7 +120,7 @@ def test_an_admin_uses_the_console_in_chromium(browser: "object", profiles, make
             ui.find("#name").send_keys(ADMIN)
             ui.find("#password").send_keys(PASSWORD)
             ui.click("#login")
-            ui.wait_text("Nodes")
+            ui.wait_text("lab: web")
             assert browser.current_url.endswith("/console/nodes")
             ui.shot("nodes")
             ui.open("/console/")
@@ -148,6 +154,7 @@ def test_an_admin_uses_the_console_in_chromium(browser: "object", profiles, make
             ui.click("form[action$='/power'] input[value='on'] ~ button")
             ui.wait_text(f"{MAC} powered on: power is on")
             assert lab.api("POST", f"/nodes/{MAC}/power", json={"action": "status"}).json()["state"] == "on"
+            ui.wait_text("10.0.0.5/24 via 10.0.0.1")
             ui.shot("node")
             ui.click("form[action$='/power'] input[value='off'] ~ button", confirm=True)
             ui.wait_text(f"{MAC} powered off: power is off")

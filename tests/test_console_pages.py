@@ -17,6 +17,7 @@ from layerboot.errors import LayerbootError
 from layerboot.ports import free_port
 from layerboot.server.api.jobs import oci_available
 from layerboot.server.nodes import Event
+from layerboot.tools.cli import main
 from server_daemon import MAC, OTHER_MAC
 from test_base_import import INITRD, KERNEL, ROOTFS, make_iso, needs_iso_tools, squashfs_of
 
@@ -71,6 +72,17 @@ def test_every_page_needs_a_login_and_shows_the_fleet(lab: Lab) -> None:
     assert "14 s after power-on" in text_of(node.text) and "No power control configured" in node.text
     assert "boot interface (BOOTIF)" in node.text and "fleet identity" in node.text
     assert browser.get("/console/nodes/52:54:00:00:00:99").status_code == 404
+    # a named node: its name in the table, its page by name, its interfaces and configuration as it boots
+    cli = ["--config", str(lab.daemon.config)]
+    assert main([*cli, "nodes", "set", MAC, "--name", "web1"]) == 0
+    assert main([*cli, "nodes", "set", "web1", "--ip", "10.0.0.5/24", "--gateway", "10.0.0.1"]) == 0
+    nodes = browser.get("/console/nodes?q=web1")
+    assert re.findall(r'<a href="/console/nodes/([\w:]+)">', nodes.text) == [MAC, "web1"]
+    named = browser.get("/console/nodes/web1")
+    words = text_of(named.text)
+    assert named.status_code == 200 and "Node web1" in words and "boot interface (BOOTIF)" not in words
+    assert f"{MAC} eth0 10.0.0.5/24 via 10.0.0.1" in words and "profile web from node" in words
+    assert "SSH host key ed25519" in words and "not rendered yet" in words
 
     profiles = text_of(browser.get("/console/profiles").text)
     assert "web 3 3 3" in profiles and "db 3 3 3" in profiles

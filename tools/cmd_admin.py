@@ -16,7 +16,7 @@ from layerboot.errors import LayerbootError
 from layerboot.server.monitor.model import iso
 from layerboot.tools.context import Context
 from layerboot.tools.output import table
-from layerboot.tools.parser import print_json
+from layerboot.tools.parser import RESULT_JSON, add_json, examples, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,51 +24,64 @@ def register(sub: argparse._SubParsersAction) -> None:
         "admin", help="admin accounts of the web console and API, and their API tokens",
         description="Accounts log in to the console at http(s)://SERVER/console/ (docs/console.md); API tokens "
                     "let scripts call /api/v1 as an account ('Authorization: Bearer TOKEN').")
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True,
+                                    help="add, passwd, remove, list accounts; token")
 
     def password_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--password-stdin", action="store_true",
                        help="read the password from the first line of standard input (default: ask on the "
                             "terminal, twice)")
 
-    p = actions.add_parser("add", help="create an account (asks for its password)")
+    p = actions.add_parser("add", help="create an account (asks for its password)",
+                           description="Create a console and API account; its password is asked for twice on "
+                                       "the terminal, or read with --password-stdin.")
     p.add_argument("name", help="account name: lowercase letters, digits, '_', '.', '-' (like a Unix user)")
     password_option(p)
     p.set_defaults(func=cmd_add)
-    p = actions.add_parser("passwd", help="set an account's password (ends its console sessions)")
+    examples(p, "layerboot admin add alice",
+             "printf '%s\\n' \"$PASSWORD\" | layerboot admin add ci --password-stdin")
+    p = actions.add_parser("passwd", help="set an account's password (ends its console sessions)",
+                           description="Set an account's password; its console sessions end.")
     p.add_argument("name", help="the account")
     password_option(p)
     p.set_defaults(func=cmd_passwd)
-    p = actions.add_parser("remove", help="delete an account with its sessions and API tokens")
+    examples(p, "layerboot admin passwd alice")
+    p = actions.add_parser("remove", help="delete an account with its sessions and API tokens",
+                           description="Delete an account with its sessions and API tokens (they stop at once).")
     p.add_argument("name", help="the account")
     p.set_defaults(func=cmd_remove)
-    p = actions.add_parser("list", help="accounts with their last login and live sessions")
-    p.add_argument("--json", action="store_true",
-                   help="print JSON instead of a table")
+    examples(p, "layerboot admin remove alice")
+    p = actions.add_parser("list", help="accounts with their last login and live sessions",
+                           description="Accounts with their creation, last login and live console sessions.")
+    add_json(p)
     p.set_defaults(func=cmd_list)
+    examples(p, "layerboot admin list", "layerboot admin list --json")
 
-    p = actions.add_parser("token", help="API tokens: create, list, revoke")
-    tokens = p.add_subparsers(dest="token_action", metavar="ACTION", required=True)
-    q = tokens.add_parser("create", help="make an API token for an account; prints it once")
+    p = actions.add_parser("token", help="API tokens: create, list, revoke",
+                           description="API tokens let scripts call /api/v1 as an account.")
+    tokens = p.add_subparsers(dest="token_action", metavar="ACTION", required=True, help="create, list or revoke")
+    q = tokens.add_parser("create", help="make an API token for an account; prints it once",
+                          description="Make an API token acting as an account; it is printed once, only its hash "
+                                      "is stored.")
     q.add_argument("name", help="the account the token acts as")
     q.add_argument("--label", default="", help="what the token is for (shown by 'token list')")
-    q.add_argument("--json", action="store_true",
-                   help="print JSON instead of a table")
+    add_json(q, RESULT_JSON)
     q.set_defaults(func=cmd_token_create)
-    q = tokens.add_parser("list", help="API tokens (their ids, never the tokens)")
-    q.add_argument("--json", action="store_true",
-                   help="print JSON instead of a table")
+    examples(q, "layerboot admin token create alice --label 'inventory sync'")
+    q = tokens.add_parser("list", help="API tokens (their ids, never the tokens)",
+                          description="API tokens: id, account, label, created, last used (never the tokens).")
+    add_json(q)
     q.set_defaults(func=cmd_token_list)
-    q = tokens.add_parser("revoke", help="stop an API token at once")
+    examples(q, "layerboot admin token list", "layerboot admin token list --json")
+    q = tokens.add_parser("revoke", help="stop an API token at once", description="Stop an API token at once.")
     q.add_argument("id", help="the token's id (the 8 hex digits after 'lbt1.')")
     q.set_defaults(func=cmd_token_revoke)
+    examples(q, "layerboot admin token revoke 1a2b3c4d")
 
 
 def _admins(ctx: Context):  # noqa: ANN202
     from layerboot.server.auth.admins import Admins, LoginLimits
-    from layerboot.server.db import open_database
-    ctx.ready_store()
-    return Admins(open_database(ctx.config, ctx.paths), LoginLimits.from_config(ctx.config))
+    return Admins(ctx.database(), LoginLimits.from_config(ctx.config))
 
 
 def read_password(ctx: Context) -> str:
@@ -117,8 +130,7 @@ def cmd_list(ctx: Context) -> int:
     admins = _admins(ctx)
     accounts = [a.to_dict() | {"sessions": admins.sessions(a.name)} for a in admins.list()]
     if ctx.args.json:
-        print_json({"admins": accounts})
-        return 0
+        return print_json({"admins": accounts})
     print(table(["ADMIN", "CREATED", "LAST LOGIN", "SESSIONS"],
                 [[a["name"], a["created"], a["last_login"] or "never", a["sessions"]] for a in accounts])
           if accounts else "no admin accounts yet (layerboot admin add NAME)")
@@ -128,8 +140,7 @@ def cmd_list(ctx: Context) -> int:
 def cmd_token_create(ctx: Context) -> int:
     token, record = _admins(ctx).create_token(ctx.args.name, ctx.args.label)
     if ctx.args.json:
-        print_json(record.to_dict() | {"token": token})
-        return 0
+        return print_json(record.to_dict() | {"token": token})
     print(f"API token {record.id} for {record.admin} (shown once, only its hash is stored):")
     print(token)
     return 0
@@ -138,8 +149,7 @@ def cmd_token_create(ctx: Context) -> int:
 def cmd_token_list(ctx: Context) -> int:
     tokens = [t.to_dict() for t in _admins(ctx).tokens()]
     if ctx.args.json:
-        print_json({"tokens": tokens})
-        return 0
+        return print_json({"tokens": tokens})
     print(table(["ID", "ADMIN", "LABEL", "CREATED", "LAST USED"],
                 [[t["id"], t["admin"], t["name"] or "-", t["created"], t["last_used"] or "never"] for t in tokens])
           if tokens else "no API tokens (layerboot admin token create NAME)")

@@ -10,7 +10,7 @@ from layerboot.server.fleet.records import Defaults, Group
 from layerboot.tools import fleet_args as fa
 from layerboot.tools.context import Context
 from layerboot.tools.output import table
-from layerboot.tools.parser import print_json
+from layerboot.tools.parser import RESULT_JSON, add_json, examples, print_json
 
 HELP = {
     "group": ("node groups (tags) with defaults their members inherit",
@@ -25,31 +25,52 @@ HELP = {
 }
 
 
+EXAMPLE_NAME = {"group": "compute", "cluster": "c1"}
+EXAMPLES = {
+    ("group", "add"): ("layerboot groups add compute --profile compute --interface eth0 --gateway 10.0.0.254 "
+                       "--mtu 9000", "layerboot groups add gpu --var cuda=12 --kernel-args 'iommu=pt'"),
+    ("group", "set"): ("layerboot groups set compute --profile compute-v2",
+                       "layerboot groups set compute --authorized-key ops.pub --ntp server"),
+    ("cluster", "add"): ("layerboot clusters add c1 --domain c1.example --dns 10.0.0.53",),
+    ("cluster", "set"): ("layerboot clusters set c1 --syslog 10.0.0.5 --description 'rack 1'",),
+}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     for kind in ("group", "cluster"):
         short, description = HELP[kind]
         parser = sub.add_parser(f"{kind}s", help=short, description=description)
-        parser.set_defaults(func=cmd_list, kind=kind, json=False)
-        actions = parser.add_subparsers(dest="action", metavar="ACTION")
+        parser.set_defaults(func=cmd_list, kind=kind)
+        add_json(parser)
+        examples(parser, f"layerboot {kind}s", f"layerboot {kind}s --json")
+        actions = parser.add_subparsers(dest="action", metavar="ACTION", help="what to do (default: list)")
         for action, func, text in (("add", cmd_add, f"create a {kind}"), ("set", cmd_set, f"change a {kind}")):
-            p = actions.add_parser(action, help=text)
-            p.add_argument("name")
-            p.add_argument("--description")
+            p = actions.add_parser(action, help=text, description=f"{text.capitalize()}: the defaults its members "
+                                   "inherit (a member's own settings win).")
+            p.add_argument("name", help=f"the {kind}'s name")
+            p.add_argument("--description", help=f"what the {kind} is for (shown in '{kind}s list')")
             fa.add_settings(p)
             fa.add_interface(p, counting=False)
-            fa.add_json(p)
+            add_json(p, RESULT_JSON)
             p.set_defaults(func=func, kind=kind)
-        p = actions.add_parser("list", help=f"every {kind} with its member count")
-        fa.add_json(p)
+            examples(p, *EXAMPLES[kind, action])
+        p = actions.add_parser("list", help=f"every {kind} with its member count",
+                               description=f"Every {kind} with its member count and what it sets.")
+        add_json(p)
         p.set_defaults(func=cmd_list, kind=kind)
-        p = actions.add_parser("show", help=f"a {kind}'s defaults and members")
-        p.add_argument("name")
-        fa.add_json(p)
+        examples(p, f"layerboot {kind}s list", f"layerboot {kind}s list --json")
+        p = actions.add_parser("show", help=f"a {kind}'s defaults and members",
+                               description=f"A {kind}'s defaults and its members.")
+        p.add_argument("name", help=f"the {kind}'s name")
+        add_json(p)
         p.set_defaults(func=cmd_show, kind=kind)
-        p = actions.add_parser("remove", help=f"remove a {kind} that has no members")
-        p.add_argument("name")
-        fa.add_json(p)
+        examples(p, f"layerboot {kind}s show {EXAMPLE_NAME[kind]}")
+        p = actions.add_parser("remove", help=f"remove a {kind} that has no members",
+                               description=f"Remove a {kind}; one that still has members is refused.")
+        p.add_argument("name", help=f"the {kind}'s name")
+        add_json(p, RESULT_JSON)
         p.set_defaults(func=cmd_remove, kind=kind)
+        examples(p, f"layerboot {kind}s remove {EXAMPLE_NAME[kind]}")
 
 
 def _changed(group: Group, a: argparse.Namespace) -> Group:
@@ -91,8 +112,7 @@ def cmd_list(ctx: Context) -> int:
     groups = [g for (k, _), g in f.groups(kind).items()]
     counts = {g.name: len(f.members(kind, g.name)) for g in groups}
     if ctx.args.json:
-        print_json({f"{kind}s": [g.to_dict() | {"members": counts[g.name]} for g in groups]})
-        return 0
+        return print_json({f"{kind}s": [g.to_dict() | {"members": counts[g.name]} for g in groups]})
     rows = [[g.name, counts[g.name], g.defaults.profile or "-", g.defaults.domain or "-",
              ", ".join(sorted(g.defaults.to_dict())) or "-", g.description] for g in groups]
     print(table(["NAME", "NODES", "PROFILE", "DOMAIN", "SETS", "DESCRIPTION"], rows) if rows
@@ -106,8 +126,7 @@ def cmd_show(ctx: Context) -> int:
     members = [n.name for n in f.nodes(**{ctx.args.kind: group.name})]
     data = group.to_dict() | {"members": members}
     if ctx.args.json:
-        print_json(data)
-        return 0
+        return print_json(data)
     print(f"{group.kind} {group.name}" + (f": {group.description}" if group.description else ""))
     for key, value in group.defaults.to_dict().items():
         print(f"{key}: {value}")

@@ -14,10 +14,12 @@ from layerboot.errors import LayerbootError
 from layerboot.tools import fleet_args as fa
 from layerboot.tools.context import Context
 from layerboot.tools.output import table
-from layerboot.tools.parser import print_json
+from layerboot.tools.parser import RESULT_JSON, add_json, examples, print_json
 
 
-NODE_HELP = "the node: its name or any of its MACs"
+NODE_HELP = "the node: its name or any of its MACs (52:54:00:12:34:56; '-' or no separators also work)"
+MAC_HELP = "the node's MAC address (52:54:00:12:34:56; '-' or no separators also work)"
+UPLOAD_STATES = ("receiving", "received", "baking", "retry", "baked", "failed", "held")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,15 +31,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "credentials (boot tokens, node secrets, asset keys): docs/security.md. A node is named "
                             "by its name or any of its MACs.")
     parser.set_defaults(func=cmd_nodes_fleet.cmd_list, filter_group=None, filter_cluster=None, filter_profile=None,
-                        filter_state=None, json=False)
-    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+                        filter_state=None)
+    add_json(parser)
+    examples(parser, "layerboot nodes", "layerboot nodes --json")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", help="what to do (default: list)")
     cmd_nodes_fleet.register_actions(actions)
     cmd_nodes_enroll.register_actions(actions)
 
     p = actions.add_parser("register", help="register a node by MAC only; prints its node secret (write "
-                           "credential) once")
-    p.add_argument("mac")
-    p.add_argument("--profile", required=True)
+                           "credential) once",
+                           description="Register a node by MAC for a profile. Prints its first node secret once; "
+                                       "only its hash is stored. 'nodes add' registers a named node.")
+    p.add_argument("mac", help=MAC_HELP)
+    p.add_argument("--profile", required=True, help="the profile the node boots")
     p.add_argument("--asset-key", metavar="UUID:SERIAL",
                    help="the node's SMBIOS identity as 'layerboot asset-key' prints it on the node: lets the "
                         "diskless node claim its own node secret at boot")
@@ -45,48 +51,69 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="OpenSSH public key file allowed to upload over SFTP (repeatable)")
     p.add_argument("--replace", action="store_true",
                    help="re-register: new secret, forget old secrets, keys and reports, revoke boot tokens")
-    fa.add_json(p)
+    add_json(p, RESULT_JSON)
     p.set_defaults(func=cmd_register)
+    examples(p, "layerboot nodes register 52:54:00:12:34:56 --profile web",
+             "layerboot nodes register 52:54:00:12:34:56 --profile web --asset-key UUID:SERIAL --ssh-key node.pub")
 
-    p = actions.add_parser("secret", help="node secrets (write credentials): rotate or list them")
-    secret = p.add_subparsers(dest="secret_action", metavar="ACTION", required=True)
-    q = secret.add_parser("rotate", help="forget every secret of the node and print a new one (once)")
+    p = actions.add_parser("secret", help="node secrets (write credentials): rotate or list them",
+                           description="Node secrets are the nodes' write credentials (uploads, heartbeats).")
+    secret = p.add_subparsers(dest="secret_action", metavar="ACTION", required=True, help="rotate or list")
+    q = secret.add_parser("rotate", help="forget every secret of the node and print a new one (once)",
+                          description="Forget every secret of the node and print a new one, once.")
     q.add_argument("mac", metavar="NODE", help=NODE_HELP)
-    fa.add_json(q)
+    add_json(q, RESULT_JSON)
     q.set_defaults(func=cmd_secret_rotate)
-    q = secret.add_parser("list", help="the node's secrets: origin, created, last used (never the secrets)")
+    examples(q, "layerboot nodes secret rotate 52:54:00:12:34:56", "layerboot nodes secret rotate n001")
+    q = secret.add_parser("list", help="the node's secrets: origin, created, last used (never the secrets)",
+                          description="The node's secrets: origin, created, last used (never the secrets).")
     q.add_argument("mac", metavar="NODE", help=NODE_HELP)
-    fa.add_json(q)
+    add_json(q)
     q.set_defaults(func=cmd_secret_list)
+    examples(q, "layerboot nodes secret list 52:54:00:12:34:56", "layerboot nodes secret list n001 --json")
 
-    p = actions.add_parser("revoke-tokens", help="refuse every boot token the node was given so far")
+    p = actions.add_parser("revoke-tokens", help="refuse every boot token the node was given so far",
+                           description="Refuse every boot token issued to the node until now (it gets a new one "
+                                       "at its next PXE boot).")
     p.add_argument("mac", metavar="NODE", help=NODE_HELP)
-    fa.add_json(p)
+    add_json(p, RESULT_JSON)
     p.set_defaults(func=cmd_revoke_tokens)
+    examples(p, "layerboot nodes revoke-tokens 52:54:00:12:34:56")
 
     p = actions.add_parser("boot-token", help="print a read-only boot token for a node (e.g. for the command "
-                           "line of an A/B disk that reports boot events)")
+                           "line of an A/B disk that reports boot events)",
+                           description="Print a read-only boot token for a node.")
     p.add_argument("mac", metavar="NODE", help=NODE_HELP)
     p.add_argument("--ttl", type=int, metavar="SECONDS", help="valid this long (default server.boot_token_ttl)")
-    fa.add_json(p)
+    add_json(p, RESULT_JSON)
     p.set_defaults(func=cmd_boot_token)
+    examples(p, "layerboot nodes boot-token 52:54:00:12:34:56 --ttl 3600")
 
     p = actions.add_parser("list", help="list nodes: name, MAC, profile, cluster, groups, address, last boot",
-                           description="Every node (named, or registered by MAC only), filtered.")
+                           description="Every node (named, or registered by MAC only) with its last boot report, "
+                                       "filtered. --json prints the records of GET /api/v1/nodes.")
     p.add_argument("--group", dest="filter_group", metavar="GROUP", help="only members of this group")
     p.add_argument("--cluster", dest="filter_cluster", metavar="CLUSTER", help="only members of this cluster")
     p.add_argument("--profile", dest="filter_profile", metavar="PROFILE", help="only nodes booting this profile")
     p.add_argument("--state", dest="filter_state", metavar="STATE",
                    choices=("up", "down", "booting", "stuck", "failed", "booted", "unknown"),
                    help="only nodes the monitor sees in this state (see 'nodes status')")
-    fa.add_json(p)
+    add_json(p)
     p.set_defaults(func=cmd_nodes_fleet.cmd_list)
+    examples(p, "layerboot nodes list", "layerboot nodes list --cluster c1 --state down",
+             "layerboot nodes list --json")
 
     p = actions.add_parser("show", help="one node: its configuration as it boots (and where each value comes "
-                           "from), host keys, manifest, recent boot reports")
+                           "from), host keys, manifest, recent boot reports",
+                           description="Show one node: profile, last seen, generation booted, failures, asset "
+                                       "key, secrets, SSH keys and its recent boot reports with their timings; for "
+                                       "a named node also its interfaces and settings as it boots (with where "
+                                       "each comes from), its SSH host keys and per-node manifest. --json prints "
+                                       "the record of GET /api/v1/nodes/NODE.")
     p.add_argument("mac", metavar="NODE", help=NODE_HELP)
-    fa.add_json(p)
+    add_json(p)
     p.set_defaults(func=cmd_show)
+    examples(p, "layerboot nodes show 52:54:00:12:34:56", "layerboot nodes show n001 --json")
 
     p = actions.add_parser("status", help="live status: state, heartbeat age, generation, pin, open incidents",
                            description="Each node's state as layerbootd's monitor sees it (up, down, booting, "
@@ -94,61 +121,92 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "the generation it runs against its profile's newest, its last good and "
                                        "pinned generation and its open incidents.")
     p.add_argument("macs", nargs="*", metavar="NODE", help="only these nodes (names or MACs)")
-    p.add_argument("--json", action="store_true")
+    add_json(p)
     p.set_defaults(func=cmd_status)
+    examples(p, "layerboot nodes status", "layerboot nodes status 52:54:00:12:34:56 --json")
 
     p = actions.add_parser("pin", help="boot a node on one generation of its profile, not the newest",
                            description="GET /nodes/MAC/manifest then serves that generation, signed afresh with "
                                        "a new serial (so nodes with a cache disk accept it). The pin stays until "
                                        "'nodes unpin' or 'nodes set-profile'.")
     p.add_argument("mac", metavar="NODE", help=NODE_HELP)
-    p.add_argument("generation", type=int)
+    p.add_argument("generation", type=int, help="the generation of its profile to boot")
     p.add_argument("--reason", default="", help="why (shown in 'nodes status --json' and 'nodes show')")
-    fa.add_json(p)
+    add_json(p, RESULT_JSON)
     p.set_defaults(func=cmd_pin)
+    examples(p, "layerboot nodes pin 52:54:00:12:34:56 4 --reason 'generation 5 breaks the NIC driver'")
 
-    p = actions.add_parser("unpin", help="boot the profile's newest generation again")
+    p = actions.add_parser("unpin", help="boot the profile's newest generation again",
+                           description="Drop a node's generation pin: it boots its profile's newest generation.")
     p.add_argument("mac", metavar="NODE", help=NODE_HELP)
-    fa.add_json(p)
+    add_json(p, RESULT_JSON)
     p.set_defaults(func=cmd_unpin)
+    examples(p, "layerboot nodes unpin 52:54:00:12:34:56")
 
     p = actions.add_parser("remove", help="forget a node (its tokens stop working at once; a named node's host "
-                           "keys and node layers go too)")
+                           "keys and node layers go too)",
+                           description="Forget a node: its secrets, SSH keys and reports; a named node's host keys "
+                                       "and node layers too.")
     p.add_argument("mac", metavar="NODE", help=NODE_HELP)
-    fa.add_json(p)
+    add_json(p, RESULT_JSON)
     p.set_defaults(func=cmd_remove)
+    examples(p, "layerboot nodes remove 52:54:00:12:34:56", "layerboot nodes remove n001")
 
-    p = actions.add_parser("set-profile", help="boot a node from another profile")
+    p = actions.add_parser("set-profile", help="boot a node from another profile",
+                           description="Boot a node from another profile from its next boot on (a named node: "
+                                       "its own profile setting, above its groups' and cluster's).")
     p.add_argument("mac", metavar="NODE", help=NODE_HELP)
-    p.add_argument("profile")
-    fa.add_json(p)
+    p.add_argument("profile", help="the profile it boots from now on")
+    add_json(p, RESULT_JSON)
     p.set_defaults(func=cmd_set_profile)
+    examples(p, "layerboot nodes set-profile 52:54:00:12:34:56 db")
 
-    p = actions.add_parser("add-key", help="allow another SSH public key for a node's SFTP uploads")
+    p = actions.add_parser("add-key", help="allow another SSH public key for a node's SFTP uploads",
+                           description="Allow another OpenSSH public key to upload over SFTP as this node.")
     p.add_argument("mac", metavar="NODE", help=NODE_HELP)
-    p.add_argument("key", type=Path, metavar="FILE")
-    fa.add_json(p)
+    p.add_argument("key", type=Path, metavar="FILE", help="OpenSSH public key file (one line)")
+    add_json(p, RESULT_JSON)
     p.set_defaults(func=cmd_add_key)
+    examples(p, "layerboot nodes add-key 52:54:00:12:34:56 node2.pub")
 
-    uploads = sub.add_parser("uploads", help="uploads received by layerbootd: list, approve held ones, policy")
+    uploads = sub.add_parser("uploads", help="uploads received by layerbootd: list, approve held ones, policy",
+                             description="Without an action: list the uploads.")
     uploads.set_defaults(func=cmd_uploads_list, state=None)
-    uactions = uploads.add_subparsers(dest="action", metavar="ACTION")
-    p = uactions.add_parser("list", help="list uploads: state, bake attempts, next try, last error")
-    p.add_argument("--state", choices=("receiving", "received", "baking", "retry", "baked", "failed", "held"))
+    add_json(uploads)
+    examples(uploads, "layerboot uploads", "layerboot uploads --json")
+    uactions = uploads.add_subparsers(dest="action", metavar="ACTION", help="what to do (default: list)")
+    p = uactions.add_parser("list", help="list uploads: state, bake attempts, next try, last error",
+                            description="List uploads: id, node, profile, size, state, attempts, next try, "
+                                        "layer, generation, message. --json prints the records of "
+                                        "GET /api/v1/uploads (newest first).")
+    p.add_argument("--state", choices=UPLOAD_STATES,
+                   help="only uploads in this state ('held': baked, waiting for approval)")
+    add_json(p)
     p.set_defaults(func=cmd_uploads_list)
-    p = uactions.add_parser("approve", help="append a held upload's layer to its profile (new generation)")
-    p.add_argument("id")
+    examples(p, "layerboot uploads list --state held", "layerboot uploads list --json")
+    p = uactions.add_parser("approve", help="append a held upload's layer to its profile (new generation)",
+                            description="Append a held upload's layer to its profile as a new generation.")
+    p.add_argument("id", help="upload id (from 'uploads list')")
     p.set_defaults(func=cmd_uploads_approve)
-    p = uactions.add_parser("reject", help="drop a held upload (its layer is not appended), or a queued one")
-    p.add_argument("id")
+    examples(p, "layerboot uploads approve 20250101120000-1a2b3c4d")
+    p = uactions.add_parser("reject", help="drop a held upload (its layer is not appended), or a queued one",
+                            description="Drop a held upload (its layer is not appended and is removed unless "
+                                        "something else uses it), or one waiting in the queue.")
+    p.add_argument("id", help="upload id (from 'uploads list')")
     p.set_defaults(func=cmd_uploads_reject)
+    examples(p, "layerboot uploads reject 20250101120000-1a2b3c4d")
     p = uactions.add_parser("retry", help="bake uploads waiting to retry now (after fixing what failed)",
                             description="Make one upload (ID) or every upload in state 'retry' due at once; "
                                         "a running layerbootd takes them within a few seconds.")
-    p.add_argument("id", nargs="?")
+    p.add_argument("id", nargs="?", help="upload id (default: every upload waiting to retry)")
     p.set_defaults(func=cmd_uploads_retry)
-    p = uactions.add_parser("usage", help="what each node keeps on the server against its quota")
+    examples(p, "layerboot uploads retry", "layerboot uploads retry 20250101120000-1a2b3c4d")
+    p = uactions.add_parser("usage", help="what each node keeps on the server against its quota",
+                            description="Per node: queued, failed (kept), held uploads and SFTP files, against "
+                                        "server.node_max_uploads and server.node_max_bytes.")
+    add_json(p)
     p.set_defaults(func=cmd_uploads_usage)
+    examples(p, "layerboot uploads usage", "layerboot uploads usage --json")
     p = uactions.add_parser(
         "policy", help="show or set a profile's upload policy (auto/hold, and the content it may carry)",
         description="Without options: show the profile's policy. 'auto' appends each baked upload as a new "
@@ -156,18 +214,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(setuid), file capabilities (caps) or device nodes (devices) are refused unless the "
                     "profile allows that class; --allow adds classes, --deny removes them (each takes a "
                     "comma-separated list, or 'all').")
-    p.add_argument("profile")
-    p.add_argument("policy", nargs="?", choices=("auto", "hold"))
+    p.add_argument("profile", help="profile name")
+    p.add_argument("policy", nargs="?", choices=("auto", "hold"),
+                   help="auto: append each baked upload; hold: wait for 'uploads approve'")
     p.add_argument("--allow", action="append", default=[], metavar="CLASSES",
                    help="allow these content classes: setuid, caps, devices, all")
     p.add_argument("--deny", action="append", default=[], metavar="CLASSES",
                    help="refuse these content classes again")
     p.set_defaults(func=cmd_uploads_policy)
+    examples(p, "layerboot uploads policy web", "layerboot uploads policy web auto --allow setuid,caps")
 
 
 def _registry(ctx: Context):  # noqa: ANN202
     from layerboot.server.nodes import Registry
-    return Registry(fa.database(ctx))
+    return Registry(ctx.database())
 
 
 def _mac(ctx: Context) -> str:
@@ -217,9 +277,9 @@ def cmd_secret_list(ctx: Context) -> int:
     node = _registry(ctx).get(_mac(ctx))
     secrets = _secrets(ctx).list(node.mac)
     if ctx.args.json:
-        print_json({"node": node.mac, "secrets": [{"hash": r.hash[:12], "origin": r.origin, "created": r.created,
-                                                   "last_used": r.last_used} for r in secrets]})
-        return 0
+        return print_json({"node": node.mac, "secrets": [{"hash": r.hash[:12], "origin": r.origin,
+                                                          "created": r.created, "last_used": r.last_used}
+                                                         for r in secrets]})
     rows = [[r.hash[:12], r.origin, _epoch(r.created), _epoch(r.last_used)] for r in secrets]
     print(table(["HASH", "ORIGIN", "CREATED", "LAST USED"], rows) if rows else f"{node.mac} has no node secret")
     return 0
@@ -251,15 +311,15 @@ def _when(value: str | None) -> str:
 
 
 def cmd_show(ctx: Context) -> int:
-    from layerboot.tools.cmd_nodes_fleet import fleet_details, print_fleet_details
+    from layerboot.server.api.fleet import fleet_detail, node_detail
+    from layerboot.tools.cmd_nodes_fleet import print_fleet_details
+    if ctx.args.json:       # the record of GET /api/v1/nodes/NODE
+        return print_json(node_detail(ctx.server_state(), ctx.args.mac))
     registry = _registry(ctx)
     node = registry.get(_mac(ctx))
     events = registry.events(node.mac)
-    details = fleet_details(ctx, node.mac)
-    if ctx.args.json:
-        print_json(node.to_dict() | {"ssh_keys": registry.ssh_keys(node.mac), "events": [e.__dict__ for e in events]}
-                   | ({"fleet": details} if details else {}))
-        return 0
+    named = fa.fleet(ctx).find(node.mac)
+    details = fleet_detail(ctx.server_state(), named) if named is not None else None
     print(f"node {node.name or node.mac}: {node.mac}, profile {node.profile}"
           f"{' (auto-registered)' if node.auto else ''}, registered {_when(node.created)}")
     if details:
@@ -295,8 +355,7 @@ def cmd_status(ctx: Context) -> int:
         wanted = {fa.key_mac(ctx, m) for m in ctx.args.macs}     # "no node named ..." for an unknown one
         fleet = [n for n in fleet if n.mac in wanted]
     if ctx.args.json:
-        print_json({"nodes": [n.to_dict() for n in fleet]})
-        return 0
+        return print_json({"nodes": [n.to_dict() for n in fleet]})
     rows = [[n.mac, n.profile, n.state, f"{n.heartbeat_age:.0f}s ago" if n.heartbeat_age is not None else "never",
              f"{n.generation if n.generation is not None else '-'}/{n.newest if n.newest is not None else '-'}",
              n.good_generation if n.good_generation is not None else "-",
@@ -370,10 +429,9 @@ def cmd_add_key(ctx: Context) -> int:
 
 def cmd_uploads_list(ctx: Context) -> int:
     records = _records(ctx)
-    state = getattr(ctx.args, "state", None)
-    uploads = records.list(state=None if state == "held" else state)
-    if state == "held":
-        uploads = [u for u in uploads if u.held]
+    uploads = records.listed(getattr(ctx.args, "state", None))
+    if ctx.args.json:       # the records of GET /api/v1/uploads, newest first
+        return print_json({"uploads": [u.public_dict() for u in reversed(uploads)]})
     rows = [[u.id, u.mac, u.profile, u.name, u.size, "held" if u.held else u.state, u.attempts,
              _epoch(u.next_try) if u.state == "retry" else "-", (u.layer or "-")[:12], u.generation or "-",
              u.last_error if u.state == "retry" else u.message] for u in uploads]
@@ -397,6 +455,9 @@ def cmd_uploads_usage(ctx: Context) -> int:
         usage = node_usage(records, ctx.store, node.mac)
         rows.append([node.mac, usage.pending, usage.failed, usage.held, usage.area, usage.count,
                      cfg.server_node_max_uploads or "-", usage.bytes, cfg.server_node_max_bytes or "-"])
+    if ctx.args.json:
+        return print_json({"usage": [dict(zip(("node", "queued", "failed", "held", "sftp", "uploads", "max_uploads",
+                                                "bytes", "max_bytes"), row)) for row in rows]})
     print(table(["NODE", "QUEUED", "FAILED", "HELD", "SFTP", "UPLOADS", "MAX", "BYTES", "MAX BYTES"], rows)
           if rows else "no nodes registered")
     return 0

@@ -10,47 +10,61 @@ from layerboot.errors import LayerbootError
 from layerboot.tools import fleet_args as fa
 from layerboot.tools.context import Context
 from layerboot.tools.output import table
-from layerboot.tools.parser import print_json
+from layerboot.tools.parser import RESULT_JSON, add_json, examples, print_json
+
+PENDING_HELP = "the machine's boot MAC (from 'nodes pending')"
 
 
 def register_actions(actions: argparse._SubParsersAction) -> None:
     p = actions.add_parser("pending", help="unknown machines waiting in their discovery boot (server.unknown_mac = "
-                           "\"discover\")")
+                           "\"discover\")",
+                           description="Machines that booted the discovery boot and wait to be accepted, with what "
+                                       "they report: DMI vendor, product, serial and UUID, CPUs, memory, disks, "
+                                       "NICs, and a name the operator asked for at their console.")
     p.add_argument("--all", action="store_true", help="also accepted and rejected ones")
-    fa.add_json(p)
+    add_json(p)
     p.set_defaults(func=cmd_pending)
+    examples(p, "layerboot nodes pending", "layerboot nodes pending --all --json")
 
     p = actions.add_parser("accept", help="make a node of a waiting machine (its DMI UUID and serial become its "
                            "asset key); it reboots into its own boot",
                            description="Without --name: the name (and clone source) the operator asked for in the "
                                        "discovery menu, if any. --clone-of copies an existing node's configuration "
                                        "(new addresses: the next free ones after its).")
-    p.add_argument("mac", metavar="MAC")
-    p.add_argument("--name")
-    p.add_argument("--profile", default="")
-    p.add_argument("--cluster", default="")
-    p.add_argument("--group", action="append", default=[], metavar="GROUP")
+    p.add_argument("mac", metavar="MAC", help=PENDING_HELP)
+    p.add_argument("--name", help="the node's name (default: the one asked for at its console)")
+    p.add_argument("--profile", default="", help="the profile it boots (default: from its groups or cluster)")
+    p.add_argument("--cluster", default="", help="the cluster it joins")
+    p.add_argument("--group", action="append", default=[], metavar="GROUP", help="a group (repeatable, in order)")
     p.add_argument("--ip", default="", metavar="ADDR/PREFIX", help="its address (default: DHCP; for a clone, the "
                    "next free one)")
-    p.add_argument("--gateway", default="")
+    p.add_argument("--gateway", default="", metavar="ADDR", help="its IPv4 gateway")
     p.add_argument("--clone-of", default="", metavar="NODE", help="copy this node's configuration")
     p.add_argument("--force", action="store_true", help="accept although its reports conflict")
-    fa.add_json(p)
+    add_json(p, RESULT_JSON)
     p.set_defaults(func=cmd_accept)
+    examples(p, "layerboot nodes accept 52:54:00:00:09:01 --name n101 --profile compute --ip 10.0.1.101/24",
+             "layerboot nodes accept 52:54:00:00:09:02 --name n102 --clone-of n101")
 
     p = actions.add_parser("reject", help="refuse a waiting machine: it powers off, and its discovery boots are "
-                           "refused until 'nodes forget'")
-    p.add_argument("mac", metavar="MAC")
-    fa.add_json(p)
+                           "refused until 'nodes forget'",
+                           description="Refuse a waiting machine: it powers off at its next poll, and its discovery "
+                                       "boots are refused until 'nodes forget'.")
+    p.add_argument("mac", metavar="MAC", help=PENDING_HELP)
+    add_json(p, RESULT_JSON)
     p.set_defaults(func=cmd_reject)
+    examples(p, "layerboot nodes reject 52:54:00:00:09:03")
 
-    p = actions.add_parser("forget", help="drop a machine's discovery record (a rejected one may report again)")
-    p.add_argument("mac", metavar="MAC")
-    fa.add_json(p)
+    p = actions.add_parser("forget", help="drop a machine's discovery record (a rejected one may report again)",
+                           description="Drop a machine's discovery record; a rejected machine may report again.")
+    p.add_argument("mac", metavar="MAC", help=PENDING_HELP)
+    add_json(p, RESULT_JSON)
     p.set_defaults(func=cmd_forget)
+    examples(p, "layerboot nodes forget 52:54:00:00:09:03")
 
-    p = actions.add_parser("rules", help="auto-accept rules for discovered machines: by MAC range or DMI serials")
-    rules = p.add_subparsers(dest="rules_action", metavar="ACTION", required=True)
+    p = actions.add_parser("rules", help="auto-accept rules for discovered machines: by MAC range or DMI serials",
+                           description="Rules that accept discovered machines as they report, tried in order.")
+    rules = p.add_subparsers(dest="rules_action", metavar="ACTION", required=True, help="add, list or remove")
     q = rules.add_parser("add", help="accept matching machines as soon as they report",
                          description="A machine whose boot MAC is in --macs, or whose DMI serial is in --serials "
                                      "(each serial once), becomes a node named by the first free name of --names, "
@@ -62,20 +76,26 @@ def register_actions(actions: argparse._SubParsersAction) -> None:
     match.add_argument("--macs", metavar="FIRST-LAST", help="a MAC range, e.g. 52:54:00:00:01:00-52:54:00:00:01:ff")
     match.add_argument("--serials", metavar="LIST", help="DMI serial numbers, comma separated (or @FILE, one a line)")
     q.add_argument("--names", required=True, metavar="HOSTLIST", help="names to take, in order: n[101-200]")
-    q.add_argument("--profile", default="")
-    q.add_argument("--cluster", default="")
-    q.add_argument("--group", action="append", default=[], metavar="GROUP")
+    q.add_argument("--profile", default="", help="the profile they boot (default: from their groups or cluster)")
+    q.add_argument("--cluster", default="", help="the cluster they join")
+    q.add_argument("--group", action="append", default=[], metavar="GROUP", help="a group (repeatable, in order)")
     q.add_argument("--ip", default="", metavar="ADDR/PREFIX", help="first address to hand out (next free ones)")
-    q.add_argument("--gateway", default="")
-    fa.add_json(q)
+    q.add_argument("--gateway", default="", metavar="ADDR", help="their IPv4 gateway")
+    add_json(q, RESULT_JSON)
     q.set_defaults(func=cmd_rules_add)
-    q = rules.add_parser("list", help="the rules, in the order they are tried")
-    fa.add_json(q)
+    examples(q, "layerboot nodes rules add --macs 52:54:00:00:01:00-52:54:00:00:01:ff --names 'n[101-200]' "
+                "--profile compute --ip 10.0.1.101/24",
+             "layerboot nodes rules add --serials @serials.txt --names 'db[1-4]' --cluster c2 --group db")
+    q = rules.add_parser("list", help="the rules, in the order they are tried",
+                         description="The auto-accept rules with their ids, in the order they are tried.")
+    add_json(q)
     q.set_defaults(func=cmd_rules_list)
-    q = rules.add_parser("remove", help="remove a rule")
-    q.add_argument("id", type=int)
-    fa.add_json(q)
+    examples(q, "layerboot nodes rules list", "layerboot nodes rules list --json")
+    q = rules.add_parser("remove", help="remove a rule", description="Remove an auto-accept rule by its id.")
+    q.add_argument("id", type=int, help="the rule's id (from 'nodes rules list')")
+    add_json(q, RESULT_JSON)
     q.set_defaults(func=cmd_rules_remove)
+    examples(q, "layerboot nodes rules remove 2")
 
 
 def _age(seconds: float) -> str:
@@ -86,8 +106,7 @@ def _age(seconds: float) -> str:
 def cmd_pending(ctx: Context) -> int:
     records = fa.fleet(ctx).discoveries(None if ctx.args.all else "pending")
     if ctx.args.json:
-        print_json({"machines": records})
-        return 0
+        return print_json({"machines": records})
     rows = []
     for r in records:
         f = r["facts"]
@@ -168,8 +187,7 @@ def _describe(rule: dict) -> str:
 def cmd_rules_list(ctx: Context) -> int:
     rules = fa.fleet(ctx).rules()
     if ctx.args.json:
-        print_json({"rules": [{"id": i, "rule": r} for i, r in rules]})
-        return 0
+        return print_json({"rules": [{"id": i, "rule": r} for i, r in rules]})
     print("\n".join(f"{i}: {_describe(r)}" for i, r in rules) or "no enrollment rules")
     return 0
 

@@ -11,11 +11,11 @@ from typing import Any
 
 from layerboot.errors import LayerbootError
 from layerboot.server.fleet.ranges import expand
-from layerboot.server.fleet.records import Defaults, FleetNode, Interface, check_name, fleet_defaults
+from layerboot.server.fleet.records import Defaults, FleetNode, Interface, check_name
 from layerboot.tools import fleet_args as fa
 from layerboot.tools.context import Context
 from layerboot.tools.output import table
-from layerboot.tools.parser import print_json
+from layerboot.tools.parser import RESULT_JSON, add_json, examples, print_json
 
 
 def register_actions(actions: argparse._SubParsersAction) -> None:
@@ -30,8 +30,10 @@ def register_actions(actions: argparse._SubParsersAction) -> None:
                    "node secret, which it needs for its own layer")
     fa.add_settings(p)
     fa.add_interface(p)
-    fa.add_json(p)
+    add_json(p, RESULT_JSON)
     p.set_defaults(func=cmd_add)
+    examples(p, "layerboot nodes add web1 --mac 52:54:00:00:10:01 --ip 10.0.0.10/24 --gateway 10.0.0.1 --profile web",
+             "layerboot nodes add 'n[001-100]' --mac 52:54:00:00:00:01 --ip 10.0.0.1/24 --cluster c1 --group compute")
 
     p = actions.add_parser("set", help="change nodes: name, cluster, groups, settings, an interface, asset key",
                            description="Change one node or many (a host list, 'all', or --in-group/--in-cluster/"
@@ -42,29 +44,42 @@ def register_actions(actions: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="rename (one node); a node known by MAC only becomes a named node")
     p.add_argument("--cluster", help="move to this cluster ('' for none)")
     p.add_argument("--groups", metavar="LIST", help="set the groups, comma separated, in order ('' for none)")
-    p.add_argument("--add-group", action="append", default=[], metavar="GROUP")
-    p.add_argument("--remove-group", action="append", default=[], metavar="GROUP")
+    p.add_argument("--add-group", action="append", default=[], metavar="GROUP",
+                   help="add to this group, after its others (repeatable)")
+    p.add_argument("--remove-group", action="append", default=[], metavar="GROUP",
+                   help="take out of this group (repeatable)")
     key = p.add_mutually_exclusive_group()
     key.add_argument("--asset-key", metavar="UUID:SERIAL", help="the node's SMBIOS identity as 'layerboot "
                      "asset-key' prints it on the node (what its claims prove)")
     key.add_argument("--no-asset-key", action="store_true", help="forget the asset key: no more claims")
     fa.add_settings(p)
     fa.add_interface(p)
-    fa.add_json(p)
+    add_json(p, RESULT_JSON)
     p.set_defaults(func=cmd_set)
+    examples(p, "layerboot nodes set 52:54:00:12:34:56 --profile db",
+             "layerboot nodes set 52:54:00:12:34:56 --asset-key 4c4c4544-0042-...:CZJ1234567",
+             "layerboot nodes set web1 --interface eth1 --mac 52:54:00:00:20:01 --ip dhcp",
+             "layerboot nodes set 'n[051-100]' --ip 10.5.0.10/16 --ip-step 2 --gateway 10.5.0.1",
+             "layerboot nodes set all --in-group compute --kernel-args nosmt")
 
     p = actions.add_parser("clone", help="a new node with another node's configuration, new name, MACs, "
-                           "addresses, credentials and host keys")
-    p.add_argument("source", metavar="SRC")
-    p.add_argument("name", metavar="NEW")
+                           "addresses, credentials and host keys",
+                           description="A new node with SRC's cluster, groups, settings and interfaces, but its own "
+                                       "name, MACs, addresses, machine id and host keys (and no node secret yet).")
+    p.add_argument("source", metavar="SRC", help="the node to copy (name or MAC)")
+    p.add_argument("name", metavar="NEW", help="the new node's name")
     p.add_argument("--mac", action="append", default=[], required=True,
                    help="the new node's MAC; repeat for each NIC of SRC, in SRC's order")
     p.add_argument("--ip", default="", metavar="ADDR/PREFIX", help="its first address (default: the next free "
                    "one after SRC's in the same subnet)")
-    p.add_argument("--ip6", default="", metavar="ADDR/PREFIX")
-    p.add_argument("--asset-key", metavar="UUID:SERIAL")
-    fa.add_json(p)
+    p.add_argument("--ip6", default="", metavar="ADDR/PREFIX", help="its first IPv6 address (default: the next "
+                   "free one after SRC's)")
+    p.add_argument("--asset-key", metavar="UUID:SERIAL", help="the new machine's SMBIOS identity (lets it claim its "
+                   "node secret)")
+    add_json(p, RESULT_JSON)
     p.set_defaults(func=cmd_clone)
+    examples(p, "layerboot nodes clone web1 web2 --mac 52:54:00:00:10:02",
+             "layerboot nodes clone web1 web3 --mac 52:54:00:00:10:03 --mac 52:54:00:00:20:03 --ip 10.0.0.30/24")
 
     p = actions.add_parser("import", help="add or update nodes, groups and clusters from a CSV or TOML file",
                            description="All or nothing, in one transaction. Nodes are matched by name; a node not "
@@ -72,14 +87,19 @@ def register_actions(actions: argparse._SubParsersAction) -> None:
     p.add_argument("file", type=Path, metavar="FILE", help="the file ('-' for standard input with --format)")
     p.add_argument("--format", choices=("csv", "toml"), help="default: from the file name")
     p.add_argument("--dry-run", action="store_true", help="check everything, change nothing")
-    fa.add_json(p)
+    add_json(p, RESULT_JSON)
     p.set_defaults(func=cmd_import)
+    examples(p, "layerboot nodes import fleet.toml --dry-run", "layerboot nodes import nodes.csv",
+             "layerboot nodes import - --format csv < nodes.csv")
 
-    p = actions.add_parser("export", help="nodes (and the groups and clusters they use) as CSV or TOML")
+    p = actions.add_parser("export", help="nodes (and the groups and clusters they use) as CSV or TOML",
+                           description="Write the nodes (all, or a selection) in the format 'nodes import' reads; "
+                                       "TOML also carries the groups and clusters.")
     fa.add_selection(p, required=False)
-    p.add_argument("--format", choices=("csv", "toml"), default="toml")
+    p.add_argument("--format", choices=("csv", "toml"), default="toml", help="file format (default: toml)")
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write here (mode 0600: asset keys are in it)")
     p.set_defaults(func=cmd_export, json=False)
+    examples(p, "layerboot nodes export -o fleet.toml", "layerboot nodes export --in-cluster c1 --format csv")
 
     p = actions.add_parser("render", help="render nodes' per-node layers and manifests now (or show what would "
                            "change with --diff)",
@@ -90,8 +110,10 @@ def register_actions(actions: argparse._SubParsersAction) -> None:
     fa.add_selection(p, required=False)
     p.add_argument("--diff", action="store_true", help="show what would change (secrets are only named); change "
                    "nothing")
-    fa.add_json(p)
+    add_json(p, RESULT_JSON)
     p.set_defaults(func=cmd_render)
+    examples(p, "layerboot nodes render --diff", "layerboot nodes render 'n[001-010]'",
+             "layerboot nodes render all --in-group compute")
 
 
 # -- add / set / clone ---------------------------------------------------------------------------------------------
@@ -165,7 +187,7 @@ def _set_unnamed(ctx: Context, mac: str) -> int:
     """``nodes set MAC`` on a node registered by MAC only: profile, asset key, or a name."""
     from layerboot.server.nodes import Registry
     a = ctx.args
-    registry = Registry(fa.database(ctx))
+    registry = Registry(ctx.database())
     if fa.interface_given(a) or a.cluster or a.groups or a.add_group or (fa.settings_given(a) and not a.profile) \
             or a.remove_interface:
         raise LayerbootError(f"node {mac} was registered by MAC only: give it a name first",
@@ -202,30 +224,23 @@ def cmd_clone(ctx: Context) -> int:
 
 # -- list / show -------------------------------------------------------------------------------------------------
 def cmd_list(ctx: Context) -> int:
-    from layerboot.server.nodes import Registry
+    from layerboot.server.api.fleet import node_records
     a = ctx.args
     group, cluster, profile, state = a.filter_group, a.filter_cluster, a.filter_profile, a.filter_state
-    f = fa.fleet(ctx)
-    registry = Registry(fa.database(ctx))
-    named = {n.mac: n for n in f.nodes(group=group, cluster=cluster)}
     filtering = group is not None or cluster is not None
-    nodes = [n for n in registry.all() if (n.mac in named or not filtering) and (profile is None or
-                                                                                 n.profile == profile)]
-    if state:
-        states = _states(ctx, registry)
-        nodes = [n for n in nodes if states.get(n.mac) == state]
-    nodes.sort(key=lambda n: (n.name is None, n.name or "", n.mac))
-    if a.json:
-        print_json({"nodes": [n.public_dict() | ({"config": named[n.mac].to_dict()} if n.mac in named else {})
-                              for n in nodes]})
-        return 0
+    members = {n.mac for n in fa.fleet(ctx).nodes(group=group, cluster=cluster)} if filtering else set()
+    records = [r for r in node_records(ctx.server_state()) if (r.mac in members or not filtering)
+               and (profile is None or r.node.profile == profile) and (state is None or r.status.state == state)]
+    records.sort(key=lambda r: (r.node.name is None, r.node.name or "", r.mac))
+    if a.json:      # the records of GET /api/v1/nodes
+        return print_json({"nodes": [r.to_dict() for r in records]})
     rows = []
-    for n in nodes:
-        record = named.get(n.mac)
+    for r in records:
+        n, named = r.node, r.named
         last = f"{n.last_stage} {'ok' if n.last_ok else 'FAILED'}" if n.last_stage else "-"
         rows.append([n.name or "-", n.mac, n.profile + (" (auto)" if n.auto else ""), n.cluster or "-",
-                     ",".join(record.groups) if record and record.groups else "-",
-                     _address(record)[2:] if record and _address(record) else "-", _when(n.last_seen),
+                     ",".join(named.groups) if named and named.groups else "-",
+                     _address(named)[2:] if named and _address(named) else "-", _when(n.last_seen),
                      n.last_generation if n.last_generation is not None else "-", last, n.failures, n.boots])
     print(table(["NAME", "MAC", "PROFILE", "CLUSTER", "GROUPS", "ADDRESS", "LAST SEEN", "GEN BOOTED", "LAST REPORT",
                  "FAILURES", "BOOTS"], rows) if rows else
@@ -234,32 +249,8 @@ def cmd_list(ctx: Context) -> int:
     return 0
 
 
-def _states(ctx: Context, registry) -> dict[str, str]:  # noqa: ANN001
-    from layerboot.server.monitor.detectors import Limits
-    from layerboot.server.monitor.records import MonitorRecords
-    from layerboot.server.monitor.status import fleet_status
-    return {n.mac: n.state for n in fleet_status(registry, MonitorRecords(registry.db), ctx.profiles,
-                                                 Limits.from_config(ctx.config))}
-
-
 def _when(value: str | None) -> str:
     return value.replace("+00:00", "Z") if value else "never"
-
-
-def fleet_details(ctx: Context, mac: str) -> dict[str, Any] | None:
-    """A named node's record as it boots (with where each value comes from), its manifest and host keys."""
-    from layerboot.server.fleet.hostkeys import host_keys
-    f = fa.fleet(ctx)
-    node = f.find(mac)
-    if node is None:
-        return None
-    data = f.effective(node, base=fleet_defaults(ctx.config)).to_dict()
-    row = f.manifest_row(mac)
-    data["manifest"] = None if row is None else {"profile": row.profile, "generation": row.generation,
-                                                 "serial": row.serial, "layer": row.layer, "created": row.created}
-    data["host_keys"] = [{"type": k.type, "fingerprint": k.fingerprint}
-                         for k in host_keys(ctx.paths, node.machine_id, tuple(ctx.config.fleet_ssh_host_key_types))]
-    return data
 
 
 def print_fleet_details(data: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from layerboot.settings import load_config
 @dataclass
 class Context:
     args: argparse.Namespace
+    _db: Any = field(default=None, init=False, repr=False)     # the daemon's database, once opened
 
     @cached_property
     def config(self) -> Any:
@@ -46,14 +47,28 @@ class Context:
     # -- the daemon's database ----------------------------------------------------------------------------
     def database(self):  # noqa: ANN202 - layerboot.server.db.Database
         """The daemon's database (server.database; the store's SQLite file created if missing and left owned by
-        the store's owner)."""
+        the store's owner), opened once per command."""
+        if self._db is not None:
+            return self._db
         from layerboot.server.db import open_database
         self.ready_store()
         db = open_database(self.config, self.paths)
         if db.dialect == "sqlite":
             path = self.paths.database
             self.paths.adopt(path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm"))
+        self._db = db
         return db
+
+    def server_state(self) -> Any:
+        """What the records of server/api/fleet.py need from the daemon's ServerState (the CLI's --json gives
+        the same records as /api/v1): registry, fleet, profiles, config, paths."""
+        from types import SimpleNamespace
+
+        from layerboot.server.fleet.queries import Fleet
+        from layerboot.server.nodes import Registry
+        db = self.database()
+        return SimpleNamespace(registry=Registry(db), fleet=Fleet(db), profiles=self.profiles, config=self.config,
+                               paths=self.paths)
 
     def _database(self):  # noqa: ANN202 - layerboot.server.db.Database | None
         """The database if layerbootd or a nodes command ever made one (None otherwise)."""

@@ -1,4 +1,4 @@
-"""Options shared by ``nodes add/set``, ``groups`` and ``clusters``: settings, interfaces, selections, --json.
+"""Options shared by ``nodes add/set``, ``groups`` and ``clusters``: settings, interfaces, selections, results.
 
 A node is named on the command line by its name or any of its MACs; several by a host list (``n[001-100]``),
 ``all``, or the filters ``--in-group``, ``--in-cluster``, ``--with-profile``.
@@ -19,32 +19,18 @@ from layerboot.tools.context import Context
 from layerboot.tools.parser import print_json
 
 
-def add_json(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-
-
 def done(ctx: Context, text: str, data: Any) -> int:
     """Print ``data`` as JSON with --json, else ``text``."""
     if getattr(ctx.args, "json", False):
-        print_json(data)
-    elif text:
+        return print_json(data)
+    if text:
         print(text)
     return 0
 
 
-def database(ctx: Context):  # noqa: ANN201
-    from layerboot.server.db import open_database
-    ctx.ready_store()
-    db = getattr(ctx, "_db", None)
-    if db is None:
-        db = open_database(ctx.config, ctx.paths)
-        ctx._db = db  # type: ignore[attr-defined]
-    return db
-
-
 def fleet(ctx: Context):  # noqa: ANN201
     from layerboot.server.fleet.queries import Fleet
-    return Fleet(database(ctx))
+    return Fleet(ctx.database())
 
 
 def key_mac(ctx: Context, ref: str) -> str:

@@ -110,9 +110,14 @@ def examples(parser: argparse.ArgumentParser, *lines: str) -> argparse.ArgumentP
     return parser
 
 
-def add_json(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--json", action="store_true",
-                        help="print JSON (the records layerbootd's API returns) instead of a table")
+RESULT_JSON = "print the result as JSON instead of a sentence"
+
+
+def add_json(parser: argparse.ArgumentParser,
+             help: str = "print JSON (the records layerbootd's API returns) instead of a table",
+             ) -> argparse.ArgumentParser:
+    """``--json``; commands that change something print their result with ``help=RESULT_JSON``."""
+    parser.add_argument("--json", action="store_true", help=help)
     return parser
 
 

@@ -1,10 +1,10 @@
 """Every node query of the console and the API in one place: the node record, the nodes table, one node.
 
 A :class:`NodeRecord` is the node as registered (server/nodes.py ``Node``) joined with its live status
-(server/monitor/status.py ``NodeStatus``); :meth:`NodeRecord.to_dict` merges their own ``to_dict`` output, so a
-field added to either record appears in the API, ``layerboot nodes list --json`` and the console's node page
-without touching this module. When fleet identity brings richer node records, :func:`node_records` is the one
-function to switch over.
+(server/monitor/status.py ``NodeStatus``) and, for a named node, its fleet record (server/fleet ``FleetNode``: name,
+cluster, groups, interfaces); :meth:`NodeRecord.to_dict` merges their own ``to_dict`` output, so a field added to
+any of them appears in the API, ``layerboot nodes list --json`` and the console's node pages without touching
+this module. One node (:func:`node_detail`) adds what a named node boots with (:func:`fleet_detail`).
 
 The nodes table is sorted, filtered and paged here, on the server: a check of 2000 nodes is one query per table
 (bench/bench_monitor.py measures it); a page sends only ``per_page`` rows to the browser.
@@ -18,12 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from layerboot.errors import LayerbootError
+from layerboot.server.fleet.queries import Fleet
+from layerboot.server.fleet.records import FleetNode, fleet_defaults
 from layerboot.server.monitor.detectors import STATES, Limits
 from layerboot.server.monitor.records import MonitorRecords
 from layerboot.server.monitor.status import NodeStatus, fleet_status
-from layerboot.server.nodes import Node, normalize_mac
+from layerboot.server.nodes import Node
 
-SORT_KEYS = ("mac", "profile", "state", "heartbeat_age", "generation", "last_seen", "boots", "failures")
+SORT_KEYS = ("mac", "name", "profile", "state", "heartbeat_age", "generation", "last_seen", "boots",
+             "failures")
 PER_PAGE = (25, 50, 100, 200, 500)
 # worst first when sorting by state (what an admin scans a fleet for)
 STATE_ORDER = {name: i for i, name in enumerate(("failed", "stuck", "down", "booting", "unknown", "booted", "up"))}
@@ -33,32 +36,43 @@ STATE_ORDER = {name: i for i, name in enumerate(("failed", "stuck", "down", "boo
 class NodeRecord:
     node: Node
     status: NodeStatus
+    named: FleetNode | None = None     # a named node's fleet record; None: registered by MAC only
 
     @property
     def mac(self) -> str:
         return self.node.mac
 
     def to_dict(self, *, heartbeat: bool = False) -> dict[str, Any]:
-        """The node's fields, then its live status (``state``, ``heartbeat_age``, ``generation`` it runs,
-        ``newest``, ``incidents``); the last heartbeat itself only with ``heartbeat``."""
+        """The node's fields (``name`` and ``cluster`` too, None and '' for a node known by MAC only), then its
+        live status (``state``, ``heartbeat_age``, ``generation`` it runs, ``newest``, ``incidents``), then a
+        named node's ``groups`` and ``interfaces``; the last heartbeat itself only with ``heartbeat``."""
         data = self.node.to_dict() | self.status.to_dict()
+        if self.named is not None:
+            data |= {"groups": list(self.named.groups), "interfaces": [i.to_dict() for i in self.named.interfaces]}
         if not heartbeat:
             data.pop("heartbeat", None)
         return data
 
 
+def fleet_of(state: Any) -> Fleet:
+    """The daemon's Fleet, or one on the registry's database (a CLI stand-in has none of its own)."""
+    return getattr(state, "fleet", None) or Fleet(state.registry.db)
+
+
 def node_records(state: Any, now: float | None = None) -> list[NodeRecord]:
-    """Every node with its live status (``state`` is the daemon's ServerState or a CLI stand-in with
-    ``registry``, ``profiles`` and ``config``)."""
+    """Every node with its live status and fleet record (``state`` is the daemon's ServerState or a CLI
+    stand-in with ``registry``, ``profiles``, ``config`` and ``paths``), in MAC order."""
     registry = state.registry
     nodes = {n.mac: n for n in registry.all()}
+    named = {n.mac: n for n in fleet_of(state).nodes()}
     statuses = fleet_status(registry, MonitorRecords(registry.db), state.profiles, Limits.from_config(state.config),
                             now=now)
-    return [NodeRecord(nodes[s.mac], s) for s in statuses if s.mac in nodes]
+    return [NodeRecord(nodes[s.mac], s, named.get(s.mac)) for s in statuses if s.mac in nodes]
 
 
-def node_record(state: Any, mac: str) -> NodeRecord:
-    mac = normalize_mac(mac)
+def node_record(state: Any, ref: str) -> NodeRecord:
+    """One node's record, by its name or any of its MACs (NotFoundError: no such node)."""
+    mac = fleet_of(state).resolve(ref)
     for record in node_records(state):
         if record.mac == mac:
             return record
@@ -66,19 +80,37 @@ def node_record(state: Any, mac: str) -> NodeRecord:
     raise AssertionError("unreachable")
 
 
-def node_detail(state: Any, mac: str) -> dict[str, Any]:
-    """One node as ``layerboot nodes show --json`` and ``GET /api/v1/nodes/MAC`` give it: its record with the
-    last heartbeat, its SSH keys and its recent boot events (oldest first)."""
-    record = node_record(state, mac)
+def node_detail(state: Any, ref: str) -> dict[str, Any]:
+    """One node as ``layerboot nodes show --json`` and ``GET /api/v1/nodes/NODE`` give it: its record with the
+    last heartbeat, its SSH keys and its recent boot events (oldest first), and for a named node ``fleet``: what
+    it boots with (:func:`fleet_detail`)."""
+    record = node_record(state, ref)
     registry = state.registry
-    return record.to_dict(heartbeat=True) | {"ssh_keys": registry.ssh_keys(record.mac),
+    data = record.to_dict(heartbeat=True) | {"ssh_keys": registry.ssh_keys(record.mac),
                                              "events": [e.to_dict() for e in registry.events(record.mac)]}
+    if record.named is not None:
+        data["fleet"] = fleet_detail(state, record.named)
+    return data
+
+
+def fleet_detail(state: Any, node: FleetNode) -> dict[str, Any]:
+    """A named node's configuration as it boots (``sources``: where each value comes from: the node, a group,
+    its cluster or the fleet settings), its per-node manifest and its SSH host keys."""
+    from layerboot.server.fleet.hostkeys import host_keys
+    fleet = fleet_of(state)
+    data = fleet.effective(node, base=fleet_defaults(state.config)).to_dict()
+    row = fleet.manifest_row(node.mac)
+    data["manifest"] = None if row is None else {"profile": row.profile, "generation": row.generation,
+                                                 "serial": row.serial, "layer": row.layer, "created": row.created}
+    data["host_keys"] = [{"type": k.type, "fingerprint": k.fingerprint}
+                         for k in host_keys(state.paths, node.machine_id, tuple(state.config.fleet_ssh_host_key_types))]
+    return data
 
 
 @dataclass(frozen=True)
 class NodeQuery:
-    """What the nodes table shows: a search text (MAC or profile part), a state, a profile, the sort column
-    and direction, and the page."""
+    """What the nodes table shows: a search text (part of the name, a MAC or the profile), a state, a profile,
+    the sort column and direction, and the page."""
 
     q: str = ""
     state: str = ""
@@ -145,9 +177,15 @@ def _sort_value(record: NodeRecord, key: str) -> Any:
     status = record.status
     if key == "state":
         return STATE_ORDER.get(status.state, 99)
-    return {"mac": record.mac, "profile": record.node.profile, "heartbeat_age": status.heartbeat_age,
-            "generation": status.generation, "last_seen": record.node.last_seen, "boots": record.node.boots,
-            "failures": record.node.failures}[key]
+    return {"mac": record.mac, "name": record.node.name, "profile": record.node.profile,
+            "heartbeat_age": status.heartbeat_age, "generation": status.generation,
+            "last_seen": record.node.last_seen, "boots": record.node.boots, "failures": record.node.failures}[key]
+
+
+def _found(record: NodeRecord, text: str) -> bool:
+    """``text`` is part of the node's name, its profile's or one of its MACs (a named node's every NIC)."""
+    macs = [i.mac for i in record.named.interfaces if i.mac] if record.named is not None else []
+    return any(text in value for value in (record.node.name or "", record.node.profile.lower(), record.mac, *macs))
 
 
 def query_nodes(records: list[NodeRecord], query: NodeQuery) -> NodePage:
@@ -155,7 +193,7 @@ def query_nodes(records: list[NodeRecord], query: NodeQuery) -> NodePage:
     for record in records:
         counts[record.status.state] = counts.get(record.status.state, 0) + 1
     chosen = [r for r in records
-              if (not query.q or query.q in r.mac or query.q in r.node.profile.lower())
+              if (not query.q or _found(r, query.q))
               and (not query.state or r.status.state == query.state)
               and (not query.profile or r.node.profile == query.profile)]
     valued = [r for r in chosen if _sort_value(r, query.sort) is not None]

@@ -3,8 +3,9 @@
 Written here by hand, next to the routes (server/api/routes.py), and checked against them: tests/test_api.py
 validates every route's real responses, on SQLite and PostgreSQL, with openapi-core, and checks that every
 route the application registers under /api/v1 is in the document and the other way round. Records allow
-properties beyond those listed (``additionalProperties``), so a field added to a record (fleet identity's node
-names, groups, interfaces) is not a breaking change; the listed ones are always there with these types.
+properties beyond those listed (``additionalProperties``), so a field added to a record is not a breaking
+change; the listed ones are always there with these types (a node known by MAC only has no ``groups`` and
+``interfaces``, a named node has them).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from layerboot import __version__
+from layerboot.server.api.fleet import SORT_KEYS
 
 STR, INT, NUM, BOOL = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
 OBJ = {"type": "object"}
@@ -48,11 +50,19 @@ SCHEMAS: dict[str, Any] = {
                     "last_stage": nullable(STR), "last_ok": nullable(BOOL), "last_generation": nullable(INT),
                     "failures": INT, "boots": INT, "state": STR, "heartbeat_age": nullable(NUM),
                     "generation": nullable(INT), "newest": nullable(INT), "good_generation": nullable(INT),
-                    "pinned_generation": nullable(INT), "incidents": array(STR)}),
+                    "pinned_generation": nullable(INT), "incidents": array(STR), "name": nullable(STR),
+                    "cluster": STR},
+                   groups=array(STR), interfaces=array(ref("Interface"))),
+    "Interface": record({"device": STR}, mac=STR, ipv4=STR, gateway=STR, ipv6=STR, gateway6=STR, mtu=INT, vlan=INT,
+                        bond=STR, bond_options=STR),
     "NodePage": record({"nodes": array(ref("Node")), "total": INT, "page": INT, "per_page": INT, "pages": INT,
                         "counts": {"type": "object", "additionalProperties": INT}}),
     "NodeDetail": {"allOf": [ref("Node"), record({"heartbeat": nullable(OBJ), "ssh_keys": array(STR),
-                                                  "events": array(ref("Event"))})]},
+                                                  "events": array(ref("Event"))},
+                                                 fleet=record({"name": STR, "interfaces": array(ref("Interface")),
+                                                               "sources": OBJ, "manifest": nullable(OBJ),
+                                                               "host_keys": array(record({"type": STR,
+                                                                                          "fingerprint": STR}))}))]},
     "PowerResult": record({"mac": STR, "driver": STR, "state": STR, "error": nullable(STR)}),
     "Generation": record({"profile": STR, "number": INT, "layers": array(DIGEST), "action": STR, "serial": INT,
                           "cmdline": STR, "kernel": nullable(DIGEST), "initrd": nullable(DIGEST), "created": STR,
@@ -116,7 +126,7 @@ def _op(summary: str, ok: str, schema: str, *, status: str = "200", params: list
     return op
 
 
-MAC = _param("mac", "path", STR, "the node's MAC address (52:54:00:12:34:56)")
+MAC = _param("mac", "path", STR, "the node: its name or any of its MAC addresses (52:54:00:12:34:56)")
 NAME = _param("name", "path", STR, "profile name")
 UPLOAD = _param("id", "path", STR, "upload id")
 INCIDENT = _param("id", "path", {"type": "string", "pattern": "^[0-9]+$"}, "incident number")
@@ -124,12 +134,11 @@ INCIDENT = _param("id", "path", {"type": "string", "pattern": "^[0-9]+$"}, "inci
 
 def paths() -> dict[str, Any]:
     node_query = [
-        _param("q", "query", STR, "part of the MAC or profile name"),
+        _param("q", "query", STR, "part of the node's name, of one of its MACs or of its profile's name"),
         _param("state", "query", {"enum": ["unknown", "booting", "stuck", "failed", "up", "down", "booted"]},
                "only nodes in this state"),
         _param("profile", "query", STR, "only nodes of this profile"),
-        _param("sort", "query", {"enum": ["mac", "profile", "state", "heartbeat_age", "generation", "last_seen",
-                                          "boots", "failures"]}, "sort column (state: worst first)"),
+        _param("sort", "query", {"enum": list(SORT_KEYS)}, "sort column (state: worst first)"),
         _param("order", "query", {"enum": ["asc", "desc"]}, "sort direction"),
         _param("page", "query", {"type": "integer", "minimum": 1}, "page number (from 1)"),
         _param("per_page", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "rows per page (50)"),

@@ -117,15 +117,8 @@ async def get_layer(request: web.Request) -> web.StreamResponse:
 
 
 async def get_uploads(request: web.Request) -> web.StreamResponse:
-    from layerboot.server.uploads import STATES
     admin_caller(request)
-    wanted = request.query.get("state", "")
-    if wanted and wanted not in (*STATES, "held"):
-        raise LayerbootError(f"state must be one of {', '.join((*STATES, 'held'))}")
-    records = _uploads(_state(request))
-    uploads = await asyncio.to_thread(records.list, state=None if wanted in ("", "held") else wanted)
-    if wanted == "held":
-        uploads = [u for u in uploads if u.held]
+    uploads = await asyncio.to_thread(_uploads(_state(request)).listed, request.query.get("state", ""))
     return reply({"uploads": [u.public_dict() for u in reversed(uploads)]})
 
 

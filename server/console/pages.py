@@ -50,13 +50,12 @@ async def node_page(request: web.Request) -> web.StreamResponse:
     mac = request.match_info["mac"]
     node = await asyncio.to_thread(node_detail, state, mac)
     power_configured = await asyncio.to_thread(_has_power, state, node["mac"])
-    shown_elsewhere = {"events", "heartbeat", "ssh_keys", "incidents"}
+    shown_elsewhere = {"events", "heartbeat", "ssh_keys", "incidents", "interfaces", "fleet"}
     fields = [(k, v) for k, v in node.items() if k not in shown_elsewhere]
     return render("node.html", request, {
-        "title": f"Node {node['mac']}", "node": node, "fields": fields, "chart": timing_chart(node["events"]),
-        "events": list(reversed(node["events"])), "power": power_configured,
-        # per-node rendered configuration: a hook for fleet identity (issue 12), which renders it
-        "rendered_config": node.get("rendered_config"), "refresh": 20})
+        "title": f"Node {node['name'] or node['mac']}", "node": node, "fields": fields,
+        "chart": timing_chart(node["events"]), "events": list(reversed(node["events"])), "power": power_configured,
+        "refresh": 20})
 
 
 def _has_power(state: Any, mac: str) -> bool:
