@@ -33,6 +33,7 @@ class Options(Record):
     upper_size: str = "50%"           # layerboot.upper_size=SIZE of the tmpfs for the writable layer
     layers: str = ""                  # layerboot.layers=ram|cache: where fetched layers live (default: cache if any)
     init: str = DEFAULT_INIT          # init=/path of the real init in the new root
+    syslog: str = ""                  # layerboot.syslog=off|ADDR[:PORT]|udp://..|tcp://..: stage1's lines (remotelog.py)
     net: NetPlan = NetPlan()          # ip= vlan= bond= ifname= nameserver= BOOTIF= rd.* (dracut syntax, netcmd.py)
 
 
@@ -68,6 +69,35 @@ def _positive(key: str, value: str, kind: type) -> int | float:
     return number
 
 
+def check_syslog(value: str) -> str:
+    """``layerboot.syslog=``: off, or ADDRESS[:PORT] with an optional udp:// or tcp:// (IPv6 in brackets)."""
+    import _socket
+
+    if value == "off":
+        return value
+    protocol, sep, rest = value.partition("://")
+    if not sep:
+        protocol, rest = "udp", value
+    if protocol not in ("udp", "tcp"):
+        raise CmdlineError(f"layerboot.syslog={value!r}: use off, ADDRESS[:PORT], udp://ADDRESS[:PORT] or tcp://...")
+    if rest.startswith("["):
+        address, _, port = rest[1:].partition("]")
+        if port and not port.startswith(":"):
+            raise CmdlineError(f"layerboot.syslog={value!r}: expected ':PORT' after the bracketed address")
+        port, family = port[1:], _socket.AF_INET6
+    else:
+        address, _, port = rest.partition(":")
+        family = _socket.AF_INET
+    try:
+        _socket.inet_pton(family, address)
+    except OSError:
+        raise CmdlineError(f"layerboot.syslog={value!r}: {address!r} is not an IP address (IPv6 in brackets)") \
+            from None
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise CmdlineError(f"layerboot.syslog={value!r}: {port!r} is not a port")
+    return value
+
+
 def parse_cmdline(text: str) -> Options:
     """Return the options; unknown ``layerboot.*`` keys and bad values raise CmdlineError (one clear line)."""
     values: dict[str, object] = {}
@@ -96,6 +126,8 @@ def parse_cmdline(text: str) -> Options:
                 if value not in LAYER_PLACES:
                     raise CmdlineError(f"layerboot.layers={value!r}: use one of {', '.join(LAYER_PLACES)}")
                 values["layers"] = value
+            elif name == "syslog":
+                values["syslog"] = check_syslog(value)
             elif name in ("retries",):
                 values[name] = int(_positive(key, value, int))
             elif name == "timeout":
