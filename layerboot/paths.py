@@ -22,6 +22,7 @@ class Paths:
       incoming/               uploads waiting to be baked
       state/                  counters and locks (manifest serial, layerbootd.lock), the daemon's database,
                               admin token, boot-token key, power.toml
+      state/services/         site services: the DNS hosts directory, the syslog node table, status.json
       tmp/                    scratch space on the same filesystem, for atomic renames
       quarantine/             objects that failed their hash check, moved aside (never served)
     """
@@ -93,6 +94,11 @@ class Paths:
     def power_file(self) -> Path:
         """BMC credentials per node (root-only), unless monitor.power_file names another file."""
         return self.state / "power.toml"
+
+    @property
+    def services(self) -> Path:
+        """Site services' generated data (docs/services.md): read by dnsmasq and rsyslog, so world-readable."""
+        return self.state / "services"
 
     @property
     def tmp(self) -> Path:

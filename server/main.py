@@ -181,6 +181,8 @@ async def serve(config: Any) -> None:
              config.server_port, f" and sftp port {config.server_ssh_port}" if sftp else "")
     verifying = asyncio.create_task(keep_verified(state.verifier, profiles,
                                                   scrub_interval=config.server_scrub_interval))
+    from layerboot.server.services.manage import keep_refreshed
+    refreshing = asyncio.create_task(keep_refreshed(config, paths, state.registry))   # DNS/syslog node lists
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -191,6 +193,7 @@ async def serve(config: Any) -> None:
     finally:
         log.info("stopping")
         verifying.cancel()
+        refreshing.cancel()
         if sftp is not None:
             sftp.close()
         site.close()

@@ -16,11 +16,12 @@ from layerboot.tools import cmd_base
 from layerboot.tools import cmd_install
 from layerboot.tools import cmd_initrd
 from layerboot.tools import cmd_heartbeat, cmd_incidents, cmd_power
+from layerboot.tools import cmd_services
 from layerboot.tools.context import Context
 
 COMMAND_GROUPS = (cmd_store, cmd_layer, cmd_profile, cmd_manifest, cmd_key, cmd_config, cmd_demo, cmd_install,
                   cmd_capture, cmd_bake, cmd_pxe, cmd_base, cmd_nodes, cmd_db, cmd_upload, cmd_initrd,
-                  cmd_incidents, cmd_power, cmd_heartbeat)
+                  cmd_incidents, cmd_power, cmd_heartbeat, cmd_services)
 
 DESCRIPTION = """\
 Boot diskless Linux nodes from a signed base squashfs plus ordered overlay layers.
