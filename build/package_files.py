@@ -14,8 +14,8 @@ from pathlib import Path
 # Every package of the distribution (pyproject.toml [tool.setuptools] packages; a test keeps them equal).
 PACKAGES = ("layerboot", "layerboot.overlays", "layerboot.server", "layerboot.server.auth", "layerboot.server.db",
             "layerboot.server.db.migrations", "layerboot.server.guard", "layerboot.server.monitor",
-            "layerboot.server.monitor.power", "layerboot.tools", "layerboot.build", "layerboot.initrd",
-            "layerboot.initrd.stage1")
+            "layerboot.server.monitor.power", "layerboot.server.services", "layerboot.tools", "layerboot.build",
+            "layerboot.initrd", "layerboot.initrd.stage1")
 
 
 def package_files() -> list[tuple[str, Path]]:
