@@ -44,6 +44,7 @@ from layerboot import strictjson
 from layerboot.atomic import scratch_dir
 from layerboot.build import bootloader
 from layerboot.build.bootloader import SLOTS, Esp
+from layerboot.build.data_layout import PART_TYPES, DataLayout, data_layout, plan_data
 from layerboot.build.disk_actions import (TYPE_BIOS_BOOT, TYPE_ESP, TYPE_LINUX, Action, DiskContext, DiskLabel,
                                           Format, MiB, Partition, SECTOR, disk_size, mkfs_ext4, partition_path,
                                           probe, read_table)
@@ -152,12 +153,16 @@ def choose_target(state: AbState, booted: str | None) -> str:
 class Layout:
     esp_uuid: str                     # vfat volume id, 8 hex digits
     slot_uuids: dict[str, str]        # ext4 UUIDs of slot A and B
-    data_uuid: str
+    data_uuid: str                    # ext4 UUID of the data filesystem (unused by a ZFS data area)
     slot_mib: int
+    data: DataLayout = DataLayout()   # what the data area is made of (build/data_layout.py)
 
     def to_json(self) -> str:
-        return json.dumps({"format": LAYOUT_FORMAT, "esp_uuid": self.esp_uuid, "slot_uuids": self.slot_uuids,
-                           "data_uuid": self.data_uuid, "slot_mib": self.slot_mib}, indent=1, sort_keys=True)
+        record = {"format": LAYOUT_FORMAT, "esp_uuid": self.esp_uuid, "slot_uuids": self.slot_uuids,
+                  "data_uuid": self.data_uuid, "slot_mib": self.slot_mib}
+        if self.data.kind != "plain":      # a plain layout's record stays as older versions wrote it
+            record["data"] = self.data.to_dict()
+        return json.dumps(record, indent=1, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "Layout":
@@ -165,14 +170,16 @@ class Layout:
             data = strictjson.loads(text, what="layout.json")
             if data.get("format") != LAYOUT_FORMAT:
                 raise ValueError("format")
-            return cls(data["esp_uuid"], dict(data["slot_uuids"]), data["data_uuid"], int(data["slot_mib"]))
+            area = DataLayout.from_dict(data["data"]) if "data" in data else DataLayout()
+            return cls(data["esp_uuid"], dict(data["slot_uuids"]), data["data_uuid"], int(data["slot_mib"]), area)
         except (strictjson.JSONError, ValueError, KeyError, TypeError, AttributeError):
             raise LayerbootError("layerboot/layout.json on the ESP is damaged",
                                  hint="reinstall with 'layerboot install --disk DEV --wipe'") from None
 
     @classmethod
-    def new(cls, slot_mib: int) -> "Layout":
-        return cls(uuid.uuid4().hex[:8].upper(), {s: str(uuid.uuid4()) for s in SLOTS}, str(uuid.uuid4()), slot_mib)
+    def new(cls, slot_mib: int, data: DataLayout = DataLayout()) -> "Layout":
+        return cls(uuid.uuid4().hex[:8].upper(), {s: str(uuid.uuid4()) for s in SLOTS}, str(uuid.uuid4()), slot_mib,
+                   data)
 
     def esp_fs_uuid(self) -> str:
         return f"{self.esp_uuid[:4]}-{self.esp_uuid[4:]}"
@@ -442,8 +449,10 @@ def read_existing_layout(disk: str) -> Layout | None:
                   found[PART_DATA]["UUID"], slot_mib)
 
 
-def plan_layout(disk: str, *, slot_mib: int | None = None, wipe: bool = False) -> tuple[Layout, list[Action]]:
-    """Partition and format actions for the A/B layout; reuses the UUIDs of a layout already on the disk."""
+def plan_layout(disk: str, *, slot_mib: int | None = None, wipe: bool = False, data: str = "plain",
+                data_disks: tuple[str, ...] = ()) -> tuple[Layout, list[Action]]:
+    """Partition and format actions for the A/B layout and its data area (``data``: a kind of
+    build/data_layout.py, over partition 5 and ``data_disks``); reuses the UUIDs of a layout already on the disk."""
     existing = None if wipe else read_existing_layout(disk)
     total_mib = disk_size(disk) // MiB
     usable = total_mib - 2 - 1 - ESP_MIB - MIN_DATA_MIB      # GPT areas, BIOS boot, ESP, minimum data
@@ -454,18 +463,22 @@ def plan_layout(disk: str, *, slot_mib: int | None = None, wipe: bool = False) -
     if slot_mib < 32 or 2 * slot_mib > usable:
         raise LayerbootError(f"{disk} ({total_mib} MiB) cannot hold two {slot_mib} MiB slots plus ESP and data",
                              hint="use a larger disk or a smaller --slot-size (at least 32 MiB)")
-    layout = existing if existing and existing.slot_mib == slot_mib else Layout.new(slot_mib)
+    area = data_layout(data, disk, data_disks, PART_DATA, existing.data if existing else None)
+    if existing and existing.slot_mib == slot_mib:
+        layout = replace(existing, data=area)
+    else:
+        layout = Layout.new(slot_mib, area)
     start_a = 1 + 1 + ESP_MIB
     parts = [Partition("part-bios", PART_BIOS, 1, 1, TYPE_BIOS_BOOT, "layerboot-bios"),
              Partition("part-esp", PART_ESP, 2, ESP_MIB, TYPE_ESP, "layerboot-esp"),
              Partition("part-slot-a", PART_A, start_a, slot_mib, TYPE_LINUX, "layerboot-a"),
              Partition("part-slot-b", PART_B, start_a + slot_mib, slot_mib, TYPE_LINUX, "layerboot-b"),
-             Partition("part-data", PART_DATA, start_a + 2 * slot_mib, 0, TYPE_LINUX, "layerboot-data")]
+             Partition("part-data", PART_DATA, start_a + 2 * slot_mib, 0, PART_TYPES[data], "layerboot-data")]
     actions: list[Action] = [DiskLabel("ptable", tuple(p.name for p in parts)), *parts,
                              Format("fmt-esp", PART_ESP, "vfat", "LAYERBOOT", layout.esp_uuid),
                              Format("fmt-slot-a", PART_A, "ext4", "layerboot-a", layout.slot_uuids["A"]),
                              Format("fmt-slot-b", PART_B, "ext4", "layerboot-b", layout.slot_uuids["B"]),
-                             Format("fmt-data", PART_DATA, "ext4", "layerboot-data", layout.data_uuid)]
+                             *plan_data(area, layout.data_uuid, PART_DATA)]
     return layout, actions
 
 
@@ -495,7 +508,10 @@ class InstallBootloader(Action):
         with contextlib.ExitStack() as stack:
             workdir = Path(stack.enter_context(scratch_dir(ctx.workdir, prefix="grub.")))
             (workdir / "data").mkdir()
-            data = mount(stack, ctx.partition(PART_DATA), workdir / "data", fstype="ext4")
+            # grub-bios-setup wants its images on a filesystem of the disk: the data partition when it is ext4,
+            # else slot B (formatted by now; a slot write reformats it anyway)
+            stage = PART_DATA if self.layout.data.kind == "plain" else PART_B
+            data = mount(stack, ctx.partition(stage), workdir / "data", fstype="ext4")
             stack.callback(shutil.rmtree, data / ".layerboot-grub", ignore_errors=True)
             bootloader.install_bios(ctx.disk, self.layout.esp_fs_uuid(), data / ".layerboot-grub")
             bootloader.install_efi(esp, self.layout.esp_fs_uuid(), workdir)
@@ -566,7 +582,11 @@ class Activate(Action):
 
 
 def plan_install(disk: str, source: SlotSource, public_key: bytes, *, slot_mib: int | None = None,
-                 tries: int = DEFAULT_TRIES, wipe: bool = False) -> list[Action]:
-    layout, actions = plan_layout(disk, slot_mib=slot_mib, wipe=wipe)
-    return [*actions, InstallBootloader("bootloader", layout), WriteSlot("write-slot", source, public_key),
-            Activate("activate", tries)]
+                 tries: int = DEFAULT_TRIES, wipe: bool = False, data: str = "plain",
+                 data_disks: tuple[str, ...] = ()) -> list[Action]:
+    layout, actions = plan_layout(disk, slot_mib=slot_mib, wipe=wipe, data=data, data_disks=data_disks)
+    # A data area beyond plain ext4 is built after the bootloader action has recorded it in layout.json, so an
+    # interrupted run finds its array UUID there and resumes (assembles) instead of refusing its own members.
+    split = len(actions) if layout.data.kind == "plain" else [a.id for a in actions].index("fmt-slot-b") + 1
+    return [*actions[:split], InstallBootloader("bootloader", layout), *actions[split:],
+            WriteSlot("write-slot", source, public_key), Activate("activate", tries)]

@@ -66,6 +66,7 @@ After=multi-user.target
 [Service]
 Type=oneshot
 ExecStart=/usr/sbin/layerboot mark-good
+SyslogIdentifier=layerboot-mark-good
 
 [Install]
 WantedBy=multi-user.target

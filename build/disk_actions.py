@@ -121,14 +121,16 @@ class DiskLabel(Action):
     id: str
     ours: tuple[str, ...] = ()          # the partition names the plan creates
     type: str = "ptable"
+    disk: str = ""                      # another disk than the install disk (a data disk); "": ctx.disk
 
     def describe(self) -> str:
-        return "GPT partition table"
+        return "GPT partition table" + (f" on {self.disk}" if self.disk else "")
 
     def _foreign(self, ctx: DiskContext) -> str | None:
-        table = read_table(ctx.disk)
+        disk = self.disk or ctx.disk
+        table = read_table(disk)
         if table is None:
-            found = probe(ctx.disk).get("TYPE")
+            found = probe(disk).get("TYPE")
             return f"a {found} filesystem on the whole disk" if found else None
         if table.get("label") != "gpt":
             return f"a {table.get('label')} partition table"
@@ -137,19 +139,19 @@ class DiskLabel(Action):
         return f"partitions layerboot did not make: {', '.join(strangers)}" if strangers else None
 
     def satisfied(self, ctx: DiskContext) -> bool:
-        table = read_table(ctx.disk)
+        table = read_table(self.disk or ctx.disk)
         return table is not None and table.get("label") == "gpt" and self._foreign(ctx) is None
 
     def conflict(self, ctx: DiskContext) -> str | None:
         found = self._foreign(ctx)
         if found and not ctx.wipe:
-            return f"{ctx.disk} holds {found}; pass --wipe to erase the whole disk"
+            return f"{self.disk or ctx.disk} holds {found}; pass --wipe to erase the whole disk"
         return None
 
     def apply(self, ctx: DiskContext) -> None:
-        run([require_tool("sfdisk", package="fdisk"), "--quiet", "--wipe", "always", ctx.disk],
-            input=b"label: gpt\n")
-        run([require_tool("partx", package="util-linux"), "-d", ctx.disk], check=False)
+        disk = self.disk or ctx.disk
+        run([require_tool("sfdisk", package="fdisk"), "--quiet", "--wipe", "always", disk], input=b"label: gpt\n")
+        run([require_tool("partx", package="util-linux"), "-d", disk], check=False)
 
 
 @dataclass
@@ -163,15 +165,17 @@ class Partition(Action):
     part_type: str
     name: str
     type: str = "partition"
+    disk: str = ""                      # another disk than the install disk (a data disk); "": ctx.disk
 
     def describe(self) -> str:
         size = f"{self.size_mib} MiB" if self.size_mib else "rest of disk"
-        return f"partition {self.number} {self.name!r} at {self.start_mib} MiB, {size}"
+        where = f" of {self.disk}" if self.disk else ""
+        return f"partition {self.number}{where} {self.name!r} at {self.start_mib} MiB, {size}"
 
     def _existing(self, ctx: DiskContext) -> dict[str, Any] | None:
-        table = read_table(ctx.disk) or {}
+        table = read_table(self.disk or ctx.disk) or {}
         for part in table.get("partitions", []):
-            if part["node"] == ctx.partition(self.number):
+            if part["node"] == partition_path(self.disk or ctx.disk, self.number):
                 return part
         return None
 
@@ -183,7 +187,7 @@ class Partition(Action):
     def satisfied(self, ctx: DiskContext) -> bool:
         part = self._existing(ctx)
         if part is not None and self._matches(part):
-            settle_partitions(ctx.disk, [self.number])
+            settle_partitions(self.disk or ctx.disk, [self.number])
             return True
         return False
 
@@ -198,9 +202,10 @@ class Partition(Action):
         line = f"start={self.start_mib * MiB // SECTOR}, type={self.part_type}, name=\"{self.name}\""
         if self.size_mib:
             line += f", size={self.size_mib * MiB // SECTOR}"
+        disk = self.disk or ctx.disk
         run([require_tool("sfdisk", package="fdisk"), "--quiet", "--no-reread", "--no-tell-kernel",
-             "-N", str(self.number), ctx.disk], input=(line + "\n").encode())
-        settle_partitions(ctx.disk, [self.number])
+             "-N", str(self.number), disk], input=(line + "\n").encode())
+        settle_partitions(disk, [self.number])
 
 
 @dataclass
@@ -213,9 +218,14 @@ class Format(Action):
     label: str
     uuid: str                # ext4: a UUID; vfat: the 8-hex-digit volume id
     type: str = "format"
+    device: str = ""         # a device other than the partition (an md array, an LVM volume); "": partition
 
     def describe(self) -> str:
-        return f"{self.fstype} on partition {self.number}, label {self.label}, uuid {self.fs_uuid}"
+        where = self.device or f"partition {self.number}"
+        return f"{self.fstype} on {where}, label {self.label}, uuid {self.fs_uuid}"
+
+    def _device(self, ctx: DiskContext) -> str:
+        return self.device or ctx.partition(self.number)
 
     @property
     def fs_uuid(self) -> str:
@@ -225,18 +235,19 @@ class Format(Action):
         return self.uuid
 
     def satisfied(self, ctx: DiskContext) -> bool:
-        found = probe(ctx.partition(self.number))
+        found = probe(self._device(ctx))
         return (found.get("TYPE") == self.fstype and found.get("UUID", "").upper() == self.fs_uuid.upper()
                 and found.get("LABEL") == self.label)
 
     def conflict(self, ctx: DiskContext) -> str | None:
-        found = probe(ctx.partition(self.number)).get("TYPE")
+        found = probe(self._device(ctx)).get("TYPE")
         if found and not ctx.wipe:
-            return f"partition {self.number} already holds a {found} filesystem; pass --wipe to reformat it"
+            where = self.device or f"partition {self.number}"
+            return f"{where} already holds a {found} filesystem; pass --wipe to reformat it"
         return None
 
     def apply(self, ctx: DiskContext) -> None:
-        device = ctx.partition(self.number)
+        device = self._device(ctx)
         if self.fstype == "vfat":
             run([require_tool("mkfs.vfat", package="dosfstools"), "-n", self.label.upper(), "-i", self.uuid,
                  device])

@@ -15,8 +15,8 @@ from pathlib import Path
 PACKAGES = ("layerboot", "layerboot.overlays", "layerboot.server", "layerboot.server.auth", "layerboot.server.db",
             "layerboot.server.api", "layerboot.server.console", "layerboot.server.db.migrations",
             "layerboot.server.fleet", "layerboot.server.guard", "layerboot.server.mirror", "layerboot.server.monitor",
-            "layerboot.server.monitor.power", "layerboot.server.replica", "layerboot.tools", "layerboot.build",
-            "layerboot.build.oci", "layerboot.initrd", "layerboot.initrd.stage1")
+            "layerboot.server.monitor.power", "layerboot.server.replica", "layerboot.server.services",
+            "layerboot.tools", "layerboot.build", "layerboot.build.oci", "layerboot.initrd", "layerboot.initrd.stage1")
 
 
 def package_files() -> list[tuple[str, Path]]:

@@ -23,6 +23,7 @@ class Paths:
       incoming/               uploads waiting to be baked
       state/                  counters and locks (manifest serial, layerbootd.lock), the daemon's database,
                               admin token, boot-token key, power.toml
+      state/services/         site services: the DNS hosts directory, the syslog node table, status.json
       tmp/                    scratch space on the same filesystem, for atomic renames
       quarantine/             objects that failed their hash check, moved aside (never served)
       imports/                live ISOs and OCI images offered for base import in the web console (console.import_dir)
@@ -100,6 +101,11 @@ class Paths:
     def imports(self) -> Path:
         """Live ISOs and OCI images the console offers for base import, unless console.import_dir says otherwise."""
         return self.root / "imports"
+
+    @property
+    def services(self) -> Path:
+        """Site services' generated data (docs/services.md): read by dnsmasq and rsyslog, so world-readable."""
+        return self.state / "services"
 
     @property
     def tmp(self) -> Path:

@@ -316,6 +316,52 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pxe.efi_binary", _choice("snponly.efi", "ipxe.efi", "shimx64.efi"), "snponly.efi",
             "what UEFI PXE ROMs get: an iPXE build (snponly.efi drives the NIC through the firmware), or "
             "shimx64.efi for Secure Boot (Debian's signed shim -> signed GRUB over TFTP; docs/hardware.md)"),
+    # Site services (docs/services.md): layerboot configures the server's rsyslog, chrony and dnsmasq.
+    Setting("services.address", _str, "",
+            "address nodes reach the site services (syslog, time, DNS) at; empty: pxe.interface's IPv4 address, "
+            "else server.public_url's host"),
+    Setting("services.networks", _str_list, (),
+            "networks (CIDR) whose nodes may ask for time; empty: pxe.interface's subnet"),
+    Setting("services.root", _path, Path("/"),
+            "where 'layerboot services apply' writes the daemons' drop-in files (/etc/... below it)"),
+    Setting("services.refresh_interval", _int, 5,
+            "seconds between two checks by layerbootd of the registry and DHCP leases, to update the DNS hosts "
+            "file and the syslog node table when nodes change (0: never)"),
+    Setting("services.syslog.enabled", _bool, False,
+            "receive nodes' logs with rsyslog; 'layerboot pxe' hands out the log server (DHCP option 7)"),
+    Setting("services.syslog.dir", _path, Path("/var/log/layerboot"),
+            "where nodes' logs go: DIR/NODE/TAG.log, DIR/NODE/layerboot/COMPONENT.log, DIR/NODE/untagged.log"),
+    Setting("services.syslog.tcp_port", _port, 514, "TCP syslog port (RFC 6587 framing; 0: off)"),
+    Setting("services.syslog.udp_port", _port, 514,
+            "UDP syslog port (stage1's boot messages, plain syslog senders; 0: off)"),
+    Setting("services.syslog.relp_port", _port, 2514,
+            "RELP port (acknowledged delivery), when the Debian package rsyslog-relp is installed (0: off)"),
+    Setting("services.syslog.node_protocol", _choice("tcp", "relp"), "tcp",
+            "how nodes forward their logs: 'tcp', or 'relp' (needs rsyslog-relp on server and nodes)"),
+    Setting("services.syslog.node_queue", _str, "256m",
+            "most disk a node's forwarding queue may use while the server is away (rsyslog size, e.g. 256m)"),
+    Setting("services.syslog.node_spool", _path, Path("/var/spool/rsyslog"),
+            "where a node's forwarding queue spills while the server is away (on a diskless node: RAM; a "
+            "directory on a data disk keeps it across reboots)"),
+    Setting("services.syslog.unregistered", _choice("keep", "drop"), "keep",
+            "messages from addresses that are no registered node: keep them in DIR/unregistered/ADDRESS/, or drop"),
+    Setting("services.syslog.pid_file", _str, "",
+            "rsyslogd's pid file, where it does not run under systemd (rsyslog.service is asked otherwise)"),
+    Setting("services.time.enabled", _bool, False,
+            "serve time with chrony to services.networks; 'layerboot pxe' hands out the NTP server (option 42)"),
+    Setting("services.time.upstream", _str_list, (),
+            "extra NTP servers or pools (host names or addresses) the boot server itself follows"),
+    Setting("services.time.local_stratum", _int, 10,
+            "stratum served while the server has no upstream (an isolated boot network); 0: serve only a "
+            "synchronised clock"),
+    Setting("services.time.pid_file", _str, "/run/chrony/chronyd.pid", "chronyd's pid file"),
+    Setting("services.dns.enabled", _bool, False,
+            "answer DNS for every node with dnsmasq; 'layerboot pxe' hands out the DNS server and domain"),
+    Setting("services.dns.domain", _str, "cluster.internal", "DNS domain of the nodes (NAME.DOMAIN)"),
+    Setting("services.dns.upstream", _str_list, (),
+            "DNS servers for every other name; empty: the server's /etc/resolv.conf"),
+    Setting("services.dns.pid_file", _str, "/run/dnsmasq/dnsmasq.pid",
+            "the DNS dnsmasq's pid file (Debian's dnsmasq.service writes this one)"),
 )
 
 Config = dataclasses.make_dataclass(

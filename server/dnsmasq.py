@@ -67,6 +67,8 @@ def render_config(plan: PxePlan) -> str:
             f"dhcp-boot=tag:ipxe,{plan.boot_url}",
             f"dhcp-boot=tag:!ipxe,tag:efi64,{plan.efi_binary}",
             f"dhcp-boot=tag:!ipxe,tag:!efi64,{BIOS_BINARY}",
+            # the site services (docs/services.md): log server (7), NTP (42), DNS (6), domain (15, 119)
+            *(f"dhcp-option={option}" for option in plan.dhcp_options),
         ]
     return "\n".join(lines) + "\n"
 

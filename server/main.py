@@ -254,6 +254,8 @@ async def serve(config: Any, reload_config: Any = None) -> None:
     verifying = asyncio.create_task(keep_verified(state.verifier, profiles,
                                                   scrub_interval=config.server_scrub_interval,
                                                   turn=scrub_turn(replica, config.server_scrub_interval)))
+    from layerboot.server.services.manage import keep_refreshed
+    refreshing = asyncio.create_task(keep_refreshed(config, paths, state.registry))   # DNS/syslog node lists
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -268,6 +270,7 @@ async def serve(config: Any, reload_config: Any = None) -> None:
         systemd.notify("STOPPING=1")
         pinger.cancel()
         verifying.cancel()
+        refreshing.cancel()
         if sftp is not None:
             sftp.close()
         site.close()

@@ -46,6 +46,7 @@ class PxePlan:
     range_end: ipaddress.IPv4Address | None = None
     efi_binary: str = "snponly.efi"
     lease_time: str = "1h"
+    dhcp_options: tuple[str, ...] = ()  # extra dnsmasq dhcp-option= values (the site services: log, NTP, DNS)
 
     @property
     def boot_url(self) -> str:

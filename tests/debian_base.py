@@ -2,6 +2,10 @@
 
 Built through the CLI (so the command itself is what is tested) into a store of its own under /var/tmp,
 removed when the session ends. The downloads are cached across sessions by the command itself.
+
+Beyond the default packages it has what tests/test_site_qemu.py's node runs: the site services' clients
+(rsyslog, chrony) and the data-area tools (mdadm, lvm2, fdisk for sfdisk, e2fsprogs; kmod, whose modprobe loads
+md and device-mapper from the modules layer: minbase has none, and the kernel's request_module needs it too).
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from layerboot.overlays.layer import Layer
 from layerboot.overlays.store import Store
 from layerboot.paths import Paths
 from layerboot.run import run
+
+
+EXTRA_PACKAGES = ("rsyslog", "chrony", "mdadm", "lvm2", "fdisk", "e2fsprogs", "kmod")
 
 
 @dataclass(frozen=True)
@@ -40,8 +47,8 @@ def debian_base() -> DebianBase:
     store = Store(Paths(work / "store"))
     store.init()
     started = time.monotonic()
-    result = run([sys.executable, "-m", "layerboot", "-s", str(store.paths.root), "-v", "base", "debootstrap"],
-                 check=False, timeout=1800)
+    result = run([sys.executable, "-m", "layerboot", "-s", str(store.paths.root), "-v", "base", "debootstrap",
+                  "--include", ",".join(EXTRA_PACKAGES)], check=False, timeout=1800)
     assert result.returncode == 0, result.stderr.decode()
     return DebianBase(store, store.get(result.text.strip()), time.monotonic() - started,
                       result.stderr.decode())

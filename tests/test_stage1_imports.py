@@ -25,6 +25,9 @@ def test_stage1_import_set_is_small_and_lean(tmp_path: Path) -> None:
     # The net stage: dracut's syntax, rtnetlink, DHCPv4/v6, IPv6 methods, the record for the booted system.
     assert {"stage1.netcmd", "stage1.net", "stage1.netlink", "stage1.dhcp6", "stage1.net6", "stage1.netstate"} \
         <= modules
+    # boot messages to the log server (remotelog.py) over _socket: one stage1 module, no stdlib one (no socket,
+    # logging: both in FORBIDDEN below)
+    assert "stage1.remotelog" in modules
     for name in FORBIDDEN + ("json", "re"):
         assert not any(m == name or m.startswith(name + ".") for m in modules), f"stage1 imports {name}"
     stdlib = [m for m in modules if not m.startswith("stage1")]

@@ -16,13 +16,13 @@ from layerboot.tools import cmd_base
 from layerboot.tools import cmd_install
 from layerboot.tools import cmd_initrd
 from layerboot.tools import cmd_admin, cmd_docs, cmd_heartbeat, cmd_incidents, cmd_power
-from layerboot.tools import cmd_mirror
+from layerboot.tools import cmd_mirror, cmd_services
 from layerboot.tools.context import Context
 from layerboot.tools.parser import Parser, add_global_options, examples, spread_global_options
 
 COMMAND_GROUPS = (cmd_store, cmd_layer, cmd_profile, cmd_manifest, cmd_key, cmd_config, cmd_demo, cmd_install,
                   cmd_capture, cmd_bake, cmd_pxe, cmd_base, cmd_nodes, cmd_groups, cmd_db, cmd_upload, cmd_initrd,
-                  cmd_incidents, cmd_power, cmd_heartbeat, cmd_docs, cmd_admin, cmd_mirror)
+                  cmd_incidents, cmd_power, cmd_heartbeat, cmd_docs, cmd_admin, cmd_mirror, cmd_services)
 
 DESCRIPTION = """\
 Boot diskless Linux nodes from a signed base squashfs plus ordered overlay layers.

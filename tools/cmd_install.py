@@ -16,6 +16,7 @@ from pathlib import Path
 from layerboot.atomic import scratch_dir
 from layerboot.build import ab
 from layerboot.build.bootloader import MAX_TRIES, SLOTS
+from layerboot.build.data_layout import KINDS, preflight
 from layerboot.build.disk_actions import DiskContext, execute
 from layerboot.errors import LayerbootError
 from layerboot.overlays.keys import load_public_key
@@ -55,6 +56,12 @@ def _install_options(p: argparse.ArgumentParser, *, required: bool = True) -> No
     p.add_argument("--tries", type=tries, default=ab.DEFAULT_TRIES,
                    help=f"boot attempts a new slot gets before falling back (default {ab.DEFAULT_TRIES})")
     p.add_argument("--wipe", action="store_true", help="allow erasing a disk that holds anything else")
+    p.add_argument("--data", choices=KINDS, default="plain",
+                   help="the data area: plain ext4 on partition 5 (default), or across partition 5 and the "
+                        "--data-disk disks: raid1 (mdadm), lvm (one linear volume), raid1-lvm, zfs-mirror; "
+                        "recorded in layout.json on the ESP (docs/install.md, 'The data area')")
+    p.add_argument("--data-disk", action="append", default=[], metavar="DEV",
+                   help="a whole disk for the data area (repeatable); it gets a GPT with one partition")
 
 
 def _server_options(p: argparse.ArgumentParser) -> None:
@@ -179,7 +186,8 @@ def cmd_plan(ctx: Context) -> int:
     disk = ab.AbDisk(a.disk, workdir=_scratch(ctx))
     with scratch_dir(_scratch(ctx), prefix="fetch.") as scratch:
         source, public = _source(ctx, disk, _install_target(disk), Path(scratch))
-        actions = ab.plan_install(a.disk, source, public, slot_mib=a.slot_size, tries=a.tries, wipe=a.wipe)
+        actions = ab.plan_install(a.disk, source, public, slot_mib=a.slot_size, tries=a.tries, wipe=a.wipe,
+                                  data=a.data, data_disks=_data_disks(a))
     for action in actions:
         if a.json:
             print(json.dumps(action.as_dict(), default=str, sort_keys=True))
@@ -194,11 +202,15 @@ def cmd_install(ctx: Context) -> int:
         raise LayerbootError("install needs --disk DEV and --profile NAME (or --server URL)",
                              hint="'layerboot install plan --disk DEV --profile NAME' shows what it would do")
     _check_disk(a.disk)
+    for data_disk in _data_disks(a):
+        _check_disk(data_disk)
     disk = ab.AbDisk(a.disk, workdir=_scratch(ctx))
     with scratch_dir(_scratch(ctx), prefix="fetch.") as scratch:
         source, public = _source(ctx, disk, _install_target(disk), Path(scratch))
-        actions = ab.plan_install(a.disk, source, public, slot_mib=a.slot_size, tries=a.tries, wipe=a.wipe)
+        actions = ab.plan_install(a.disk, source, public, slot_mib=a.slot_size, tries=a.tries, wipe=a.wipe,
+                                  data=a.data, data_disks=_data_disks(a))
         context = DiskContext(a.disk, wipe=a.wipe, workdir=_scratch(ctx))
+        preflight(a.data)                      # tools and kernel support, before any disk is touched
         execute(actions, context)
     slot = context.values.get("slot")
     what = f"{source.manifest.profile} generation {source.manifest.generation}"
@@ -208,6 +220,13 @@ def cmd_install(ctx: Context) -> int:
         print(f"installed {what} in slot {slot} ({a.tries} boot attempts; confirm with 'layerboot mark-good' "
               "on the node)")
     return 0
+
+
+def _data_disks(args: argparse.Namespace) -> tuple[str, ...]:
+    for disk in args.data_disk:
+        if not os.path.exists(disk):
+            raise LayerbootError(f"--data-disk {disk} does not exist")
+    return tuple(args.data_disk)
 
 
 def _scratch(ctx: Context) -> Path:
@@ -261,15 +280,17 @@ def cmd_status(ctx: Context) -> int:
         content = f"{record.profile} gen {record.generation} serial {record.serial}" if record else "(no record)"
         rows.append([slot, entry.state, entry.tries if entry.state == "trial" else "-",
                      "yes" if slot == booted else "", content, check])
+    area = disk.layout().data
     if ctx.args.json:
         print(json.dumps({"order": state.order, "booted": booted, "grub_booted": state.booted,
                           "slots": {s: {"state": state.slots[s].state, "tries": state.slots[s].tries,
-                                        "content": vars(records[s]) if records[s] else None} for s in SLOTS}},
-                         indent=1, sort_keys=True))
+                                        "content": vars(records[s]) if records[s] else None} for s in SLOTS},
+                          "data": area.to_dict()}, indent=1, sort_keys=True))
         return 0
     next_slot, _ = ab.pick_slot(state)
     print(table(["slot", "state", "tries left", "running", "content", "check"], rows))
     print(f"next boot: {next_slot or 'nothing bootable'}")
+    print(f"data area: {area.describe() if area.members else 'ext4 on partition 5'}")
     return 0
 
 

@@ -64,6 +64,7 @@ def cmd_pxe(ctx: Context) -> int:
     the_plan = plan(interface=interface, server_url=server_url,
                     tftp_root=(args.tftp_root or state_dir / "tftp").absolute(), state_dir=state_dir,
                     dhcp_range=dhcp_range, efi_binary=args.efi_binary or config.pxe_efi_binary)
+    the_plan = _with_site_services(config, the_plan)
     if args.print_config:
         print(dnsmasq.render_config(the_plan), end="")
         return 0
@@ -87,6 +88,25 @@ def cmd_pxe(ctx: Context) -> int:
     dnsmasq.stop_on_signals(supervisor)
     supervisor.run()
     return 0
+
+
+def _with_site_services(config, the_plan):  # noqa: ANN001, ANN202
+    """The DHCP options of the enabled site services (docs/services.md), pointing at services.address or, when
+    that is not set, at our address on the PXE interface. Proxy-DHCP cannot send them (it only answers PXE
+    ROMs): then the site's DHCP server has to, and the log says which."""
+    import dataclasses
+
+    from layerboot.server.services.base import check_address
+    from layerboot.server.services.manage import dhcp_options
+
+    address = check_address(config.services_address, "services.address") if config.services_address else \
+        str(the_plan.address)
+    options = tuple(dhcp_options(config, address))
+    if options and the_plan.proxy:
+        logging.getLogger("layerboot.pxe").warning(
+            "proxy-DHCP: the site's DHCP server must hand out the site services itself: %s", "; ".join(options))
+        return the_plan
+    return dataclasses.replace(the_plan, dhcp_options=options)
 
 
 def _keep_grub_entries(ctx: Context, the_plan, log: logging.Logger) -> None:  # noqa: ANN001

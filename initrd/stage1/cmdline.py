@@ -38,10 +38,10 @@ class Options(Record):
     clone: str = ""                   # layerboot.clone=NODE (discovery menu): ask to become a clone of NODE
     name: str = ""                    # layerboot.name=NAME (discovery menu): ... named NAME
     mirrors: str = "on"               # layerboot.mirrors=on|off: use the signed manifest's mirrors (sources.py)
-
     fetch: str = "full"               # layerboot.fetch=full|stream: download whole layers, or stream blocks (stream.py)
     stream_giveup: float = 0.0        # layerboot.stream_giveup=SECONDS: a streamed read fails with EIO after (0: never)
     init: str = DEFAULT_INIT          # init=/path of the real init in the new root
+    syslog: str = ""                  # layerboot.syslog=off|ADDR[:PORT]|udp://..|tcp://..: stage1's lines (remotelog.py)
     net: NetPlan = NetPlan()          # ip= vlan= bond= ifname= nameserver= BOOTIF= rd.* (dracut syntax, netcmd.py)
 
 
@@ -77,6 +77,35 @@ def _positive(key: str, value: str, kind: type) -> int | float:
     return number
 
 
+def check_syslog(value: str) -> str:
+    """``layerboot.syslog=``: off, or ADDRESS[:PORT] with an optional udp:// or tcp:// (IPv6 in brackets)."""
+    import _socket
+
+    if value == "off":
+        return value
+    protocol, sep, rest = value.partition("://")
+    if not sep:
+        protocol, rest = "udp", value
+    if protocol not in ("udp", "tcp"):
+        raise CmdlineError(f"layerboot.syslog={value!r}: use off, ADDRESS[:PORT], udp://ADDRESS[:PORT] or tcp://...")
+    if rest.startswith("["):
+        address, _, port = rest[1:].partition("]")
+        if port and not port.startswith(":"):
+            raise CmdlineError(f"layerboot.syslog={value!r}: expected ':PORT' after the bracketed address")
+        port, family = port[1:], _socket.AF_INET6
+    else:
+        address, _, port = rest.partition(":")
+        family = _socket.AF_INET
+    try:
+        _socket.inet_pton(family, address)
+    except OSError:
+        raise CmdlineError(f"layerboot.syslog={value!r}: {address!r} is not an IP address (IPv6 in brackets)") \
+            from None
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise CmdlineError(f"layerboot.syslog={value!r}: {port!r} is not a port")
+    return value
+
+
 def parse_cmdline(text: str) -> Options:
     """Return the options; unknown ``layerboot.*`` keys and bad values raise CmdlineError (one clear line)."""
     values: dict[str, object] = {}
@@ -109,13 +138,14 @@ def parse_cmdline(text: str) -> Options:
                 if value not in MIRROR_MODES:
                     raise CmdlineError(f"layerboot.mirrors={value!r}: use one of {', '.join(MIRROR_MODES)}")
                 values["mirrors"] = value
-
             elif name == "fetch":
                 if value not in FETCH_MODES:
                     raise CmdlineError(f"layerboot.fetch={value!r}: use one of {', '.join(FETCH_MODES)}")
                 values["fetch"] = value
             elif name == "stream_giveup":
                 values[name] = 0.0 if value == "0" else float(_positive(key, value, float))
+            elif name == "syslog":
+                values["syslog"] = check_syslog(value)
             elif name in ("retries",):
                 values[name] = int(_positive(key, value, int))
             elif name == "timeout":

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import time
 
+from . import remotelog
+
 STATUS_DIR = "/run/layerboot"
 STATUS_FILE = STATUS_DIR + "/status"
 BUSYBOX = "/bin/busybox"
@@ -56,20 +58,33 @@ def kmsg(level: int, text: str) -> None:
         os.close(fd)
 
 
+def _remote(kind: str, line: str) -> None:
+    """The line to the site's log server too (remotelog.py); a server that stops taking lines is said once."""
+    note = remotelog.record(kind, line)
+    if note:
+        _write(2, f"layerboot: {note}\n")
+
+
 def say(text: str) -> None:
     """One line on the console (stderr of PID 1 is the kernel console)."""
-    _write(2, f"layerboot: {one_line(text)}\n")
+    line = one_line(text)
+    _write(2, f"layerboot: {line}\n")
+    _remote("say", line)
 
 
 def debug(text: str) -> None:
     if _debug:
-        _write(2, f"layerboot[{time.monotonic() - _t0:7.3f}]: {one_line(text)}\n")
+        line = one_line(text)
+        _write(2, f"layerboot[{time.monotonic() - _t0:7.3f}]: {line}\n")
+        _remote("debug", line)
 
 
 def error(text: str) -> None:
-    """The one clear failure line: console and kernel log."""
-    _write(2, f"layerboot: FAILED: {one_line(text)}\n")
+    """The one clear failure line: console, kernel log and the log server."""
+    line = one_line(text)
+    _write(2, f"layerboot: FAILED: {line}\n")
     kmsg(3, f"FAILED: {text}")
+    _remote("error", f"FAILED: {line}")
 
 
 def write_status(text: str) -> None:

@@ -214,6 +214,7 @@ def run_stages(boot: Boot) -> None:
     console.write_status(_status(boot, True))
     say(f"switching to the new root ({time.clock_gettime(time.CLOCK_BOOTTIME):.2f}s since boot), "
         f"exec {options.init}")
+    console.remotelog.close()
     switch_root(options.init)
     raise StageError(f"switch_root to {options.init} failed")
 
@@ -268,6 +269,11 @@ def bring_up_network(options, boot: Boot, *, run_dir: str = "/run/layerboot", et
     say(f"boot interface {result.boot_interface} ({result.reason})"
         + (f", host name {record['hostname']}" if record["hostname"] else "")
         + (f", DNS {' '.join(record['dns'])}" if record["dns"] else ""))
+    from .remotelog import start
+
+    note = start(options.syslog, record["log_servers"], hostname=record["hostname"])   # this line's and earlier
+    if note:
+        say(note)
     return written
 
 
