@@ -8,7 +8,7 @@ from pathlib import Path
 from layerboot.errors import LayerbootError
 from layerboot.tools.context import Context
 from layerboot.tools.output import table
-from layerboot.tools.parser import print_json
+from layerboot.tools.parser import add_json, examples, print_json
 
 DESCRIPTION = """\
 Configure the site services on this server's own daemons, from the [services] settings and the node registry:
@@ -16,23 +16,18 @@ rsyslog receives nodes' logs (syslog), chrony serves time (time), dnsmasq answer
 'apply' checks the configuration with each daemon before writing anything, writes what changed under
 services.root (/etc/rsyslog.d, /etc/chrony/conf.d, /etc/dnsmasq.d) and restarts the daemon (systemd); layerbootd
 keeps the node-dependent parts current afterwards. See docs/services.md.
-
-examples:
-  layerboot services status
-  layerboot services render dns
-  layerboot services render --node -o /tmp/site-node      # the node-side files, for an overlay layer
-  layerboot services apply                                # every enabled service
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("services", help="site services: central syslog, time and DNS for the nodes",
-                            description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+                            description=DESCRIPTION)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True, help="what to do")
 
     p = actions.add_parser("status", help="each service: enabled, configured, running, listening, last error")
-    p.add_argument("--json", action="store_true", help="one JSON document")
+    add_json(p)
     p.set_defaults(func=cmd_status)
+    examples(p, "layerboot services status", "layerboot services status --json")
 
     p = actions.add_parser("render", help="print the files 'apply' would write (or write them to a directory)")
     p.add_argument("service", nargs="*", metavar="SERVICE", help="syslog, time, dns (default: the enabled ones)")
@@ -42,12 +37,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, metavar="DIR",
                    help="write the files below DIR (as paths from /) instead of printing them")
     p.set_defaults(func=cmd_render)
+    examples(p, "layerboot services render dns",
+             "layerboot services render --node -o /tmp/site-node      # the node-side files, for an overlay layer")
 
     p = actions.add_parser("apply", help="check, write and restart: the services' configuration goes live")
     p.add_argument("service", nargs="*", metavar="SERVICE", help="syslog, time, dns (default: the enabled ones)")
     p.add_argument("--no-restart", action="store_true",
                    help="write the files but leave the daemons alone (restart them yourself)")
     p.set_defaults(func=cmd_apply)
+    examples(p, "layerboot services apply                # every enabled service",
+             "layerboot services apply dns --no-restart")
 
 
 def _site(ctx: Context):  # noqa: ANN202
