@@ -40,7 +40,7 @@ from layerboot.server.auth.boottoken import open_boot_tokens  # noqa: E402
 from layerboot.server.db import connect  # noqa: E402
 from layerboot.server.nodes import Registry  # noqa: E402
 
-from peers.storm import (IMAGE_PORT, MIRROR_PORT, ORIGIN_PORT, STORM_PROFILE, NodeJob, Storm, build_chain,  # noqa: E402
+from peers.storm import (IMAGE_PORT, MIRROR_PORT, STORM_PROFILE, NodeJob, Storm, build_chain,  # noqa: E402
                          run_storm, start_layerbootd, start_mirror, start_nginx_image, warm)
 from peers.stormnet import PREFIX, StormNet  # noqa: E402
 

@@ -132,6 +132,17 @@ def test_json_output_carries_the_records(store, make_layer, profiles, capsys: py
     assert cli_json("config", "show")["store.root"] == str(store.paths.root)
     assert cli_json("nodes") == {"nodes": []} and cli_json("uploads") == {"uploads": []}
 
+    def cli_text(*argv: str) -> str:
+        assert main([*s, *argv]) == 0, argv
+        return capsys.readouterr().out
+
+    # the same commands as tables and sentences: each names what its record holds
+    assert base[:12] in cli_text("layer", "list") and "the base" in cli_text("layer", "show", base[:8])
+    shown = cli_text("profile", "show", "web")
+    assert "generation 2" in shown and base[:12] in shown and top[:12] in shown
+    assert "web" in cli_text("profile", "list") and f"add {top[:12]} at 1" in cli_text("profile", "log", "web")
+    assert top[:12] in cli_text("profile", "diff", "web", "1", "2")
+
 
 def test_bash_completion_completes_commands_and_actions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["completion", "bash"]) == 0

@@ -97,7 +97,7 @@ def cmd_build(ctx: Context) -> int:
     args = ctx.args
     if args.output is None and args.profile is None:
         raise LayerbootError("say where the initramfs goes", hint="give --output FILE and/or --profile NAME")
-    store = ctx.ready_store()
+    ctx.ready_store()
     if args.profile:
         ctx.profiles.current(args.profile)   # fail before downloading or building anything
     kernel, from_layer = _kernel(ctx)

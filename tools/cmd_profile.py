@@ -141,7 +141,7 @@ def cmd_show(ctx: Context) -> int:
     print(f"profile {gen.profile}, generation {gen.number}, serial {gen.serial}, created {gen.created}")
     print(f"kernel:  {gen.kernel or '-'}\ninitrd:  {gen.initrd or '-'}\ncmdline: {gen.cmdline}")
     rows = []
-    for position, layer in enumerate(layers):
+    for position, layer in enumerate(profiles.store.get(digest) for digest in gen.layers):
         rows.append([position, layer.short, layer.kind, layer.description])
         if position == 0 and gen.modules:   # stacked above the base, with the kernel (not a position)
             modules = profiles.store.get(gen.modules)

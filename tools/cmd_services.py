@@ -71,7 +71,7 @@ def cmd_status(ctx: Context) -> int:
         return 0
     lines = []
     for row in rows:
-        running = f"pid {row.pid}" if row.pid else ("no" if row.installed else f"not installed")
+        running = f"pid {row.pid}" if row.pid else ("no" if row.installed else "not installed")
         listening = " ".join(row.listening) or "-"
         if row.missing:
             listening += f" (not: {' '.join(row.missing)})"

@@ -49,7 +49,7 @@ def load_or_create_key(path: Path) -> bytes:
         key = bytes.fromhex(path.read_text(encoding="ascii").strip())
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise LayerbootError(f"cannot read the boot-token key {path}: {getattr(err, 'strerror', None) or err}",
-                             hint=f"remove it and restart layerbootd to make a new one "
+                             hint="remove it and restart layerbootd to make a new one "
                                   "(every outstanding boot token stops working)") from None
     if len(key) < 16:
         raise LayerbootError(f"{path} holds {len(key)} bytes; a boot-token key needs at least 16",
