@@ -11,6 +11,8 @@ EMERGENCY_ACTIONS = ("shell", "reboot", "poweroff")
 LAYER_PLACES = ("ram", "cache")
 MIRROR_MODES = ("on", "off")
 FETCH_MODES = ("full", "stream")
+# layerboot.NAME= options that take one word of a fixed set; the Options field has the same name
+CHOICES = {"emergency": EMERGENCY_ACTIONS, "layers": LAYER_PLACES, "mirrors": MIRROR_MODES, "fetch": FETCH_MODES}
 STAGES = ("modules", "net", "manifest", "layers", "mount", "switch_root")
 DEFAULT_INIT = "/sbin/init"
 
@@ -126,22 +128,10 @@ def parse_cmdline(text: str) -> Options:
                     if stage not in STAGES:
                         raise CmdlineError(f"layerboot.break={stage!r}: known stages are {', '.join(STAGES)}")
                 values["breaks"] = tuple(values.get("breaks", ())) + wanted  # type: ignore[arg-type]
-            elif name == "emergency":
-                if value not in EMERGENCY_ACTIONS:
-                    raise CmdlineError(f"layerboot.emergency={value!r}: use one of {', '.join(EMERGENCY_ACTIONS)}")
-                values["emergency"] = value
-            elif name == "layers":
-                if value not in LAYER_PLACES:
-                    raise CmdlineError(f"layerboot.layers={value!r}: use one of {', '.join(LAYER_PLACES)}")
-                values["layers"] = value
-            elif name == "mirrors":
-                if value not in MIRROR_MODES:
-                    raise CmdlineError(f"layerboot.mirrors={value!r}: use one of {', '.join(MIRROR_MODES)}")
-                values["mirrors"] = value
-            elif name == "fetch":
-                if value not in FETCH_MODES:
-                    raise CmdlineError(f"layerboot.fetch={value!r}: use one of {', '.join(FETCH_MODES)}")
-                values["fetch"] = value
+            elif name in CHOICES:
+                if value not in CHOICES[name]:
+                    raise CmdlineError(f"layerboot.{name}={value!r}: use one of {', '.join(CHOICES[name])}")
+                values[name] = value
             elif name == "stream_giveup":
                 values[name] = 0.0 if value == "0" else float(_positive(key, value, float))
             elif name == "syslog":
