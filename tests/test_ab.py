@@ -243,7 +243,9 @@ def test_a_node_updates_its_own_disk_from_the_server_fetching_only_the_new_layer
     with loop_disk(tmp_path) as device:
         disk = _install(device, profiles, public, tmp_path)
         disk.mark_good("A")
-        new_layer = make_layer({"etc/motd": "from the server\n" * 500}, base=base)
+        # incompressible: a layer of several blocks, so it has a dm-verity tree of its own (a one-block layer's is
+        # empty, the same object for every such layer)
+        new_layer = make_layer({"etc/motd": os.urandom(30000).hex()}, base=base)
         profiles.add("node", new_layer)
         update = ["--store", store, "ab", "update", "--disk", device, "--server", daemon.url, "--node", MAC,
                   "--token-file", str(tmp_path / "token")]
@@ -263,13 +265,16 @@ def test_a_node_updates_its_own_disk_from_the_server_fetching_only_the_new_layer
                 assert "the signed manifest is for profile node, not web" in capsys.readouterr().err
                 assert main([*install, "--profile", "node"]) == 0
                 installed = capsys.readouterr().out
-                assert "fetched 4 object(s)" in installed and "reused 0 from the disk" in installed
+                # two layers, their trees (the base's is empty), kernel and initrd
+                assert "fetched 6 object(s)" in installed and "reused 0 from the disk" in installed
                 assert "installed node generation 2 in slot A" in installed
                 assert ab.AbDisk(fresh, workdir=tmp_path).verify_slot("A", public).generation == 2
         finally:
             daemon.stop()
-        size = profiles.store.get(new_layer).size
-        assert f"fetched 1 object(s), {size} bytes; reused 3 from the disk" in out
+        layer = profiles.store.get(new_layer)
+        assert layer.verity is not None and layer.verity.tree_size > 0
+        size = layer.size + layer.verity.tree_size
+        assert f"fetched 2 object(s), {size} bytes; reused 4 from the disk" in out      # the layer and its tree
         assert "slot B holds node generation 2; it boots next" in out
         assert disk.verify_slot("B", public).generation == 2
         assert disk.state().order == ("B", "A")
