@@ -162,7 +162,7 @@ def test_an_installed_disk_boots_its_chain_through_stage1(slot_store: dict, tmp_
         assert re.findall(r"Booting `layerboot slot (\w)'", text) == ["A"]
         assert "network: not used" in text and f"manifest: profile disk generation {slot_store['good']} " in text
         # every layer through dm-verity, none hashed whole, and the squashfs lowers are the dm devices
-        attached = re.search(r"layerboot: slot: 5 layers attached through dm-verity in ([\d.]+) s \(signed root "
+        attached = re.search(r"layerboot: 5 layers attached through dm-verity in ([\d.]+) s \(signed root "
                              r"hashes, every block checked as it is read\), 0 checked whole", text)
         assert attached and "checked whole (fs-verity" not in text and "DM-LOWERS: 5" in text, text[-3000:]
         check = node.wait_for(r"^LOCALVERITY-CHECK-", timeout=1).text

@@ -3,7 +3,7 @@ from an A/B slot, whose slot holds layers and their trees; or a host with dm-ver
 
     python3 localverity_check.py SLOT_ROOT WORKDIR
 
-Takes the largest layer (at most 64 MB) the slot's signed manifest names with a tree, copies it and its tree to
+Takes the smallest layer the slot's signed manifest names with a non-empty tree (a boot test's time), copies it and its tree to
 WORKDIR (a tmpfs), and checks: the good copy attaches, mounts as squashfs and every file reads; the same copy
 with one byte flipped in a block past the first still attaches, but reading that block through the device is
 EIO and every byte before it is the good one (no silent data); a wrong root hash is refused at attach and leaves
@@ -25,9 +25,6 @@ import time
 from layerboot.initrd.stage1 import localverity
 from layerboot.initrd.stage1.dm import remove
 
-LIMIT = 64 << 20
-
-
 def fail(why: str) -> None:
     print(f"LOCALVERITY-CHECK-FAIL: {why}", flush=True)
     sys.exit(1)
@@ -36,10 +33,10 @@ def fail(why: str) -> None:
 def pick(slot: str) -> tuple[str, dict]:
     with open(os.path.join(slot, "manifest.json"), "rb") as f:
         payload = json.loads(json.loads(f.read())["payload"])
-    layers = [l for l in payload["layers"] if l.get("verity") and l["size"] <= LIMIT and l["size"] % 4096 == 0]
+    layers = [l for l in payload["layers"] if l.get("verity") and l["verity"]["tree_size"] and l["size"] % 4096 == 0]
     if not layers:
         fail("the slot's manifest names no layer with a dm-verity tree")
-    layer = max(layers, key=lambda l: l["size"])
+    layer = min(layers, key=lambda l: l["size"])
     return os.path.join(slot, "layers", layer["digest"]), layer
 
 
