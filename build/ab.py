@@ -13,6 +13,8 @@ docs/install.md)::
 
     manifest.json              the signed manifest envelope, byte for byte as the server signed it
     layers/<sha256>            the squashfs chain, named by digest (order comes from the manifest)
+    layers/<sha256>.verity     each layer's dm-verity hash tree (the object the signed manifest names): stage1
+                               attaches the layer through dm-verity instead of hashing it whole (localverity.py)
     boot/vmlinuz boot/initrd.img
     boot/grub-entry.cfg        GRUB's linux/initrd lines with this slot's command line
     layerboot-slot.json        written last: what was written and its hashes; no record = incomplete slot
@@ -49,6 +51,7 @@ from layerboot.build.disk_actions import (TYPE_BIOS_BOOT, TYPE_ESP, TYPE_LINUX, 
                                           Format, MiB, Partition, SECTOR, disk_size, mkfs_ext4, partition_path,
                                           probe, read_table)
 from layerboot.errors import LayerbootError
+from layerboot.initrd.stage1.localverity import TREE_SUFFIX
 from layerboot.overlays.chain import mount
 from layerboot.overlays.manifest import Manifest, verify_manifest
 from layerboot.overlays.objects import sha256_file
@@ -206,9 +209,29 @@ def source_from_store(profiles: Profiles, profile: str, generation: int | None, 
         raise LayerbootError(f"generation {manifest.generation} of {profile} has no kernel or initrd to boot "
                              "from disk", hint=f"layerboot profile set {profile} --kernel REF --initrd REF")
     files = {f"layers/{a.digest}": profiles.store.path(a.digest) for a in manifest.layers}
+    for layer in manifest.layers:
+        if layer.verity is not None:
+            files[tree_rel(layer.digest)] = _tree_object(profiles, layer.digest, layer.verity.tree)
     files["boot/vmlinuz"] = profiles.store.path(manifest.kernel.digest)
     files["boot/initrd.img"] = profiles.store.path(manifest.initrd.digest)
     return SlotSource(envelope, manifest, files)
+
+
+def tree_rel(digest: str) -> str:
+    """Where a layer's dm-verity tree goes in a slot: next to the layer."""
+    return f"layers/{digest}{TREE_SUFFIX}"
+
+
+def _tree_object(profiles: Profiles, digest: str, tree: str) -> Path:
+    """The tree object the manifest names; made again (byte for byte the same) when the store lost it."""
+    store = profiles.store
+    if not store.objects.exists(tree):
+        log.warning("the dm-verity tree of layer %s is missing from the store: making it again", digest[:12])
+        made = store.with_verity(store.get(digest)).verity
+        if made is None or made.tree != tree:
+            raise LayerbootError(f"the dm-verity tree of layer {digest[:12]} cannot be made again as the signed "
+                                 "manifest names it", hint="run 'layerboot store fsck'")
+    return store.path(tree)
 
 
 @dataclass(frozen=True)
@@ -223,6 +246,7 @@ class SlotRecord:
 
 def expected_files(manifest: Manifest) -> dict[str, str]:
     expected = {f"layers/{a.digest}": a.digest for a in manifest.layers}
+    expected.update({tree_rel(a.digest): a.verity.tree for a in manifest.layers if a.verity is not None})
     if manifest.kernel:
         expected["boot/vmlinuz"] = manifest.kernel.digest
     if manifest.initrd:

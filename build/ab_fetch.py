@@ -2,9 +2,11 @@
 
 The node asks for its manifest (``GET /nodes/<mac>/manifest`` with its node secret), verifies the signature
 with the public key it trusts, refuses a manifest of another profile than the one it expects (or one made for
-another node) and a serial lower than the newest one already on its disk (anti-replay across reboots). Each object the new slot needs is taken from a slot already on the disk when it is there with the
-right hash (an update that adds one layer downloads one layer), otherwise downloaded and hashed while it
-streams. Nothing unverified ever reaches the slot writer.
+another node) and a serial lower than the newest one already on its disk (anti-replay across reboots). Each
+object the new slot needs (the layers, their dm-verity trees, kernel and initrd) is taken from a slot already on
+the disk when it is there with the right hash (an update that adds one layer downloads one layer and its tree),
+otherwise downloaded (a tree from ``tree_path``, served to exactly the nodes that may fetch its layer) and
+hashed. Nothing unverified ever reaches the slot writer.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from layerboot.build.ab import AbDisk, SlotSource, expected_files
 from layerboot.build.bootloader import SLOTS
 from layerboot.errors import LayerbootError
 from layerboot.urls import parse_http_url
-from layerboot.overlays.manifest import verify_manifest
+from layerboot.overlays.manifest import object_url_path, verify_manifest
 from layerboot.overlays.objects import sha256_file
 
 CHUNK = 1 << 20
@@ -81,7 +83,10 @@ def source_from_server(disk: AbDisk, server: str, mac: str, secret: str, public_
     manifest = verify_manifest(envelope, public_key, min_serial=newest, profile=expected, node=mac)
     if manifest.kernel is None or manifest.initrd is None:
         raise LayerbootError(f"the manifest of {mac} names no kernel or initrd to boot from disk")
-    artifacts = {a.digest: a for a in (*manifest.layers, manifest.kernel, manifest.initrd)}
+    # digest -> (size, path on the server): the layers, kernel, initrd and the layers' dm-verity trees
+    objects = {a.digest: (a.size, a.path) for a in (*manifest.layers, manifest.kernel, manifest.initrd)}
+    objects.update({a.verity.tree: (a.verity.tree_size, object_url_path(a.verity.tree))
+                    for a in manifest.layers if a.verity is not None})
     stats = FetchStats()
     workdir.mkdir(parents=True, exist_ok=True)
     have: dict[str, Path] = {}
@@ -89,26 +94,26 @@ def source_from_server(disk: AbDisk, server: str, mac: str, secret: str, public_
         with disk.mounted(slot, writable=False) as root:
             for rel, digest in expected_files(manifest).items():
                 candidates = [root / rel, root / "layers" / digest]
-                found = next((p for p in candidates if p.is_file() and p.stat().st_size ==
-                              artifacts[digest].size), None)
+                found = next((p for p in candidates if p.is_file() and p.stat().st_size == objects[digest][0]),
+                             None)
                 if digest in have or found is None or sha256_file(found)[0] != digest:
                     continue
                 shutil.copyfile(found, workdir / digest)
                 have[digest] = workdir / digest
                 stats.reused += 1
-                stats.reused_bytes += artifacts[digest].size
-    for digest, artifact in artifacts.items():
+                stats.reused_bytes += objects[digest][0]
+    for digest, (size, path) in objects.items():
         if digest in have:
             continue
         part = workdir / f"{digest}.part"
         with open(part, "wb") as sink:
-            _get(server, artifact.path, secret, sink)
-        if part.stat().st_size != artifact.size or sha256_file(part)[0] != digest:
+            _get(server, path, secret, sink)
+        if part.stat().st_size != size or sha256_file(part)[0] != digest:
             part.unlink()
             raise LayerbootError(f"object {digest[:12]} from {server} does not match the signed manifest")
         os.replace(part, workdir / digest)
         have[digest] = workdir / digest
         stats.downloaded += 1
-        stats.downloaded_bytes += artifact.size
+        stats.downloaded_bytes += size
     files = {rel: have[digest] for rel, digest in expected_files(manifest).items()}
     return SlotSource(envelope, manifest, files), stats

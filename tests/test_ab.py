@@ -211,6 +211,34 @@ def test_a_truncated_slot_is_refused_and_never_activated(profiles, make_layer, p
 
 
 @pytest.mark.root
+def test_a_slot_holds_each_layers_tree_checked_and_a_lost_tree_is_made_again(profiles, make_layer, public,
+                                                                             tmp_path: Path) -> None:
+    """Each layer's dm-verity tree goes next to it (stage1 attaches the layer through dm-verity with it); a tree
+    the store lost is made again, byte for byte the one the signed manifest names; an altered tree in the slot
+    fails the slot's verification like an altered layer."""
+    base = bootable_profile(profiles, make_layer, tmp_path)
+    profiles.add("node", make_layer({"etc/motd": os.urandom(30000).hex()}, base=base))
+    store = profiles.store
+    manifest = ab.source_from_store(profiles, "node", None, public).manifest
+    layer = manifest.layers[-1]
+    assert layer.verity is not None and layer.verity.tree_size > 0
+    store.path(layer.verity.tree).unlink()                   # lost (e.g. 'store fsck --repair' of a damaged one)
+    source = ab.source_from_store(profiles, "node", None, public)
+    rel = f"layers/{layer.digest}.verity"
+    assert source.files[rel] == store.path(layer.verity.tree) and source.files[rel].is_file()
+    with loop_disk(tmp_path) as device:
+        disk = _install(device, profiles, public, tmp_path)
+        with disk.mounted("A", writable=True) as root:
+            for item in manifest.layers:
+                tree = root / "layers" / f"{item.digest}.verity"
+                assert run(["sha256sum", tree]).text.split()[0] == item.verity.tree
+            with open(root / rel, "r+b") as f:
+                f.write(b"\xff")
+        with pytest.raises(LayerbootError, match=f"slot A: {rel} is missing or does not match the signed manifest"):
+            disk.verify_slot("A", public)
+
+
+@pytest.mark.root
 @pytest.mark.parametrize(("mib", "message"), [(48, r"needs \d+ MiB, slot B holds 40 MiB"),
                                               (37, r"needs \d+ MiB, slot B has \d+ MiB free after formatting")])
 def test_a_slot_larger_than_the_partition_is_refused_before_copying(profiles, make_layer, public, tmp_path: Path,
@@ -243,7 +271,9 @@ def test_a_node_updates_its_own_disk_from_the_server_fetching_only_the_new_layer
     with loop_disk(tmp_path) as device:
         disk = _install(device, profiles, public, tmp_path)
         disk.mark_good("A")
-        new_layer = make_layer({"etc/motd": "from the server\n" * 500}, base=base)
+        # incompressible: a layer of several blocks, so it has a dm-verity tree of its own (a one-block layer's is
+        # empty, the same object for every such layer)
+        new_layer = make_layer({"etc/motd": os.urandom(30000).hex()}, base=base)
         profiles.add("node", new_layer)
         update = ["--store", store, "ab", "update", "--disk", device, "--server", daemon.url, "--node", MAC,
                   "--token-file", str(tmp_path / "token")]
@@ -263,13 +293,16 @@ def test_a_node_updates_its_own_disk_from_the_server_fetching_only_the_new_layer
                 assert "the signed manifest is for profile node, not web" in capsys.readouterr().err
                 assert main([*install, "--profile", "node"]) == 0
                 installed = capsys.readouterr().out
-                assert "fetched 4 object(s)" in installed and "reused 0 from the disk" in installed
+                # two layers, their trees (the base's is empty), kernel and initrd
+                assert "fetched 6 object(s)" in installed and "reused 0 from the disk" in installed
                 assert "installed node generation 2 in slot A" in installed
                 assert ab.AbDisk(fresh, workdir=tmp_path).verify_slot("A", public).generation == 2
         finally:
             daemon.stop()
-        size = profiles.store.get(new_layer).size
-        assert f"fetched 1 object(s), {size} bytes; reused 3 from the disk" in out
+        layer = profiles.store.get(new_layer)
+        assert layer.verity is not None and layer.verity.tree_size > 0
+        size = layer.size + layer.verity.tree_size
+        assert f"fetched 2 object(s), {size} bytes; reused 4 from the disk" in out      # the layer and its tree
         assert "slot B holds node generation 2; it boots next" in out
         assert disk.verify_slot("B", public).generation == 2
         assert disk.state().order == ("B", "A")

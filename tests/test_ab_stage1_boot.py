@@ -1,8 +1,11 @@
 """An A/B disk installed by ``layerboot install`` boots through layerboot's own stage1, with no network: SeaBIOS
 -> our GRUB -> the slot's kernel and initrd -> stage1 mounts the slot read-only (``layerboot.slot=UUID=...``),
-verifies its signed manifest, hashes and stacks its chain -> the rootfs init proves every layer and a whiteout.
-A tampered update in slot B is refused by stage1, the node reboots (``layerboot.emergency=reboot``), GRUB uses
-up B's try and falls back to slot A by itself.
+verifies its signed manifest, attaches each layer through dm-verity over the slot's layer and tree files (nothing
+hashed whole) and stacks the chain -> the rootfs init proves every layer and a whiteout, and runs
+tests/data/localverity_check.py (stage1's localverity against the node's real loop and dm-verity: a flipped
+byte is EIO on read, a wrong root hash is refused). A slot B whose layer had a byte flipped on the disk under
+the filesystem is refused by stage1, the node reboots (``layerboot.emergency=reboot``), GRUB uses up B's try and
+falls back to slot A by itself.
 
 The initrd is the one tests/test_boot_qemu.py builds (same key, same inputs: cached under /var/cache/layerboot).
 """
@@ -45,6 +48,9 @@ for f in /etc/base-file /etc/layer1 /etc/layer2; do
 done
 [ -e /etc/doomed ] && { echo "NODE: /etc/doomed survived its whiteout"; ok=no; }
 grep -q " /run/layerboot/slot ext4 ro," /proc/mounts || { echo "NODE: the slot is not mounted read-only"; ok=no; }
+echo "DM-LOWERS: $(grep -c '^/dev/dm-[0-9]* /run/layerboot/lower/' /proc/mounts)"
+mkdir -p /tmp/lv && mount -t tmpfs -o size=160m tmpfs /tmp/lv && python3 /localverity-check.py /run/layerboot/slot /tmp/lv
+umount /tmp/lv
 [ "$ok" = yes ] && echo "SLOT-ROOTFS-PASS base=$(cat /etc/base-file) l1=$(cat /etc/layer1) l2=$(cat /etc/layer2)" \
   "l3=$(cat /etc/layer3 2>/dev/null || echo none) whiteout=ok $(grep -o 'layerboot.slot=[^ ]*' /proc/cmdline)"
 # The client layer (python3 + layerboot) and mtools are in the chain: confirm the slot from the node itself.
@@ -67,6 +73,7 @@ def slot_store(tmp_path_factory: pytest.TempPathFactory) -> dict:
         shutil.copyfile(cached, target)   # the shared test key: the cached initrd embeds its public half
     paths.signing_key.chmod(0o600)
     base_tree = build_busybox_tree(work / "base", init_script=SLOT_INIT)
+    shutil.copyfile(Path(__file__).parent / "data" / "localverity_check.py", base_tree / "localverity-check.py")
     (base_tree / "etc/base-file").write_text("b\n")
     (base_tree / "etc/doomed").write_text("deleted by layer 2\n")
     base = store.import_tree(base_tree, kind="base", all_root=True).digest
@@ -112,6 +119,22 @@ def _mtools_tree(tree: Path) -> Path:
     return tree
 
 
+def _flip_on_disk(part: str, path: str, offset: int) -> None:
+    """Flip one byte of ``path`` on the ext4 ``part`` by writing the partition itself, under the filesystem (a bad
+    disk, or an attacker with the disk in hand): the file's size, mtime and metadata stay as they were."""
+    block_size = int(re.search(r"^Block size:\s+(\d+)", run(["dumpe2fs", "-h", part]).text, re.M).group(1))
+    physical = int(run(["debugfs", "-R", f"bmap {path} {offset // block_size}", part]).text.split()[-1])
+    assert physical > 0
+    fd = os.open(part, os.O_RDWR)
+    try:
+        at = physical * block_size + offset % block_size
+        os.pwrite(fd, bytes([os.pread(fd, 1, at)[0] ^ 0x40]), at)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    run(["blockdev", "--flushbufs", part])
+
+
 def _layerboot(paths: Paths, *args: str) -> None:
     assert cli(["--store", str(paths.root), *args]) == 0
 
@@ -138,11 +161,22 @@ def test_an_installed_disk_boots_its_chain_through_stage1(slot_store: dict, tmp_
         assert passed.text == f"SLOT-ROOTFS-PASS base=b l1=1 l2=2 l3=none whiteout=ok layerboot.slot=UUID={uuid_a}"
         assert re.findall(r"Booting `layerboot slot (\w)'", text) == ["A"]
         assert "network: not used" in text and f"manifest: profile disk generation {slot_store['good']} " in text
+        # every layer through dm-verity, none hashed whole, and the squashfs lowers are the dm devices
+        attached = re.search(r"layerboot: 5 layers attached through dm-verity in ([\d.]+) s \(signed root "
+                             r"hashes, every block checked as it is read\), 0 checked whole", text)
+        assert attached and "checked whole (fs-verity" not in text and "DM-LOWERS: 5" in text, text[-3000:]
+        check = node.wait_for(r"^LOCALVERITY-CHECK-", timeout=1).text
+        assert check.startswith("LOCALVERITY-CHECK-PASS "), check
+        assert re.search(r"^LOCALVERITY-WRONG-ROOT: dm-verity refuses its first block \(Input/output error\)", text,
+                         re.M)
+        assert re.search(r"^LOCALVERITY-SHORT-TREE: the hash tree short.verity has \d+ bytes, the signed manifest",
+                         text, re.M)
         assert node.wait_for(r"^MARK-GOOD: ", timeout=1).text == "MARK-GOOD: slot A is good"
         run(["partx", "-u", device])
         state = disk.state()     # GRUB counted the boot (2 -> 1 tries), then the node confirmed its slot
         assert state.slots == {"A": ab.SlotState("good"), "B": ab.SlotState("empty")} and state.booted == "A"
-        print(f"A/B disk -> GRUB -> stage1 -> rootfs marker: {passed.seconds:.1f}s after QEMU start")
+        print(f"A/B disk -> GRUB -> stage1 -> rootfs marker: {passed.seconds:.1f}s after QEMU start; 5 layers "
+              f"attached through dm-verity in {attached.group(1)} s; in the node: {check}")
 
 
 def test_a_tampered_update_is_refused_by_stage1_and_grub_falls_back(slot_store: dict, tmp_path: Path) -> None:
@@ -154,17 +188,7 @@ def test_a_tampered_update_is_refused_by_stage1_and_grub_falls_back(slot_store: 
         _layerboot(paths, "ab", "update", "--disk", device, "--profile", "disk", "-g", str(slot_store["update"]),
                    "--tries", "1")
         top = slot_store["layers"][3]
-        mnt = tmp_path / "b"
-        mnt.mkdir()
-        run(["mount", "-t", "ext4", partition_path(device, PART_B), mnt])   # the attacker / the bad disk
-        try:
-            layer = mnt / "layers" / top
-            data = bytearray(layer.read_bytes())
-            data[len(data) // 2] ^= 0x40
-            layer.chmod(0o644)
-            layer.write_bytes(bytes(data))
-        finally:
-            run(["umount", mnt])
+        _flip_on_disk(partition_path(device, PART_B), f"/layers/{top}", 1000)   # the attacker / the bad disk
         disk = ab.AbDisk(device, workdir=tmp_path)
         with _boot(device, tmp_path / "serial.log") as node:
             refused = node.wait_for(r"layerboot: FAILED: ", timeout=150, fail=FAILURES)
@@ -172,7 +196,9 @@ def test_a_tampered_update_is_refused_by_stage1_and_grub_falls_back(slot_store: 
                                    start=node.lines.index(refused) + 1)
             assert node.wait_exit(60) == 0
         text = node.text()
-        assert re.match(rf"layerboot: FAILED: layers: layer {top[:12]} in the slot failed verification", refused.text)
+        assert re.match(rf"layerboot: FAILED: layers: layer {top[:12]} in the slot: dm-verity refuses its first block "
+                        r"\(Input/output error\): the signed root hash does not match the layer and its tree; the "
+                        r"slot was altered or damaged", refused.text), refused.text
         assert re.findall(r"Booting `layerboot slot (\w)'", text) == ["B", "A"], text[-3000:]
         assert passed.text.startswith("SLOT-ROOTFS-PASS base=b l1=1 l2=2 l3=none whiteout=ok")
         assert "MARK-GOOD: slot A is good (it already was)" in text

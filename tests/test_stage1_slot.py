@@ -1,7 +1,8 @@
 """stage1's side of the A/B contract (``layerboot.slot=``) on a slot written by the real installer on a loop
 disk: found by UUID, PARTLABEL or path without udev, mounted read-only, manifest verified with the trusted key,
-every layer hashed before it is handed out; a tampered layer, a foreign key, a missing manifest and a replayed
-serial each end in one clear line."""
+every layer checked before it is handed out (through dm-verity over the slot's tree file where the kernel has it,
+else hashed whole); a tampered layer, a foreign key, a missing manifest and a replayed serial each end in one clear
+line. This host's kernel has no dm-verity: the dm-verity path itself runs in tests/test_ab_stage1_boot.py (QEMU)."""
 
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def test_a_good_slot_is_found_mounted_read_only_and_yields_verified_layers(insta
         assert _mounted(mnt) and lines == [f"{part} mounted read-only at {mnt}"]
         assert " ro," in next(l for l in Path("/proc/mounts").read_text().splitlines() if f" {mnt} " in l)
         assert slot.manifest.profile == "node" and slot.manifest.generation == 2
-        paths = list(slot.layer_paths())
+        paths = list(slot.layer_paths(dm_verity=False))
         assert [os.path.basename(p) for p in paths] == chain
         assert all(hashlib.sha256(Path(p).read_bytes()).hexdigest() == d for p, d in zip(paths, chain))
         slot.close()
@@ -94,7 +95,7 @@ def test_a_tampered_layer_is_refused_before_use(installed, tmp_path: Path) -> No
     _edit_slot(part, tmp_path, flip)
     slot = open_slot(part, public, str(tmp_path / "slot"), say=lambda line: None)
     try:
-        layers = slot.layer_paths()
+        layers = slot.layer_paths(dm_verity=False)
         assert os.path.basename(next(layers)) == chain[0]      # the base is fine and comes first
         with pytest.raises(SlotError, match=rf"^layer {chain[1][:12]} in the slot failed verification: sha256 "):
             next(layers)
@@ -105,7 +106,68 @@ def test_a_tampered_layer_is_refused_before_use(installed, tmp_path: Path) -> No
     slot = open_slot(part, public, str(tmp_path / "slot"), say=lambda line: None)
     try:
         with pytest.raises(SlotError, match=rf"^layer {chain[0][:12]} named by the signed manifest is missing"):
-            list(slot.layer_paths())
+            list(slot.layer_paths(dm_verity=False))
+    finally:
+        slot.close()
+
+
+def _dm_verity_here() -> bool:
+    from layerboot.initrd.stage1.localverity import VerityUnavailable, load_modules
+
+    try:
+        load_modules()
+    except VerityUnavailable:
+        return False
+    return True
+
+
+def test_the_slot_holds_each_layers_signed_tree_and_boot_uses_it_or_says_why_not(installed, tmp_path: Path) -> None:
+    """``layerboot install`` writes ``layers/<digest>.verity`` (checked against the signed tree digest); stage1
+    attaches the layers through dm-verity, or says once why not and checks them whole; a slot written before
+    trees were (none there) says so once and still boots verified."""
+    from layerboot.overlays.manifest import verify_manifest
+
+    _, part, public, chain = installed
+    lines: list[str] = []
+    slot = open_slot(part, public, str(tmp_path / "slot"), say=lines.append)
+    try:
+        manifest = verify_manifest(slot.envelope, public)
+        for layer in manifest.layers:
+            tree = Path(slot.root, "layers", layer.digest + ".verity")
+            assert layer.verity is not None and tree.stat().st_size == layer.verity.tree_size
+            assert hashlib.sha256(tree.read_bytes()).hexdigest() == layer.verity.tree
+        paths = list(slot.layer_paths())
+        if _dm_verity_here():      # a host with dm-verity: block devices, nothing hashed
+            assert all(p.startswith("/dev/dm-") for p in paths) and len(paths) == len(chain)
+            assert lines[-1].startswith(f"{len(chain)} layers attached through dm-verity in ")
+        else:                      # this host: one line, then every layer checked whole
+            assert [os.path.basename(p) for p in paths] == chain
+            assert lines[1:] == [lines[1]] and lines[1].startswith("no dm-verity in this kernel (")
+            assert lines[1].endswith("): layers are checked whole (fs-verity, else sha256)")
+    finally:
+        slot.close()
+
+    def old(root: Path) -> None:              # as 'layerboot ab' wrote slots before this change
+        for digest in chain:
+            (root / "layers" / f"{digest}.verity").unlink()
+        (root / "layers" / chain[1]).chmod(0o644)
+        with open(root / "layers" / chain[1], "r+b") as f:
+            f.seek(-1, os.SEEK_END)
+            last = f.read(1)
+            f.seek(-1, os.SEEK_END)
+            f.write(bytes([last[0] ^ 1]))
+    _edit_slot(part, tmp_path, old)
+    lines.clear()
+    slot = open_slot(part, public, str(tmp_path / "slot"), say=lines.append)
+    try:
+        layers = slot.layer_paths()
+        assert os.path.basename(next(layers)) == chain[0]
+        assert lines[1:] == ["this slot holds no dm-verity trees (written before 'layerboot ab' put them there): its "
+                             "layers are checked whole (fs-verity, else sha256) on every boot; 'layerboot ab update' "
+                             "writes them"]
+        with pytest.raises(SlotError, match=rf"^layer {chain[1][:12]} in the slot failed verification: sha256 "):
+            next(layers)
+        assert len(lines) == 2
     finally:
         slot.close()
 

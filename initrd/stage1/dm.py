@@ -15,6 +15,7 @@ import os
 import struct
 
 CONTROL = "/dev/mapper/control"
+MODULES = ("dm_mod", "dm_verity")     # what a verity device needs (in every driver set: build/drivers.py)
 DM_READONLY_FLAG = 1 << 0
 # _IOWR(0xfd, cmd, struct dm_ioctl) with sizeof(struct dm_ioctl) == 312
 _IOCTL = 0xC138FD00

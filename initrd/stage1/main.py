@@ -161,7 +161,7 @@ def run_stages(boot: Boot) -> None:
             cache.gc(cache.generation_digests() | {layer.digest for layer in manifest.layers})
         except (OSError, *cache_errors) as err:
             say(f"cache garbage collection failed ({err}); continuing")
-    if slot is not None:   # each layer checked against the signed manifest before it is loop-mounted
+    if slot is not None:   # each layer through dm-verity, or checked whole before it is loop-mounted (slot.py)
         try:
             files = list(slot.layer_paths())
         except SlotError as err:

@@ -2,11 +2,14 @@
 
 Stdlib only, nothing done at import. The slot layout and the contract are in docs/install.md ("What is in a
 slot"): ``manifest.json`` (the signed envelope, byte for byte), ``layers/<sha256>`` (the chain, order from the
-manifest), ``boot/`` (GRUB's business). Stage1 mounts the slot read-only (``ext4 -o ro,noload``: not even the
+manifest) with ``layers/<sha256>.verity`` next to each (its dm-verity hash tree, the object the signed manifest
+names), ``boot/`` (GRUB's business). Stage1 mounts the slot read-only (``ext4 -o ro,noload``: not even the
 journal is replayed, so a slot stays byte-identical to what ``layerboot ab`` verified), verifies the manifest
-with the key baked into the initrd exactly like a downloaded one, and checks every layer before it is loop-mounted:
-in O(1) by its fs-verity digest when the slot's file has fs-verity on and the signed manifest names the digest
-(fsverity.py), else by hashing the whole file (hashing.py's fast path).
+with the key baked into the initrd exactly like a downloaded one, and hands out every layer checked against it:
+as a dm-verity device over the file and its tree with the signed root hash (localverity.py: nothing hashed up
+front, every block checked as it is read, a block altered on the disk reads as EIO); for a slot written before
+trees were put there, or a kernel without dm-verity, by the file's fs-verity digest in O(1) when it has one
+(fsverity.py), else by hashing the whole file (hashing.py's fast path) before it is loop-mounted.
 The slot stays mounted: the loop devices hold its files, and the mount moves with /run into the new root.
 
 Finding the device reuses the cache's udev-free lookup (``cache.resolve_device``: a path, ``LABEL=``, ``UUID=``);
@@ -105,14 +108,25 @@ def resolve_slot(spec: str, *, dev: str = "/dev", sys_block: str = "/sys/class/b
 class Slot:
     """A mounted, verified slot: ``manifest`` is the checked BootManifest, ``layer_paths()`` the chain."""
 
-    def __init__(self, root: str, manifest, envelope: bytes, device: str | None = None) -> None:  # noqa: ANN001
+    def __init__(self, root: str, manifest, envelope: bytes, device: str | None = None,  # noqa: ANN001
+                 say=_say) -> None:  # noqa: ANN001
         self.root = root
         self.manifest = manifest          # verify.BootManifest
         self.envelope = envelope
         self.device = device              # set when open_slot mounted it: close() unmounts
+        self.say = say
+        self.dm_names: list[str] = []     # dm-verity devices made by layer_paths (close() removes unused ones)
+        self._no_dm = ""                  # why dm-verity cannot be used on this boot (said once)
+        self._old = False                 # a layer without its tree in the slot was met (said once)
 
-    def layer_paths(self):  # noqa: ANN201 - Iterator[str]; typing is not imported in the initramfs
-        """Each layer file, base first, yielded only after its size and sha256 match the signed manifest."""
+    def layer_paths(self, *, dm_verity: bool = True):  # noqa: ANN201 - Iterator[str]; no typing in the initramfs
+        """Each layer, base first, as something ``system.stack`` mounts: a dm-verity device over the slot's file
+        when the signed manifest names the layer's tree and the slot holds it (nothing hashed up front; every
+        block is checked as it is read), else the file, yielded only after its fs-verity digest or its sha256
+        matches the signed manifest (slots written before trees were, or without dm-verity in the kernel)."""
+        import time
+
+        started, attached, checked = time.monotonic(), 0, 0
         for layer in self.manifest.layers:
             path = os.path.join(self.root, LAYERS, layer.digest)
             try:
@@ -123,6 +137,12 @@ class Slot:
             if size != layer.size:
                 raise SlotError(f"layer {layer.digest[:12]} in the slot has {size} bytes, the signed manifest "
                                 f"says {layer.size}: the slot was altered or damaged")
+            device = self._dm_verity(layer, path) if dm_verity else None
+            if device is not None:
+                attached += 1
+                yield device
+                continue
+            checked += 1
             by_verity = _verity_verdict(path, layer)
             if by_verity is False:
                 raise SlotError(f"layer {layer.digest[:12]} in the slot does not match its signed fs-verity digest; "
@@ -135,9 +155,53 @@ class Slot:
                     raise SlotError(f"layer {layer.digest[:12]} in the slot failed verification: sha256 "
                                     f"{got[:12]}; the slot was altered or damaged")
             yield path
+        if attached:
+            self.say(f"{attached} layers attached through dm-verity in {time.monotonic() - started:.2f} s "
+                     f"(signed root hashes, every block checked as it is read), {checked} checked whole")
+
+    def _dm_verity(self, layer, path: str) -> str | None:  # noqa: ANN001 - verify.Layer
+        """The layer's dm-verity device, or None (after saying why, once) to check the file whole instead."""
+        from .localverity import LocalVerityError, VerityRefused, VerityUnavailable, attach, load_modules, tree_path
+
+        verity = getattr(layer, "verity", None)
+        tree = tree_path(path)
+        if self._no_dm or verity is None:
+            return None
+        if not os.path.exists(tree):
+            if not self._old:
+                self._old = True
+                self.say("this slot holds no dm-verity trees (written before 'layerboot ab' put them there): its "
+                         "layers are checked whole (fs-verity, else sha256) on every boot; 'layerboot ab update' "
+                         "writes them")
+            return None
+        try:
+            load_modules()
+            name = f"layerboot-slot-{layer.digest[:16]}"
+            device = attach(path, tree, layer.size, verity.root, verity.tree_size, name=name)
+        except VerityUnavailable as err:
+            self._no_dm = str(err)
+            self.say(f"{err}: layers are checked whole (fs-verity, else sha256)")
+            return None
+        except VerityRefused as err:
+            raise SlotError(f"layer {layer.digest[:12]} in the slot: {err}; the slot was altered or damaged") \
+                from None
+        except LocalVerityError as err:
+            self.say(f"layer {layer.digest[:12]}: not attached through dm-verity ({err}); checking it whole")
+            return None
+        self.dm_names.append(name)
+        return device
 
     def close(self) -> None:
-        """Unmount when open_slot mounted it (only when nothing is loop-mounted from it). Safe to call twice."""
+        """Remove the dm-verity devices and unmount when open_slot mounted it (only when nothing is mounted from
+        them). Safe to call twice."""
+        from .dm import DmError, remove
+
+        while self.dm_names:
+            try:
+                remove(self.dm_names[-1])
+            except (DmError, OSError) as err:
+                raise SlotError(f"removing {self.dm_names[-1]} failed: {err}") from None
+            self.dm_names.pop()
         if self.device is not None:
             code, output = _spawn(_mount_argv("umount", self.root))
             if code:
@@ -209,7 +273,7 @@ def open_slot(spec: str, public: bytes, mountpoint: str = SLOT_MOUNTPOINT, *, mi
         _spawn(_mount_argv("umount", mountpoint))
         raise
     say(f"{device} mounted read-only at {mountpoint}")
-    return Slot(mountpoint, manifest, envelope, device=device)
+    return Slot(mountpoint, manifest, envelope, device=device, say=say)
 
 
 def open_boot_slot(spec: str, key_path: str, cache=None, *, say=_say, profile: str = "",  # noqa: ANN001

@@ -17,7 +17,6 @@ import time
 
 from .console import BUSYBOX, StageError, debug, spawn
 
-STREAM_MODULES = ("dm_mod", "dm_verity")
 CONNECTIONS = 1                     # sockets per device (the daemon answers each in order, one thread each)
 READY_TIMEOUT = 30.0
 DAEMON_NAME = "@layerboot-stream"   # '@': systemd's shutdown does not kill it (the root filesystem needs it)
@@ -31,7 +30,9 @@ def load_modules() -> None:
     code, output = spawn([BUSYBOX, "modprobe", "nbd", "nbds_max=0", "max_part=0"])
     if code and not os.path.isdir("/sys/module/nbd"):
         raise StageError(f"layerboot.fetch=stream: cannot load the nbd module: {output or code}")
-    code, output = spawn([BUSYBOX, "modprobe", "-a", *STREAM_MODULES])
+    from .dm import MODULES
+
+    code, output = spawn([BUSYBOX, "modprobe", "-a", *MODULES])
     if code and not os.path.exists("/sys/module/dm_verity"):
         raise StageError(f"layerboot.fetch=stream: cannot load dm-verity: {output or code}")
 
