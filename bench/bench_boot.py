@@ -94,6 +94,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--filler-mb", type=size_list, default=[14],
                         help="incompressible filler in the rootfs, MiB (the image is this plus ~1.5 MB of "
                              "busybox); a comma-separated list measures each size")
+    parser.add_argument("--read-mb", type=int, default=0,
+                        help="with the relay systems: stage1 also reads this many MiB of each streamed layer through "
+                             "dm-verity before the switch (the relays' per-byte path); layerboot-stream then boots a "
+                             "bench initrd too")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before a boot counts as failed")
     parser.add_argument("--mem", type=int, default=0,
                         help="guest memory in MiB (default: 1024, or 3x the largest image + 512)")
@@ -105,8 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write every figure as JSON to this file")
     parser.add_argument("--debug", action="store_true", help="tracebacks on errors")
     args = parser.parse_args(argv)
-    if args.runs < 1 or args.cpus < 1:
-        parser.error("--runs and --cpus must be at least 1")
+    if args.runs < 1 or args.cpus < 1 or args.read_mb < 0:
+        parser.error("--runs and --cpus must be at least 1, --read-mb at least 0")
     args.mem = args.mem or auto_memory(args.filler_mb)
     return args
 
@@ -173,12 +177,14 @@ def measure_size(args: argparse.Namespace, kernel, filler_mb: int, logs: Path) -
     with ExitStack() as stack:
         www = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-www-")))
         server = stack.enter_context(CountingServer(www))
-        bench = Bench(args.cache, kernel, images, server, www, logs, rebuild=args.rebuild, cpus=args.cpus)
+        bench = Bench(args.cache, kernel, images, server, www, logs, rebuild=args.rebuild, cpus=args.cpus,
+                      read_mb=args.read_mb)
         systems: dict[str, System] = {}
         for name in args.systems:
             print(f"preparing {name} ...", flush=True)
             try:
-                systems[name] = stack.enter_context(SYSTEMS[name](bench))
+                factory = relays.stream_read_system if name == "layerboot-stream" and args.read_mb else SYSTEMS[name]
+                systems[name] = stack.enter_context(factory(bench))
             except Unavailable as why:
                 results[name].unavailable = str(why)
                 print(f"  {name}: {why}", flush=True)

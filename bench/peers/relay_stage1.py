@@ -12,8 +12,11 @@ the kernel command line by ``bench.relay=``:
                 (size) off the kernel's end before handing it to the kernel.
   nbd-client    ``nbd-client`` in the initramfs against nbdkit on the server (``bench.nbd=HOST:PORT``, file
                 plugin, read-only, one export per store object), one device for the layer, one for its tree.
+  streamd       the product's own relay (stream_product.attach), unchanged.
 
-Then, like the product module, a dm-verity target over the two devices with the signed root hash.
+For the first two, like the product module, a dm-verity target over the two devices with the signed root hash.
+``bench.read_mb=N`` then reads the first N MiB of each streamed layer through dm-verity and prints the time: the
+per-byte path of each relay (a workload that reads much of its image), not only its start.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 
 from .console import BUSYBOX, StageError, spawn
 from .stream_product import BLOCK, _secret, _write_devices, streamable
+from .stream_product import attach as _product_attach
 from .stream_product import load_modules as _product_modules
 
 NBDKIT = "/usr/bin/nbdkit"
@@ -99,15 +103,46 @@ def _client_device(server: str, export: str, index: int) -> str:
     return device
 
 
-def attach(layers, *, bases: list[str], token: str, cache=None, giveup: float = 0.0,  # noqa: ANN001, ARG001
-           timeout: float = 10.0, connections: int = 1) -> dict[str, str]:  # noqa: ARG001
+def attach(layers, *, bases: list[str], token: str, cache=None, giveup: float = 0.0,  # noqa: ANN001
+           timeout: float = 10.0, connections: int = 1) -> dict[str, str]:
+    options = _options()
+    relay, started = options.get("bench.relay", ""), time.monotonic()
+    if relay == "streamd":
+        devices = _product_attach(layers, bases=bases, token=token, cache=cache, giveup=giveup, timeout=timeout,
+                                  connections=connections)
+    else:
+        devices = _attach(layers, relay, options, bases, _secret() or token)
+    print(f"bench-relay: {relay} attached {len(devices)} layers in {time.monotonic() - started:.2f} s", flush=True)
+    read_mb = int(options.get("bench.read_mb", "0") or 0)
+    for path in devices.values() if read_mb > 0 else ():
+        _read(path, read_mb << 20)
+    return devices
+
+
+def _read(path: str, size: int) -> None:
+    """Read ``size`` bytes (or the whole device) from ``path`` in 1 MiB reads; print the time taken."""
+    started, done = time.monotonic(), 0
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while done < size:
+            piece = os.read(fd, min(1 << 20, size - done))
+            if not piece:
+                break
+            done += len(piece)
+    except OSError as err:
+        print(f"bench-read: {path}: {err} after {done} bytes", flush=True)
+        return
+    finally:
+        os.close(fd)
+    took = time.monotonic() - started
+    print(f"bench-read: {done} bytes of {path} in {took:.2f} s ({done / took / 1e6:.1f} MB/s)", flush=True)
+
+
+def _attach(layers, relay: str, options: dict, bases: list[str], credential: str) -> dict[str, str]:  # noqa: ANN001
     from .dm import DmError, create_verity, device_number
     from .nbd import NbdError
 
-    options = _options()
-    relay = options.get("bench.relay", "")
-    credential = _secret() or token
-    devices, lines, started = {}, [], time.monotonic()
+    devices, lines = {}, []
     for number, layer in enumerate(streamable(layers)):
         blocks = layer.verity.data_blocks(layer.size)
         try:
@@ -118,7 +153,6 @@ def attach(layers, *, bases: list[str], token: str, cache=None, giveup: float = 
             raise StageError(f"layer {layer.digest[:12]}: {err}") from None
         devices[layer.digest] = path
         lines.append({"digest": layer.digest, "nbd": data, "tree": tree, "verity": path, "root": layer.verity.root})
-    print(f"bench-relay: {relay} attached {len(devices)} layers in {time.monotonic() - started:.2f} s", flush=True)
     _write_devices(lines, 0)
     return devices
 

@@ -39,10 +39,13 @@ PROGRAMS = {
     "nbdkit-curl": (Path("/usr/bin/nbdkit"), NBDKIT_DIR / "plugins/nbdkit-curl-plugin.so",
                     NBDKIT_DIR / "filters/nbdkit-truncate-filter.so"),
     "nbd-client": (Path("/usr/sbin/nbd-client"),),
+    "streamd": (),                   # the product relay, for --read-mb (the bench module reads through it)
 }
 LIBDIR = "usr/lib/x86_64-linux-gnu"
 ZSTD = ("-15", "-q", "-T0")          # what dracut --zstd runs
 _LDD = re.compile(r"(?:=>\s*)?(/\S+)\s+\(0x")
+_READ_LINE = re.compile(r"bench-read: (\d+) bytes of \S+ in ([\d.]+) s")
+_OBJECT_REQUEST = re.compile(r" (?:GET|HEAD) /objects/")   # layerbootd's access log lines
 _MARKS = tuple(re.compile(r"^\[\s*([\d.]+)\] " + text, re.M) for text in (
     r"layerboot: manifest: ", r"layerboot: streaming \d+ layers", r"layerboot: switching to the new root", r"ROOTFS-UP "))
 
@@ -131,7 +134,13 @@ def phases(log: Path) -> dict[str, float]:
     if not all(marks):
         return {}
     times = [float(mark.group(1)) for mark in marks]   # type: ignore[union-attr]
-    return {name: round(end - start, 3) for name, start, end in zip(("attach", "mount", "rootfs"), times, times[1:])}
+    found = {name: round(end - start, 3) for name, start, end in zip(("attach", "mount", "rootfs"), times, times[1:])}
+    reads = _READ_LINE.findall(text)
+    if reads:   # --read-mb: the bulk read happened inside 'attach'; keep it apart
+        found["read"] = round(sum(float(took) for _, took in reads), 3)
+        found["read_bytes"] = sum(int(n) for n, _ in reads)
+        found["attach"] = round(found["attach"] - found["read"], 3)
+    return found
 
 
 def _check_tools(relay: str) -> None:
@@ -144,15 +153,30 @@ def _check_tools(relay: str) -> None:
 ADDED: dict[str, Added] = {}        # per system name, for the report
 
 
+def _cmdline(bench: Bench, relay: str, extra: str = "") -> str:
+    return (f" layerboot.fetch=stream bench.relay={relay}{extra}"
+            + (f" bench.read_mb={bench.read_mb}" if bench.read_mb else ""))
+
+
+def _relay_system(bench: Bench, found: System, relay: str) -> System:
+    initrd, added = relay_initrd(found.initrd, relay, bench.workdir / f"{found.name}-initrd.img")
+    ADDED[found.name] = added
+    return dataclasses.replace(found, initrd=initrd, cache_variant=None)
+
+
+@contextmanager
+def stream_read_system(bench: Bench) -> Iterator[System]:
+    """(a) for --read-mb: layerboot's own relay, unchanged, on a bench initrd whose stage1 also reads the layers."""
+    with _system(bench, "layerboot-stream", _cmdline(bench, "streamd")) as found:
+        yield _relay_system(bench, found, "streamd")
+
+
 @contextmanager
 def curl_system(bench: Bench) -> Iterator[System]:
     """(b) nbdkit's curl plugin inside the initramfs, HTTP Range requests to layerbootd with the node's token."""
     _check_tools("nbdkit-curl")
-    name = "layerboot-nbdkit-curl"
-    with _system(bench, name, " layerboot.fetch=stream bench.relay=nbdkit-curl") as found:
-        initrd, added = relay_initrd(found.initrd, "nbdkit-curl", bench.workdir / f"{name}-initrd.img")
-        ADDED[name] = added
-        yield dataclasses.replace(found, initrd=initrd, cache_variant=None)
+    with _system(bench, "layerboot-nbdkit-curl", _cmdline(bench, "nbdkit-curl")) as found:
+        yield _relay_system(bench, found, "nbdkit-curl")
 
 
 @contextmanager
@@ -166,48 +190,57 @@ def client_system(bench: Bench) -> Iterator[System]:
     log_path = bench.logs / f"{name}-nbdkit.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log, CountingRelay(port) as relay:
-        extra = f" layerboot.fetch=stream bench.relay=nbd-client bench.nbd=10.0.2.2:{relay.port}"
-        with _system(bench, name, extra) as found:
+        with _system(bench, name, _cmdline(bench, "nbd-client", f" bench.nbd=10.0.2.2:{relay.port}")) as found:
             relay.traffic = found.traffic          # NBD bytes and layerbootd's bytes in one count
             server = Process([nbdkit, "-r", "-f", "-i", "127.0.0.1", "-p", str(port), "--filter=truncate",
                               "file", f"dir={store / 'objects'}", "round-up=4096"], stdout=log, stderr=log)
             try:
                 wait_listening(port, server, "nbdkit", log=log_path, timeout=30)
-                initrd, added = relay_initrd(found.initrd, "nbd-client", bench.workdir / f"{name}-initrd.img")
-                ADDED[name] = added
-                yield dataclasses.replace(found, initrd=initrd, cache_variant=None)
+                yield _relay_system(bench, found, "nbd-client")
             finally:
                 server.terminate()
 
 
 RELAY_SYSTEMS = ("layerboot-stream", "layerboot-nbdkit-curl", "layerboot-nbd-client")
-LACKS = {
-    "layerboot-stream": "(reference) per-node token, retries + mirrors, read-through cache disk, stats file",
-    "layerboot-nbdkit-curl": "token on nbdkit's command line (/proc/PID/cmdline); no 401 -> secret switch, no mirror "
-                             "list, no cache disk, no stats; retry only with --filter=retry; 2 processes per layer",
-    "layerboot-nbd-client": "no per-node access control (any host reaching the port reads every object); a second "
-                            "daemon per server; no cache disk; reconnect only nbd-client -persist (ioctl mode)",
+LACKS = {   # what layerboot-stream's relay has (docs/stage1.md "Streaming layers") that each alternative lacks
+    "layerboot-nbdkit-curl": "a safe place for the credential (it is on nbdkit's command line, readable in "
+                             "/proc/PID/cmdline; header-script= could read it from a file), the 401 -> node-secret "
+                             "switch, mirrors (one URL per process), the read-through cache disk (the cache filter "
+                             "keeps a temporary file only), the stats file; reconnects need --filter=retry (5 tries "
+                             "by default, not forever); two processes per layer",
+    "layerboot-nbd-client": "per-node access control (NBD has none beyond TLS-PSK: any host reaching the port reads "
+                            "every object of the store), mirrors, the cache disk, the stats file; a second daemon "
+                            "per server; reconnects need nbd-client -persist kept running",
 }
 
 
-def relay_figures(results: dict, logs: Path, runs: int) -> dict[str, dict]:  # noqa: ANN001 - name -> SystemResult
-    """Per relay system measured: the report's medians, the attach time from the serial logs, the added bytes."""
+def _median(values: list) -> float | None:  # noqa: ANN001
     import statistics
 
+    found = [v for v in values if v is not None]
+    return statistics.median(found) if found else None
+
+
+def relay_figures(results: dict, logs: Path, runs: int) -> dict[str, dict]:  # noqa: ANN001 - name -> SystemResult
+    """Per relay system measured: the report's medians, the phases from the serial logs, requests, added bytes."""
     figures = {}
     for name in RELAY_SYSTEMS:
         result = results.get(name)
         if result is None or result.unavailable:
             continue
-        split = [found for found in (phases(logs / f"{name}-v1-run{run}.log") for run in range(1, runs + 1)) if found]
-        added = ADDED.get(name)
+        split = [phases(logs / f"{name}-v1-run{run}.log") for run in range(1, runs + 1)]
+        added = ADDED.get(name, Added({}, 0))
+        try:
+            daemon_log = (logs / f"{name}-layerbootd.log").read_text(errors="replace")
+        except OSError:
+            daemon_log = ""
         figures[name] = {"median": result.median, "median_cpu": result.median_cpu, "median_bytes": result.median_bytes,
+                         "object_requests": len(_OBJECT_REQUEST.findall(daemon_log)) / runs,
                          "initrd_bytes": result.initrd_bytes, "phase_runs": split,
-                         **{key: statistics.median(p[key] for p in split) if split else None
-                            for key in ("attach", "mount", "rootfs")},
-                         "added_archive_bytes": added.archive_bytes if added else 0,
-                         "added_file_bytes": added.file_bytes if added else 0,
-                         "added_files": added.files if added else {}}
+                         **{key: _median([p.get(key) for p in split])
+                            for key in ("attach", "mount", "rootfs", "read", "read_bytes")},
+                         "added_archive_bytes": added.archive_bytes, "added_file_bytes": added.file_bytes,
+                         "added_files": added.files}
     return figures
 
 
@@ -219,19 +252,22 @@ def relay_lines(figures: dict[str, dict]) -> list[str]:
     lines = []
     for name, f in figures.items():
         added = (f"+{f['added_archive_bytes'] / 1e6:.2f} MB zstd ({f['added_file_bytes'] / 1e6:.1f} MB of files)"
-                 if f["added_archive_bytes"] else "+0 (reference)")
+                 if f["added_file_bytes"] else "+0")
+        read = "" if f["read"] is None else \
+            f"  read {f['read_bytes'] / 1e6:.0f} MB in {show(f['read'])} ({f['read_bytes'] / f['read'] / 1e6:.1f} MB/s)"
         lines.append(f"{name:22} marker {show(f['median']):>8}  QEMU cpu {show(f['median_cpu']):>8}  "
-                     f"attach {show(f['attach']):>7}  mount {show(f['mount']):>7}  rootfs reads {show(f['rootfs']):>7}  "
-                     f"served {(f['median_bytes'] or 0) / 1e6:.2f} MB  initrd {added}")
+                     f"attach {show(f['attach']):>7}  mount {show(f['mount']):>7}  rootfs {show(f['rootfs']):>7}{read}"
+                     f"  served {(f['median_bytes'] or 0) / 1e6:.2f} MB in {f['object_requests']:.0f} HTTP object "
+                     f"requests  initrd {added}")
     base = figures.get("layerboot-stream")
     for name, f in figures.items():
         if name == "layerboot-stream" or base is None:
             continue
-        parts = []
-        for key, label in (("median", "marker"), ("median_cpu", "QEMU cpu"), ("attach", "attach"), ("mount", "mount"),
-                           ("rootfs", "rootfs reads"), ("median_bytes", "served")):
-            if f[key] is not None and base[key]:
-                parts.append(f"{label} {f[key] / base[key]:.2f}x")
+        parts = [f"{label} {f[key] / base[key]:.2f}x"
+                 for key, label in (("median", "marker"), ("median_cpu", "QEMU cpu"), ("attach", "attach"),
+                                    ("mount", "mount"), ("rootfs", "rootfs"), ("read", "read"),
+                                    ("median_bytes", "served"))
+                 if f[key] is not None and base[key]]
         lines.append(f"ratio {name} / layerboot-stream: " + (", ".join(parts) or "no figures"))
-    lines += [f"{name}: lacks {LACKS[name]}" for name in figures if name != "layerboot-stream"]
+    lines += [f"{name} lacks: {LACKS[name]}" for name in figures if name in LACKS]
     return lines
