@@ -208,8 +208,8 @@ LACKS = {   # what layerboot-stream's relay has (docs/stage1.md "Streaming layer
                              "switch, mirrors (one URL per process), the read-through cache disk (the cache filter "
                              "keeps a temporary file only), the stats file; reconnects need --filter=retry (5 tries "
                              "by default, not forever); two processes per layer",
-    "layerboot-nbd-client": "per-node access control (NBD has none beyond TLS-PSK: any host reaching the port reads "
-                            "every object of the store), mirrors, the cache disk, the stats file; a second daemon "
+    "layerboot-nbd-client": "per-node access control (NBD authenticates only by TLS, and nbdkit ties no identity to "
+                            "exports: any client that connects reads every object of the store), mirrors, the cache disk, the stats file; a second daemon "
                             "per server; reconnects need nbd-client -persist kept running",
 }
 
