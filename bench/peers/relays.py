@@ -12,6 +12,10 @@ with the shared libraries ``ldd`` names that the initrd lacks (what dracut's ``i
                           read-only on the host (``bench.relay=nbd-client bench.nbd=10.0.2.2:PORT``), behind a
                           counting relay that adds to the same byte count as layerbootd's
 
+With ``--read-mb N`` (``bench.read_mb=N``) the bench stage1 also reads N MiB of each streamed layer through
+dm-verity before the switch, and ``layerboot-stream`` boots the product relay from such an initrd too
+(``bench.relay=streamd``, nothing but the bench module added), so the three differ only in their relay.
+
 The product initrd and stage1's import path are untouched: nothing here is reachable from a normal boot.
 """
 
