@@ -150,8 +150,8 @@ def phases(log: Path) -> dict[str, float]:
 def _check_tools(relay: str) -> None:
     missing = [str(p) for p in PROGRAMS[relay] if not p.exists()]
     if missing:
-        raise Unavailable(f"not installed: {', '.join(missing)} (apt-get install nbdkit nbdkit-plugin-curl "
-                          "nbd-client)")
+        raise Unavailable(f"not installed: {', '.join(missing)} (apt-get install nbdkit nbd-client, "
+                          "as .ci/install does)")
 
 
 ADDED: dict[str, Added] = {}        # per system name, for the report
