@@ -4,6 +4,7 @@
     python3 bench/bench_boot.py [--runs 3] [--systems live-boot,dracut-livenet,layerboot] [--second-boot]
     python3 bench/bench_boot.py --filler-mb 14,256,768 --runs 1      # the size curve (issue 20)
     python3 bench/bench_boot.py --filler-mb 1024 --systems live-boot,layerboot,layerboot-stream   # issue 18
+    python3 bench/bench_boot.py --filler-mb 1024 --systems layerboot-stream,layerboot-nbdkit-curl,layerboot-nbd-client
 
 Every system boots the same Debian cloud kernel (build/kernel.py) under QEMU TCG (``-accel tcg -cpu
 qemu64,+rdrand``, 1 vCPU, 1 GiB, user networking, virtio NIC) with its own initrd, fetches the same squashfs
@@ -15,6 +16,8 @@ rootfs over HTTP from 127.0.0.1 (10.0.2.2 in the guest), and runs that rootfs's 
   layerboot        layerboot's Python stage1 initrd, the rootfs as the base layer served by layerbootd
   layerboot-stream the same with layerboot.fetch=stream: the layer is a network block device with dm-verity on
                    top, and only the blocks the boot reads are fetched (issue 18)
+  layerboot-nbdkit-curl, layerboot-nbd-client   the same boot with nbdkit's curl plugin, or nbd-client against
+                   nbdkit on the server, instead of layerboot's relay: a bench-only initrd (peers/relays.py)
 
 Runs are interleaved (run 1 of every system, then run 2, ...) so drifts of the shared VM hit all alike.
 Prints per system the initrd size, the median and every run, the bytes served per boot, and the ratios of
@@ -42,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from layerboot.errors import LayerbootError  # noqa: E402
 from layerboot.log import run_main  # noqa: E402
 
-from peers import dracut_livenet, layerboot, live_boot  # noqa: E402
+from peers import dracut_livenet, layerboot, live_boot, relays  # noqa: E402
 from peers.cache import DEFAULT_CACHE  # noqa: E402
 from peers.report import (Measured, SystemResult, describe, mb, ratio_lines, ratios, size_table,  # noqa: E402
                           size_target, stream_lines)
@@ -53,7 +56,10 @@ SYSTEMS: dict[str, Callable[[Bench], AbstractContextManager[System]]] = {
     "dracut-livenet": dracut_livenet.system,
     "layerboot": layerboot.system,
     "layerboot-stream": layerboot.stream_system,
+    "layerboot-nbdkit-curl": relays.curl_system,      # issue 18's alternatives to layerboot-stream's relay
+    "layerboot-nbd-client": relays.client_system,
 }
+RELAYS = ("layerboot-nbdkit-curl", "layerboot-nbd-client")
 
 
 def system_list(text: str) -> list[str]:
@@ -80,13 +86,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench_boot.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="boots per system (the median is reported)")
-    parser.add_argument("--systems", type=system_list, default=list(SYSTEMS),
-                        help="comma-separated subset of: " + ", ".join(SYSTEMS))
+    parser.add_argument("--systems", type=system_list, default=[name for name in SYSTEMS if name not in RELAYS],
+                        help="comma-separated subset of: " + ", ".join(SYSTEMS) + " (default: all but the "
+                             "nbdkit relays)")
     parser.add_argument("--second-boot", action="store_true",
                         help="also measure a boot after a one-file change of the rootfs (bytes and time)")
     parser.add_argument("--filler-mb", type=size_list, default=[14],
                         help="incompressible filler in the rootfs, MiB (the image is this plus ~1.5 MB of "
                              "busybox); a comma-separated list measures each size")
+    parser.add_argument("--read-mb", type=int, default=0,
+                        help="with the relay systems: stage1 also reads this many MiB of each streamed layer through "
+                             "dm-verity before the switch (the relays' per-byte path); layerboot-stream then boots a "
+                             "bench initrd too")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before a boot counts as failed")
     parser.add_argument("--mem", type=int, default=0,
                         help="guest memory in MiB (default: 1024, or 3x the largest image + 512)")
@@ -98,8 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write every figure as JSON to this file")
     parser.add_argument("--debug", action="store_true", help="tracebacks on errors")
     args = parser.parse_args(argv)
-    if args.runs < 1 or args.cpus < 1:
-        parser.error("--runs and --cpus must be at least 1")
+    if args.runs < 1 or args.cpus < 1 or args.read_mb < 0:
+        parser.error("--runs and --cpus must be at least 1, --read-mb at least 0")
     args.mem = args.mem or auto_memory(args.filler_mb)
     return args
 
@@ -166,12 +177,14 @@ def measure_size(args: argparse.Namespace, kernel, filler_mb: int, logs: Path) -
     with ExitStack() as stack:
         www = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-www-")))
         server = stack.enter_context(CountingServer(www))
-        bench = Bench(args.cache, kernel, images, server, www, logs, rebuild=args.rebuild, cpus=args.cpus)
+        bench = Bench(args.cache, kernel, images, server, www, logs, rebuild=args.rebuild, cpus=args.cpus,
+                      read_mb=args.read_mb)
         systems: dict[str, System] = {}
         for name in args.systems:
             print(f"preparing {name} ...", flush=True)
             try:
-                systems[name] = stack.enter_context(SYSTEMS[name](bench))
+                factory = relays.stream_read_system if name == "layerboot-stream" and args.read_mb else SYSTEMS[name]
+                systems[name] = stack.enter_context(factory(bench))
             except Unavailable as why:
                 results[name].unavailable = str(why)
                 print(f"  {name}: {why}", flush=True)
@@ -200,6 +213,12 @@ def measure_size(args: argparse.Namespace, kernel, filler_mb: int, logs: Path) -
     if "layerboot-stream" in results:
         for line in stream_lines(list(results.values())):
             print("  " + line)
+    relay_figures = relays.relay_figures(results, logs, args.runs)
+    if len(relay_figures) > 1:
+        print("\nstream relays (issue 18): time to the marker, QEMU CPU, manifest -> devices attached (serial log), "
+              "bytes served, initramfs added; medians:")
+        for line in relays.relay_lines(relay_figures):
+            print("  " + line)
     second_results = [SystemResult(name, results[name.removesuffix("-cache")].initrd_bytes, runs)
                       for name, runs in second.items()]
     if args.second_boot:
@@ -212,7 +231,7 @@ def measure_size(args: argparse.Namespace, kernel, filler_mb: int, logs: Path) -
                   "this tree yet")
     return {"filler_mb": filler_mb, "rootfs_bytes": images["v1"].stat().st_size, "load": [load_before, load_after],
             "first_boot": [r.to_json() for r in results.values()], "ratios": ratios(list(results.values())),
-            "stream_ratios": ratios(list(results.values()), "layerboot-stream"),
+            "stream_ratios": ratios(list(results.values()), "layerboot-stream"), "relays": relay_figures,
             "second_boot": [r.to_json() for r in second_results], "results": list(results.values())}
 
 

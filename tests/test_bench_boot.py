@@ -242,3 +242,42 @@ def test_the_size_curve_parses_sizes_sizes_memory_and_reports_each_size() -> Non
     assert table[1].split("PASS")[1].split()[0] == "0.29x"                # the same ratio in QEMU CPU time
     assert "1.25x" in table[2] and "<= 1.0x MISS" in table[2]
     assert "<= 0.5x -" in table[3]                                         # a failed boot has no verdict
+
+
+def test_relay_phases_come_from_the_serial_log_and_keep_the_bulk_read_apart(tmp_path: Path) -> None:
+    from peers.relays import phases
+
+    log = tmp_path / "boot.log"
+    log.write_text("[   7.500] layerboot: manifest: profile bench-v1 generation 1 serial 1, 1 layers\n"
+                   "[   9.000] bench-relay: streamd attached 1 layers in 0.30 s\n"
+                   "[  10.000] bench-read: 12582912 bytes of /dev/dm-0 in 1.20 s (10.5 MB/s)\n"
+                   "[  10.100] layerboot: streaming 1 layers\n"
+                   "[  10.400] layerboot: switching to the new root (9.1s since boot), exec /sbin/init\n"
+                   "[  11.000] ROOTFS-UP 9.60 version=v1 used_kb=1\n")
+    assert phases(log) == {"attach": 1.4, "mount": 0.3, "rootfs": 0.6, "read": 1.2, "read_bytes": 12582912}
+    log.write_text(log.read_text().replace("ROOTFS-UP", "Kernel panic"))
+    assert phases(log) == {}          # a boot that never reached its rootfs has no phases, never partial ones
+    assert phases(tmp_path / "missing.log") == {}
+
+
+def test_relay_initrd_appends_the_relay_and_only_the_libraries_the_initrd_lacks(tmp_path: Path) -> None:
+    from peers.relays import PROGRAMS, initrd_files, libraries, relay_initrd
+
+    have = tmp_path / "have"
+    lib = have / "usr/lib/x86_64-linux-gnu"
+    lib.mkdir(parents=True)
+    libc = next(p for p in libraries(PROGRAMS["nbd-client"]) if p.name.startswith("libc.so"))
+    (lib / libc.name).write_bytes(b"already there")
+    listing = run(["find", ".", "-mindepth", "1"], cwd=have).stdout
+    base = tmp_path / "base.img"
+    base.write_bytes(run(["zstd", "-q", "-c"], input=run(["cpio", "-o", "-H", "newc", "--quiet"], input=listing,
+                                                               cwd=have).stdout).stdout)
+    out, added = relay_initrd(base, "nbd-client", tmp_path / "relay.img")
+    assert out.read_bytes().startswith(base.read_bytes())        # the product initrd itself is untouched
+    assert "usr/sbin/nbd-client" in added.files and f"usr/lib/x86_64-linux-gnu/{libc.name}" not in added.files
+    assert any(name.startswith("usr/lib/x86_64-linux-gnu/libgnutls") for name in added.files)
+    appended = tmp_path / "appended.img"
+    appended.write_bytes(out.read_bytes()[-added.archive_bytes:])
+    inside = initrd_files(appended)
+    assert {"usr/lib/layerboot/stage1/stream.pyc", "usr/lib/layerboot/stage1/stream_product.pyc",
+            "usr/sbin/nbd-client"} <= inside

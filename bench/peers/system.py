@@ -31,6 +31,7 @@ class Bench:
     logs: Path                       # serial logs and daemon logs, kept
     rebuild: bool = False
     cpus: int = 1                    # vCPUs of every guest (--cpus)
+    read_mb: int = 0                 # --read-mb: the relay systems read this much of each layer (peers/relays.py)
 
 
 @dataclass(frozen=True)
