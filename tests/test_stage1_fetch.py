@@ -383,7 +383,7 @@ def test_no_space_left_is_one_clear_line_without_retries(server: Server, tmp_pat
 
 # -- layerboot.verify=blocks (issue 20) -----------------------------------------------------------------------
 # This host's kernel has no dm-verity: the attach is recorded here (the real one runs in the QEMU boot,
-# tests/test_boot_net_qemu.py::test_verify_blocks_boot_attaches_fetched_layers_through_dm_verity).
+# tests/test_boot_qemu.py::test_verify_blocks_boot_attaches_fetched_layers_through_dm_verity).
 def _with_tree(server: Server, data: bytes, *, served: bytes | None = None, tree: bytes | None = None) -> Layer:
     """A layer of ``data`` with a dm-verity tree in its signed entry; the server sends ``served`` for it."""
     from layerboot.initrd.stage1.verify import Verity
