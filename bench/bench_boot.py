@@ -15,6 +15,8 @@ rootfs over HTTP from 127.0.0.1 (10.0.2.2 in the guest), and runs that rootfs's 
   layerboot        layerboot's Python stage1 initrd, the rootfs as the base layer served by layerbootd
   layerboot-stream the same with layerboot.fetch=stream: the layer is a network block device with dm-verity on
                    top, and only the blocks the boot reads are fetched (issue 18)
+  layerboot-blocks the full fetch with layerboot.verify=blocks: downloaded without SHA-256, attached through
+                   dm-verity with the signed tree (issue 20)
 
 Runs are interleaved (run 1 of every system, then run 2, ...) so drifts of the shared VM hit all alike.
 Prints per system the initrd size, the median and every run, the bytes served per boot, and the ratios of
@@ -53,6 +55,7 @@ SYSTEMS: dict[str, Callable[[Bench], AbstractContextManager[System]]] = {
     "dracut-livenet": dracut_livenet.system,
     "layerboot": layerboot.system,
     "layerboot-stream": layerboot.stream_system,
+    "layerboot-blocks": layerboot.blocks_system,
 }
 
 
@@ -200,6 +203,10 @@ def measure_size(args: argparse.Namespace, kernel, filler_mb: int, logs: Path) -
     if "layerboot-stream" in results:
         for line in stream_lines(list(results.values())):
             print("  " + line)
+    if "layerboot-blocks" in results:
+        for line in ratio_lines(list(results.values()), "layerboot-blocks",
+                                target=size_target(images["v1"].stat().st_size)):
+            print("  " + line)
     second_results = [SystemResult(name, results[name.removesuffix("-cache")].initrd_bytes, runs)
                       for name, runs in second.items()]
     if args.second_boot:
@@ -213,6 +220,7 @@ def measure_size(args: argparse.Namespace, kernel, filler_mb: int, logs: Path) -
     return {"filler_mb": filler_mb, "rootfs_bytes": images["v1"].stat().st_size, "load": [load_before, load_after],
             "first_boot": [r.to_json() for r in results.values()], "ratios": ratios(list(results.values())),
             "stream_ratios": ratios(list(results.values()), "layerboot-stream"),
+            "blocks_ratios": ratios(list(results.values()), "layerboot-blocks"),
             "second_boot": [r.to_json() for r in second_results], "results": list(results.values())}
 
 

@@ -185,7 +185,12 @@ def run_stages(boot: Boot) -> None:
         if not on_disk and rest:
             cached = cache.digests() if cache is not None else set()
             wanted = [layer for layer in rest if layer.digest not in cached]
-            ram_for_layers(sum(layer.size for layer in wanted), len(rest), room=sum(layer.size for layer in rest))
+
+            def ram(layer) -> int:  # noqa: ANN001 - verify.Layer; with verify=blocks its tree is kept next to it
+                tree = layer.verity.tree_size if options.verify == "blocks" and layer.verity is not None else 0
+                return layer.size + tree
+
+            ram_for_layers(sum(ram(layer) for layer in wanted), len(rest), room=sum(ram(layer) for layer in rest))
         try:   # with the node secret when there is one: a named node's own layer is served with it only
             fetched = iter(fetch_layers(options.server, secret or options.token, rest, LAYER_DIR,
                                         retries=options.retries, timeout=options.timeout, cache=cache,
