@@ -7,11 +7,12 @@
 Host mode serves one random --size-mb layer from nginx (nginx-light, sendfile, loopback) and, interleaved over
 --runs rounds, times ``curl -s -o`` into a tmpfs against stage1's own ``fetch_layer`` (run by stage1's
 interpreter, /usr/bin/python3.11 -SIB, from initrd/stage1: receive with ``recv_into``, write, SHA-256, verify
-against the signed size and digest) into the same tmpfs, with the hash on a second thread and inline; and the
-steps alone: receive only, receive + write, SHA-256 engines in memory; and ``layerboot.verify=blocks``'s path
-(the layer received and written without SHA-256, its 1/128-size tree fetched and hashed; the dm-verity attach
-that follows cannot run on a host kernel without dm-verity, its in-guest cost is in bench/README.md). Prints best and median of each and the
-throughput ratio stage1 / curl (target >= 0.8), with the load average (the machine is shared).
+against the signed size and digest) into the same tmpfs, with the hash on a second thread and inline;
+``layerboot.verify=blocks``'s path (the layer received and written without SHA-256, its 1/128-size tree fetched
+and hashed; the dm-verity attach that follows cannot run on a host kernel without dm-verity, its in-guest cost
+is in bench/README.md); and the steps alone: receive only, receive + write, SHA-256 engines in memory. Prints
+best and median of each and the throughput ratio stage1 / curl (target >= 0.8), with the load average (the
+machine is shared).
 
 Guest mode repacks layerboot's initrd with a probe as /init (bench/peers/fetch_probe.py, plus the kernel's
 AF_ALG and dm-verity modules and veritysetup), boots it under QEMU TCG (1 vCPU, the boot benchmark's flags

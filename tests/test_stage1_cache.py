@@ -291,7 +291,11 @@ class Kernel:
         monkeypatch.setattr(localverity, "load_modules", self.load_modules)
         monkeypatch.setattr(localverity, "attach", self.attach)
         real = hashing.hash_file
-        monkeypatch.setattr(hashing, "hash_file", lambda path, *a, **k: (self.hashed.append(path), real(path, *a, **k))[1])
+
+        def counted(path: str, *args: object, **kwargs: object) -> tuple[str, int]:
+            self.hashed.append(path)
+            return real(path, *args, **kwargs)
+        monkeypatch.setattr(hashing, "hash_file", counted)
 
     def load_modules(self) -> None:
         if self.absent:
@@ -406,3 +410,29 @@ def test_gc_removes_trees_with_their_layers(cache: LayerCache, monkeypatch: pyte
     orphan.write_bytes(b"x")
     cache.gc({keep.digest})
     assert sorted(os.listdir(cache.layers)) == sorted([keep.digest, keep.digest + ".verity"])
+
+
+@pytest.mark.root
+def test_fs_verity_comes_first_and_its_refusal_removes_the_layer(cache: LayerCache, monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    """Where fs-verity settles it (the QEMU boot: test_cache_layers_are_verified_before_use), no tree is fetched
+    or attached; a wrong fs-verity digest removes the layer in one line."""
+    from layerboot.initrd.stage1 import fsverity
+
+    kernel = Kernel(monkeypatch)
+    layer, src, tree = _verity_layer(tmp_path, "g")
+    layer = Layer(layer.digest, layer.size, layer.path, "a" * 64, layer.verity)
+    measured = {"digest": "a" * 64}
+    monkeypatch.setattr(fsverity, "enable", lambda path: None)
+    monkeypatch.setattr(fsverity, "measure", lambda path: measured["digest"])
+    calls: list[str] = []
+    fetch_tree = _tree_fetcher({layer.verity.tree: tree}, calls)
+    path = cache.admit(layer, str(src), fetch_tree=fetch_tree)
+    assert cache.lookup(layer, fetch_tree) == path                  # the file, checked in O(1)
+    assert calls == [] and kernel.attached == [] and not os.path.exists(cache.tree_path(layer.digest))
+    lines: list[str] = []
+    cache.say = lines.append
+    measured["digest"] = "b" * 64
+    assert cache.lookup(layer, fetch_tree) is None and not os.path.exists(path)
+    assert lines == [f"cache: layer {layer.digest[:12]} does not match its signed fs-verity digest (altered or "
+                     "damaged): removed, fetching it again"]

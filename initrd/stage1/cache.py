@@ -314,7 +314,7 @@ class LayerCache:
         elif st.st_size != layer.size:
             why = f"has {st.st_size} bytes, the signed manifest says {layer.size}"
         else:
-            verdict = self._by_verity(layer, path)
+            verdict, why = self._by_verity(layer, path), ""
             if verdict is None:
                 device, why = self._by_dm_verity(layer, path, fetch_tree)
                 if device:

@@ -27,7 +27,6 @@ from .verify import Layer
 
 PARALLEL = 4
 ENOSPC = 28
-VERIFY_MODES = ("whole", "blocks")   # layerboot.verify=
 BLOCK = 4096
 
 
@@ -233,7 +232,8 @@ def _blocks_layer(layer: Layer, directory: str, fetch, fetch_tree, cache) -> str
     try:
         fetch_tree(Layer(verity.tree, verity.tree_size, verity.tree_path), tree + ".part")
         os.rename(tree + ".part", tree)
-        return attach(path, tree, layer.size, verity.root, verity.tree_size, name=f"layerboot-full-{layer.digest[:16]}")
+        return attach(path, tree, layer.size, verity.root, verity.tree_size,
+                      name=f"layerboot-full-{layer.digest[:16]}")
     except (LocalVerityError, StageError) as err:
         for leftover in (path, tree, tree + ".part"):
             if os.path.exists(leftover):
@@ -279,6 +279,7 @@ def fetch_layers(server: str, token: str, layers: tuple[Layer, ...], directory: 
     elif verify == "blocks":
         say("layerboot.verify=blocks: the cache copy of layerboot.layers=ram is hashed anyway; hashing whole")
     counts = {"blocks": 0, "whole": 0, "mirrored": 0}
+    counting = _thread.allocate_lock()
 
     def fetch(layer: Layer, **kwargs) -> str:  # noqa: ANN003
         return fetch_layer(server, token, layer, directory, retries=retries, timeout=timeout,
@@ -299,7 +300,8 @@ def fetch_layers(server: str, token: str, layers: tuple[Layer, ...], directory: 
         started = time.monotonic()
         if blocks and blocks_capable(layer, sources):
             path = _blocks_layer(layer, directory, fetch, fetch_tree, cache if on_disk else None)
-            counts["blocks"] += 1
+            with counting:
+                counts["blocks"] += 1
         elif cache is not None and on_disk:
             part = fetch(layer, part=cache.tmp_path(layer.digest))
             path = cache.admit(layer, part, verified=True, fetch_tree=fetch_tree)
@@ -308,7 +310,8 @@ def fetch_layers(server: str, token: str, layers: tuple[Layer, ...], directory: 
             if cache is not None:
                 cache.admit(layer, path, fetch_tree=fetch_tree)
         if blocks and not path.startswith("/dev/"):
-            counts["mirrored" if layer.verity is not None and layer.size % BLOCK == 0 else "whole"] += 1
+            with counting:
+                counts["mirrored" if layer.verity is not None and layer.size % BLOCK == 0 else "whole"] += 1
         debug(f"layer {layer.digest[:12]}: {layer.size} bytes in {time.monotonic() - started:.2f}s")
         return path
 
