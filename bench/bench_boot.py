@@ -18,6 +18,8 @@ rootfs over HTTP from 127.0.0.1 (10.0.2.2 in the guest), and runs that rootfs's 
                    top, and only the blocks the boot reads are fetched (issue 18)
   layerboot-nbdkit-curl, layerboot-nbd-client   the same boot with nbdkit's curl plugin, or nbd-client against
                    nbdkit on the server, instead of layerboot's relay: a bench-only initrd (peers/relays.py)
+  layerboot-blocks the full fetch with layerboot.verify=blocks: downloaded without SHA-256, attached through
+                   dm-verity with the signed tree (issue 20)
 
 Runs are interleaved (run 1 of every system, then run 2, ...) so drifts of the shared VM hit all alike.
 Prints per system the initrd size, the median and every run, the bytes served per boot, and the ratios of
@@ -58,6 +60,7 @@ SYSTEMS: dict[str, Callable[[Bench], AbstractContextManager[System]]] = {
     "layerboot-stream": layerboot.stream_system,
     "layerboot-nbdkit-curl": relays.curl_system,      # issue 18's alternatives to layerboot-stream's relay
     "layerboot-nbd-client": relays.client_system,
+    "layerboot-blocks": layerboot.blocks_system,
 }
 RELAYS = ("layerboot-nbdkit-curl", "layerboot-nbd-client")
 
@@ -219,6 +222,10 @@ def measure_size(args: argparse.Namespace, kernel, filler_mb: int, logs: Path) -
               "bytes served, initramfs added; medians:")
         for line in relays.relay_lines(relay_figures):
             print("  " + line)
+    if "layerboot-blocks" in results:
+        for line in ratio_lines(list(results.values()), "layerboot-blocks",
+                                target=size_target(images["v1"].stat().st_size)):
+            print("  " + line)
     second_results = [SystemResult(name, results[name.removesuffix("-cache")].initrd_bytes, runs)
                       for name, runs in second.items()]
     if args.second_boot:
@@ -232,6 +239,7 @@ def measure_size(args: argparse.Namespace, kernel, filler_mb: int, logs: Path) -
     return {"filler_mb": filler_mb, "rootfs_bytes": images["v1"].stat().st_size, "load": [load_before, load_after],
             "first_boot": [r.to_json() for r in results.values()], "ratios": ratios(list(results.values())),
             "stream_ratios": ratios(list(results.values()), "layerboot-stream"), "relays": relay_figures,
+            "blocks_ratios": ratios(list(results.values()), "layerboot-blocks"),
             "second_boot": [r.to_json() for r in second_results], "results": list(results.values())}
 
 

@@ -60,6 +60,7 @@ if grep -q lbtest=tamper: /proc/cmdline; then
 fi
 if grep -q lbtest=check /proc/cmdline; then
   echo "NODE-STATUS $(cat /run/layerboot/status)"
+  echo "NODE-DM-LOWERS $(grep -c '^/dev/dm-[0-9]* /run/layerboot/lower/' /proc/mounts)"
   echo "NODE-SECRET $(stat -c '%a %u' /run/layerboot/node.secret 2>&1)"
   echo NODE-PID $$ $(ls /run/layerboot/rw)
   poweroff -f
@@ -359,7 +360,10 @@ def test_missing_init_and_bad_options_stop_before_switching(daemon: Daemon, node
 
 def test_cache_disk_boots_offline_after_a_server_boot(daemon: Daemon, node_store: dict, kernel,  # noqa: ANN001
                                                       tmp_path: Path) -> None:
-    """The layerboot.cache= seam: a first boot fills the cache disk, a second boots from it with no server."""
+    """The layerboot.cache= seam: a first boot fills the cache disk, a second boots from it with no server.
+
+    The disk has no fs-verity (plain mkfs.ext4): the filling boot keeps each layer's signed dm-verity tree next
+    to it, and the offline boot attaches every cached layer through dm-verity instead of re-hashing it."""
     from server_daemon import free_port
 
     disk = cache_disk(tmp_path / "cache.img", 128)
@@ -369,15 +373,25 @@ def test_cache_disk_boots_offline_after_a_server_boot(daemon: Daemon, node_store
         node.wait_for(r"ROOTFS-PASS", timeout=120, fail=(r"layerboot: FAILED", r"Kernel panic", r"Traceback"))
         node.wait_exit(60)
     assert "without a cache" not in node.text()
+    assert "layerboot: cache: no fs-verity on the cache filesystem (" in node.text()
+    assert "fetching the dm-verity tree" not in node.text()
     with direct(node_store, kernel, tmp_path / "offline", f"http://10.0.2.2:{free_port()}", daemon.boot_token(),
                 options, disks=(disk,)) as node:
         node.wait_for(r"booting the cached manifest", timeout=120, fail=(r"layerboot: FAILED", r"Kernel panic"))
         node.wait_for(r"ROOTFS-PASS", timeout=60, fail=(r"layerboot: FAILED", r"Kernel panic", r"Traceback"))
+        lowers = node.wait_for(r"NODE-DM-LOWERS", timeout=30, fail=(r"Kernel panic",))
         node.wait_exit(60)
     assert_clean(node)
     profiles: Profiles = node_store["profiles"]
     current = profiles.current("node")
-    assert node.text().count(": from the cache") == len(current.layers)
+    text = node.text()
+    assert text.count(": from the cache") == len(current.layers)
+    # No re-hash: every cached layer is a dm-verity device over the file and its kept tree (signed root hash).
+    assert text.count(": from the cache through dm-verity") == len(current.layers)
+    assert (f"layerboot: cache: {len(current.layers)} cached layers attached through dm-verity (signed root hashes, "
+            "every block checked as it is read), nothing re-hashed for them") in text
+    assert "re-hashed" not in text.replace("(else re-hashed on every boot)", "").replace("nothing re-hashed", "")
+    assert lowers.text == f"NODE-DM-LOWERS {len(current.layers)}"
     # Replay: the server hands out an older, validly signed manifest; the cache remembers the newer serial.
     path = profiles.manifest_path("node", current.number)
     original = path.read_bytes()
@@ -396,6 +410,25 @@ def test_cache_disk_boots_offline_after_a_server_boot(daemon: Daemon, node_store
         node.wait_for(r"ROOTFS-PASS", timeout=60, fail=(r"layerboot: FAILED", r"Kernel panic", r"Traceback"))
         node.wait_exit(60)
     assert "no network interface eth9 appeared within 2s" in node.text()
+
+
+def test_verify_blocks_boot_attaches_fetched_layers_through_dm_verity(daemon: Daemon, node_store: dict,  # noqa: ANN001
+                                                                     kernel, tmp_path: Path) -> None:
+    """layerboot.verify=blocks (issue 20): every layer of the chain (each has a tree) is downloaded without SHA-256,
+    its tree fetched and checked, and the layer mounted from a dm-verity device with the signed root; the
+    rootfs works and nothing was hashed whole."""
+    layers = node_store["profiles"].current("node").layers
+    with direct(node_store, kernel, tmp_path / "blocks", f"http://10.0.2.2:{daemon.port}", daemon.boot_token(),
+                "layerboot.verify=blocks lbtest=check") as node:
+        node.wait_for(r"ROOTFS-PASS", timeout=120, fail=(r"layerboot: FAILED", r"Kernel panic", r"Traceback"))
+        lowers = node.wait_for(r"NODE-DM-LOWERS", timeout=30, fail=(r"Kernel panic",))
+        node.wait_exit(60)
+    assert_clean(node)
+    assert (f"layerboot: layerboot.verify=blocks: {len(layers)} layers downloaded without hashing and attached "
+            "through dm-verity (every block checked as it is read), 0 without a tree and 0 a mirror may serve "
+            "hashed whole") in node.text()
+    assert lowers.text == f"NODE-DM-LOWERS {len(layers)}"
+    print("verify=blocks: every layer attached through dm-verity, none hashed whole; rootfs works")
 
 
 def test_cache_layers_are_verified_before_use(daemon: Daemon, node_store: dict, kernel,  # noqa: ANN001

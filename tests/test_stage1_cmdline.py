@@ -42,6 +42,12 @@ def test_where_layers_live() -> None:
     assert parse_cmdline("layerboot.cache=/dev/vdb layerboot.layers=cache").layers == "cache"
 
 
+def test_verify_mode_is_whole_unless_blocks_is_asked_for() -> None:
+    assert parse_cmdline("console=ttyS0").verify == "whole"              # hash every fetched layer whole
+    assert parse_cmdline("layerboot.verify=blocks").verify == "blocks"   # dm-verity: fetch.py
+    assert parse_cmdline("layerboot.verify=blocks layerboot.verify=whole").verify == "whole"   # the last one wins
+
+
 def test_break_lists_accumulate_and_bare_break_means_switch_root() -> None:
     assert parse_cmdline("layerboot.break=net,layers layerboot.break=mount").breaks == ("net", "layers", "mount")
     assert parse_cmdline("layerboot.break").breaks == ("switch_root",)
@@ -59,6 +65,7 @@ def test_break_lists_accumulate_and_bare_break_means_switch_root() -> None:
     ("init=sbin/init", "must be an absolute path"),
     ("layerboot.layers=disk", "layerboot.layers='disk': use one of ram, cache"),
     ("layerboot.layers=cache", "layerboot.layers=cache needs layerboot.cache="),
+    ("layerboot.verify=none", "layerboot.verify='none': use one of whole, blocks"),
     ("layerboot.retries=" + "9" * 5000, "is not a number"),
 ])
 def test_bad_values_are_one_clear_error(cmdline: str, message: str) -> None:

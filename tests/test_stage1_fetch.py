@@ -182,13 +182,13 @@ class RecordingCache:
     def __init__(self, have: dict[str, str], root: Path) -> None:
         self.have, self.root, self.admitted = have, root, []
 
-    def lookup(self, layer: Layer) -> str | None:
+    def lookup(self, layer: Layer, fetch_tree=None) -> str | None:  # noqa: ANN001
         return self.have.get(layer.digest)
 
     def tmp_path(self, digest: str) -> str:
         return str(self.root / f".{digest}.tmp")
 
-    def admit(self, layer: Layer, path: str, *, verified: bool = False) -> str:
+    def admit(self, layer: Layer, path: str, *, verified: bool = False, fetch_tree=None) -> str:  # noqa: ANN001
         self.admitted.append((layer.digest, verified, Path(path).parent == self.root))
         target = self.root / layer.digest
         Path(path).rename(target)
@@ -227,7 +227,7 @@ def test_get_bytes_post_json_and_url_parsing(server: Server) -> None:
 class CopyingCache(RecordingCache):
     """Like the real LayerCache when the layer is in RAM (another filesystem): admit copies."""
 
-    def admit(self, layer: Layer, path: str, *, verified: bool = False) -> str:
+    def admit(self, layer: Layer, path: str, *, verified: bool = False, fetch_tree=None) -> str:  # noqa: ANN001
         self.admitted.append((layer.digest, verified, False))
         target = self.root / layer.digest
         target.write_bytes(Path(path).read_bytes())
@@ -379,3 +379,109 @@ def test_no_space_left_is_one_clear_line_without_retries(server: Server, tmp_pat
         assert len(server.requests) == 1 and list(small.iterdir()) == []
     finally:
         run(["umount", small])
+
+
+# -- layerboot.verify=blocks (issue 20) -----------------------------------------------------------------------
+# This host's kernel has no dm-verity: the attach is recorded here (the real one runs in the QEMU boot,
+# tests/test_boot_qemu.py::test_verify_blocks_boot_attaches_fetched_layers_through_dm_verity).
+def _with_tree(server: Server, data: bytes, *, served: bytes | None = None, tree: bytes | None = None) -> Layer:
+    """A layer of ``data`` with a dm-verity tree in its signed entry; the server sends ``served`` for it."""
+    from layerboot.initrd.stage1.verify import Verity
+    from layerboot.overlays.verity import merkle_tree
+
+    import tempfile
+
+    with tempfile.NamedTemporaryFile() as handle:
+        handle.write(data)
+        handle.flush()
+        made = merkle_tree(Path(handle.name))
+    layer = server.add(data)
+    server.blobs[layer.digest] = data if served is None else served
+    tree_layer = server.add(made.tree)
+    if tree is not None:
+        server.blobs[tree_layer.digest] = tree
+    return Layer(layer.digest, layer.size, layer.path,
+                 verity=Verity(made.root, tree_layer.digest, len(made.tree), tree_layer.path))
+
+
+class Attaches:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from layerboot.initrd.stage1 import localverity
+
+        self.calls: list[tuple[bytes, bytes, str]] = []
+        monkeypatch.setattr(localverity, "load_modules", lambda: None)
+        monkeypatch.setattr(localverity, "attach", self.attach)
+
+    def attach(self, path: str, tree: str, size: int, root: str, tree_size: int, *, name: str) -> str:
+        from layerboot.initrd.stage1.localverity import check_files
+
+        check_files(path, tree, size, tree_size)
+        self.calls.append((Path(path).read_bytes(), Path(tree).read_bytes(), root))
+        return f"/dev/dm-{len(self.calls)}"
+
+
+def test_verify_blocks_downloads_without_hashing_and_attaches_through_dm_verity(
+        server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
+    kernel = Attaches(monkeypatch)
+    good = blob(4096 * 30, 1)
+    wrong = bytes(len(good))          # what a broken server sends: the right size, other bytes
+    layer = _with_tree(server, good, served=wrong)
+    plain = server.add(blob(5000, 2))  # no tree: hashed whole as before
+    paths = fetch_layers(server.url, "tok", (layer, plain), str(tmp_path), timeout=5, verify="blocks")
+    assert paths == ["/dev/dm-1", str(tmp_path / plain.digest)]
+    # Not hashed: the wrong bytes reached dm-verity, which fails their reads (the node's kernel: EIO).
+    assert kernel.calls == [(wrong, server.blobs[layer.verity.tree], layer.verity.root)]
+    assert sorted(os.listdir(tmp_path)) == sorted([layer.digest, layer.digest + ".verity", plain.digest])
+    assert "layerboot: layerboot.verify=blocks: 1 layers downloaded without hashing and attached through dm-verity " \
+           "(every block checked as it is read), 1 without a tree and 0 a mirror may serve hashed whole" \
+           in capfd.readouterr().err
+    # The whole mode (the default) hashes the same layer and refuses the wrong bytes.
+    with pytest.raises(FetchError, match="failed verification"):
+        fetch_layers(server.url, "tok", (layer,), str(tmp_path / "whole"), timeout=5)
+
+
+def test_verify_blocks_checks_the_tree_and_hashes_mirrored_layers_whole(
+        server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from layerboot.initrd.stage1.sources import Sources
+
+    kernel = Attaches(monkeypatch)
+    bad_tree = _with_tree(server, blob(4096 * 8, 3), tree=b"\0" * 4096)
+    with pytest.raises(FetchError, match=f"layer {bad_tree.verity.tree[:12]} failed verification"):
+        fetch_layers(server.url, "tok", (bad_tree,), str(tmp_path / "a"), timeout=5, verify="blocks", retries=0)
+    assert os.listdir(tmp_path / "a") == [] and kernel.calls == []     # nothing left behind, nothing attached
+    mirrored = _with_tree(server, blob(4096 * 8, 4))
+    with socket_port() as dead:
+        sources = Sources(server.url, (f"http://127.0.0.1:{dead}",))
+        paths = fetch_layers(server.url, "tok", (mirrored,), str(tmp_path / "b"), timeout=5, verify="blocks",
+                             sources=sources)
+    assert paths == [str(tmp_path / "b" / mirrored.digest)] and kernel.calls == []   # hashed whole
+
+
+def test_verify_blocks_without_dm_verity_hashes_whole_in_one_line(server: Server, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capfd: pytest.CaptureFixture) -> None:
+    from layerboot.initrd.stage1 import localverity
+
+    def absent() -> None:
+        raise localverity.VerityUnavailable("no dm-verity in this kernel (modprobe: not found)")
+
+    monkeypatch.setattr(localverity, "load_modules", absent)
+    layer = _with_tree(server, blob(4096 * 4, 5))
+    assert fetch_layers(server.url, "tok", (layer,), str(tmp_path), timeout=5, verify="blocks") == \
+        [str(tmp_path / layer.digest)]
+    assert capfd.readouterr().err.count("layerboot: layerboot.verify=blocks: no dm-verity in this kernel "
+                                        "(modprobe: not found); hashing every layer whole") == 1
+
+
+class socket_port:  # noqa: N801 - a context manager
+    """A loopback port nobody listens on."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    def __exit__(self, *exc: object) -> None:
+        pass

@@ -12,6 +12,10 @@ Steps (``SIZE`` in bytes):
   receive-write URL DEST      ... and os.write to DEST (the tmpfs copy)
   hash ENGINE SIZE            SHA-256 of SIZE bytes in memory: openssl (_hashlib), python (_sha256), kernel (AF_ALG)
   fetch URL DIGEST SIZE DEST MODE   stage1.fetch.fetch_layer (MODE inline, thread or auto: how HashSink hashes)
+  fetch-blocks URL DIGEST SIZE DEST TREE_URL TREE_DIGEST TREE_SIZE ROOT
+                                    stage1's layerboot.verify=blocks path (fetch._blocks_layer): the layer without
+                                    SHA-256, its tree hashed; the dm-verity attach replaced by a no-op (the host
+                                    kernel has none; its in-guest cost is in bench/README.md)
   wget URL DEST               busybox wget -O DEST (what live-boot does; guest only)
   rehash PATH                 stage1.hashing.hash_file (a cached layer re-hashed)
   verity-enable PATH          FS_IOC_ENABLE_VERITY (the kernel builds the Merkle tree: once per layer)
@@ -113,6 +117,29 @@ def fetch(url: str, digest: str, size: str, dest: str, mode: str) -> str:
     return f"{hashing.engine()[0]},{'thread' if hashing.overlapping() else 'inline'}"
 
 
+def fetch_blocks(url: str, digest: str, size: str, dest: str, tree_url: str, tree_digest: str, tree_size: str,
+                 root: str) -> str:
+    from stage1 import fetch as stage1_fetch
+    from stage1 import localverity
+    from stage1.verify import Layer, Verity
+
+    base, name = _url(url)
+    _, tree_name = _url(tree_url)
+    layer = Layer(digest, int(size), name, verity=Verity(root, tree_digest, int(tree_size), tree_name))
+    localverity.attach = lambda path, *args, **kwargs: path         # no dm-verity on the host: the file itself
+
+    def fetch(item, **kwargs):  # noqa: ANN001, ANN003, ANN202 - fetch_layers' closure
+        return stage1_fetch.fetch_layer(base, "", item, dest, timeout=30, **kwargs)
+
+    def fetch_tree(tree, where: str) -> None:  # noqa: ANN001
+        stage1_fetch.fetch_layer(base, "", tree, dest, timeout=30, part=where)
+
+    path = stage1_fetch._blocks_layer(layer, dest, fetch, fetch_tree, None)
+    os.unlink(path)
+    os.unlink(localverity.tree_path(path))
+    return "no-hash+tree"
+
+
 def wget(url: str, dest: str) -> int:
     from stage1.console import spawn
 
@@ -164,6 +191,8 @@ def step(name: str, *args: str) -> None:
             size, detail = int(args[1]), args[0] + ":" + hash_memory(args[0], int(args[1]))
         elif name == "fetch":
             size, detail = int(args[2]), fetch(*args)
+        elif name == "fetch-blocks":
+            size, detail = int(args[2]), fetch_blocks(*args)
         elif name == "wget":
             size = wget(*args)
         elif name == "rehash":

@@ -145,6 +145,14 @@ def stream_system(bench: Bench) -> Iterator[System]:
 
 
 @contextmanager
+def blocks_system(bench: Bench) -> Iterator[System]:
+    """layerboot's full fetch with ``layerboot.verify=blocks`` (issue 20): each layer downloaded without SHA-256
+    and attached through dm-verity with its signed tree (docs/stage1.md, "Verifying whole layers")."""
+    with _system(bench, "layerboot-blocks", " layerboot.verify=blocks") as found:
+        yield found
+
+
+@contextmanager
 def _system(bench: Bench, name: str, extra: str = "") -> Iterator[System]:
     missing = missing_parts()
     if missing:

@@ -13,6 +13,8 @@ Layout (root of the cache filesystem)::
 
     layers/<sha256>        a verified layer, read-only; with fs-verity on when the filesystem has the feature
                            and the signed manifest names the layer's fs-verity digest
+    layers/<sha256>.verity its dm-verity hash tree (the object the signed manifest names, sha256-checked when
+                           it was fetched), kept only when fs-verity does not check the layer
     stream/<sha256>        a streamed layer's blocks read so far (``layerboot.fetch=stream``): a sparse file laid
                            out like its block device (the layer, then its dm-verity tree); holes are blocks
                            never read. Written by the stream daemon (streamd.py), checked on every read by
@@ -25,10 +27,17 @@ Layout (root of the cache filesystem)::
 Every write is temp file, fsync, rename, fsync of the directory: a power cut leaves the old state or the new.
 
 Nothing on the cache disk is trusted: root on the node (or anyone with the disk) can change any byte of it and
-put the mtime back. So every cached layer is checked against the signed manifest before it is used: in O(1)
-by its fs-verity digest when the filesystem has fs-verity (``mkfs.ext4 -O verity``; the kernel then checks
-every block as it is read) and the manifest names the digest, else by hashing the whole file (hashing.py's
-fast path). A layer that fails is removed and fetched again. docs/stage1.md ("Cached layers") has the figures.
+put the mtime back. So every cached layer is checked against the signed manifest before it is used, in this order:
+
+1. in O(1) by its fs-verity digest when the filesystem has fs-verity (``mkfs.ext4 -O verity``; the kernel then
+   checks every block as it is read) and the manifest names the digest;
+2. else through dm-verity when the manifest names the layer's tree and the cache holds it (``.verity``): the
+   layer file and the tree are attached as a dm-verity device with the signed root hash (localverity.py), the
+   boot mounts ``/dev/dm-N``, and the kernel checks every block as it is read; nothing is hashed up front. A
+   layer admitted without its tree (an older stage1) gets it on the next boot that can reach the server;
+3. else by hashing the whole file (hashing.py's fast path).
+
+A layer that fails is removed and fetched again. docs/stage1.md ("Cached layers") has the figures.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ MANIFEST_FILE = "manifest.json"
 PREVIOUS_FILE = "previous-manifest.json"
 LAYERS = "layers"
 STREAM = "stream"
+TREE_SUFFIX = ".verity"   # localverity.TREE_SUFFIX (not imported: this module loads nothing at import)
 RECORD_SUFFIX = ".ok"     # hash records of older versions (size + mtime: forgeable); removed by gc
 TMP_SUFFIX = ".tmp"
 EXT_MAGIC = 0xEF53
@@ -190,6 +200,10 @@ class LayerCache:
         self.layers = os.path.join(root, LAYERS)
         self.say = say
         self.verity: bool | None = None   # fs-verity here: None until tried, False after the first refusal
+        self.dm_verity = ""               # why dm-verity cannot be used on this boot ("" while it can)
+        self.dm_names: list[str] = []     # dm-verity devices made for cached layers
+        self._lock = None                 # serialises loading the dm modules (lookups run on fetch threads)
+        self.attached = 0                 # cached layers attached through dm-verity on this boot
         self._said: set[str] = set()
         os.makedirs(self.layers, exist_ok=True)
         self.cleaned = self._clean_leftovers()
@@ -199,7 +213,7 @@ class LayerCache:
         removed = 0
         for directory in (self.root, self.layers):
             for name in os.listdir(directory):
-                if name.endswith(TMP_SUFFIX):
+                if name.endswith(TMP_SUFFIX):   # layers and trees (.DIGEST.tmp, .DIGEST.verity.tmp)
                     os.unlink(os.path.join(directory, name))
                     removed += 1
         return removed
@@ -232,6 +246,9 @@ class LayerCache:
         """Where a caller may download a layer on the cache filesystem, so ``admit`` only renames it."""
         return os.path.join(self.layers, f".{_check_digest(digest)}{TMP_SUFFIX}")
 
+    def tree_path(self, digest: str) -> str:
+        return self.path(digest) + TREE_SUFFIX
+
     def _once(self, key: str, text: str) -> None:
         if key not in self._said:
             self._said.add(key)
@@ -239,12 +256,13 @@ class LayerCache:
 
     def _no_verity(self, why: str) -> None:
         self.verity = False
-        self._once("verity", f"no fs-verity on the cache filesystem ({why}): cached layers are re-hashed on every "
-                             "boot; 'tune2fs -O verity DEVICE' (unmounted) or 'mkfs.ext4 -O verity' makes it O(1)")
+        self._once("verity", f"no fs-verity on the cache filesystem ({why}): cached layers are checked through "
+                             "their dm-verity trees (else re-hashed on every boot); 'tune2fs -O verity DEVICE' "
+                             "(unmounted) or 'mkfs.ext4 -O verity' makes it O(1)")
 
     # -- layers ---------------------------------------------------------------------------------------------
     def _forget(self, digest: str) -> None:
-        for path in (self.path(digest), self.path(digest) + RECORD_SUFFIX):
+        for path in (self.path(digest), self.path(digest) + RECORD_SUFFIX, self.tree_path(digest)):
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -256,7 +274,8 @@ class LayerCache:
 
         if not getattr(layer, "fsverity", ""):
             self._once("no-digest", "the signed manifest names no fs-verity digests (an older server): cached "
-                                    "layers are re-hashed on every boot")
+                                    "layers are checked through their dm-verity trees (else re-hashed on every "
+                                    "boot)")
             return None
         if self.verity is False:
             return None
@@ -274,11 +293,14 @@ class LayerCache:
         self.verity = True
         return measured == layer.fsverity
 
-    def lookup(self, layer) -> str | None:  # noqa: ANN001 - verify.Layer
-        """The cached layer's path when it is there and is exactly the signed ``layer``, else None.
+    def lookup(self, layer, fetch_tree=None) -> str | None:  # noqa: ANN001 - verify.Layer, callable
+        """What to mount for the cached ``layer`` when it is there and is exactly the signed one, else None: the
+        file (checked by fs-verity or hashed whole) or a dm-verity device over it (``/dev/dm-N``).
 
-        A file that is not (altered, truncated, replaced, not a regular file) is removed with one line, so the
-        caller fetches it again.
+        ``fetch_tree(tree_layer, dest)`` downloads a tree object to ``dest`` checked against its signed size and
+        sha256 (fetch.py; None when the server cannot be reached): a layer whose tree is missing gets it here.
+        A file that is not the signed layer (altered, truncated, replaced, not a regular file) is removed with
+        one line, so the caller fetches it again.
         """
         import stat
 
@@ -292,14 +314,19 @@ class LayerCache:
         elif st.st_size != layer.size:
             why = f"has {st.st_size} bytes, the signed manifest says {layer.size}"
         else:
-            verdict = self._by_verity(layer, path)
+            verdict, why = self._by_verity(layer, path), ""
+            if verdict is None:
+                device, why = self._by_dm_verity(layer, path, fetch_tree)
+                if device:
+                    return device
+                verdict = False if why else None
             if verdict is None:
                 from .hashing import hash_file
 
                 digest, _ = hash_file(path)
                 verdict = digest == layer.digest
                 why = f"hashes to {digest[:12]}"
-            else:
+            elif verdict is False and not why:
                 why = "does not match its signed fs-verity digest"
             if verdict:
                 return path
@@ -307,14 +334,98 @@ class LayerCache:
         self._forget(layer.digest)
         return None
 
-    def admit(self, layer, src_path: str, *, verified: bool = False) -> str:  # noqa: ANN001 - verify.Layer
+    # -- dm-verity trees ------------------------------------------------------------------------------------
+    def wants_tree(self, layer) -> bool:  # noqa: ANN001 - verify.Layer
+        """Whether a cached layer should have its dm-verity tree next to it: the manifest names one, fs-verity
+        does not check this layer, and this boot can use dm-verity."""
+        if getattr(layer, "verity", None) is None or self.dm_verity:
+            return False
+        if getattr(layer, "fsverity", "") and self.verity:
+            return False
+        return True
+
+    def keep_tree(self, layer, fetch_tree) -> bool:  # noqa: ANN001 - verify.Layer, callable
+        """Make sure ``layers/DIGEST.verity`` holds the layer's signed tree; True when it does. A tree of the
+        wrong size is removed; a missing one is fetched with ``fetch_tree`` (when given) and renamed in."""
+        tree = self.tree_path(layer.digest)
+        want = layer.verity.tree_size
+        try:
+            if os.stat(tree).st_size == want:
+                return True
+            os.unlink(tree)
+        except FileNotFoundError:
+            pass
+        if fetch_tree is None:
+            return False
+        from .verify import Layer
+
+        tmp = os.path.join(self.layers, f".{layer.digest}{TREE_SUFFIX}{TMP_SUFFIX}")
+        try:
+            fetch_tree(Layer(layer.verity.tree, want, layer.verity.tree_path), tmp)
+            os.chmod(tmp, 0o444)
+            os.rename(tmp, tree)
+            _fsync_dir(self.layers)
+        except Exception as err:  # noqa: BLE001 - a tree is an optimisation: without it the layer is hashed
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            self._once("tree-fetch", f"fetching the dm-verity tree of layer {layer.digest[:12]} failed ({err}); "
+                                     "layers without a tree are re-hashed")
+            return False
+        return True
+
+    def attach(self, layer) -> str:  # noqa: ANN001 - verify.Layer
+        """The cached layer and its tree as a dm-verity device with the signed root (localverity.attach);
+        raises LocalVerityError (VerityUnavailable: this kernel cannot, VerityRefused: wrong bytes)."""
+        from .localverity import attach, load_modules
+
+        if self._lock is None:
+            import _thread
+
+            self._lock = _thread.allocate_lock()
+        with self._lock:
+            load_modules()
+        name = f"layerboot-cache-{layer.digest[:16]}"
+        device = attach(self.path(layer.digest), self.tree_path(layer.digest), layer.size, layer.verity.root,
+                        layer.verity.tree_size, name=name)
+        self.dm_names.append(name)
+        return device
+
+    def _by_dm_verity(self, layer, path: str, fetch_tree) -> tuple[str, str]:  # noqa: ANN001
+        """(device, "") when the layer is attached through dm-verity; ("", why) when dm-verity refuses it (the
+        caller removes it); ("", "") when dm-verity cannot decide (no tree, no dm-verity: hash it instead)."""
+        from .localverity import LocalVerityError, VerityRefused, VerityUnavailable
+
+        if not self.wants_tree(layer):
+            return "", ""
+        if not self.keep_tree(layer, fetch_tree):
+            self._once("no-tree", "cached layers without their dm-verity trees (admitted by an older stage1, or "
+                                  "booted offline) are re-hashed until a boot that reaches the server fetches them")
+            return "", ""
+        try:
+            device = self.attach(layer)
+        except VerityUnavailable as err:
+            self.dm_verity = str(err)
+            self._once("no-dm", f"{err}: cached layers are re-hashed on every boot")
+            return "", ""
+        except VerityRefused:
+            return "", "does not match its signed dm-verity root hash"
+        except LocalVerityError as err:
+            self._once("dm-" + layer.digest, f"layer {layer.digest[:12]}: not attached through dm-verity ({err}); "
+                                             "re-hashing it")
+            return "", ""
+        self.attached += 1
+        return device, ""
+
+    def admit(self, layer, src_path: str, *, verified: bool = False,  # noqa: ANN001 - verify.Layer
+              fetch_tree=None) -> str:  # noqa: ANN001 - fetch_tree(tree_layer, dest), see lookup
         """Put a layer into the cache and return its cache path.
 
         A source on the cache filesystem (see :meth:`tmp_path`) is renamed in; anything else is copied. Unless
         the caller says it hashed exactly these bytes itself (``verified``: fetch.py's own download), the bytes
         are hashed on the way in, so a wrong digest never enters the cache. Then fs-verity is turned on when
         the manifest names the layer's fs-verity digest (the kernel hashes the file once more), so later boots
-        check it in O(1).
+        check it in O(1); where it cannot be, the layer's dm-verity tree is fetched (``fetch_tree``) and kept
+        next to it, so later boots attach it through dm-verity instead of re-hashing it.
         """
         from .hashing import hash_file
 
@@ -347,29 +458,50 @@ class LayerCache:
             os.rename(tmp, final)
         os.chmod(final, 0o444)
         _fsync_dir(self.layers)
-        self._seal(layer, final)
+        if not self._seal(layer, final) and self.wants_tree(layer):
+            self.keep_tree(layer, fetch_tree)
         return final
 
-    def _seal(self, layer, path: str) -> None:  # noqa: ANN001 - verify.Layer
-        """Turn fs-verity on for a verified layer and check the signed digest describes it."""
+    def admit_unhashed(self, layer, src_path: str, fetch_tree) -> str:  # noqa: ANN001 - verify.Layer, callable
+        """``layerboot.verify=blocks``: rename a download that was not hashed (``src_path``, on the cache
+        filesystem) in, fetch its tree, and return the dm-verity device the boot mounts (every block checked by
+        the kernel as it is read). CacheError when it cannot be attached: the layer is removed again."""
+        from .localverity import LocalVerityError
+
+        final = self.path(layer.digest)
+        os.chmod(src_path, 0o444)
+        os.rename(src_path, final)
+        _fsync_dir(self.layers)
+        try:
+            if not self.keep_tree(layer, fetch_tree):
+                raise LocalVerityError("its dm-verity tree could not be fetched")
+            device = self.attach(layer)
+        except LocalVerityError as err:
+            self._forget(layer.digest)
+            raise CacheError(f"layer {layer.digest[:12]}: {err}") from None
+        return device
+
+    def _seal(self, layer, path: str) -> bool:  # noqa: ANN001 - verify.Layer
+        """Turn fs-verity on for a verified layer and check the signed digest describes it; True when on."""
         from .fsverity import VerityUnsupported, enable, measure
 
         if not getattr(layer, "fsverity", "") or self.verity is False:
-            return
+            return False
         try:
             enable(path)
             measured = measure(path)
         except VerityUnsupported as err:
             self._no_verity(str(err))
-            return
+            return False
         except OSError as err:
             self.say(f"cache: turning fs-verity on for layer {layer.digest[:12]} failed ({err.strerror or err}); "
                      "it is re-hashed on later boots")
-            return
+            return False
         self.verity = True
         if measured != layer.fsverity:   # sha256 matched, so the server's fs-verity digest is wrong
             self.say(f"cache: layer {layer.digest[:12]}: its fs-verity digest is {str(measured)[:12]}, the signed "
                      f"manifest says {layer.fsverity[:12]} (a server bug): it will be fetched again next boot")
+        return True
 
     def digests(self) -> set[str]:
         return {n for n in os.listdir(self.layers) if len(n) == 64 and _HEX.issuperset(n)}
@@ -384,8 +516,10 @@ class LayerCache:
             except FileNotFoundError:
                 continue
             self._forget(digest)
+        kept = self.digests()
         for name in os.listdir(self.layers):        # (size, mtime) records of older versions: never trusted now
-            if name.endswith(RECORD_SUFFIX):
+            if name.endswith(RECORD_SUFFIX) or (name.endswith(TREE_SUFFIX)   # and trees without their layer
+                                                and name[:-len(TREE_SUFFIX)] not in kept):
                 os.unlink(os.path.join(self.layers, name))
         _fsync_dir(self.layers)
         streamed = os.path.join(self.root, STREAM)

@@ -11,8 +11,10 @@ EMERGENCY_ACTIONS = ("shell", "reboot", "poweroff")
 LAYER_PLACES = ("ram", "cache")
 MIRROR_MODES = ("on", "off")
 FETCH_MODES = ("full", "stream")
+VERIFY_MODES = ("whole", "blocks")      # how fetch.py checks a downloaded layer (docs/stage1.md)
 # layerboot.NAME= options that take one word of a fixed set; the Options field has the same name
-CHOICES = {"emergency": EMERGENCY_ACTIONS, "layers": LAYER_PLACES, "mirrors": MIRROR_MODES, "fetch": FETCH_MODES}
+CHOICES = {"emergency": EMERGENCY_ACTIONS, "layers": LAYER_PLACES, "mirrors": MIRROR_MODES, "fetch": FETCH_MODES,
+           "verify": VERIFY_MODES}
 STAGES = ("modules", "net", "manifest", "layers", "mount", "switch_root")
 DEFAULT_INIT = "/sbin/init"
 
@@ -41,6 +43,7 @@ class Options(Record):
     name: str = ""                    # layerboot.name=NAME (discovery menu): ... named NAME
     mirrors: str = "on"               # layerboot.mirrors=on|off: use the signed manifest's mirrors (sources.py)
     fetch: str = "full"               # layerboot.fetch=full|stream: download whole layers, or stream blocks (stream.py)
+    verify: str = "whole"             # layerboot.verify=whole|blocks: hash fetched layers whole, or dm-verity
     stream_giveup: float = 0.0        # layerboot.stream_giveup=SECONDS: a streamed read fails with EIO after (0: never)
     init: str = DEFAULT_INIT          # init=/path of the real init in the new root
     syslog: str = ""                  # layerboot.syslog=off|ADDR[:PORT]|udp://..|tcp://..: stage1's lines (remotelog.py)

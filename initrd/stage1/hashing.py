@@ -64,11 +64,13 @@ class HashSink:
     Always :meth:`close` it (it stops the thread); a sink is not shared between callers.
     """
 
-    def __init__(self, fd: int | None = None, *, threaded: bool | None = None, size: int = BUFFER) -> None:
+    def __init__(self, fd: int | None = None, *, threaded: bool | None = None, size: int = BUFFER,
+                 hashing: bool = True) -> None:
         self.fd = fd
         self.size = 0
-        self.hasher = sha256()
-        self.threaded = overlapping() if threaded is None else threaded
+        self.hashing = hashing            # False: receive and write only (layerboot.verify=blocks, fetch.py)
+        self.hasher = sha256() if hashing else None
+        self.threaded = (overlapping() if threaded is None else threaded) and hashing
         count = RING if self.threaded else 1
         self._buffers = [memoryview(bytearray(size)) for _ in range(count)]
         self._index = 0
@@ -121,7 +123,8 @@ class HashSink:
         self.size += length
         self._held = False
         if not self.threaded:
-            self.hasher.update(view)
+            if self.hashing:
+                self.hasher.update(view)
             return
         self._lengths[self._index] = length
         self._full[self._index].release()
@@ -145,13 +148,14 @@ class HashSink:
         if self.fd is not None:
             os.ftruncate(self.fd, 0)
             os.lseek(self.fd, 0, os.SEEK_SET)
-        self.hasher, self.size, self._error = sha256(), 0, None
+        self.hasher, self.size, self._error = sha256() if self.hashing else None, 0, None
 
     def hexdigest(self) -> str:
+        """The sha256 of everything pushed ("" for a sink that does not hash)."""
         self._drain()
         if self._error is not None:
             raise self._error
-        return self.hasher.hexdigest()
+        return self.hasher.hexdigest() if self.hashing else ""
 
     def close(self) -> None:
         """Stop the hashing thread (idempotent)."""

@@ -14,6 +14,7 @@ from . import console
 from .console import StageError, debug, say
 
 PUBLIC_KEY = "/etc/layerboot/signing.pub"
+SERVER_MANIFEST = "the server's manifest"   # fetch_manifest's source when the server answered
 SLOT_NET_TIMEOUT = 3.0   # layerboot.slot= with layerboot.server=: how long boot events may delay the boot
 
 
@@ -131,7 +132,7 @@ def run_stages(boot: Boot) -> None:
 
         cache_errors = (CacheError,)
         cache = open_cache(options.cache, say=say)
-    slot = None
+    slot, online = None, False
     if options.slot:   # the chain of an A/B disk slot instead of the server (stage1/slot.py, docs/install.md)
         from .slot import SlotError, open_boot_slot
 
@@ -143,6 +144,7 @@ def run_stages(boot: Boot) -> None:
         boot.manifest = manifest = slot.manifest
     else:
         envelope, source = fetch_manifest(options, boot.node, cache, online=boot.network_up)
+        online = source == SERVER_MANIFEST
         try:
             min_serial = cache.last_serial() if cache is not None else 0
             public = load_public_key(PUBLIC_KEY)
@@ -183,11 +185,17 @@ def run_stages(boot: Boot) -> None:
         if not on_disk and rest:
             cached = cache.digests() if cache is not None else set()
             wanted = [layer for layer in rest if layer.digest not in cached]
-            ram_for_layers(sum(layer.size for layer in wanted), len(rest), room=sum(layer.size for layer in rest))
+
+            def ram(layer) -> int:  # noqa: ANN001 - verify.Layer; with verify=blocks its tree is kept next to it
+                tree = layer.verity.tree_size if options.verify == "blocks" and layer.verity is not None else 0
+                return layer.size + tree
+
+            ram_for_layers(sum(ram(layer) for layer in wanted), len(rest), room=sum(ram(layer) for layer in rest))
         try:   # with the node secret when there is one: a named node's own layer is served with it only
             fetched = iter(fetch_layers(options.server, secret or options.token, rest, LAYER_DIR,
                                         retries=options.retries, timeout=options.timeout, cache=cache,
-                                        on_disk=on_disk, sources=layer_sources(options, manifest, cache))
+                                        on_disk=on_disk, sources=layer_sources(options, manifest, cache),
+                                        verify=options.verify, online=online)
                            if rest else ())
         except StageError as err:
             if manifest.node and not secret and "403" in str(err):
@@ -292,7 +300,7 @@ def fetch_manifest(options, node: str, cache, *, online: bool = True) -> tuple[b
 
     url = f"{options.server}/nodes/{node}/manifest"
     try:
-        return get_bytes(url, token=options.token, timeout=options.timeout, limit=1 << 20), "the server's manifest"
+        return get_bytes(url, token=options.token, timeout=options.timeout, limit=1 << 20), SERVER_MANIFEST
     except HttpError as err:
         if err.status or cache is None:
             raise
