@@ -195,6 +195,8 @@ class LayerCache:
     """Verified layers and the last accepted manifest under ``root`` (the mounted cache filesystem)."""
 
     def __init__(self, root: str, *, device: str | None = None, say=_say) -> None:  # noqa: ANN001
+        import _thread   # a builtin: no import cost
+
         self.root = root
         self.device = device              # set when open_cache mounted it: close() unmounts
         self.layers = os.path.join(root, LAYERS)
@@ -202,7 +204,7 @@ class LayerCache:
         self.verity: bool | None = None   # fs-verity here: None until tried, False after the first refusal
         self.dm_verity = ""               # why dm-verity cannot be used on this boot ("" while it can)
         self.dm_names: list[str] = []     # dm-verity devices made for cached layers
-        self._lock = None                 # serialises loading the dm modules (lookups run on fetch threads)
+        self._lock = _thread.allocate_lock()   # serialises loading the dm modules (lookups run on fetch threads)
         self.attached = 0                 # cached layers attached through dm-verity on this boot
         self._said: set[str] = set()
         os.makedirs(self.layers, exist_ok=True)
@@ -378,10 +380,6 @@ class LayerCache:
         raises LocalVerityError (VerityUnavailable: this kernel cannot, VerityRefused: wrong bytes)."""
         from .localverity import attach, load_modules
 
-        if self._lock is None:
-            import _thread
-
-            self._lock = _thread.allocate_lock()
         with self._lock:
             load_modules()
         name = f"layerboot-cache-{layer.digest[:16]}"
