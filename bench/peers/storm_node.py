@@ -32,7 +32,7 @@ class DiscardCache:
         self.scratch = scratch
         os.makedirs(scratch, exist_ok=True)
 
-    def lookup(self, layer) -> None:  # noqa: ANN001
+    def lookup(self, layer, fetch_tree=None) -> None:  # noqa: ANN001
         return None
 
     def tmp_path(self, digest: str) -> str:
@@ -41,7 +41,7 @@ class DiscardCache:
             os.symlink("/dev/null", path)
         return path
 
-    def admit(self, layer, path: str, *, verified: bool = False) -> str:  # noqa: ANN001
+    def admit(self, layer, path: str, *, verified: bool = False, fetch_tree=None) -> str:  # noqa: ANN001
         assert verified, "fetch_layer verified size and sha256 before handing it over"
         return path
 
