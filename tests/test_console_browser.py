@@ -71,12 +71,19 @@ class Pages:
 
     def wait_text(self, words: str, timeout: float = 60) -> None:
         """Until ``words`` show (a page in the middle of loading has no body yet: look again)."""
-        from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+        from selenium.common.exceptions import (NoSuchElementException, StaleElementReferenceException,
+                                                WebDriverException)
         deadline, seen = time.monotonic() + timeout, ""
         while time.monotonic() < deadline:
             try:
                 seen = self.text()
             except (NoSuchElementException, StaleElementReferenceException):
+                seen = ""
+            except WebDriverException as err:
+                # Chromium's way of saying "stale" when the page navigates between finding <body> and reading
+                # its text: "unhandled inspector error: ... Node with given id does not belong to the document"
+                if "does not belong to the document" not in str(err):
+                    raise
                 seen = ""
             if words in seen:
                 return
