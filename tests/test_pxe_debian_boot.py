@@ -35,10 +35,15 @@ pytestmark = [pytest.mark.qemu, pytest.mark.root,
 
 MAC = "52:54:00:4c:42:02"
 PASS = "DEBIAN-BASE-PASS"
-# A unit in an overlay layer: runs once systemd has brought the Debian base up, proves what it booted.
+# A unit in an overlay layer: runs once systemd has brought the Debian base up, proves what it booted. It is
+# ordered before the serial getty: serial-getty@ttyS0 is Type=idle, so systemd execs agetty (hanging ttyS0 up
+# first: TTYVHangup=yes) when the job queue is empty or 5 s after starting it. After multi-user.target that came
+# while the marker was still running whenever `layerboot --version` took over 5 s under TCG: its line was lost,
+# the unit failed silently and the guest never powered off (seen once in a fresh-clone run).
 MARKER_UNIT = f"""[Unit]
 Description=layerboot test marker
-After=multi-user.target
+After=basic.target
+Before=serial-getty@ttyS0.service getty.target
 
 [Service]
 Type=oneshot
