@@ -120,18 +120,11 @@ class ObjectVerifier:
                 future = asyncio.ensure_future(loop.run_in_executor(self.pool, _hash_fd, os.dup(handle.fileno())))
                 self.running[key] = future
                 future.add_done_callback(lambda _f: self.running.pop(key, None))
-            try:
-                actual = await asyncio.shield(future)
-            except OSError as err:
-                problem = storage_error(err, path, doing="reading")
-                if problem is None:
-                    raise
-                log.error("cannot verify object %s: %s", digest[:12], problem.message)
-                raise problem from None
-            if actual != digest:
-                await loop.run_in_executor(None, self._quarantine, path, digest, key, actual)
-                raise self.damaged(digest)
-            self.verified[digest] = key
+
+            async def hashed() -> tuple[Stamp, str]:
+                return key, await asyncio.shield(future)
+
+            await self._settle(path, digest, hashed())
             return handle
         except BaseException:
             handle.close()
@@ -158,23 +151,31 @@ class ObjectVerifier:
 
     async def _check_on_disk(self, path: Path, digest: str) -> str | None:
         """The scrub's check: the bytes on the disk (hash_on_disk), quarantined when they do not match."""
-        loop = asyncio.get_running_loop()
         self.verified.pop(digest, None)
         try:
-            key, actual = await loop.run_in_executor(self.pool, hash_on_disk, path)
+            await self._settle(path, digest, asyncio.get_running_loop().run_in_executor(self.pool, hash_on_disk, path))
         except FileNotFoundError:
             return None
+        except LayerbootError as err:
+            return err.message
+        return None
+
+    async def _settle(self, path: Path, digest: str, hashed: Any) -> None:
+        """Await ``hashed`` ((stamp, sha256) of ``path``) and act on it, for serving and the scrub alike: a match
+        is remembered by the stamp, a mismatch quarantined (DamagedObject), a read error of the disk becomes its
+        one-line problem (logged); other OSErrors (FileNotFoundError) pass through."""
+        try:
+            key, actual = await hashed
         except OSError as err:
             problem = storage_error(err, path, doing="reading")
             if problem is None:
                 raise
             log.error("cannot verify object %s: %s", digest[:12], problem.message)
-            return problem.message
+            raise problem from None
         if actual != digest:
-            await loop.run_in_executor(None, self._quarantine, path, digest, key, actual)
-            return self.damaged(digest).message
+            await asyncio.get_running_loop().run_in_executor(None, self._quarantine, path, digest, key, actual)
+            raise self.damaged(digest)
         self.verified[digest] = key
-        return None
 
     async def sweep(self, digests: list[str], *, force: bool, what: str) -> None:
         """Verify ``digests`` one after another (one hashing thread, so serving keeps the other)."""
