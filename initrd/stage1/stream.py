@@ -30,11 +30,13 @@ def load_modules() -> None:
     code, output = spawn([BUSYBOX, "modprobe", "nbd", "nbds_max=0", "max_part=0"])
     if code and not os.path.isdir("/sys/module/nbd"):
         raise StageError(f"layerboot.fetch=stream: cannot load the nbd module: {output or code}")
-    from .dm import MODULES
+    from .localverity import VerityUnavailable
+    from .localverity import load_modules as load_dm_verity
 
-    code, output = spawn([BUSYBOX, "modprobe", "-a", *MODULES])
-    if code and not os.path.exists("/sys/module/dm_verity"):
-        raise StageError(f"layerboot.fetch=stream: cannot load dm-verity: {output or code}")
+    try:
+        load_dm_verity()
+    except VerityUnavailable as err:
+        raise StageError(f"layerboot.fetch=stream: {err}") from None
 
 
 def streamable(layers) -> list:  # noqa: ANN001, ANN201 - verify.Layer tuple -> list
