@@ -39,7 +39,8 @@ PASS = "DEBIAN-BASE-PASS"
 # ordered before the serial getty: serial-getty@ttyS0 is Type=idle, so systemd execs agetty (hanging ttyS0 up
 # first: TTYVHangup=yes) when the job queue is empty or 5 s after starting it. After multi-user.target that came
 # while the marker was still running whenever `layerboot --version` took over 5 s under TCG: its line was lost,
-# the unit failed silently and the guest never powered off (seen once in a fresh-clone run).
+# the unit failed silently and the guest never powered off (seen once in a fresh-clone run). It powers off
+# however the marker ends (ExecStopPost), so a failure shows at once.
 MARKER_UNIT = f"""[Unit]
 Description=layerboot test marker
 After=basic.target
@@ -51,7 +52,7 @@ StandardOutput=tty
 TTYPath=/dev/ttyS0
 ExecStart=/bin/sh -c 'echo "{PASS} debian=$(cat /etc/debian_version) init=$(readlink /proc/1/exe) \
 client=$(/usr/sbin/layerboot --version) marker=$(cat /etc/layerboot-marker)"'
-ExecStartPost=/usr/bin/systemctl --no-block poweroff
+ExecStopPost=/usr/bin/systemctl --no-block poweroff
 
 [Install]
 WantedBy=multi-user.target

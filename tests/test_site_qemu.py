@@ -50,9 +50,15 @@ NODE = "node-5254004c4219"
 NET = "10.98.0"
 PASS = "LBSITE-PASS"
 HERE = Path(__file__).resolve().parent
+# Ordered before the serial getty, like test_pxe_debian_boot's marker: serial-getty@ttyS0 is Type=idle and hangs
+# ttyS0 up (TTYVHangup=yes) when it starts, so after multi-user.target the script's lines after the login prompt
+# were lost (CI, once) and its last echo failed. The guest powers off however the script ends (ExecStopPost), so
+# a failure shows at once instead of after the 900 s wait.
 UNIT = """[Unit]
 Description=layerboot test: the site services and the data area, seen from the node
-After=multi-user.target rsyslog.service chrony.service
+Wants=network-online.target
+After=basic.target network-online.target rsyslog.service chrony.service
+Before=serial-getty@ttyS0.service getty.target
 
 [Service]
 Type=oneshot
@@ -60,7 +66,7 @@ StandardOutput=tty
 StandardError=tty
 TTYPath=/dev/ttyS0
 ExecStart=/usr/local/sbin/lbtest-site
-ExecStartPost=/usr/bin/systemctl --no-block poweroff
+ExecStopPost=/usr/bin/systemctl --no-block poweroff
 
 [Install]
 WantedBy=multi-user.target
