@@ -241,6 +241,26 @@ def test_bootif_picks_the_second_nic_and_ifname_renames_it(netns: Netns) -> None
     assert "inet " not in netns.ip("-4", "addr", "show", "eth0")
 
 
+LINK_STATES = r"""
+import json, sys
+from layerboot.initrd.stage1.net import ifindex
+from layerboot.initrd.stage1.netlink import Netlink
+nl = Netlink()
+print(json.dumps({name: nl.link_state(ifindex(name)) for name in sys.argv[1:]}))
+"""
+
+
+@pytest.mark.root
+def test_netlink_reports_the_carrier_of_a_link_that_is_down(netns: Netns) -> None:
+    """What link_up's shortcut rests on (net.Bringup.link_ready): a NIC with carrier while down (lo here, a virtio
+    NIC in a guest) is seen as such before it goes up; sysfs cannot tell (reading carrier of a down link fails)."""
+    netns.link("eth0", "s0", MAC)
+    run(["ip", "-n", netns.client, "link", "set", "lo", "down"])
+    states = json.loads(run(["ip", "netns", "exec", netns.client, sys.executable, "-c", LINK_STATES, "lo", "eth0"],
+                            env={"PYTHONPATH": os.pathsep.join(sys.path)}).text)
+    assert states == {"lo": [False, True], "eth0": [False, False]}   # a veth end has no carrier until it is up
+
+
 @pytest.mark.root
 def test_without_bootif_the_first_nic_with_carrier_boots(netns: Netns) -> None:
     netns.link("eth0", "s0", MAC, up=False)                          # no carrier: its port is down

@@ -86,12 +86,16 @@ def ifindex(name: str) -> int:
 
 
 def has_carrier(name: str) -> bool:
-    """Carrier, and the kernel's link watcher has acted on it (operstate up): until then the link's queue
-    drops what is sent (a DHCP request) and IPv6 has no link-local address; the watcher runs up to 1 s late."""
     try:
-        return _read(f"{SYS_NET}/{name}/carrier") == "1" and \
-            _read(f"{SYS_NET}/{name}/operstate") in ("up", "unknown")
+        return _read(f"{SYS_NET}/{name}/carrier") == "1"
     except OSError:   # reading carrier of a down link fails with EINVAL
+        return False
+
+
+def operstate_up(name: str) -> bool:
+    try:
+        return _read(f"{SYS_NET}/{name}/operstate") in ("up", "unknown")
+    except OSError:
         return False
 
 
@@ -139,6 +143,7 @@ class Bringup:
         self.nl = Netlink()
         self.loaded: set[str] = set()
         self.built: list[str] = []
+        self.queue_active: set[str] = set()   # links that had carrier when brought up (see link_ready)
 
     def close(self) -> None:
         self.nl.close()
@@ -148,6 +153,30 @@ class Bringup:
         if name == "carrier":
             return self.plan.timeout("carrier", self.plan.timeout("ifup", self.timeout))
         return self.plan.timeout(name, self.timeout)
+
+    # -- links up and ready to send -----------------------------------------------------------------------------
+    def link_up(self, name: str, *, mtu: int = 0, what: str = "") -> None:
+        """Bring ``name`` up, noting whether it already had carrier while down (see :meth:`link_ready`)."""
+        index = ifindex(name)
+        was_up, carrier = self.nl.link_state(index)
+        self.nl.set_link(index, mtu=mtu, up=True, what=what or f"bringing {name} up")
+        if not was_up and carrier:
+            self.queue_active.add(name)
+
+    def link_ready(self, name: str) -> bool:
+        """Carrier, and the link's transmit queue is active, so a DHCP request is not silently dropped.
+
+        The kernel activates the queue in one of two places. A link with carrier when it is brought up gets it at
+        once (dev_open), which is what a virtio NIC does: its carrier comes on at probe. A link whose carrier
+        comes later gets it from the link watcher, right away for that event; the same watcher sets operstate
+        "up". Waiting for operstate in the first case too costs up to a second: the carrier event from probe is
+        batched (linkwatch runs at most once a second for a link that is down), and the 1 GiB streamed boot
+        waited 0.85 s for it under TCG (bench/bench_boot.py, layerboot.debug). IPv6 waits for its link-local
+        address on its own (net6.py)."""
+        if not has_carrier(name):
+            self.queue_active.discard(name)   # a driver that drops carrier when opened: the watcher decides
+            return False
+        return name in self.queue_active or operstate_up(name)
 
     # -- 1. the NICs -----------------------------------------------------------------------------------------
     def physical_names(self) -> set[str]:
@@ -249,12 +278,12 @@ class Bringup:
         names = ethernet_interfaces()
         keep = self.physical_names() | {n for n in names if int(_read(f"{SYS_NET}/{n}/flags"), 16) & IFF_UP}
         for name in names:
-            self.nl.set_link(ifindex(name), up=True, what=f"bringing {name} up")
+            self.link_up(name)
         timeout = self.wait_for("carrier")
         found: list[str] = []
 
         def any_carrier() -> bool:
-            found[:] = [n for n in names if has_carrier(n)]
+            found[:] = [n for n in names if self.link_ready(n)]
             return bool(found)
 
         if not _wait(any_carrier, timeout):
@@ -299,12 +328,12 @@ class Bringup:
         if config.mac:
             self.nl.set_link(index, up=False, what=f"{config.device}: setting MAC {config.mac}")
             self.nl.set_link(index, mac=config.mac, what=f"{config.device}: setting MAC {config.mac}")
-        self.nl.set_link(index, mtu=config.mtu, up=True, what=f"{config.device}: setting MTU {config.mtu}"
-                         if config.mtu else f"bringing {config.device} up")
+        self.link_up(config.device, mtu=config.mtu, what=f"{config.device}: setting MTU {config.mtu}"
+                     if config.mtu else f"bringing {config.device} up")
 
     def wait_carrier(self, name: str) -> None:
         timeout = self.wait_for("carrier")
-        if not _wait(lambda: has_carrier(name), timeout):
+        if not _wait(lambda: self.link_ready(name), timeout):
             raise StageError(f"{name} has no link (no carrier) after {timeout:g}s")
 
     def configure_v4(self, config: IfaceConfig, metric: int) -> Lease | None:

@@ -152,6 +152,16 @@ class Netlink:
             attrs += attr(IFLA_MASTER, struct.pack("=I", master))
         self.request(RTM_NEWLINK, _IFINFO.pack(0, 0, index, flags, change) + attrs, what=what)
 
+    def link_state(self, index: int) -> tuple[bool, bool]:
+        """(administratively up, carrier) of link ``index``. Unlike /sys/class/net/NAME/carrier, netlink reports
+        the carrier of a link that is down too."""
+        for payload in self.dump(RTM_GETLINK, _IFINFO.pack(0, 0, 0, 0, 0)):
+            _, _, got, flags, _ = _IFINFO.unpack_from(payload)
+            if got == index:
+                carrier = parse_attrs(payload, _IFINFO.size).get(IFLA_CARRIER, b"\0")
+                return bool(flags & IFF_UP), carrier[:1] == b"\1"
+        raise NetlinkError(f"no network link with index {index}", 19)   # ENODEV
+
     def add_link(self, name: str, kind: str, *, parent: int = 0, data: bytes = b"") -> None:
         info = attr(IFLA_INFO_KIND, kind.encode()) + (attr(IFLA_INFO_DATA, data) if data else b"")
         attrs = attr(IFLA_IFNAME, name.encode() + b"\0") + attr(IFLA_LINKINFO, info)
