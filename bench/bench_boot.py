@@ -3,13 +3,14 @@
 
     python3 bench/bench_boot.py [--runs 3] [--systems live-boot,dracut-livenet,layerboot] [--second-boot]
     python3 bench/bench_boot.py --filler-mb 14,256,768 --runs 1      # the size curve (issue 20)
-    python3 bench/bench_boot.py --filler-mb 1024 --systems live-boot,layerboot,layerboot-stream   # issue 18
+    python3 bench/bench_boot.py --filler-mb 1024 --link-mbit 1000 --systems live-boot,layerboot,layerboot-stream
     python3 bench/bench_boot.py --filler-mb 1024 --systems layerboot-stream,layerboot-nbdkit-curl,layerboot-nbd-client
 
 Every system boots the same Debian cloud kernel (build/kernel.py) under QEMU TCG (``-accel tcg -cpu
 qemu64,+rdrand``, 1 vCPU, 1 GiB, user networking, virtio NIC) with its own initrd, fetches the same squashfs
 rootfs over HTTP from 127.0.0.1 (10.0.2.2 in the guest), and runs that rootfs's init, which prints
-``ROOTFS-UP`` and powers off:
+``ROOTFS-UP`` and powers off. With ``--link-mbit N`` what the servers send the guests goes through a boot
+network shaped to N Mbit/s (tc on the host's loopback, peers/link.py; issue 18's condition is 1000):
 
   live-boot        Debian live-boot (initramfs-tools), boot=live fetch=http://.../rootfs.squashfs
   dracut-livenet   dracut livenet + dmsquash-live, root=live:http://.../rootfs.squashfs
@@ -49,6 +50,7 @@ from layerboot.log import run_main  # noqa: E402
 
 from peers import dracut_livenet, layerboot, live_boot, relays  # noqa: E402
 from peers.cache import DEFAULT_CACHE  # noqa: E402
+from peers.link import ShapedLink  # noqa: E402
 from peers.report import (Measured, SystemResult, describe, mb, ratio_lines, ratios, size_table,  # noqa: E402
                           size_target, stream_lines)
 from peers.system import Bench, System, Unavailable, name_list  # noqa: E402
@@ -101,6 +103,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="with the relay systems: stage1 also reads this many MiB of each streamed layer through "
                              "dm-verity before the switch (the relays' per-byte path); layerboot-stream then boots a "
                              "bench initrd too")
+    parser.add_argument("--link-mbit", type=int, default=0,
+                        help="the boot network's speed: what the servers send the guests is shaped to this many "
+                             "Mbit/s (tc on the host's loopback, peers/link.py; issue 18 measures at 1000); "
+                             "default 0: unshaped, as the size curve's figures were taken")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before a boot counts as failed")
     parser.add_argument("--mem", type=int, default=0,
                         help="guest memory in MiB (default: 1024, or 3x the largest image + 512)")
@@ -112,8 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write every figure as JSON to this file")
     parser.add_argument("--debug", action="store_true", help="tracebacks on errors")
     args = parser.parse_args(argv)
-    if args.runs < 1 or args.cpus < 1 or args.read_mb < 0:
-        parser.error("--runs and --cpus must be at least 1, --read-mb at least 0")
+    if args.runs < 1 or args.cpus < 1 or args.read_mb < 0 or args.link_mbit < 0:
+        parser.error("--runs and --cpus must be at least 1, --read-mb and --link-mbit at least 0")
     args.mem = args.mem or auto_memory(args.filler_mb)
     return args
 
@@ -180,8 +186,10 @@ def measure_size(args: argparse.Namespace, kernel, filler_mb: int, logs: Path) -
     with ExitStack() as stack:
         www = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-www-")))
         server = stack.enter_context(CountingServer(www))
+        link = stack.enter_context(ShapedLink(args.link_mbit)) if args.link_mbit else None
         bench = Bench(args.cache, kernel, images, server, www, logs, rebuild=args.rebuild, cpus=args.cpus,
-                      read_mb=args.read_mb)
+                      read_mb=args.read_mb, link=link)
+        bench.guest_port(server.port)
         systems: dict[str, System] = {}
         for name in args.systems:
             print(f"preparing {name} ...", flush=True)
@@ -204,11 +212,12 @@ def measure_size(args: argparse.Namespace, kernel, filler_mb: int, logs: Path) -
         cached = systems["layerboot"].cache_variant if "layerboot" in systems else None
         if args.second_boot and cached is not None:
             second[cached.name] = measure_cached(bench, cached, args.runs, timeout=args.timeout, mem=args.mem)
+        shaped = f"{link.describe()}, {mb(link.shaped_bytes())} through it" if link else "link not shaped"
     for name, runs in first.items():
         results[name].runs = runs
     load_after = os.getloadavg()[0]
     print(f"\nboot to the rootfs marker (QEMU TCG, median of {args.runs}; host load {load_before:.1f} at the start, "
-          f"{load_after:.1f} at the end):")
+          f"{load_after:.1f} at the end; {shaped}):")
     for result in results.values():
         print("  " + describe(result))
     for line in ratio_lines(list(results.values()), target=size_target(images["v1"].stat().st_size)):
@@ -216,6 +225,8 @@ def measure_size(args: argparse.Namespace, kernel, filler_mb: int, logs: Path) -
     if "layerboot-stream" in results:
         for line in stream_lines(list(results.values())):
             print("  " + line)
+        if not link:
+            print("  (issue 18's targets are for a link shaped to 1 Gbit/s: --link-mbit 1000)")
     relay_figures = relays.relay_figures(results, logs, args.runs)
     if len(relay_figures) > 1:
         print("\nstream relays (issue 18): time to the marker, QEMU CPU, manifest -> devices attached (serial log), "
@@ -237,6 +248,7 @@ def measure_size(args: argparse.Namespace, kernel, filler_mb: int, logs: Path) -
             print("  layerboot-cache: not measured, the node cache (initrd/stage1/cache.py, issue 6) is not in "
                   "this tree yet")
     return {"filler_mb": filler_mb, "rootfs_bytes": images["v1"].stat().st_size, "load": [load_before, load_after],
+            "link_mbit": args.link_mbit,
             "first_boot": [r.to_json() for r in results.values()], "ratios": ratios(list(results.values())),
             "stream_ratios": ratios(list(results.values()), "layerboot-stream"), "relays": relay_figures,
             "blocks_ratios": ratios(list(results.values()), "layerboot-blocks"),

@@ -227,6 +227,9 @@ def test_the_size_curve_parses_sizes_sizes_memory_and_reports_each_size() -> Non
     args = bench_boot.parse_args(["--filler-mb", "14,256,768"])
     assert args.filler_mb == [14, 256, 768] and args.mem == 2816          # one memory size for the whole curve
     assert bench_boot.parse_args([]).mem == 1024 and bench_boot.parse_args(["--mem", "512"]).mem == 512
+    assert bench_boot.parse_args([]).link_mbit == 0 and bench_boot.parse_args(["--link-mbit", "1000"]).link_mbit == 1000
+    with pytest.raises(SystemExit):
+        bench_boot.parse_args(["--link-mbit", "-1"])
     with pytest.raises(SystemExit):
         bench_boot.parse_args(["--filler-mb", "14,big"])
     assert size_target(269_000_000) == 0.5 and size_target(806_000_000) == 1.0

@@ -168,7 +168,7 @@ def _system(bench: Bench, name: str, extra: str = "") -> Iterator[System]:
     try:
         wait_listening(port, daemon, "layerbootd", log=log_path, timeout=60)
         with CountingRelay(port) as relay:
-            server = f"http://10.0.2.2:{relay.port}"
+            server = f"http://10.0.2.2:{bench.guest_port(relay.port)}"
             cached = None
             if importlib.util.find_spec("layerboot.initrd.stage1.cache") is not None and not extra:
                 with_cache = f" layerboot.cache=LABEL={CACHE_LABEL}"

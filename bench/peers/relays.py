@@ -194,7 +194,7 @@ def client_system(bench: Bench) -> Iterator[System]:
     log_path = bench.logs / f"{name}-nbdkit.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log, CountingRelay(port) as relay:
-        with _system(bench, name, _cmdline(bench, "nbd-client", f" bench.nbd=10.0.2.2:{relay.port}")) as found:
+        with _system(bench, name, _cmdline(bench, "nbd-client", f" bench.nbd=10.0.2.2:{bench.guest_port(relay.port)}")) as found:
             relay.traffic = found.traffic          # NBD bytes and layerbootd's bytes in one count
             server = Process([nbdkit, "-r", "-f", "-i", "127.0.0.1", "-p", str(port), "--filter=truncate",
                               "file", f"dir={store / 'objects'}", "round-up=4096"], stdout=log, stderr=log)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from layerboot.build.kernel import Kernel
 
+from peers.link import ShapedLink
 from peers.serve import CountingServer, Traffic
 
 # Drivers every initrd must have for this guest: the virtio NIC, and what a squashfs-over-overlayfs root needs.
@@ -32,6 +33,11 @@ class Bench:
     rebuild: bool = False
     cpus: int = 1                    # vCPUs of every guest (--cpus)
     read_mb: int = 0                 # --read-mb: the relay systems read this much of each layer (peers/relays.py)
+    link: ShapedLink | None = None   # --link-mbit: the boot network's speed (peers/link.py); None: unshaped
+
+    def guest_port(self, port: int) -> int:
+        """A port the guests fetch from: its traffic to them goes through the shaped link, if there is one."""
+        return self.link.shape(port) if self.link is not None else port
 
 
 @dataclass(frozen=True)
