@@ -14,6 +14,7 @@ from layerboot.build import ab
 from layerboot.build.disk_actions import DiskContext, execute
 from layerboot.overlays.keys import load_public_key
 from layerboot.run import run, tool_path
+from layerboot.server.client import NODE_SECRET
 from layerboot.server.monitor.agent import UNITS, ab_state, collect, install_units
 from layerboot.server.monitor.detectors import Limits, conditions
 from layerboot.server.monitor.model import Heartbeat
@@ -66,6 +67,7 @@ def test_heartbeat_units_are_valid_and_enabled(tmp_path: Path) -> None:
     service = (tmp_path / "etc/systemd/system/layerboot-heartbeat.service").read_text()
     assert "ExecStart=/usr/bin/python3 -m layerboot heartbeat" in service
     assert "ConditionKernelCommandLine=layerboot.server" in service
+    assert f"ConditionPathExists={NODE_SECRET}" in service     # skipped, not failed, without a write credential
     analyze = tool_path("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed")

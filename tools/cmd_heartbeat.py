@@ -19,10 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "heartbeat", help="send this node's health (uptime, load, memory, generation, failed units) to layerbootd",
         description="Collect this node's state and POST it to layerbootd's /nodes/MAC/heartbeat with the node's "
-                    "write credential. Server, node and credential default to layerboot.server= and "
-                    "layerboot.node= on /proc/cmdline (or $LAYERBOOT_SERVER, $LAYERBOOT_NODE) and the node's "
-                    "credential ($LAYERBOOT_TOKEN, /run/layerboot/node.secret, or layerboot.token=). Systemd bases "
-                    "run it from layerboot-heartbeat.timer; busybox bases run it with --loop.")
+                    "write credential, its node secret (the boot token is not accepted). Server and node default "
+                    "to layerboot.server= and layerboot.node= on /proc/cmdline (or $LAYERBOOT_SERVER, "
+                    "$LAYERBOOT_NODE), the secret to /run/layerboot/node.secret, which stage1 writes when it claims "
+                    "one. Systemd bases run it from layerboot-heartbeat.timer, which skips nodes without a secret; "
+                    "busybox bases run it with --loop.")
     p.add_argument("--server", metavar="URL", help="layerbootd's URL (default: layerboot.server= on the kernel "
                                                    "command line, or $LAYERBOOT_SERVER)")
     p.add_argument("--node", metavar="MAC", help="this node's MAC (default: layerboot.node=, or $LAYERBOOT_NODE)")
