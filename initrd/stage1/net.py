@@ -169,9 +169,9 @@ class Bringup:
         The kernel activates the queue in one of two places. A link with carrier when it is brought up gets it at
         once (dev_open), which is what a virtio NIC does: its carrier comes on at probe. A link whose carrier
         comes later gets it from the link watcher, right away for that event; the same watcher sets operstate
-        "up". Waiting for operstate in the first case too costs up to a second: the carrier event from probe is
-        batched (linkwatch runs at most once a second for a link that is down), and the 1 GiB streamed boot
-        waited 0.85 s for it under TCG (bench/bench_boot.py, layerboot.debug). IPv6 waits for its link-local
+        "up". Waiting for operstate in the first case too costs up to a second: a carrier event on a link that is
+        still down is not urgent, and the watcher handles such events at most once a second. The 1 GiB streamed
+        boot waited 0.85 s for it under TCG (bench/bench_boot.py, layerboot.debug). IPv6 waits for its link-local
         address on its own (net6.py)."""
         if not has_carrier(name):
             self.queue_active.discard(name)   # a driver that drops carrier when opened: the watcher decides
