@@ -6,9 +6,9 @@ their own to shape. So the shaping sits on the loopback's egress, where every by
 passes: an HTB root with one class at the link's rate, into which a u32 filter puts the packets leaving each
 guest-facing server port (:meth:`ShapedLink.shape`). HTB sends what no filter classifies straight on (its
 "direct" queue, ``default 0``), so everything else on ``lo`` goes on as before; so do the requests and ACKs going
-the other way, as on a switch port. The class's burst is 10 ms at the link's rate: with the 1 ms that HTB's
-timer would need, a QEMU guest (which loads the host's CPUs) got 25-30 MB/s through a 1 Gbit/s class, a quarter
-of the rate, because the timer fires late under load.
+the other way, as on a switch port. The class's burst is 10 ms at the link's rate: with a 1 ms burst a QEMU
+guest (which keeps a host CPU busy) got 25-30 MB/s through a 1 Gbit/s class, a quarter of the rate, because
+HTB's timer fires late under load and the tokens of the late interval are lost.
 
 Needs ``tc`` (iproute2) and the kernel's sch_htb and cls_u32, and refuses to run over a root qdisc someone else
 put on ``lo``. The qdisc is removed when the run ends. ``netns`` shapes another namespace's loopback (the tests).
