@@ -28,6 +28,27 @@ from layerboot.run import run
 EXTRA_PACKAGES = ("rsyslog", "chrony", "mdadm", "lvm2", "fdisk", "e2fsprogs", "kmod")
 
 
+def console_unit(description: str, exec_start: str, *, after: str = "", wants: str = "",
+                 stderr: bool = False) -> str:
+    """A oneshot unit for a test's overlay that runs once the Debian base is up, writes to the serial console
+    (where the test reads its pass line) and powers the guest off however it ends.
+
+    It is ordered before the serial getty: serial-getty@ttyS0 is Type=idle, so systemd execs agetty (hanging
+    ttyS0 up first: TTYVHangup=yes) when the job queue is empty or 5 s after starting it. Ordered after
+    multi-user.target instead, a unit still writing then lost its lines, its last echo failed and the guest
+    never powered off (seen in a fresh-clone run for test_pxe_debian_boot, and in CI for test_site_qemu).
+    ExecStopPost powers off even when the unit fails, so a failure shows at once, not after the test's wait.
+    """
+    unit = ["[Unit]", f"Description={description}"]
+    unit += [f"Wants={wants}"] if wants else []
+    unit += [f"After=basic.target {after}".rstrip(), "Before=serial-getty@ttyS0.service getty.target", "",
+             "[Service]", "Type=oneshot", "StandardOutput=tty"]
+    unit += ["StandardError=tty"] if stderr else []
+    unit += ["TTYPath=/dev/ttyS0", f"ExecStart={exec_start}", "ExecStopPost=/usr/bin/systemctl --no-block poweroff",
+             "", "[Install]", "WantedBy=multi-user.target"]
+    return "\n".join(unit) + "\n"
+
+
 @dataclass(frozen=True)
 class DebianBase:
     store: Store

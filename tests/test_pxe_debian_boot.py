@@ -22,7 +22,7 @@ from layerboot.overlays.profile import Profiles
 from layerboot.paths import Paths
 from layerboot.run import run, tool_path
 
-from debian_base import debian_base
+from debian_base import console_unit, debian_base
 from pxenet import Lan, wait_for
 from server_daemon import write_config
 from test_boot_qemu import CACHE, CMDLINE, store_with_cached_key
@@ -35,28 +35,11 @@ pytestmark = [pytest.mark.qemu, pytest.mark.root,
 
 MAC = "52:54:00:4c:42:02"
 PASS = "DEBIAN-BASE-PASS"
-# A unit in an overlay layer: runs once systemd has brought the Debian base up, proves what it booted. It is
-# ordered before the serial getty: serial-getty@ttyS0 is Type=idle, so systemd execs agetty (hanging ttyS0 up
-# first: TTYVHangup=yes) when the job queue is empty or 5 s after starting it. After multi-user.target that came
-# while the marker was still running whenever `layerboot --version` took over 5 s under TCG: its line was lost,
-# the unit failed silently and the guest never powered off (seen once in a fresh-clone run). It powers off
-# however the marker ends (ExecStopPost), so a failure shows at once.
-MARKER_UNIT = f"""[Unit]
-Description=layerboot test marker
-After=basic.target
-Before=serial-getty@ttyS0.service getty.target
-
-[Service]
-Type=oneshot
-StandardOutput=tty
-TTYPath=/dev/ttyS0
-ExecStart=/bin/sh -c 'echo "{PASS} debian=$(cat /etc/debian_version) init=$(readlink /proc/1/exe) \
-client=$(/usr/sbin/layerboot --version) marker=$(cat /etc/layerboot-marker)"'
-ExecStopPost=/usr/bin/systemctl --no-block poweroff
-
-[Install]
-WantedBy=multi-user.target
-"""
+# A unit in an overlay layer: runs once systemd has brought the Debian base up, proves what it booted.
+MARKER_UNIT = console_unit(
+    "layerboot test marker",
+    f"""/bin/sh -c 'echo "{PASS} debian=$(cat /etc/debian_version) init=$(readlink /proc/1/exe) \
+client=$(/usr/sbin/layerboot --version) marker=$(cat /etc/layerboot-marker)"'""")
 
 
 def test_pxe_boots_the_debootstrap_base_to_systemd(tmp_path: Path) -> None:

@@ -30,11 +30,11 @@ from layerboot.build.kernel import fetch_kernel
 from layerboot.build.modules_layer import import_modules_layer
 from layerboot.overlays.profile import Profiles
 from layerboot.paths import Paths
-from layerboot.run import run, tool_path
+from layerboot.run import tool_path
 from layerboot.server.services.node import node_files
 from layerboot.settings import load_config
 
-from debian_base import debian_base
+from debian_base import console_unit, debian_base
 from pxenet import Lan, wait_for
 from sitelab import SiteLab
 from test_boot_qemu import CACHE, CMDLINE, store_with_cached_key
@@ -50,27 +50,9 @@ NODE = "node-5254004c4219"
 NET = "10.98.0"
 PASS = "LBSITE-PASS"
 HERE = Path(__file__).resolve().parent
-# Ordered before the serial getty, like test_pxe_debian_boot's marker: serial-getty@ttyS0 is Type=idle and hangs
-# ttyS0 up (TTYVHangup=yes) when it starts, so after multi-user.target the script's lines after the login prompt
-# were lost (CI, once) and its last echo failed. The guest powers off however the script ends (ExecStopPost), so
-# a failure shows at once instead of after the 900 s wait.
-UNIT = """[Unit]
-Description=layerboot test: the site services and the data area, seen from the node
-Wants=network-online.target
-After=basic.target network-online.target rsyslog.service chrony.service
-Before=serial-getty@ttyS0.service getty.target
-
-[Service]
-Type=oneshot
-StandardOutput=tty
-StandardError=tty
-TTYPath=/dev/ttyS0
-ExecStart=/usr/local/sbin/lbtest-site
-ExecStopPost=/usr/bin/systemctl --no-block poweroff
-
-[Install]
-WantedBy=multi-user.target
-"""
+UNIT = console_unit("layerboot test: the site services and the data area, seen from the node",
+                    "/usr/local/sbin/lbtest-site", wants="network-online.target",
+                    after="network-online.target rsyslog.service chrony.service", stderr=True)
 SCRIPT = """#!/bin/sh
 . /run/layerboot/net.env
 name="node-$(echo "$LAYERBOOT_NODE_MAC" | tr -d :)"
