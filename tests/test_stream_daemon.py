@@ -1,8 +1,8 @@
 """The stream daemon (initrd/stage1/streamd.py) as the kernel's nbd driver sees it, against the real layerbootd.
 
 The test plays the kernel: it holds one end of each socket pair and sends NBD read requests; the daemon, started
-the way stage1 starts it (stage1/stream.py: Debian's python3.11 -SIB, argv[0] '@layerboot-stream', its
-configuration on stdin), answers them with bytes fetched by HTTP Range requests with the node's credential.
+the way stage1 starts it (stage1/stream.py: forked, renamed '@layerboot-stream', keeping only its own fds),
+answers them with bytes fetched by HTTP Range requests with the node's credential.
 The device it serves is the layer zero-padded to whole blocks, then the layer's dm-verity tree.
 """
 
@@ -19,11 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from layerboot.build.initrd import PYTHON
 from layerboot.overlays.profile import Profiles
 from server_daemon import MAC, OTHER_MAC, Daemon, write_config
 
-pytestmark = pytest.mark.skipif(not os.path.exists(PYTHON), reason=f"{PYTHON} (python3-minimal) missing")
 
 REQUEST = struct.Struct(">IHH8sQI")
 REPLY = struct.Struct(">II8s")
@@ -122,7 +120,12 @@ def test_reads_are_the_layer_then_zero_padding_then_its_tree(served: dict) -> No
     device, size = served["device"], served["layer"].size
     kernel, pid, log = start(served)
     try:
-        assert open(f"/proc/{pid}/cmdline", "rb").read().startswith(b"@layerboot-stream\0")
+        assert open(f"/proc/{pid}/cmdline", "rb").read().rstrip(b"\0") == b"@layerboot-stream"
+        assert open(f"/proc/{pid}/comm", encoding="ascii").read().strip() == "layerboot-strea"
+        # forked from the test as from stage1: it keeps its socket, the kernel log and the console, nothing else
+        fds = {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert fds[0] == fds[1] == "/dev/null" and len(fds) == 5, fds
+        assert str(log) in fds.values() and sum(target.startswith("socket:") for target in fds.values()) == 1, fds
         os.kill(pid, signal.SIGTERM)                       # ignored: only the kernel's DISC or SIGKILL end it
         time.sleep(0.2)
         for offset, length in ((0, 4096), (4096, 128 << 10), (size - 100 - size % 4096, 4096), (size - 4096, 8192),

@@ -121,7 +121,11 @@ def test_stream_boot_tamper_is_eio_and_a_server_restart_is_waited_out(stream_sto
         passed = node.wait_for(r"ROOTFS-PASS", timeout=240, fail=FAIL)
         assert passed.text == "ROOTFS-PASS base=b l1=1 small=5000"
         node.wait_for(r"layerboot: streaming 2 layers$")
-        devices = json.loads(node.wait_for(r"^NODE-STREAM ").text.split(" ", 1)[1])["devices"]
+        listed = json.loads(node.wait_for(r"^NODE-STREAM ").text.split(" ", 1)[1])
+        devices = listed["devices"]
+        # the daemon stage1 forked carries the name systemd's shutdown spares (argv[0] starting with '@')
+        name = run(node, f"echo NAME $(tr '\\0' ' ' < /proc/{listed['daemon_pid']}/cmdline)", "NAME")
+        assert name.strip() == "@layerboot-stream", name
         assert [d["digest"] for d in devices] == [base, stream_store["layer1"]]
         assert all(re.fullmatch(r"/dev/nbd\d+", d["nbd"]) and re.fullmatch(r"/dev/dm-\d+", d["verity"])
                    for d in devices)

@@ -21,10 +21,11 @@ a kept-alive connection), a mirror, or the node's cache disk:
   every credential) is EIO at once. A 401 with the boot token (expired: ``server.boot_token_ttl``) switches to
   the node secret when the node claimed one.
 
-It runs as ``@layerboot-stream`` (argv[0] starting with ``@``: systemd's shutdown leaves such root-storage
-daemons alone), ignores SIGTERM/SIGINT/SIGHUP, and has oom_score_adj -1000. stage1's switch_root deletes the
-initramfs' files, so everything is imported and every file it needs (the kernel log, the cache files, the stats
-file) is opened before it says ``ready``; server names are resolved then too.
+stage1 forks it (stream.py); it renames itself ``@layerboot-stream`` (argv[0] starting with ``@``: systemd's
+shutdown leaves such root-storage daemons alone), keeps only its own fds, ignores SIGTERM/SIGINT/SIGHUP, and has
+oom_score_adj -1000. stage1's switch_root deletes the initramfs' files, so everything is imported and every file
+it needs (the kernel log, the cache files, the stats file) is opened before it says ``ready``; server names are
+resolved then too.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import os
 import time
 
 from .http import HttpError, exchange, open_socket, parse_content_range, split_url
-from .jsonlite import dumps, loads
+from .jsonlite import dumps
 from .nbd import NBD_CMD_DISC, NBD_CMD_READ, NBD_REPLY_MAGIC, NBD_REQUEST_MAGIC, REPLY, REQUEST
 
 BLOCK = 4096
@@ -407,25 +408,62 @@ def _guarded(worker: Worker, log: Log) -> None:
         log.line(3, f"layer {worker.device.digest[:12]}: connection stopped: {type(err).__name__}: {err}")
 
 
-def main() -> None:
-    """Entry point (``@layerboot-stream``): the configuration comes as JSON on stdin, ``ready`` goes to stdout."""
-    import _signal
-
-    for name in ("SIGTERM", "SIGINT", "SIGHUP"):
-        _signal.signal(getattr(_signal, name), _signal.SIG_IGN)
+def rename(name: str) -> None:
+    """Make ``/proc/PID/cmdline`` read ``name`` (and ``comm`` its first 15 bytes): the process' own argv memory is
+    overwritten through /proc/self/mem, zero-padded to its end, so a forked daemon carries the ``@`` that
+    systemd's shutdown looks for without exec'ing a new program. Best effort: a kernel that refuses leaves the
+    old name."""
     try:
-        with open("/proc/self/oom_score_adj", "w", encoding="ascii") as f:
-            f.write("-1000")
-    except OSError:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])   # arg_start and arg_end: fields 48 and 49 of stat(5)
+        text = name.encode("utf-8")[:max(0, end - start - 1)]
+        with open("/proc/self/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            mem.write(text + bytes(end - start - len(text)))
+        with open("/proc/self/comm", "wb", buffering=0) as comm:
+            comm.write(name.lstrip("@").encode("utf-8")[:15])
+    except (OSError, IndexError, ValueError):
         pass
-    chunks = []
-    while data := os.read(0, 65536):
-        chunks.append(data)
-    serve(loads(b"".join(chunks).decode("utf-8")))
-    os.write(1, b"ready\n")
+
+
+def _only(keep: set[int]) -> None:
+    """Close every fd but ``keep`` and 2 (the console: a fatal error still shows); 0 and 1 become /dev/null."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1):
         os.dup2(null, fd)
     os.close(null)
+
+
+def run_forked(config: dict, keep: list[int], ready: int, *, name: str) -> None:
+    """The daemon's life, in the child stage1 forked (stream.py): own session, only its own fds, named ``name``
+    (``@layerboot-stream``), SIGTERM/SIGINT/SIGHUP ignored, never chosen by the OOM killer; ``ready`` (or
+    ``error: ...``) is written to the fd ``ready`` once every connection is served. Never returns."""
+    import _signal
+
+    try:
+        os.setsid()
+        _only(set(keep))
+        rename(name)
+        for signal in ("SIGTERM", "SIGINT", "SIGHUP"):
+            _signal.signal(getattr(_signal, signal), _signal.SIG_IGN)
+        try:
+            with open("/proc/self/oom_score_adj", "w", encoding="ascii") as f:
+                f.write("-1000")
+        except OSError:
+            pass
+        serve(config)
+    except Exception as err:  # noqa: BLE001 - one line for stage1, which reports it; never a traceback
+        os.write(ready, f"error: {type(err).__name__}: {err}\n".encode("utf-8", "replace"))
+        os._exit(1)
+    os.write(ready, b"ready\n")
+    os.close(ready)
     while True:
         time.sleep(3600)
