@@ -21,6 +21,7 @@ from pathlib import Path
 from layerboot.build.drivers import DriverPlan, plan_drivers
 from layerboot.build.kernel import Kernel
 from layerboot.errors import LayerbootError
+from layerboot.initrd.stage1.stream import NBD_OPTIONS
 from layerboot.progress import Progress
 from layerboot.run import require_tool, run
 
@@ -103,7 +104,16 @@ def collect_payload(payload: Path, public_key: Path, *, python: str = PYTHON) ->
     key_dir = payload / "etc" / "layerboot"
     key_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(public_key, key_dir / "signing.pub")
+    write_modprobe_options(payload)
     return info
+
+
+def write_modprobe_options(payload: Path) -> None:
+    """/etc/modprobe.d/layerboot.conf: the options of modules stage1 loads in one ``modprobe -a`` (which takes
+    none on its command line): nbd for streamed layers (initrd/stage1/stream.py)."""
+    conf = payload / "etc" / "modprobe.d"
+    conf.mkdir(parents=True, exist_ok=True)
+    (conf / "layerboot.conf").write_text(f"options nbd {' '.join(NBD_OPTIONS)}\n")
 
 
 def add_device_nodes(payload: Path) -> None:

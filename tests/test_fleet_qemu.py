@@ -1,10 +1,11 @@
 """Fleet identity under QEMU (TCG): the real layerbootd and dnsmasq in a network namespace, nodes PXE-booting
 through their NIC's iPXE ROM.
 
-1. Two nodes of one profile (two MACs, described with ``nodes add n[01-02]``) boot at once and come up as
-   themselves: their own host name, the static address of their per-node iPXE script, the SSH host key the
-   server generated for them (private half root-only), each listing the other in /etc/hosts. From inside node 1,
-   node 2's manifest and layer are refused with both credentials node 1 has (boot token, node secret).
+1. Two nodes of one profile (two MACs, described with ``nodes add n[01-02]``) boot at once, node 2 streaming the
+   profile's base (``layerboot.fetch=stream``), and come up as themselves: their own host name, the static
+   address of their per-node iPXE script, the SSH host key the server generated for them (private half
+   root-only), each listing the other in /etc/hosts. From inside node 1, node 2's manifest and layer are refused
+   with both credentials node 1 has (boot token, node secret).
 2. An unknown MAC gets the discovery boot, reports and waits; ``nodes accept`` makes it node x01 of another
    cluster (its DMI UUID and serial become its asset key); rebooted, it boots as itself, with its own cluster's
    hosts and none of the first cluster's.
@@ -134,6 +135,7 @@ def test_two_nodes_boot_as_themselves_and_not_as_each_other(fleet_store: dict, l
         layerboot(store, "nodes", "set", name, "--asset-key", f"{UUIDS[mac]}:lb-{mac[-5:].replace(':', '')}")
     rendered = {n["name"]: n for n in json.loads(layerboot(store, "nodes", "render", "--json"))["nodes"]}
     layerboot(store, "nodes", "set", "n01", "--kernel-args", f"lbtest.other={N2},{rendered['n02']['layer']}")
+    layerboot(store, "nodes", "set", "n02", "--kernel-args", "layerboot.fetch=stream")
     keys = {name: json.loads(layerboot(store, "nodes", "show", name, "--json"))["fleet"]["host_keys"][0]
             for name in ("n01", "n02")}
     private = {name: (store["paths"].state / "nodekeys" /
@@ -156,6 +158,11 @@ def test_two_nodes_boot_as_themselves_and_not_as_each_other(fleet_store: dict, l
         assert fingerprint(lines["KEY"], tmp_path) == keys[name]["fingerprint"]
         assert lines["PRIVATE"].split()[:2] == ["600", hashlib.sha256(private[name]).hexdigest()]
     assert seen["n01"]["KEY"] != seen["n02"]["KEY"]
+    # node 2 streams its profile's base (nbd + dm-verity) and fetches its own layer whole (node layers carry no
+    # tree), through a loop device whose module stage1 loads only then; node 1 fetches both layers whole
+    assert re.search(r"^layerboot: streaming 1 layers; 1 without a dm-verity tree are fetched whole\r?$",
+                     two.text(), re.M), two.text()[-3000:]
+    assert "layerboot: streaming" not in one.text()
     # node 1 reaches the server (its own manifest) but gets nothing of node 2's, with either credential
     assert fetched.pop("own-manifest").startswith("0"), fetched
     assert set(fetched) == {"other-manifest-token", "other-manifest-secret", "other-layer-token",

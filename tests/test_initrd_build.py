@@ -56,6 +56,9 @@ def test_image_holds_stage1_python_busybox_modules_and_the_key(kernel, store, tm
     # The key in the image is the store's public key.
     key = run(["lsinitrd", "-f", "etc/layerboot/signing.pub", initrd.path]).text
     assert key.strip() == store.paths.public_key.read_text().strip()
+    # nbd's options for the one modprobe that loads it with the layer stack (no spare devices or partitions)
+    options = run(["lsinitrd", "-f", "etc/modprobe.d/layerboot.conf", initrd.path]).text
+    assert options.strip() == "options nbd nbds_max=0 max_part=0"
     # The same inputs come from the cache; the output is byte-identical.
     again = build_initrd(kernel, store.paths.public_key, tmp_path / "again.img", cache=tmp_path / "cache")
     assert again.cached and again.path.read_bytes() == initrd.path.read_bytes()

@@ -112,6 +112,42 @@ def test_load_rounds_pick_up_devices_that_drivers_create(tmp_path: Path, monkeyp
     monkeypatch.setattr(drivers, "spawn", spawn)
     loaded = drivers.load_hardware_drivers(always=("loop", "overlay"), sys_bus=str(sys_bus), alias_file=str(aliases),
                                            cmdline="modprobe.blacklist=e1000e")
-    assert calls == [["-a", "loop", "overlay"], ["-a", "virtio_pci"], ["-a", "virtio_net"]]
+    # the modules stage1 always needs share the first round's modprobe
+    assert calls == [["-a", "loop", "overlay", "virtio_pci"], ["-a", "virtio_net"]]
     assert loaded == ["virtio_pci", "virtio_net"]
     assert os.path.isdir(sys_bus / "virtio" / "devices" / "virtio0")
+
+
+def _one_nic(tmp_path: Path) -> tuple[Path, Path]:
+    sys_bus = fake_sys(tmp_path / "bus", {
+        "pci/0000:00:02.0": ("pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00", "0x020000", True)})
+    aliases = tmp_path / "modules.alias"
+    aliases.write_text("alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci\n")
+    return sys_bus, aliases
+
+
+def test_a_driver_that_fails_to_load_is_reported_and_the_boot_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    sys_bus, aliases = _one_nic(tmp_path)
+    calls: list[list[str]] = []
+
+    def spawn(argv: list[str], **_: object) -> tuple[int, str]:
+        calls.append(argv[2:])
+        return (1, "modprobe: can't load module virtio_pci") if "virtio_pci" in argv else (0, "")
+    monkeypatch.setattr(drivers, "spawn", spawn)
+    loaded = drivers.load_hardware_drivers(always=("squashfs",), sys_bus=str(sys_bus), alias_file=str(aliases))
+    # the combined modprobe failed: the always-needed modules alone tell whose failure it was (not theirs)
+    assert calls == [["-a", "squashfs", "virtio_pci"], ["-a", "squashfs"]]
+    assert loaded == ["virtio_pci"]
+    assert "drivers: modprobe virtio_pci: modprobe: can't load module virtio_pci" in capfd.readouterr().err
+
+
+def test_a_module_stage1_always_needs_that_fails_to_load_stops_the_boot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sys_bus, aliases = _one_nic(tmp_path)
+
+    def spawn(argv: list[str], **_: object) -> tuple[int, str]:
+        return (1, "modprobe: module squashfs not found in modules.dep") if "squashfs" in argv else (0, "")
+    monkeypatch.setattr(drivers, "spawn", spawn)
+    with pytest.raises(drivers.StageError, match="loading kernel modules squashfs failed: modprobe: module squashfs"):
+        drivers.load_hardware_drivers(always=("squashfs",), sys_bus=str(sys_bus), alias_file=str(aliases))

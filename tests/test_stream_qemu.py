@@ -129,6 +129,11 @@ def test_stream_boot_tamper_is_eio_and_a_server_restart_is_waited_out(stream_sto
         assert [d["digest"] for d in devices] == [base, stream_store["layer1"]]
         assert all(re.fullmatch(r"/dev/nbd\d+", d["nbd"]) and re.fullmatch(r"/dev/dm-\d+", d["verity"])
                    for d in devices)
+        # nbd was loaded with the layer stack in one modprobe, its options from the initramfs's modprobe.d: no
+        # spare nbd devices, and no loop devices either (nothing was fetched whole, so loop was never loaded)
+        blocks = run(node, "echo BLOCKS $(ls /sys/block)", "BLOCKS").split()
+        assert sorted(b for b in blocks if b.startswith(("nbd", "loop"))) == \
+            sorted(d["nbd"].removeprefix("/dev/") for d in devices), blocks
         # the node booted without downloading its layers: a fraction of the base crossed the network
         at_boot = proxy.bytes_for(base)
         assert 0 < at_boot < stream_store["size"] / 4, (at_boot, stream_store["size"])

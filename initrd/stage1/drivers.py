@@ -9,8 +9,10 @@ alias like ``scsi:t-0x00`` would never match, and ``fnmatch`` would import ``re`
 ``*``, ``?`` and ``[...]``; a literal prefix check rejects almost every pattern before the matcher runs.
 
 Loading a driver can create new devices (virtio_pci -> virtio0 -> virtio_net; ahci -> SCSI disks -> sd_mod), so
-the scan repeats until a round finds nothing new. A driver bound after the last round (an AHCI port still
-resetting) is loaded by whoever waits for the device: stage1 loads ``sd_mod`` itself when it needs a disk.
+the scan repeats until a round finds nothing new; a later round reads only the devices that appeared since. A
+driver bound after the last round (an AHCI port still resetting) is loaded by whoever waits for the device:
+stage1 loads ``sd_mod`` itself when it needs a disk. The modules stage1 always needs go into the first round's
+``modprobe``: one child fewer (a busybox start is 7-10 ms under TCG, docs/stage1.md).
 
 ``modprobe.blacklist=a,b`` on the kernel command line (kmod's syntax) keeps those modules from being loaded.
 Every NIC's driver is loaded, not only the boot interface's: the network stage then sees all interfaces.
@@ -110,8 +112,8 @@ def modules_for(aliases: dict[str, list[tuple[str, str, str]]], modalias: str) -
     return found
 
 
-def device_modaliases(sys_bus: str = SYS_BUS) -> dict[str, str]:
-    """{device path: modalias} for every device on every bus."""
+def device_modaliases(sys_bus: str = SYS_BUS, *, skip: set[str] | frozenset[str] = frozenset()) -> dict[str, str]:
+    """{device path: modalias} for every device on every bus, but those in ``skip`` (read in an earlier round)."""
     found: dict[str, str] = {}
     try:
         buses = os.listdir(sys_bus)
@@ -124,6 +126,8 @@ def device_modaliases(sys_bus: str = SYS_BUS) -> dict[str, str]:
         except OSError:
             continue
         for name in names:
+            if f"{bus}/{name}" in skip:
+                continue
             try:
                 with open(f"{devices}/{name}/modalias", encoding="ascii", errors="replace") as f:
                     alias = f.read().strip()
@@ -170,24 +174,25 @@ def unclaimed_devices(sys_bus: str = SYS_BUS) -> list[tuple[str, str, str]]:
 
 def load_hardware_drivers(*, always: tuple[str, ...] = (), sys_bus: str = SYS_BUS,
                           alias_file: str | None = None, cmdline: str = "") -> list[str]:
-    """Load ``always`` plus the drivers for every device present; returns the modules asked for, in order.
+    """Load ``always`` plus the drivers for every device present; returns the hardware drivers asked for, in order.
 
     A failure to load ``always`` stops the boot; a hardware driver that fails to load is reported and skipped
-    (the device may still work through another driver, or not be needed).
+    (the device may still work through another driver, or not be needed). ``always`` shares the first round's
+    ``modprobe``; only when that fails is it tried alone, to tell whose failure it was.
     """
     if alias_file is None:
         alias_file = f"/lib/modules/{kernel_release()}/modules.alias"
     aliases = read_aliases(alias_file)
     skip = blacklisted(cmdline)
-    if always:
-        code, output = spawn([BUSYBOX, "modprobe", "-a", *always])
-        if code:
-            raise StageError(f"loading kernel modules {', '.join(always)} failed: {output or code}")
     requested: list[str] = []
-    seen: set[str] = set()
+    seen: set[str] = set()      # modaliases matched already
+    scanned: set[str] = set()   # device paths read already
+    pending = always
     for _ in range(ROUNDS):
         wanted: list[str] = []
-        for device, alias in sorted(device_modaliases(sys_bus).items()):
+        found = device_modaliases(sys_bus, skip=scanned)
+        scanned.update(found)
+        for device, alias in sorted(found.items()):
             if alias in seen:
                 continue
             seen.add(alias)
@@ -197,15 +202,27 @@ def load_hardware_drivers(*, always: tuple[str, ...] = (), sys_bus: str = SYS_BU
                 elif module not in requested and module not in wanted:
                     debug(f"{device} ({alias}): {module}")
                     wanted.append(module)
-        if not wanted:
+        if not wanted and not pending:
             break
-        code, output = spawn([BUSYBOX, "modprobe", "-a", *wanted])
-        if code:
+        code, output = spawn([BUSYBOX, "modprobe", "-a", *pending, *wanted])
+        if code and pending:
+            _load_always(pending)
+        if code and wanted:
             say(f"drivers: modprobe {' '.join(wanted)}: {output or 'status ' + str(code)}")
         requested += wanted
+        pending = ()
+        if not wanted:
+            break
     if requested:
         say(f"drivers: {' '.join(requested)}")
     for address, kind, alias in unclaimed_devices(sys_bus):
         say(f"drivers: no driver for {kind} device {address} ({alias}) in this initramfs; "
             "add one with 'layerboot initrd build --add-drivers NAME'")
     return requested
+
+
+def _load_always(names: tuple[str, ...]) -> None:
+    """Load ``names`` alone (after a combined modprobe failed); StageError when they do not load."""
+    code, output = spawn([BUSYBOX, "modprobe", "-a", *names])
+    if code:
+        raise StageError(f"loading kernel modules {', '.join(names)} failed: {output or code}")

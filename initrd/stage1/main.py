@@ -97,11 +97,15 @@ def run_stages(boot: Boot) -> None:
 
     boot.mark = time.monotonic()
     stage("modules")
-    load_modules(optional=CACHE_MODULES if options.cache or options.slot or options.discover else ())  # disks
-    if options.fetch == "stream":   # nbd and dm-verity (stream.py)
+    optional = CACHE_MODULES if options.cache or options.slot or options.discover else ()  # disks
+    if options.fetch == "stream":   # nbd and dm-verity with the layer stack, in one modprobe (stream.py)
+        from .stream import MODULES as STREAM_MODULES
         from .stream import load_modules as load_stream_modules
 
+        load_modules(STREAM_MODULES, optional=optional)
         load_stream_modules()
+    else:
+        load_modules(optional=optional)
 
     stage("net")
     written: list[str] = []

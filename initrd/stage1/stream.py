@@ -25,11 +25,20 @@ DEVICES_FILE = "/run/layerboot/stream.json"
 BLOCK = 4096
 
 
+# What a streamed boot loads with the layer stack, in the first modprobe (system.load_modules): no ``loop``,
+# which only a layer fetched whole needs (system.attach_loop loads it then). nbd's options, no pre-made devices
+# or partitions (netlink makes one per layer, nothing scans it), come from /etc/modprobe.d/layerboot.conf in
+# the initramfs (build/initrd.py), since ``modprobe -a`` takes no options.
+MODULES = ("squashfs", "overlay", "nbd", "dm_mod", "dm_verity")
+NBD_OPTIONS = ("nbds_max=0", "max_part=0")
+
+
 def load_modules() -> None:
-    """nbd without pre-made devices or partitions (netlink makes one per layer, nothing scans it), dm-verity."""
-    code, output = spawn([BUSYBOX, "modprobe", "nbd", "nbds_max=0", "max_part=0"])
-    if code and not os.path.isdir("/sys/module/nbd"):
-        raise StageError(f"layerboot.fetch=stream: cannot load the nbd module: {output or code}")
+    """nbd and dm-verity, when the first modprobe did not load them (a StageError says why they cannot be)."""
+    if not os.path.isdir("/sys/module/nbd"):
+        code, output = spawn([BUSYBOX, "modprobe", "nbd", *NBD_OPTIONS])
+        if code and not os.path.isdir("/sys/module/nbd"):
+            raise StageError(f"layerboot.fetch=stream: cannot load the nbd module: {output or code}")
     from .localverity import VerityUnavailable
     from .localverity import load_modules as load_dm_verity
 

@@ -125,6 +125,8 @@ def attach_loop(path: str) -> tuple[str, int]:
     """
     import fcntl  # builtin in Debian's python3.11
 
+    if not os.path.exists("/dev/loop-control"):   # a streamed boot loads loop only for a layer fetched whole
+        busybox("modprobe", "loop")
     ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
     try:
         backing = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
