@@ -16,6 +16,8 @@ import os
 import time
 
 from .console import BUSYBOX, StageError, debug, spawn
+from .dm import MODULES as DM_MODULES
+from .system import MODULES as STACK_MODULES
 
 CONNECTIONS = 1                     # sockets per device (the daemon answers each in order, one thread each)
 READY_TIMEOUT = 30.0
@@ -29,7 +31,7 @@ BLOCK = 4096
 # which only a layer fetched whole needs (system.attach_loop loads it then). nbd's options, no pre-made devices
 # or partitions (netlink makes one per layer, nothing scans it), come from /etc/modprobe.d/layerboot.conf in
 # the initramfs (build/initrd.py), since ``modprobe -a`` takes no options.
-MODULES = ("squashfs", "overlay", "nbd", "dm_mod", "dm_verity")
+MODULES = (*(name for name in STACK_MODULES if name != "loop"), "nbd", *DM_MODULES)
 NBD_OPTIONS = ("nbds_max=0", "max_part=0")
 
 
