@@ -12,7 +12,7 @@ Loading a driver can create new devices (virtio_pci -> virtio0 -> virtio_net; ah
 the scan repeats until a round finds nothing new; a later round reads only the devices that appeared since. A
 driver bound after the last round (an AHCI port still resetting) is loaded by whoever waits for the device:
 stage1 loads ``sd_mod`` itself when it needs a disk. The modules stage1 always needs go into the first round's
-``modprobe``: one child fewer (a busybox start is 7-10 ms under TCG, docs/stage1.md).
+``modprobe``: one child fewer (a busybox start is 7-10 ms under TCG, bench/README.md).
 
 ``modprobe.blacklist=a,b`` on the kernel command line (kmod's syntax) keeps those modules from being loaded.
 Every NIC's driver is loaded, not only the boot interface's: the network stage then sees all interfaces.
