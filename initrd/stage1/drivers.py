@@ -202,17 +202,16 @@ def load_hardware_drivers(*, always: tuple[str, ...] = (), sys_bus: str = SYS_BU
                 elif module not in requested and module not in wanted:
                     debug(f"{device} ({alias}): {module}")
                     wanted.append(module)
-        if not wanted and not pending:
-            break
-        code, output = spawn([BUSYBOX, "modprobe", "-a", *pending, *wanted])
-        if code and pending:
-            _load_always(pending)
-        if code and wanted:
-            say(f"drivers: modprobe {' '.join(wanted)}: {output or 'status ' + str(code)}")
-        requested += wanted
-        pending = ()
+        if pending or wanted:
+            code, output = spawn([BUSYBOX, "modprobe", "-a", *pending, *wanted])
+            if code and pending:
+                _load_always(pending)
+            if code and wanted:
+                say(f"drivers: modprobe {' '.join(wanted)}: {output or 'status ' + str(code)}")
+            pending = ()
         if not wanted:
             break
+        requested += wanted
     if requested:
         say(f"drivers: {' '.join(requested)}")
     for address, kind, alias in unclaimed_devices(sys_bus):
