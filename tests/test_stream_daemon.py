@@ -223,3 +223,23 @@ def test_a_missing_tree_is_made_again_when_layerbootd_starts(served: dict) -> No
     assert daemon.get(f"/objects/{tree}", token=served["token"]).body == served["device"][-len(
         daemon.paths.object(tree).read_bytes()):]
     assert "dm-verity tree of layer" in (served["tmp"] / "layerbootd.log").read_text()
+
+
+def test_a_daemon_that_cannot_serve_is_one_error_line_for_stage1(tmp_path: Path) -> None:
+    """stage1 hears why the daemon could not start (its ``error:`` line), not a hang or a traceback; the daemon
+    is gone."""
+    from layerboot.initrd.stage1.console import StageError
+    from layerboot.initrd.stage1.stream import _spawn_daemon
+
+    def children() -> set[int]:
+        return {int(pid) for pid in Path(f"/proc/self/task/{threading.get_native_id()}/children").read_text().split()}
+
+    kmsg = os.open(tmp_path / "kmsg", os.O_WRONLY | os.O_CREAT, 0o644)
+    config = {"devices": [{"digest": "0" * 64, "fds": []}], "bases": ["http://127.0.0.1:9/"], "credentials": [],
+              "kmsg_fd": kmsg, "stats_fd": -1}
+    before = children()
+    with pytest.raises(StageError, match=r"^the stream daemon said \"error: KeyError: 'size'\" instead of ready$"):
+        _spawn_daemon(config, [kmsg])
+    os.close(kmsg)
+    (daemon,) = children() - before
+    assert os.waitpid(daemon, 0)[1] == 1 << 8          # exit status 1

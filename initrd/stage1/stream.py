@@ -72,7 +72,6 @@ def _spawn_daemon(config: dict, keep: list[int]) -> int:
     daemon, and 0.05-0.09 s forked.
     """
     import gc
-    import select
 
     from . import streamd
 
@@ -93,21 +92,27 @@ def _spawn_daemon(config: dict, keep: list[int]) -> int:
     os.close(ready_write)
     deadline = time.monotonic() + READY_TIMEOUT
     answer = b""
-    try:
-        while b"\n" not in answer:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([ready_read], [], [], left)[0]:
-                raise StageError(f"the stream daemon did not start within {READY_TIMEOUT:.0f} s")
-            piece = os.read(ready_read, 256)
-            if not piece:
-                raise StageError("the stream daemon stopped before it was ready")
+    try:   # read to the end: the daemon closes its end after "ready", so it holds only its own fds from here on
+        while piece := _read_before(ready_read, deadline):
             answer += piece
     finally:
         os.close(ready_read)
+    if not answer:
+        raise StageError("the stream daemon stopped before it was ready")
     if not answer.startswith(b"ready"):
         raise StageError(f"the stream daemon said {answer[:120].decode('utf-8', 'replace').strip()!r} "
                          "instead of ready")
     return pid
+
+
+def _read_before(fd: int, deadline: float) -> bytes:
+    """What the next read of ``fd`` gives (b"" at its end); StageError when nothing comes before ``deadline``."""
+    import select
+
+    left = deadline - time.monotonic()
+    if left <= 0 or not select.select([fd], [], [], left)[0]:
+        raise StageError(f"the stream daemon did not start within {READY_TIMEOUT:.0f} s")
+    return os.read(fd, 256)
 
 
 def attach(layers, *, bases: list[str], token: str, cache=None, giveup: float = 0.0,  # noqa: ANN001
